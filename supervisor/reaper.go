@@ -1,0 +1,208 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The reaper is a small shim between the agent and each child command. The agent re-executes its
+// own binary with reaperEnv set; that process becomes a child subreaper, starts the command, and
+// makes sure that the command and every descendant, including ones that left the process group,
+// are gone before it exits. Its parent-death signal is SIGTERM, so even when the agent is killed
+// with SIGKILL the reaper still runs its clean-up.
+const (
+	reaperEnv = "LLM_AGENT_REAPER_GRACE"
+	// leftoverGrace is how long descendants that outlive the command get after SIGTERM.
+	leftoverGrace = 2 * time.Second
+	// orphanGrace bounds the drain when the agent itself has died and nobody waits for it.
+	orphanGrace = 5 * time.Second
+)
+
+// MaybeRunReaper runs the reaper and exits when this process was started as one; otherwise it
+// returns at once. Call it first thing in main and in TestMain of packages that start children.
+func MaybeRunReaper() {
+	grace, ok := os.LookupEnv(reaperEnv)
+	if !ok {
+		return
+	}
+	os.Exit(runReaper(grace, os.Args[1:]))
+}
+
+func runReaper(graceText string, argv []string) int {
+	os.Unsetenv(reaperEnv)
+	grace, err := time.ParseDuration(graceText)
+	if err != nil || len(argv) == 0 {
+		fmt.Fprintf(os.Stderr, "llm-agent reaper: bad invocation (grace %q, %d args)\n", graceText, len(argv))
+		return 126
+	}
+	parent := os.Getppid()
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "llm-agent reaper: set child subreaper: %v\n", err)
+		return 126
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGCHLD)
+
+	proc, err := startLocked(argv)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "llm-agent reaper: start %s: %v\n", argv[0], err)
+		return 127
+	}
+	r := &reaper{self: os.Getpid(), cmd: proc.Pid, exitCode: -1}
+
+	var killAt <-chan time.Time
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGCHLD {
+				break
+			}
+			if !r.terminating {
+				r.terminating = true
+				g := grace
+				if os.Getppid() != parent {
+					g = min(grace, orphanGrace)
+				}
+				r.signalAll(s.(syscall.Signal))
+				killAt = time.After(g)
+			}
+		case <-killAt:
+			r.signalAll(syscall.SIGKILL)
+			r.killing = true
+		case <-poll.C:
+		}
+		r.reap()
+		if r.exitCode < 0 {
+			continue
+		}
+		if len(descendants(r.self)) == 0 {
+			return r.exitCode
+		}
+		if !r.terminating {
+			// The command ended on its own; whatever it left behind gets a short grace.
+			r.terminating = true
+			r.signalAll(syscall.SIGTERM)
+			killAt = time.After(leftoverGrace)
+		}
+		if r.killing {
+			r.signalAll(syscall.SIGKILL)
+		}
+	}
+}
+
+type reaper struct {
+	self, cmd   int
+	exitCode    int
+	terminating bool
+	killing     bool
+}
+
+// reap collects every exited child without blocking and records the command's status.
+func (r *reaper) reap() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+		if pid == r.cmd {
+			switch {
+			case ws.Exited():
+				r.exitCode = ws.ExitStatus()
+			case ws.Signaled():
+				r.exitCode = 128 + int(ws.Signal())
+			default:
+				r.exitCode = 1
+			}
+		}
+	}
+}
+
+func (r *reaper) signalAll(sig syscall.Signal) {
+	for _, pid := range descendants(r.self) {
+		_ = syscall.Kill(pid, sig)
+	}
+}
+
+// startLocked starts argv in the reaper's process group with SIGKILL as its parent-death signal.
+// The OS thread is locked because the kernel ties that signal to the thread that forked
+// (golang/go#27505).
+func startLocked(argv []string) (*os.Process, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		found, err := exec.LookPath(path)
+		if err != nil {
+			return nil, err
+		}
+		path = found
+	}
+	return os.StartProcess(path, argv, &os.ProcAttr{
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Sys:   &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+	})
+}
+
+// descendants lists every live process below pid, read from /proc. Zombies are left out: they
+// are dead already and are reaped by their parent or, once orphaned, by the reaper.
+func descendants(root int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, state, ok := readStat(pid)
+		if !ok || state == 'Z' {
+			continue
+		}
+		children[ppid] = append(children[ppid], pid)
+	}
+	var out []int
+	queue := []int{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// readStat returns the parent pid and state letter of pid from /proc/PID/stat.
+func readStat(pid int) (ppid int, state byte, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	// The command name is in parentheses and may hold spaces; the fields after the last ')'
+	// are: state ppid ...
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return ppid, f[0][0], err == nil
+}

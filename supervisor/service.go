@@ -1,0 +1,178 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// State is where a supervised service is in its life.
+type State string
+
+// The states a service reports through OnEvent.
+const (
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StateBackoff  State = "backoff"
+	StateStopping State = "stopping"
+	StateStopped  State = "stopped"
+	StateFailed   State = "failed"
+)
+
+// Restart reasons, used as metric labels.
+const (
+	ReasonExited = "exited"
+)
+
+// Event reports a change of a service's state.
+type Event struct {
+	Service string
+	State   State
+	// Reason is why the service left its previous state, in words.
+	Reason string
+	// Cause is the short, label-safe restart reason ("exited", "unhealthy", ...), set with
+	// StateBackoff.
+	Cause string
+	// Restarts counts restarts since the service was created.
+	Restarts int
+	// PID is the child's process id while it runs.
+	PID int
+	// Delay is the backoff before the next start, with StateBackoff.
+	Delay time.Duration
+}
+
+// ErrGaveUp is returned by Run when the restart policy gives up.
+var ErrGaveUp = errors.New("gave up restarting")
+
+// ServiceOptions configure a Service.
+type ServiceOptions struct {
+	// Name names the service in logs and events.
+	Name string
+	// Command returns the options of the next child to start; it is called before every start.
+	Command func() (Options, error)
+	// Policy decides on restarts; nil means DefaultPolicy.
+	Policy *Policy
+	// Clock times the backoff; nil means the wall clock.
+	Clock Clock
+	// Logger receives the service's own log lines.
+	Logger hclog.Logger
+	// Before, if set, runs before every start and must return nil for the start to go ahead; an
+	// error ends Run with that error. The Ray gate of the engine lives here.
+	Before func(ctx context.Context) error
+	// OnEvent, if set, is told of every state change. It must not block.
+	OnEvent func(Event)
+}
+
+// Service keeps one child running: it restarts it with backoff when it exits or when Restart is
+// called, and gives up when the policy says so.
+type Service struct {
+	opts     ServiceOptions
+	restart  chan restartRequest
+	restarts int
+}
+
+type restartRequest struct{ cause, reason string }
+
+// NewService returns a service that is not running yet.
+func NewService(opts ServiceOptions) *Service {
+	if opts.Policy == nil {
+		opts.Policy = DefaultPolicy()
+	}
+	if opts.Clock == nil {
+		opts.Clock = RealClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	return &Service{opts: opts, restart: make(chan restartRequest, 1)}
+}
+
+// Restart asks for the running child to be stopped and started again. cause is a short label
+// ("unhealthy"), reason a sentence for the log. A request while one is pending is dropped.
+func (s *Service) Restart(cause, reason string) {
+	select {
+	case s.restart <- restartRequest{cause, reason}:
+	default:
+	}
+}
+
+func (s *Service) emit(e Event) {
+	e.Service = s.opts.Name
+	e.Restarts = s.restarts
+	if s.opts.OnEvent != nil {
+		s.opts.OnEvent(e)
+	}
+}
+
+// Run supervises the child until ctx ends, which stops it and returns nil, or until the policy
+// gives up or a start fails, which returns the error.
+func (s *Service) Run(ctx context.Context) error {
+	log := s.opts.Logger
+	for {
+		// Drop a restart request that arrived while nothing was running.
+		select {
+		case <-s.restart:
+		default:
+		}
+		if s.opts.Before != nil {
+			if err := s.opts.Before(ctx); err != nil {
+				if ctx.Err() != nil {
+					s.emit(Event{State: StateStopped, Reason: "stopped before start"})
+					return nil
+				}
+				s.emit(Event{State: StateFailed, Reason: err.Error()})
+				return err
+			}
+		}
+		opts, err := s.opts.Command()
+		if err != nil {
+			s.emit(Event{State: StateFailed, Reason: err.Error()})
+			return fmt.Errorf("prepare %s: %w", s.opts.Name, err)
+		}
+		s.emit(Event{State: StateStarting})
+		child := New(opts)
+		started := s.opts.Clock.Now()
+		if err := child.Start(); err != nil {
+			s.emit(Event{State: StateFailed, Reason: err.Error()})
+			return err
+		}
+		log.Info("started", "pid", child.PID(), "path", opts.Path)
+		s.emit(Event{State: StateRunning, PID: child.PID()})
+
+		var cause, reason string
+		select {
+		case <-ctx.Done():
+			s.emit(Event{State: StateStopping, Reason: "shutdown"})
+			exit := child.Stop(context.Background())
+			log.Info("stopped", "exit", exit.String())
+			s.emit(Event{State: StateStopped, Reason: "shutdown"})
+			return nil
+		case <-child.Done():
+			cause, reason = ReasonExited, child.Exit().String()
+		case req := <-s.restart:
+			cause, reason = req.cause, req.reason
+			s.emit(Event{State: StateStopping, Reason: reason})
+			exit := child.Stop(ctx)
+			log.Info("stopped for restart", "reason", reason, "exit", exit.String())
+		}
+
+		d := s.opts.Policy.Decide(reason, started, s.opts.Clock.Now())
+		if !d.Restart {
+			log.Error("giving up", "reason", d.Reason)
+			s.emit(Event{State: StateFailed, Reason: d.Reason})
+			return fmt.Errorf("%s: %w: %s", s.opts.Name, ErrGaveUp, d.Reason)
+		}
+		s.restarts++
+		log.Warn("restarting", "reason", d.Reason)
+		s.emit(Event{State: StateBackoff, Reason: reason, Cause: cause, Delay: d.Delay})
+		select {
+		case <-ctx.Done():
+			s.emit(Event{State: StateStopped, Reason: "shutdown"})
+			return nil
+		case <-s.opts.Clock.After(d.Delay):
+		}
+	}
+}

@@ -1,0 +1,177 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []Event
+	ch     chan Event
+}
+
+func newEventLog() *eventLog { return &eventLog{ch: make(chan Event, 100)} }
+
+func (l *eventLog) add(e Event) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+	l.ch <- e
+}
+
+// waitFor blocks until an event in state s arrives.
+func (l *eventLog) waitFor(t *testing.T, s State) Event {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-l.ch:
+			if e.State == s {
+				return e
+			}
+		case <-deadline:
+			t.Fatalf("no %s event", s)
+		}
+	}
+}
+
+func runService(t *testing.T, opts ServiceOptions) (context.CancelFunc, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	s := NewService(opts)
+	go func() { errc <- s.Run(ctx) }()
+	t.Cleanup(cancel)
+	return cancel, errc
+}
+
+func TestServiceRestartsCrashWithBackoff(t *testing.T) {
+	clock := newFakeClock()
+	events := newEventLog()
+	policy := DefaultPolicy()
+	policy.Jitter = 0
+	cancel, errc := runService(t, ServiceOptions{
+		Name:    "crasher",
+		Command: func() (Options, error) { return helperOptions(t, "exit:1"), nil },
+		Policy:  policy,
+		Clock:   clock,
+		OnEvent: events.add,
+	})
+	e := events.waitFor(t, StateBackoff)
+	assert.Equal(t, time.Second, e.Delay)
+	assert.Equal(t, ReasonExited, e.Cause)
+	assert.Equal(t, "exit status 1", e.Reason)
+	assert.Equal(t, 1, e.Restarts)
+	clock.waitForTimer(t)
+	clock.Advance(time.Second)
+	events.waitFor(t, StateRunning)
+	e = events.waitFor(t, StateBackoff)
+	assert.Equal(t, 2*time.Second, e.Delay, "second crash doubles the delay")
+	cancel()
+	require.NoError(t, <-errc)
+}
+
+func TestServiceGivesUp(t *testing.T) {
+	clock := newFakeClock()
+	events := newEventLog()
+	policy := DefaultPolicy()
+	policy.MaxRestarts = 2
+	_, errc := runService(t, ServiceOptions{
+		Name:    "crasher",
+		Command: func() (Options, error) { return helperOptions(t, "exit:7"), nil },
+		Policy:  policy,
+		Clock:   clock,
+		OnEvent: events.add,
+	})
+	for i := 0; i < 2; i++ {
+		clock.waitForTimer(t)
+		clock.Advance(time.Minute)
+	}
+	err := <-errc
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, ErrGaveUp))
+	assert.Contains(t, err.Error(), "exit status 7")
+	e := events.waitFor(t, StateFailed)
+	assert.Contains(t, e.Reason, "gave up after 2 restarts")
+}
+
+func TestServiceRestartRequest(t *testing.T) {
+	clock := newFakeClock()
+	events := newEventLog()
+	policy := DefaultPolicy()
+	policy.Jitter = 0
+	s := NewService(ServiceOptions{
+		Name:    "sleeper",
+		Command: func() (Options, error) { return helperOptions(t, "sleep"), nil },
+		Policy:  policy,
+		Clock:   clock,
+		OnEvent: events.add,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- s.Run(ctx) }()
+	first := events.waitFor(t, StateRunning)
+	s.Restart("unhealthy", "health probe failed 3 times")
+	e := events.waitFor(t, StateBackoff)
+	assert.Equal(t, "unhealthy", e.Cause)
+	assert.False(t, alive(first.PID), "old child is gone before the restart")
+	clock.waitForTimer(t)
+	clock.Advance(time.Second)
+	second := events.waitFor(t, StateRunning)
+	assert.NotEqual(t, first.PID, second.PID)
+	cancel()
+	require.NoError(t, <-errc)
+	assert.False(t, alive(second.PID))
+}
+
+func TestServiceBeforeGate(t *testing.T) {
+	t.Run("error ends run", func(t *testing.T) {
+		gateErr := errors.New("ray cluster incomplete")
+		_, errc := runService(t, ServiceOptions{
+			Name:    "gated",
+			Command: func() (Options, error) { return helperOptions(t, "sleep"), nil },
+			Before:  func(context.Context) error { return gateErr },
+		})
+		assert.ErrorIs(t, <-errc, gateErr)
+	})
+	t.Run("cancelled while waiting is a clean stop", func(t *testing.T) {
+		entered := make(chan struct{})
+		cancel, errc := runService(t, ServiceOptions{
+			Name:    "gated",
+			Command: func() (Options, error) { return helperOptions(t, "sleep"), nil },
+			Before: func(ctx context.Context) error {
+				close(entered)
+				<-ctx.Done()
+				return ctx.Err()
+			},
+		})
+		<-entered
+		cancel()
+		assert.NoError(t, <-errc)
+	})
+}
+
+func TestServiceStartFailure(t *testing.T) {
+	_, errc := runService(t, ServiceOptions{
+		Name:    "missing",
+		Command: func() (Options, error) { return Options{Name: "vllm", Path: "no-such-vllm-binary"}, nil },
+	})
+	err := <-errc
+	assert.ErrorIs(t, err, ErrNotFound)
+}
+
+func TestServiceCommandError(t *testing.T) {
+	_, errc := runService(t, ServiceOptions{
+		Name:    "bad",
+		Command: func() (Options, error) { return Options{}, errors.New("no ports") },
+	})
+	assert.ErrorContains(t, <-errc, "prepare bad: no ports")
+}
