@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ServiceState is the state of the whole service as the connection file tells it.
+type ServiceState string
+
+// The service states, in the order a healthy job passes them.
+const (
+	StateStarting   ServiceState = "starting"
+	StateReady      ServiceState = "ready"
+	StateRestarting ServiceState = "restarting"
+	StateStopping   ServiceState = "stopping"
+	StateStopped    ServiceState = "stopped"
+	StateFailed     ServiceState = "failed"
+)
+
+// Names of the files the head writes in the state directory.
+const (
+	ConnectionFile    = "connection.json"
+	ConnectionEnvFile = "connection.env"
+	APIKeyFile        = "api_key"
+)
+
+// NodeEndpoint is one node's metrics endpoint in the connection file.
+type NodeEndpoint struct {
+	Node       string `json:"node"`
+	Role       string `json:"role"`
+	MetricsURL string `json:"metrics_url"`
+}
+
+// Connection is the content of connection.json: how to reach the service and how it is doing.
+// It never holds the key itself, only where to find it.
+type Connection struct {
+	JobID            string         `json:"job_id"`
+	State            ServiceState   `json:"state"`
+	Reason           string         `json:"reason,omitempty"`
+	HeadHost         string         `json:"head_host"`
+	HeadAddress      string         `json:"head_address"`
+	Port             int            `json:"port"`
+	BaseURL          string         `json:"base_url"`
+	Model            string         `json:"model"`
+	ServedModelName  string         `json:"served_model_name"`
+	TensorParallel   int            `json:"tensor_parallel_size"`
+	PipelineParallel int            `json:"pipeline_parallel_size"`
+	APIKeyFile       string         `json:"api_key_file"`
+	EnvFile          string         `json:"env_file"`
+	MetricsPort      int            `json:"metrics_port"`
+	Metrics          []NodeEndpoint `json:"metrics"`
+	RayAddress       string         `json:"ray_address,omitempty"`
+	RayDashboardURL  string         `json:"ray_dashboard_url,omitempty"`
+	SSHTunnel        string         `json:"ssh_tunnel"`
+	StartedAt        time.Time      `json:"started_at"`
+	ReadyAt          *time.Time     `json:"ready_at,omitempty"`
+	JobEndTime       *time.Time     `json:"job_end_time,omitempty"`
+	Restarts         map[string]int `json:"restarts"`
+	UpdatedAt        time.Time      `json:"updated_at"`
+}
+
+// ReadConnection reads a connection file.
+func ReadConnection(path string) (Connection, error) {
+	var c Connection
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// SSHTunnelCommand returns the command that forwards the API port from a workstation through the
+// login host.
+func SSHTunnelCommand(port int, head, user, login string) string {
+	if user == "" {
+		user = "USER"
+	}
+	if login == "" {
+		login = "LOGIN-HOST"
+	}
+	return fmt.Sprintf("ssh -N -L %d:%s:%d %s@%s", port, head, port, user, login)
+}
+
+// ConnectionWriter keeps the connection files true: every change rewrites connection.json and
+// connection.env atomically with mode 0600.
+type ConnectionWriter struct {
+	dir    string
+	apiKey string
+
+	mu   sync.Mutex
+	conn Connection
+}
+
+// NewConnectionWriter writes the API key file and returns a writer for conn. The key is written
+// only to files of mode 0600.
+func NewConnectionWriter(dir string, conn Connection, apiKey string) (*ConnectionWriter, error) {
+	conn.APIKeyFile = filepath.Join(dir, APIKeyFile)
+	conn.EnvFile = filepath.Join(dir, ConnectionEnvFile)
+	if conn.Restarts == nil {
+		conn.Restarts = map[string]int{}
+	}
+	w := &ConnectionWriter{dir: dir, apiKey: apiKey, conn: conn}
+	if err := WriteFileAtomic(conn.APIKeyFile, []byte(apiKey+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	env := fmt.Sprintf("# llm-agent job %s: source this file to use the endpoint with any OpenAI client\nexport OPENAI_BASE_URL=%s\nexport OPENAI_API_KEY=%s\n",
+		conn.JobID, shellQuote(conn.BaseURL), shellQuote(apiKey))
+	if err := WriteFileAtomic(conn.EnvFile, []byte(env), 0o600); err != nil {
+		return nil, err
+	}
+	return w, w.write()
+}
+
+// Update applies f to the connection and rewrites the file if anything changed.
+func (w *ConnectionWriter) Update(f func(c *Connection)) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	before := w.conn
+	before.Restarts = maps.Clone(w.conn.Restarts)
+	before.Metrics = append([]NodeEndpoint(nil), w.conn.Metrics...)
+	f(&w.conn)
+	a, _ := json.Marshal(before)
+	b, _ := json.Marshal(w.conn)
+	if string(a) == string(b) {
+		return nil
+	}
+	return w.write()
+}
+
+// SetState moves the service to state, with reason for failed or restarting states.
+func (w *ConnectionWriter) SetState(state ServiceState, reason string) error {
+	return w.Update(func(c *Connection) {
+		c.State = state
+		c.Reason = reason
+		if state == StateReady && c.ReadyAt == nil {
+			now := time.Now().UTC()
+			c.ReadyAt = &now
+		}
+	})
+}
+
+// Snapshot returns a copy of the current connection.
+func (w *ConnectionWriter) Snapshot() Connection {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := w.conn
+	c.Restarts = maps.Clone(w.conn.Restarts)
+	return c
+}
+
+func (w *ConnectionWriter) write() error {
+	w.conn.UpdatedAt = time.Now().UTC()
+	return writeJSONAtomic(filepath.Join(w.dir, ConnectionFile), w.conn, 0o600)
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

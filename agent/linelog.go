@@ -1,0 +1,65 @@
+package agent
+
+import (
+	"bytes"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// maxLine bounds one logged line, so a child that prints without newlines cannot grow memory.
+const maxLine = 16 << 10
+
+// lineLogger copies a child's output to a file unchanged and logs it line by line. Stdout and
+// stderr share one, so writes are serialised.
+type lineLogger struct {
+	mu   sync.Mutex
+	file io.Writer
+	log  hclog.Logger
+	buf  []byte
+}
+
+func newLineLogger(file io.Writer, log hclog.Logger) *lineLogger {
+	return &lineLogger{file: file, log: log}
+}
+
+// Write writes p to the file and logs every complete line.
+func (l *lineLogger) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.file.Write(p); err != nil {
+		return 0, err
+	}
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			break
+		}
+		l.emit(l.buf[:i])
+		l.buf = l.buf[i+1:]
+	}
+	if len(l.buf) > maxLine {
+		l.emit(l.buf)
+		l.buf = l.buf[:0]
+	}
+	return len(p), nil
+}
+
+// Flush logs a last line that had no newline.
+func (l *lineLogger) Flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.buf) > 0 {
+		l.emit(l.buf)
+		l.buf = nil
+	}
+}
+
+func (l *lineLogger) emit(line []byte) {
+	line = bytes.TrimRight(line, "\r")
+	if len(line) > 0 {
+		l.log.Info(string(line))
+	}
+}

@@ -1,0 +1,307 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/ray"
+	"github.com/llm-agent/llm-agent/supervisor"
+)
+
+// ErrBadInput is wrapped by errors the user can fix before running again: a missing model,
+// executable or state directory.
+var ErrBadInput = errors.New("bad input")
+
+// Deps are the agent's links to the world outside its configuration; tests replace them.
+type Deps struct {
+	Logger   hclog.Logger
+	Getenv   func(string) string
+	Hostname string
+	Net      Netinfo
+	Ports    PortProber
+	// Notice receives the one-line notices meant for the job's output.
+	Notice io.Writer
+	// Collectors are registered beside the agent's own (the GPU collector, for one).
+	Collectors []prometheus.Collector
+	// Reaper is the binary that runs supervisor.MaybeRunReaper; empty means this executable.
+	Reaper string
+}
+
+// DefaultDeps returns the real environment.
+func DefaultDeps(log hclog.Logger) Deps {
+	host, _ := os.Hostname()
+	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr}
+}
+
+// agent is one node's agent after its input was checked.
+type agent struct {
+	cfg      Config
+	deps     Deps
+	log      hclog.Logger
+	alloc    Allocation
+	par      Parallelism
+	stateDir string
+	addr     string
+	ifname   string
+	vllmBin  string
+	rayBin   string
+	started  time.Time
+	state    *metrics.State
+}
+
+// Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
+// ends (a clean drain, nil) or the service fails (an error).
+func Run(ctx context.Context, cfg Config, deps Deps) error {
+	a, err := prepare(cfg, deps)
+	if err != nil {
+		return err
+	}
+	if a.alloc.IsHead() {
+		return a.runHead(ctx)
+	}
+	return a.runWorker(ctx)
+}
+
+// prepare checks everything that can be checked before any process starts.
+func prepare(cfg Config, deps Deps) (*agent, error) {
+	a := &agent{cfg: cfg, deps: deps, started: time.Now()}
+	var err error
+	if a.alloc, err = AllocationFromEnv(deps.Getenv, deps.Hostname); err != nil {
+		return nil, err
+	}
+	if a.alloc.Local {
+		fmt.Fprintf(deps.Notice, "llm-agent: no Slurm job found (SLURM_JOB_ID is unset); running as a one-node allocation on %s\n", deps.Hostname)
+	}
+	a.log = deps.Logger.With("node", a.alloc.Hostname(), "job", a.alloc.JobID)
+	if cfg.Model == "" {
+		return nil, fmt.Errorf("%w: --model is required (a model directory or a Hugging Face id)", ErrConfig)
+	}
+	if looksLikePath(cfg.Model) {
+		if fi, err := os.Stat(cfg.Model); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%w: model directory %q does not exist; give the path of a downloaded model or a Hugging Face id", ErrBadInput, cfg.Model)
+		}
+	}
+	if err := CheckExtraArgs(cfg.VLLMArgs); err != nil {
+		return nil, err
+	}
+	if a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, len(a.alloc.Nodes), a.alloc.GPUs); err != nil {
+		return nil, err
+	}
+	if a.multiNode() {
+		if a.rayBin, err = exec.LookPath(cfg.RayBin); err != nil {
+			return nil, fmt.Errorf("%w: ray executable %q not found: run slurm-scripts/setup_environment.sh and activate its environment, or pass --ray-bin", ErrBadInput, cfg.RayBin)
+		}
+	}
+	if a.alloc.IsHead() {
+		if a.vllmBin, err = exec.LookPath(cfg.VLLMBin); err != nil {
+			return nil, fmt.Errorf("%w: vllm executable %q not found: install vLLM into the job's environment (slurm-scripts/setup_environment.sh), or pass --vllm-bin", ErrBadInput, cfg.VLLMBin)
+		}
+	}
+	if a.stateDir, err = prepareStateDir(cfg.StateDir, deps.Getenv, a.alloc.JobID); err != nil {
+		return nil, err
+	}
+	if a.addr, a.ifname, err = NodeAddress(deps.Net, cfg.Iface, a.alloc.Hostname()); err != nil {
+		return nil, err
+	}
+	role := "worker"
+	if a.alloc.IsHead() {
+		role = "head"
+	}
+	a.state = metrics.NewState(a.alloc.Hostname(), a.alloc.JobID, role, a.alloc.TotalGPUs(), cfg.SUFactor, a.started, a.alloc.EndTime)
+	return a, nil
+}
+
+func (a *agent) multiNode() bool { return len(a.alloc.Nodes) > 1 }
+
+// prepareStateDir creates the job's state directory and proves it writable.
+func prepareStateDir(dir string, getenv func(string) string, jobID string) (string, error) {
+	if dir == "" {
+		home := getenv("HOME")
+		if home == "" {
+			return "", fmt.Errorf("%w: HOME is unset; pass --state-dir", ErrBadInput)
+		}
+		dir = filepath.Join(home, ".llm-agent", "jobs", jobID)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "logs"), filepath.Join(dir, "nodes")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", fmt.Errorf("%w: state directory %s cannot be created: %w; pass a writable --state-dir on the shared filesystem", ErrBadInput, dir, err)
+		}
+	}
+	probe, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return "", fmt.Errorf("%w: state directory %s is not writable: %w; pass a writable --state-dir on the shared filesystem", ErrBadInput, dir, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return dir, nil
+}
+
+// serveMetrics binds the metrics port now, so that a port that cannot be bound fails the start,
+// and serves until ctx ends.
+func (a *agent) serveMetrics(ctx context.Context, port int) (<-chan error, error) {
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+	if err != nil {
+		return nil, fmt.Errorf("%w: metrics port %d: %w", ErrPort, port, err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewAgentCollector(a.state, nil))
+	for _, c := range a.deps.Collectors {
+		reg.MustRegister(c)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- metrics.Serve(ctx, ln, metrics.Handler(reg, a.state)) }()
+	return errc, nil
+}
+
+// childOutput returns a writer that sends a child's output to its log file in the state
+// directory and, line by line, to the agent's log.
+func (a *agent) childOutput(name string) (io.Writer, func(), error) {
+	path := filepath.Join(a.stateDir, "logs", a.alloc.Hostname()+"."+name+".log")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open log of %s: %w", name, err)
+	}
+	w := newLineLogger(f, a.log.Named(name))
+	return w, func() { w.Flush(); f.Close() }, nil
+}
+
+// policy returns a fresh restart policy from the configuration.
+func (a *agent) policy() *supervisor.Policy {
+	p := supervisor.DefaultPolicy()
+	p.Initial = a.cfg.BackoffInitial
+	p.Max = a.cfg.BackoffMax
+	p.StableAfter = a.cfg.StableAfter
+	p.MaxRestarts = a.cfg.MaxRestarts
+	p.Window = a.cfg.RestartWindow
+	return p
+}
+
+// rayService returns the supervised `ray start` of this node.
+func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent func(supervisor.Event)) (*supervisor.Service, func(), error) {
+	out, closeOut, err := a.childOutput("ray")
+	if err != nil {
+		return nil, nil, err
+	}
+	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
+	env = append(env, extraEnv...)
+	svc := supervisor.NewService(supervisor.ServiceOptions{
+		Name: "ray",
+		Command: func() (supervisor.Options, error) {
+			return supervisor.Options{Name: "ray", Path: a.rayBin, Args: ray.StartArgs(opts), Env: env,
+				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
+		},
+		Policy:  a.policy(),
+		Logger:  a.log.Named("supervisor").With("proc", "ray"),
+		OnEvent: onEvent,
+	})
+	return svc, closeOut, nil
+}
+
+// rayStartOptions returns this node's `ray start` settings for ports.
+func (a *agent) rayStartOptions(ports Ports, gcs string) ray.StartOptions {
+	return ray.StartOptions{
+		Head:                a.alloc.IsHead(),
+		NodeAddress:         a.addr,
+		GCSAddress:          gcs,
+		GCSPort:             ports.RayGCS,
+		DashboardPort:       ports.Dashboard,
+		ClientPort:          ports.RayClient,
+		NodeManagerPort:     ports.NodeManager,
+		ObjectManagerPort:   ports.ObjectManager,
+		DashboardAgentPort:  ports.DashboardAgent,
+		DashboardAgentGRPC:  ports.DashboardAgentGRPC,
+		MetricsExportPort:   ports.RayMetrics,
+		RuntimeEnvAgentPort: ports.RuntimeEnvAgent,
+		MinWorkerPort:       ports.WorkerMin,
+		MaxWorkerPort:       ports.WorkerMax,
+		NumGPUs:             a.alloc.GPUs,
+		NumCPUs:             a.alloc.CPUs,
+		TempDir:             a.rayTempDir(),
+		IncludeDashboard:    true,
+	}
+}
+
+// rayTempDir is the head's Ray directory: node-local, per job, removed when the agent ends.
+func (a *agent) rayTempDir() string {
+	return filepath.Join(os.TempDir(), "llm-agent-"+a.alloc.JobID, "ray")
+}
+
+// trackChild mirrors a service's events into the metrics state.
+func (a *agent) trackChild(e supervisor.Event) {
+	a.state.SetChild(e.Service, string(e.State), time.Now())
+	if e.State == supervisor.StateBackoff {
+		a.state.AddRestart(e.Service, e.Cause)
+	}
+}
+
+// runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends.
+func (a *agent) runWorker(ctx context.Context) error {
+	want := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID, HeadHost: a.alloc.Head()}
+	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
+	rv, err := WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, 200*time.Millisecond)
+	if err != nil {
+		if ctx.Err() != nil {
+			a.log.Info("stopped while waiting for the rendezvous")
+			return nil
+		}
+		return err
+	}
+	ports, moved, err := PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
+	if err != nil {
+		return err
+	}
+	for _, m := range moved {
+		a.log.Warn("port busy on this node, using another", "move", m)
+	}
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	defer stopServe()
+	metricsErr, err := a.serveMetrics(serveCtx, ports.Metrics)
+	if err != nil {
+		return err
+	}
+	if err := WriteNodeInfo(a.stateDir, NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
+		MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
+		return err
+	}
+	a.state.SetReady(false, "joining ray", time.Now())
+	svc, closeOut, err := a.rayService(a.rayStartOptions(ports, rv.RayAddress()), nil, func(e supervisor.Event) {
+		a.trackChild(e)
+		a.state.SetReady(e.State == supervisor.StateRunning, "ray "+string(e.State), time.Now())
+	})
+	if err != nil {
+		return err
+	}
+	defer closeOut()
+	a.log.Info("joining ray", "gcs", rv.RayAddress(), "address", a.addr, "iface", a.ifname)
+	rayCtx, stopRay := context.WithCancel(context.Background())
+	defer stopRay()
+	rayDone := make(chan error, 1)
+	go func() { rayDone <- svc.Run(rayCtx) }()
+	select {
+	case <-ctx.Done():
+		a.log.Info("draining")
+		a.state.SetReady(false, "stopping", time.Now())
+		stopRay()
+		err := <-rayDone
+		a.log.Info("stopped")
+		return err
+	case err := <-rayDone:
+		return fmt.Errorf("ray on %s: %w", a.alloc.Hostname(), err)
+	case err := <-metricsErr:
+		stopRay()
+		<-rayDone
+		return fmt.Errorf("metrics server: %w", err)
+	}
+}

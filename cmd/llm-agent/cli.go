@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/urfave/cli/v2"
+
+	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/agent/hostlist"
+)
+
+// errUsage marks command-line mistakes.
+var errUsage = errors.New("usage")
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:                      "llm-agent",
+		Usage:                     "turn a Slurm allocation into a supervised, monitored OpenAI-compatible LLM endpoint",
+		Version:                   version,
+		DisableSliceFlagSeparator: true,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		},
+		Commands: []*cli.Command{
+			runCommand(),
+			hostnamesCommand(),
+		},
+	}
+}
+
+func runCommand() *cli.Command {
+	flags := []cli.Flag{&cli.StringFlag{
+		Name:     "config",
+		Category: "Files",
+		Usage:    "YAML file of options (keys are the flag names); precedence: flag > environment > file > default [$LLM_AGENT_CONFIG]",
+	}}
+	for _, o := range agent.Options {
+		usage := o.Usage + " [$" + o.Env() + "]"
+		def := o.Default()
+		if def == "0" || def == "false" {
+			def = ""
+		}
+		switch o.Kind {
+		case agent.KindBool:
+			flags = append(flags, &cli.BoolFlag{Name: o.Name, Category: o.Category, Usage: usage})
+		case agent.KindList:
+			flags = append(flags, &cli.StringSliceFlag{Name: o.Name, Category: o.Category, Usage: usage})
+		default:
+			flags = append(flags, &cli.StringFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: def})
+		}
+	}
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "run this node's agent: one per node, under srun --ntasks-per-node=1",
+		UsageText: "srun --ntasks-per-node=1 -K1 llm-agent run --model PATH [options]",
+		Description: "The first host of SLURM_JOB_NODELIST is the head: it starts Ray, publishes rendezvous.json, " +
+			"starts vllm serve once every node has joined, and keeps connection.json current. The other nodes join Ray. " +
+			"SIGTERM drains the engine, then Ray, within --grace, and exits 0.",
+		Flags:  flags,
+		Action: runAction,
+	}
+}
+
+// contextToConfig turns the command line into the agent's configuration; nothing else sees the
+// cli context.
+func contextToConfig(c *cli.Context) (agent.Config, error) {
+	path := c.String("config")
+	if path == "" {
+		path = os.Getenv("LLM_AGENT_CONFIG")
+	}
+	file, err := agent.ReadConfigFile(path)
+	if err != nil {
+		return agent.Config{}, err
+	}
+	var set []agent.Setting
+	for _, o := range agent.Options {
+		if !c.IsSet(o.Name) {
+			continue
+		}
+		switch o.Kind {
+		case agent.KindBool:
+			set = append(set, agent.Setting{Name: o.Name, Value: strconv.FormatBool(c.Bool(o.Name))})
+		case agent.KindList:
+			for _, v := range c.StringSlice(o.Name) {
+				set = append(set, agent.Setting{Name: o.Name, Value: v})
+			}
+		default:
+			set = append(set, agent.Setting{Name: o.Name, Value: c.String(o.Name)})
+		}
+	}
+	return agent.ResolveConfig(file, os.Getenv, set)
+}
+
+func newLogger(cfg agent.Config) (hclog.Logger, error) {
+	level := hclog.LevelFromString(cfg.LogLevel)
+	if level == hclog.NoLevel {
+		return nil, fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", agent.ErrConfig, cfg.LogLevel)
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "llm-agent",
+		Level:      level,
+		JSONFormat: cfg.LogJSON,
+		Output:     os.Stderr,
+		TimeFormat: "2006-01-02T15:04:05.000Z0700",
+	}), nil
+}
+
+func runAction(c *cli.Context) error {
+	if c.Args().Len() > 0 {
+		return fmt.Errorf("%w: run takes no arguments, got %q; options go in flags such as --model", errUsage, c.Args().First())
+	}
+	cfg, err := contextToConfig(c)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return agent.Run(ctx, cfg, agent.DefaultDeps(log))
+}
+
+func hostnamesCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "hostnames",
+		Usage:     "expand a Slurm hostlist, one host per line, like scontrol show hostnames",
+		ArgsUsage: "EXPRESSION (default: $SLURM_JOB_NODELIST)",
+		Action: func(c *cli.Context) error {
+			expr := c.Args().First()
+			if c.Args().Len() > 1 {
+				return fmt.Errorf("%w: hostnames takes one expression; quote it if it has spaces", errUsage)
+			}
+			if expr == "" {
+				expr = os.Getenv("SLURM_JOB_NODELIST")
+			}
+			if expr == "" {
+				return fmt.Errorf("%w: give a hostlist expression, such as node[01-04]", errUsage)
+			}
+			hosts, err := hostlist.Expand(expr)
+			if err != nil {
+				return cli.Exit("llm-agent: "+err.Error(), 1)
+			}
+			w := bufio.NewWriter(c.App.Writer)
+			for _, h := range hosts {
+				w.WriteString(h)
+				w.WriteByte('\n')
+			}
+			return w.Flush()
+		},
+	}
+}

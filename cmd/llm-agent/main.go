@@ -1,0 +1,40 @@
+// Command llm-agent turns a Slurm allocation into a supervised, monitored OpenAI-compatible LLM
+// endpoint. Run one agent per node: srun --ntasks-per-node=1 llm-agent run --model ...
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/supervisor"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	// The agent re-executes itself as the reaper of each child process.
+	supervisor.MaybeRunReaper()
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "llm-agent:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitCode is 2 for input the user must fix and 1 for failures while running.
+func exitCode(err error) int {
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	for _, bad := range []error{agent.ErrConfig, agent.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress, errUsage} {
+		if errors.Is(err, bad) {
+			return 2
+		}
+	}
+	return 1
+}

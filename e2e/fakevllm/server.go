@@ -1,0 +1,330 @@
+package main
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// server answers like vLLM's OpenAI-compatible API server.
+type server struct {
+	o          *options
+	keys       []string
+	tokenDelay time.Duration
+	reg        *prometheus.Registry
+	m          vllmMetrics
+
+	mu     sync.Mutex
+	hung   chan struct{} // non-nil while hanging; closed to release
+	nextID int
+}
+
+// vllmMetrics carries vLLM's metric names and labels (model_name, engine).
+type vllmMetrics struct {
+	running, waiting, kvCache                   *prometheus.GaugeVec
+	promptTokens, generationTokens, success     *prometheus.CounterVec
+	ttft, itl, e2e, queue, promptLen, genLength *prometheus.HistogramVec
+}
+
+func newServer(o *options, keys []string, tokenDelay time.Duration) *server {
+	s := &server{o: o, keys: keys, tokenDelay: tokenDelay, reg: prometheus.NewRegistry()}
+	labels := []string{"model_name", "engine"}
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+		s.reg.MustRegister(g)
+		return g
+	}
+	counter := func(name, help string, extra ...string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, append(append([]string{}, labels...), extra...))
+		s.reg.MustRegister(c)
+		return c
+	}
+	hist := func(name, help string, buckets []float64) *prometheus.HistogramVec {
+		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+		s.reg.MustRegister(h)
+		return h
+	}
+	lat := []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}
+	toks := []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000}
+	s.m = vllmMetrics{
+		running:          gauge("vllm:num_requests_running", "Number of requests in model execution batches."),
+		waiting:          gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+		kvCache:          gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+		promptTokens:     counter("vllm:prompt_tokens_total", "Number of prefill tokens processed."),
+		generationTokens: counter("vllm:generation_tokens_total", "Number of generation tokens processed."),
+		success:          counter("vllm:request_success_total", "Count of successfully processed requests.", "finished_reason"),
+		ttft:             hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", lat),
+		itl:              hist("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", lat),
+		e2e:              hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", lat),
+		queue:            hist("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", lat),
+		promptLen:        hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", toks),
+		genLength:        hist("vllm:request_generation_tokens", "Number of generation tokens processed.", toks),
+	}
+	// vLLM exposes its gauges from the start, at zero.
+	for _, g := range []*prometheus.GaugeVec{s.m.running, s.m.waiting, s.m.kvCache} {
+		g.WithLabelValues(o.servedName, "0").Set(0)
+	}
+	for _, c := range []*prometheus.CounterVec{s.m.promptTokens, s.m.generationTokens} {
+		c.WithLabelValues(o.servedName, "0")
+	}
+	return s
+}
+
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"version": "0.0.0+fakevllm-test-double"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /tokenize", s.tokenize)
+	mux.HandleFunc("GET /v1/models", s.auth(s.models))
+	mux.HandleFunc("POST /v1/chat/completions", s.auth(s.complete(true)))
+	mux.HandleFunc("POST /v1/completions", s.auth(s.complete(false)))
+	return s.hangable(mux)
+}
+
+// hangable makes every request wait while the server hangs.
+func (s *server) hangable(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		hung := s.hung
+		s.mu.Unlock()
+		if hung != nil {
+			select {
+			case <-hung:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) hang() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hung == nil {
+		s.hung = make(chan struct{})
+	}
+}
+
+func (s *server) unhang() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hung != nil {
+		close(s.hung)
+		s.hung = nil
+	}
+}
+
+// auth guards a /v1 route with the API keys, as vLLM's --api-key does.
+func (s *server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if len(s.keys) > 0 {
+			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			ok := false
+			for _, k := range s.keys {
+				if subtle.ConstantTimeCompare([]byte(got), []byte(k)) == 1 {
+					ok = true
+				}
+			}
+			if !ok {
+				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "Unauthorized"})
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
+func (s *server) models(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object": "list",
+		"data": []map[string]any{{
+			"id": s.o.servedName, "object": "model", "created": time.Now().Unix(),
+			"owned_by": "vllm", "root": s.o.model, "max_model_len": max(s.o.maxModelLen, 2048),
+		}},
+	})
+}
+
+func (s *server) tokenize(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Prompt string `json:"prompt"`
+	}
+	json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req)
+	n := len(strings.Fields(req.Prompt))
+	writeJSON(w, http.StatusOK, map[string]any{"count": n, "max_model_len": max(s.o.maxModelLen, 2048)})
+}
+
+// request is the part of a completion request the fake reads.
+type request struct {
+	Model    string `json:"model"`
+	Prompt   any    `json:"prompt"`
+	Messages []struct {
+		Content any `json:"content"`
+	} `json:"messages"`
+	MaxTokens     *int `json:"max_tokens"`
+	Stream        bool `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+	Priority *int `json:"priority"`
+}
+
+func errorBody(msg, typ string, code int) map[string]any {
+	return map[string]any{"object": "error", "message": msg, "type": typ, "param": nil, "code": code}
+}
+
+var words = strings.Fields("the quick brown fox jumps over the lazy dog while a test double pretends to be a large language model")
+
+// complete serves chat (chat=true) and text completions, streamed or not.
+func (s *server) complete(chat bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		var req request
+		if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, errorBody("invalid JSON body: "+err.Error(), "BadRequestError", 400))
+			return
+		}
+		if req.Model != s.o.servedName {
+			writeJSON(w, http.StatusNotFound, errorBody(fmt.Sprintf("The model `%s` does not exist.", req.Model), "NotFoundError", 404))
+			return
+		}
+		if req.Priority != nil && s.o.schedulingPolicy != "priority" {
+			writeJSON(w, http.StatusBadRequest, errorBody("priority scheduling is not enabled", "BadRequestError", 400))
+			return
+		}
+		prompt := 0
+		if chat {
+			for _, m := range req.Messages {
+				prompt += len(strings.Fields(fmt.Sprint(m.Content)))
+			}
+		} else {
+			prompt = len(strings.Fields(fmt.Sprint(req.Prompt)))
+		}
+		n := 16
+		if req.MaxTokens != nil {
+			n = *req.MaxTokens
+		}
+		lbl := []string{s.o.servedName, "0"}
+		s.m.running.WithLabelValues(lbl...).Inc()
+		defer s.m.running.WithLabelValues(lbl...).Dec()
+		s.m.queue.WithLabelValues(lbl...).Observe(0)
+		s.mu.Lock()
+		s.nextID++
+		id := fmt.Sprintf("%s-fake%d", map[bool]string{true: "chatcmpl", false: "cmpl"}[chat], s.nextID)
+		s.mu.Unlock()
+
+		var text strings.Builder
+		var ttft time.Duration
+		flusher, _ := w.(http.Flusher)
+		if req.Stream {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-cache")
+			w.WriteHeader(http.StatusOK)
+			if chat {
+				sse(w, flusher, chunk(id, s.o.servedName, chat, map[string]any{"role": "assistant", "content": ""}, nil))
+			}
+		}
+		last := time.Now()
+		for i := 0; i < n; i++ {
+			if s.tokenDelay > 0 {
+				select {
+				case <-time.After(s.tokenDelay):
+				case <-r.Context().Done():
+					return
+				}
+			}
+			tok := words[i%len(words)] + " "
+			text.WriteString(tok)
+			now := time.Now()
+			if i == 0 {
+				ttft = now.Sub(start)
+				s.m.ttft.WithLabelValues(lbl...).Observe(ttft.Seconds())
+			} else {
+				s.m.itl.WithLabelValues(lbl...).Observe(now.Sub(last).Seconds())
+			}
+			last = now
+			if req.Stream {
+				var delta any = map[string]any{"content": tok}
+				if !chat {
+					delta = tok
+				}
+				sse(w, flusher, chunk(id, s.o.servedName, chat, delta, nil))
+			}
+		}
+		usage := map[string]int{"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+		s.m.promptTokens.WithLabelValues(lbl...).Add(float64(prompt))
+		s.m.generationTokens.WithLabelValues(lbl...).Add(float64(n))
+		s.m.success.WithLabelValues(s.o.servedName, "0", "length").Inc()
+		s.m.e2e.WithLabelValues(lbl...).Observe(time.Since(start).Seconds())
+		s.m.promptLen.WithLabelValues(lbl...).Observe(float64(prompt))
+		s.m.genLength.WithLabelValues(lbl...).Observe(float64(n))
+		if req.Stream {
+			finish := "length"
+			if chat {
+				sse(w, flusher, chunk(id, s.o.servedName, chat, map[string]any{}, &finish))
+			} else {
+				sse(w, flusher, chunk(id, s.o.servedName, chat, "", &finish))
+			}
+			if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
+				c := chunk(id, s.o.servedName, chat, nil, nil)
+				c["choices"] = []any{}
+				c["usage"] = usage
+				sse(w, flusher, c)
+			}
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			if flusher != nil {
+				flusher.Flush()
+			}
+			return
+		}
+		choice := map[string]any{"index": 0, "finish_reason": "length"}
+		object := "text_completion"
+		if chat {
+			choice["message"] = map[string]any{"role": "assistant", "content": text.String()}
+			object = "chat.completion"
+		} else {
+			choice["text"] = text.String()
+		}
+		writeJSON(w, http.StatusOK, map[string]any{
+			"id": id, "object": object, "created": start.Unix(), "model": s.o.servedName,
+			"choices": []any{choice}, "usage": usage,
+		})
+	}
+}
+
+func chunk(id, model string, chat bool, delta any, finish *string) map[string]any {
+	choice := map[string]any{"index": 0, "finish_reason": finish}
+	object := "text_completion"
+	if chat {
+		object = "chat.completion.chunk"
+		choice["delta"] = delta
+	} else {
+		choice["text"] = delta
+	}
+	return map[string]any{"id": id, "object": object, "created": time.Now().Unix(), "model": model, "choices": []any{choice}}
+}
+
+func sse(w io.Writer, f http.Flusher, v any) {
+	b, _ := json.Marshal(v)
+	fmt.Fprintf(w, "data: %s\n\n", b)
+	if f != nil {
+		f.Flush()
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
