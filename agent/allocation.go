@@ -37,6 +37,9 @@ type Allocation struct {
 	RestartCount int
 	// StepID is SLURM_STEP_ID: two sruns in one job do not take each other's rendezvous.
 	StepID string
+	// LaunchID names the srun that started this step (its host and port), so that a rendezvous
+	// left by an earlier run with a reused job id is never taken for this one.
+	LaunchID string
 	// SubmitHost is SLURM_SUBMIT_HOST, the default login host for the SSH tunnel.
 	SubmitHost string
 	// Local is true when no Slurm job was found and this host runs as a one-node allocation.
@@ -107,6 +110,9 @@ func AllocationFromEnv(getenv func(string) string, hostname string) (Allocation,
 	}
 	a.SubmitHost = getenv("SLURM_SUBMIT_HOST")
 	a.StepID = getenv("SLURM_STEP_ID")
+	if port := getenv("SLURM_SRUN_COMM_PORT"); port != "" {
+		a.LaunchID = getenv("SLURM_LAUNCH_NODE_IPADDR") + ":" + port
+	}
 	return a, nil
 }
 

@@ -241,7 +241,7 @@ func (h *head) startRay(ctx, rayCtx context.Context, rayDone chan error) error {
 		return fmt.Errorf("ray head GCS at %s did not come up: %w", gcs, err)
 	}
 	rv := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC()}
+		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC()}
 	if err := WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}

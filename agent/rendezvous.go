@@ -23,6 +23,7 @@ type Rendezvous struct {
 	JobID        string    `json:"job_id"`
 	RestartCount int       `json:"restart_count"`
 	StepID       string    `json:"step_id,omitempty"`
+	LaunchID     string    `json:"launch_id,omitempty"`
 	HeadHost     string    `json:"head_host"`
 	HeadAddress  string    `json:"head_address"`
 	Ports        Ports     `json:"ports"`
@@ -36,7 +37,8 @@ func (r Rendezvous) RayAddress() string {
 
 // matches tells a rendezvous of this run from a stale one left by an earlier step or requeue.
 func (r Rendezvous) matches(want Rendezvous) bool {
-	return r.JobID == want.JobID && r.RestartCount == want.RestartCount && r.StepID == want.StepID
+	return r.JobID == want.JobID && r.RestartCount == want.RestartCount && r.StepID == want.StepID &&
+		r.LaunchID == want.LaunchID
 }
 
 // WriteRendezvous publishes r atomically in dir.
@@ -72,7 +74,7 @@ func WaitRendezvous(ctx context.Context, dir string, want Rendezvous, timeout, i
 		case err == nil && r.matches(want):
 			return r, nil
 		case err == nil:
-			last = fmt.Errorf("found a stale rendezvous of job %s restart %d step %q", r.JobID, r.RestartCount, r.StepID)
+			last = fmt.Errorf("found a stale rendezvous of job %s restart %d step %q launch %q", r.JobID, r.RestartCount, r.StepID, r.LaunchID)
 		case !errors.Is(err, os.ErrNotExist):
 			last = err
 		}

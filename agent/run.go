@@ -37,12 +37,15 @@ type Deps struct {
 	Collectors []prometheus.Collector
 	// Reaper is the binary that runs supervisor.MaybeRunReaper; empty means this executable.
 	Reaper string
+	// JobEndTime asks Slurm for the job's end time when SLURM_JOB_END_TIME is unset; nil skips.
+	JobEndTime func(ctx context.Context, jobID string) (time.Time, error)
 }
 
 // DefaultDeps returns the real environment.
 func DefaultDeps(log hclog.Logger) Deps {
 	host, _ := os.Hostname()
-	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr}
+	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr,
+		JobEndTime: SqueueEndTime}
 }
 
 // agent is one node's agent after its input was checked.
@@ -118,6 +121,13 @@ func prepare(cfg Config, deps Deps) (*agent, error) {
 	role := "worker"
 	if a.alloc.IsHead() {
 		role = "head"
+		if a.alloc.EndTime.IsZero() && !a.alloc.Local && deps.JobEndTime != nil {
+			if end, err := deps.JobEndTime(context.Background(), a.alloc.JobID); err != nil {
+				a.log.Debug("job end time unknown", "error", err)
+			} else {
+				a.alloc.EndTime = end
+			}
+		}
 	}
 	a.state = metrics.NewState(a.alloc.Hostname(), a.alloc.JobID, role, a.alloc.TotalGPUs(), cfg.SUFactor, a.started, a.alloc.EndTime)
 	return a, nil
@@ -248,7 +258,10 @@ func (a *agent) trackChild(e supervisor.Event) {
 
 // runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends.
 func (a *agent) runWorker(ctx context.Context) error {
-	want := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID, HeadHost: a.alloc.Head()}
+	want := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
+	// Ray on workers follows the head's temp dir, which is per job and node-local.
+	defer os.RemoveAll(filepath.Dir(a.rayTempDir()))
 	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
 	rv, err := WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, 200*time.Millisecond)
 	if err != nil {

@@ -48,7 +48,8 @@ type StartOptions struct {
 // StartArgs returns the arguments of `ray start` (without the executable) for o. Every port
 // is given explicitly, so jobs that share a node never collide.
 func StartArgs(o StartOptions) []string {
-	args := []string{"start", "--block", "--disable-usage-stats", "--node-ip-address", o.NodeAddress}
+	args := []string{"start", "--block", "--disable-usage-stats", "--log-style", "record", "--log-color", "false",
+		"--node-ip-address", o.NodeAddress}
 	itoa := strconv.Itoa
 	if o.Head {
 		args = append(args, "--head",

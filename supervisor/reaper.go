@@ -74,7 +74,9 @@ func runReaper(graceText string, argv []string) int {
 				if os.Getppid() != parent {
 					g = min(grace, orphanGrace)
 				}
-				r.signalAll(s.(syscall.Signal))
+				// The command gets the signal and the grace period to stop its own children, as
+				// `ray start --block` and vLLM's server do; whatever is left is killed after it.
+				_ = syscall.Kill(r.cmd, s.(syscall.Signal))
 				killAt = time.After(g)
 			}
 		case <-killAt:
@@ -89,9 +91,9 @@ func runReaper(graceText string, argv []string) int {
 		if len(descendants(r.self)) == 0 {
 			return r.exitCode
 		}
-		if !r.terminating {
-			// The command ended on its own; whatever it left behind gets a short grace.
-			r.terminating = true
+		if !r.leftovers {
+			// The command has ended; whatever it left behind gets SIGTERM and a short grace.
+			r.leftovers, r.terminating = true, true
 			r.signalAll(syscall.SIGTERM)
 			killAt = time.After(leftoverGrace)
 		}
@@ -105,6 +107,7 @@ type reaper struct {
 	self, cmd   int
 	exitCode    int
 	terminating bool
+	leftovers   bool
 	killing     bool
 }
 

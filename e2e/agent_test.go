@@ -1,0 +1,287 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/agent"
+)
+
+const (
+	readyTimeout = 2 * time.Minute
+	drainBound   = 30 * time.Second // scancel to "no process left", as the issue asks
+)
+
+// threeNodes asks for every node of the mini-cluster, with both fake GPUs of each.
+func threeNodes(extra ...string) []string {
+	return append([]string{"-N", fmt.Sprint(suite.nodes), "--gpus-per-node=2", "--cpus-per-task=1"}, extra...)
+}
+
+// TestMultiNodeLifecycle runs one three-node job through the happy path and every fault the
+// supervisor must absorb, then cancels it. Each step is a subtest that asserts what it names.
+func TestMultiNodeLifecycle(t *testing.T) {
+	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: threeNodes()})
+	c := j.waitState(agent.StateReady, readyTimeout)
+	key := j.apiKey(c)
+
+	t.Run("happy path", func(t *testing.T) {
+		resp, body := chat(t, c.BaseURL, key, c.ServedModelName, false)
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		var out struct {
+			Choices []struct {
+				Message struct{ Content string } `json:"message"`
+			} `json:"choices"`
+			Usage struct {
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		decodeJSON(t, body, &out)
+		require.Len(t, out.Choices, 1)
+		assert.NotEmpty(t, out.Choices[0].Message.Content)
+		assert.Equal(t, 8, out.Usage.CompletionTokens)
+
+		resp, body = chat(t, c.BaseURL, "", c.ServedModelName, false)
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "no key: %s", body)
+		resp, body = chat(t, c.BaseURL, "sk-wrong", c.ServedModelName, false)
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "wrong key: %s", body)
+
+		// Streamed: chunks arrive one by one, not in one piece at the end (20 ms per token).
+		resp, _ = chat(t, c.BaseURL, key, c.ServedModelName, true)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		events := readSSE(t, resp.Body)
+		resp.Body.Close()
+		require.GreaterOrEqual(t, len(events), 10, "role chunk, 8 tokens, finish, usage, [DONE]")
+		assert.Equal(t, "[DONE]", events[len(events)-1].data)
+		spread := events[len(events)-1].at.Sub(events[0].at)
+		assert.Greater(t, spread, 100*time.Millisecond, "chunks were buffered: all arrived within %s", spread)
+		var usage struct {
+			Usage struct {
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(events[len(events)-2].data), &usage))
+		assert.Equal(t, 8, usage.Usage.CompletionTokens, "final usage chunk")
+
+		// Every node's metrics port answers with the agent's metrics.
+		require.Len(t, c.Metrics, suite.nodes)
+		for _, ep := range c.Metrics {
+			text := metricsText(t, ep.MetricsURL)
+			assert.Contains(t, text, "llm_agent_info{", ep.Node)
+			assert.Contains(t, text, `llm_agent_child_up{child="ray"`, ep.Node)
+		}
+
+		// Ray on the head sees exactly the job's nodes.
+		requireRayStatusNodes(t, c.RayAddress, suite.nodes)
+
+		// The head is the first host of the job's node list, as scontrol expands it.
+		assert.Equal(t, firstHost(t, j.id), c.HeadHost)
+		assert.Contains(t, c.SSHTunnel, fmt.Sprintf("ssh -N -L %d:%s:%d", c.Port, c.HeadHost, c.Port))
+		assert.Contains(t, c.SSHTunnel, "@login.example")
+	})
+
+	t.Run("engine killed", func(t *testing.T) {
+		pids := pidsByComm(t, 1, "fakevllm")
+		require.Len(t, pids, 1)
+		require.NoError(t, exec.Command("kill", "-KILL", pids[0]).Run())
+		j.waitState(agent.StateRestarting, 30*time.Second)
+		c := j.waitState(agent.StateReady, readyTimeout)
+		assert.Equal(t, 1, c.Restarts["vllm"])
+		text := metricsText(t, c.Metrics[0].MetricsURL)
+		v, ok := metricValue(text, `llm_agent_child_restarts_total{child="vllm",job="`+j.id+`",node="node1",reason="exited"}`)
+		assert.True(t, ok, "restart counter exported")
+		assert.Equal(t, "1", v)
+		resp, body := chat(t, c.BaseURL, key, c.ServedModelName, false)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	})
+
+	t.Run("engine hung", func(t *testing.T) {
+		pids := pidsByComm(t, 1, "fakevllm")
+		require.Len(t, pids, 1)
+		require.NoError(t, exec.Command("kill", "-STOP", pids[0]).Run())
+		j.waitState(agent.StateRestarting, 60*time.Second)
+		c := j.waitState(agent.StateReady, readyTimeout)
+		assert.Equal(t, 2, c.Restarts["vllm"])
+		text := metricsText(t, c.Metrics[0].MetricsURL)
+		v, _ := metricValue(text, `llm_agent_child_restarts_total{child="vllm",job="`+j.id+`",node="node1",reason="unhealthy"}`)
+		assert.Equal(t, "1", v, "the liveness probe caused the restart")
+		assert.NotContains(t, pidsByComm(t, 1, "fakevllm"), pids[0], "the hung engine is gone")
+	})
+
+	t.Run("worker ray node killed", func(t *testing.T) {
+		raylets := pidsByComm(t, 2, "raylet")
+		require.Len(t, raylets, 1)
+		require.NoError(t, exec.Command("kill", "-KILL", raylets[0]).Run())
+		j.waitState(agent.StateRestarting, 60*time.Second)
+		c := j.waitState(agent.StateReady, readyTimeout)
+		requireRayStatusNodes(t, c.RayAddress, suite.nodes)
+		worker := metricsText(t, c.Metrics[1].MetricsURL)
+		v, _ := metricValue(worker, `llm_agent_child_restarts_total{child="ray"`)
+		assert.Equal(t, "1", v, "the worker restarted its Ray")
+		resp, body := chat(t, c.BaseURL, key, c.ServedModelName, false)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	})
+
+	t.Run("scancel", func(t *testing.T) {
+		start := time.Now()
+		require.NoError(t, exec.Command("scancel", j.id).Run())
+		j.waitState(agent.StateStopped, drainBound)
+		requireNoProcesses(t, drainBound-time.Since(start))
+		t.Logf("scancel to no process left: %s", time.Since(start).Round(time.Millisecond))
+		assert.Equal(t, "CANCELLED", j.waitEnded(time.Minute))
+		assertNoRayTempDirs(t, j.id)
+	})
+}
+
+// requireRayStatusNodes waits until `ray status` on the head lists want active nodes. Its view is
+// the autoscaler's last report, which trails the GCS by a few seconds.
+func requireRayStatusNodes(t *testing.T, address string, want int) {
+	t.Helper()
+	var out []byte
+	ok := assertEventually(30*time.Second, func() bool {
+		var err error
+		out, err = inNamespace(1, filepath.Join(suite.venv, "bin", "ray"), "status", "--address", address).CombinedOutput()
+		return err == nil && countActiveRayNodes(string(out)) == want
+	})
+	require.True(t, ok, "ray status at %s never showed %d nodes:\n%s", address, want, out)
+}
+
+func countActiveRayNodes(status string) int {
+	n := 0
+	in := false
+	for _, line := range strings.Split(status, "\n") {
+		switch {
+		case strings.HasPrefix(line, "Active:"):
+			in = true
+		case strings.HasPrefix(line, "Pending:"):
+			in = false
+		case in && strings.Contains(line, "node_"):
+			n++
+		}
+	}
+	return n
+}
+
+func firstHost(t *testing.T, id string) string {
+	t.Helper()
+	out, err := exec.Command("squeue", "-h", "-j", id, "-o", "%N").Output()
+	require.NoError(t, err)
+	hosts, err := exec.Command("scontrol", "show", "hostnames", strings.TrimSpace(string(out))).Output()
+	require.NoError(t, err)
+	return strings.Fields(string(hosts))[0]
+}
+
+// assertNoRayTempDirs checks that no node keeps the job's Ray directory in its /tmp.
+func assertNoRayTempDirs(t *testing.T, id string) {
+	t.Helper()
+	for i := 1; i <= suite.nodes; i++ {
+		pids, err := exec.Command("ip", "netns", "pids", fmt.Sprintf("llmnode%d", i)).Output()
+		require.NoError(t, err)
+		f := strings.Fields(string(pids))
+		if len(f) == 0 {
+			continue
+		}
+		// Look through slurmd's mount namespace, where the node's /tmp is.
+		dir := filepath.Join("/proc", f[0], "root", "tmp", "llm-agent-"+id)
+		_, err = os.Stat(dir)
+		assert.True(t, os.IsNotExist(err), "node%d still has /tmp/llm-agent-%s", i, id)
+	}
+}
+
+// TestCrashLoopFailsJob makes the engine fail at every start: the agent gives up after its
+// bounded restarts, the job fails with the reason, and nothing is left running.
+func TestCrashLoopFailsJob(t *testing.T) {
+	j := submit(t, jobSpec{
+		script:  "multinode.sbatch",
+		sbatch:  []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1"},
+		agent:   []string{"--max-restarts", "3", "--backoff-initial", "200ms"},
+		control: "fail-start",
+	})
+	c := j.waitState(agent.StateFailed, readyTimeout)
+	assert.Contains(t, c.Reason, "gave up after 3 restarts")
+	assert.Contains(t, c.Reason, "exit status 1")
+	assert.Equal(t, 3, c.Restarts["vllm"])
+	assert.Equal(t, "FAILED", j.waitEnded(time.Minute))
+	assert.Contains(t, j.outputText(), "injected fail-start")
+	requireNoProcesses(t, drainBound)
+}
+
+// TestTimeLimitDrains gives a job one minute: Slurm's signal drains it and nothing is left.
+func TestTimeLimitDrains(t *testing.T) {
+	j := submit(t, jobSpec{
+		script: "multinode.sbatch",
+		sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=1", "--signal=TERM@20"},
+	})
+	j.waitState(agent.StateReady, readyTimeout)
+	c := j.waitState(agent.StateStopped, 3*time.Minute)
+	assert.Empty(t, c.Reason)
+	st := j.waitEnded(time.Minute)
+	assert.Contains(t, []string{"COMPLETED", "TIMEOUT"}, st)
+	requireNoProcesses(t, drainBound)
+	assert.Contains(t, j.outputText(), "draining")
+}
+
+// TestTwoJobsShareNodes runs two jobs on the same nodes at once, one GPU each: both come up on
+// their own ports and neither's Ray sees the other's nodes.
+func TestTwoJobsShareNodes(t *testing.T) {
+	spec := jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", fmt.Sprint(suite.nodes), "--gpus-per-node=1", "--cpus-per-task=1"}}
+	a := submit(t, spec)
+	b := submit(t, spec)
+	ca := a.waitState(agent.StateReady, readyTimeout)
+	cb := b.waitState(agent.StateReady, readyTimeout)
+	assert.NotEqual(t, ca.Port, cb.Port)
+	assert.NotEqual(t, ca.MetricsPort, cb.MetricsPort)
+	assert.NotEqual(t, ca.RayAddress, cb.RayAddress)
+	for _, x := range []struct {
+		j *job
+		c agent.Connection
+	}{{a, ca}, {b, cb}} {
+		resp, body := chat(t, x.c.BaseURL, x.j.apiKey(x.c), x.c.ServedModelName, false)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		resp, _ = chat(t, x.c.BaseURL, "", x.c.ServedModelName, false)
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		requireRayStatusNodes(t, x.c.RayAddress, suite.nodes)
+	}
+	// One job's key does not open the other.
+	resp, _ := chat(t, ca.BaseURL, b.apiKey(cb), ca.ServedModelName, false)
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	require.NoError(t, exec.Command("scancel", a.id, b.id).Run())
+	a.waitState(agent.StateStopped, drainBound)
+	b.waitState(agent.StateStopped, drainBound)
+	requireNoProcesses(t, drainBound)
+}
+
+// TestBadInputEndsQuickly checks that mistakes end the job at once with the reason in its output.
+func TestBadInputEndsQuickly(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    jobSpec
+		message string
+	}{
+		{"missing model path", jobSpec{script: "singlenode.sbatch", sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
+			agent: []string{"--model", "/nonexistent/model-dir"}}, `model directory "/nonexistent/model-dir" does not exist`},
+		{"impossible parallelism", jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=2", "--cpus-per-task=1"},
+			agent: []string{"--tensor-parallel-size", "4"}}, "tensor parallel 4 exceeds the 2 GPUs of a node"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			j := submit(t, tt.spec)
+			assert.Equal(t, "FAILED", j.waitEnded(time.Minute))
+			assert.Less(t, time.Since(start), 30*time.Second, "a bad input must fail fast")
+			assert.Contains(t, j.outputText(), tt.message)
+			requireNoProcesses(t, drainBound)
+		})
+	}
+}
