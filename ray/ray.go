@@ -198,11 +198,14 @@ func Alive(nodes []Node) []Node {
 	return out
 }
 
-// Missing returns the expected hosts that have no alive node, matched by host name or address.
+// Missing returns the expected hosts that have no alive node, matched by host name (short or
+// full: Slurm and the node may disagree on the domain) or address.
 func Missing(nodes []Node, hosts, addresses []string) []string {
 	have := map[string]bool{}
 	for _, n := range Alive(nodes) {
+		short, _, _ := strings.Cut(n.Hostname, ".")
 		have[n.Hostname] = true
+		have[short] = true
 		have[n.Address] = true
 	}
 	var out []string

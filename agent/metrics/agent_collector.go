@@ -17,7 +17,7 @@ type AgentCollector struct {
 
 	info, childState, childUp, restarts, uptime                   *prometheus.Desc
 	rayAlive, rayExpected, ready, timeToReady, started, remaining *prometheus.Desc
-	endTime, gpuHours, serviceUnits, suFactor, gpus               *prometheus.Desc
+	endTime, gpuSeconds, serviceUnits, suFactor, gpus             *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*AgentCollector)(nil)
@@ -47,7 +47,7 @@ func NewAgentCollector(state *State, now func() time.Time) *AgentCollector {
 		started:      d("start_time_seconds", "Unix time the agent started."),
 		remaining:    d("job_remaining_seconds", "Seconds until the Slurm job's end time."),
 		endTime:      d("job_end_time_seconds", "Unix time of the Slurm job's end."),
-		gpuHours:     d("gpu_hours_total", "GPU-hours the job has held so far: wall hours times GPUs."),
+		gpuSeconds:   d("gpu_seconds_total", "GPU-seconds the job has held so far: wall seconds times GPUs."),
 		serviceUnits: d("service_units_total", "Service units consumed so far: wall hours times GPUs times the SU factor."),
 		suFactor:     d("service_unit_factor", "Service units charged per GPU-hour."),
 		gpus:         d("job_gpus", "GPUs the whole job holds."),
@@ -58,7 +58,7 @@ func NewAgentCollector(state *State, now func() time.Time) *AgentCollector {
 func (c *AgentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.childState, c.childUp, c.restarts, c.uptime,
 		c.rayAlive, c.rayExpected, c.ready, c.timeToReady, c.started, c.remaining, c.endTime,
-		c.gpuHours, c.serviceUnits, c.suFactor, c.gpus} {
+		c.gpuSeconds, c.serviceUnits, c.suFactor, c.gpus} {
 		ch <- d
 	}
 }
@@ -104,9 +104,9 @@ func (c *AgentCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.endTime, float64(s.EndTime.Unix()))
 		gauge(c.remaining, max(0, s.EndTime.Sub(now).Seconds()))
 	}
-	hours := now.Sub(s.Started).Hours() * float64(s.GPUs)
-	ch <- prometheus.MustNewConstMetric(c.gpuHours, prometheus.CounterValue, hours)
-	ch <- prometheus.MustNewConstMetric(c.serviceUnits, prometheus.CounterValue, hours*s.SUFactor)
+	wall := now.Sub(s.Started)
+	ch <- prometheus.MustNewConstMetric(c.gpuSeconds, prometheus.CounterValue, wall.Seconds()*float64(s.GPUs))
+	ch <- prometheus.MustNewConstMetric(c.serviceUnits, prometheus.CounterValue, wall.Hours()*float64(s.GPUs)*s.SUFactor)
 	gauge(c.suFactor, s.SUFactor)
 	gauge(c.gpus, float64(s.GPUs))
 }

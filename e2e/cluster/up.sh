@@ -107,21 +107,22 @@ for i in $(seq 1 "$MC_NODES"); do
         >>"$MC_LOG_DIR/slurmd-$node.out" 2>&1 </dev/null &
 done
 
-# --- wait for the nodes to be idle ---------------------------------------------------------------
-nodes_idle() {
+# --- wait for the nodes to be up: idle, or running jobs when the cluster was already up --------
+nodes_up() {
     local states
-    states=$(sinfo -h -N -o '%T' 2>/dev/null | sort -u | tr '\n' ' ')
-    [ "$states" = "idle " ]
+    states=$(sinfo -h -N -o '%T' 2>/dev/null) || return 1
+    [ "$(echo "$states" | wc -l)" -eq "$MC_NODES" ] || return 1
+    ! echo "$states" | grep -qvxE 'idle|allocated|mixed|completing'
 }
 deadline=$((SECONDS + 60))
-until nodes_idle; do
+until nodes_up; do
     if sinfo -h -N -o '%T' 2>/dev/null | grep -qE 'down|drain|unknown'; then
         scontrol update nodename="node[1-$last]" state=resume >/dev/null 2>&1 || true
     fi
     if [ $SECONDS -ge $deadline ]; then
         sinfo -N >&2 || true
-        mc_die "nodes did not become idle within 60s; see $MC_LOG_DIR/slurmd-node*.log"
+        mc_die "nodes did not come up within 60s; see $MC_LOG_DIR/slurmd-node*.log"
     fi
     sleep 0.5
 done
-mc_log "up: $MC_NODES nodes idle ($(sinfo -h -o '%N'))"
+mc_log "up: $MC_NODES nodes ($(sinfo -h -o '%N %T' | tr '\n' ' '))"

@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestConnectionFileNeverHalfWritten has a reader parse the file in a loop while the writer
+// rewrites it thousands of times with contents of changing length.
+func TestConnectionFileNeverHalfWritten(t *testing.T) {
+	dir := t.TempDir()
+	w, err := NewConnectionWriter(dir, Connection{JobID: "1", State: StateStarting, BaseURL: "http://h:1/v1"}, "sk-secret")
+	require.NoError(t, err)
+	path := filepath.Join(dir, ConnectionFile)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads, bad int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b, err := os.ReadFile(path)
+			require.NoError(t, err, "the file never disappears")
+			var c Connection
+			if json.Unmarshal(b, &c) != nil {
+				bad++
+			}
+			reads++
+			fi, err := os.Stat(path)
+			require.NoError(t, err)
+			assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+		}
+	}()
+	for i := 0; i < 2000; i++ {
+		reason := ""
+		for j := 0; j < i%50; j++ {
+			reason += "x"
+		}
+		require.NoError(t, w.SetState([]ServiceState{StateReady, StateRestarting}[i%2], reason))
+	}
+	close(stop)
+	wg.Wait()
+	assert.Zero(t, bad, "half-written reads out of %d", reads)
+	assert.Greater(t, reads, 10)
+	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*tmp*"))
+	assert.Empty(t, leftovers, "no temp files left")
+}
+
+func TestConnectionWriter(t *testing.T) {
+	dir := t.TempDir()
+	w, err := NewConnectionWriter(dir, Connection{JobID: "5", State: StateStarting, BaseURL: "http://h:1/v1"}, "sk-it's")
+	require.NoError(t, err)
+	env, err := os.ReadFile(filepath.Join(dir, ConnectionEnvFile))
+	require.NoError(t, err)
+	assert.Contains(t, string(env), `export OPENAI_API_KEY='sk-it'\''s'`, "shell-quoted")
+	key, err := os.ReadFile(filepath.Join(dir, APIKeyFile))
+	require.NoError(t, err)
+	assert.Equal(t, "sk-it's\n", string(key))
+
+	before, _ := os.Stat(filepath.Join(dir, ConnectionFile))
+	require.NoError(t, w.Update(func(c *Connection) {}))
+	after, _ := os.Stat(filepath.Join(dir, ConnectionFile))
+	assert.Equal(t, before.ModTime(), after.ModTime(), "no change, no write")
+
+	require.NoError(t, w.SetState(StateReady, ""))
+	first := w.Snapshot().ReadyAt
+	require.NotNil(t, first)
+	require.NoError(t, w.SetState(StateRestarting, "engine exited"))
+	require.NoError(t, w.SetState(StateReady, ""))
+	assert.Equal(t, first, w.Snapshot().ReadyAt, "ready_at is the first time")
+	c, err := ReadConnection(filepath.Join(dir, ConnectionFile))
+	require.NoError(t, err)
+	assert.Equal(t, StateReady, c.State)
+
+	_, err = ReadConnection(filepath.Join(dir, "nope.json"))
+	assert.Error(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "bad.json"), []byte("{"), 0o600))
+	_, err = ReadConnection(filepath.Join(dir, "bad.json"))
+	assert.ErrorContains(t, err, "parse")
+}
+
+func TestSSHTunnelCommand(t *testing.T) {
+	assert.Equal(t, "ssh -N -L 8000:gpu01:8000 ana@login.hpc", SSHTunnelCommand(8000, "gpu01", "ana", "login.hpc"))
+	assert.Equal(t, "ssh -N -L 8001:gpu01:8001 USER@LOGIN-HOST", SSHTunnelCommand(8001, "gpu01", "", ""))
+}
+
+func TestWriteFileAtomicErrors(t *testing.T) {
+	err := WriteFileAtomic(filepath.Join(t.TempDir(), "missing", "f"), []byte("x"), 0o600)
+	assert.Error(t, err)
+}
+
+func TestRendezvous(t *testing.T) {
+	dir := t.TempDir()
+	want := Rendezvous{JobID: "3", StepID: "0", LaunchID: "10.0.0.1:4000", HeadHost: "n1"}
+	ctx := context.Background()
+
+	t.Run("times out naming the head", func(t *testing.T) {
+		_, err := WaitRendezvous(ctx, dir, want, 100*time.Millisecond, 10*time.Millisecond)
+		assert.ErrorIs(t, err, ErrRendezvousTimeout)
+		assert.Contains(t, err.Error(), "no rendezvous from head n1")
+	})
+	t.Run("ignores a stale file", func(t *testing.T) {
+		stale := want
+		stale.LaunchID = "10.0.0.1:3999"
+		require.NoError(t, WriteRendezvous(dir, stale))
+		_, err := WaitRendezvous(ctx, dir, want, 100*time.Millisecond, 10*time.Millisecond)
+		assert.ErrorIs(t, err, ErrRendezvousTimeout)
+		assert.Contains(t, err.Error(), "stale rendezvous")
+	})
+	t.Run("takes the head's file when it appears", func(t *testing.T) {
+		go func() {
+			time.Sleep(50 * time.Millisecond) // the head publishes a little later
+			r := want
+			r.HeadAddress = "10.0.0.1"
+			r.Ports.RayGCS = 6379
+			WriteRendezvous(dir, r)
+		}()
+		r, err := WaitRendezvous(ctx, dir, want, 5*time.Second, 10*time.Millisecond)
+		require.NoError(t, err)
+		assert.Equal(t, "10.0.0.1:6379", r.RayAddress())
+	})
+	t.Run("unparseable file", func(t *testing.T) {
+		d := t.TempDir()
+		require.NoError(t, os.WriteFile(filepath.Join(d, RendezvousFile), []byte("{"), 0o644))
+		_, err := WaitRendezvous(ctx, d, want, 50*time.Millisecond, 10*time.Millisecond)
+		assert.ErrorContains(t, err, "parse rendezvous.json")
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_, err := WaitRendezvous(cctx, t.TempDir(), want, time.Second, 10*time.Millisecond)
+		assert.ErrorIs(t, err, context.Canceled)
+	})
+}
+
+func TestNodeInfos(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, WriteNodeInfo(dir, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
+	require.NoError(t, WriteNodeInfo(dir, NodeInfo{Host: "n1", Address: "10.0.0.1", MetricsPort: 9500, Role: "head"}))
+	infos := ReadNodeInfos(dir, []string{"n1", "n2", "n3"})
+	require.Len(t, infos, 2)
+	assert.Equal(t, "n1", infos[0].Host)
+	assert.Equal(t, "http://10.0.0.2:9500/metrics", infos[1].MetricsURL())
+}

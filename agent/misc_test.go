@@ -1,0 +1,187 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// tableNet is a fake host network: interfaces, their addresses, and name resolution.
+type tableNet struct {
+	ifaces map[string][]string // name -> CIDRs, in order
+	order  []string
+	flags  map[string]net.Flags
+	hosts  map[string][]string
+}
+
+func (n tableNet) Interfaces() ([]net.Interface, error) {
+	var out []net.Interface
+	for i, name := range n.order {
+		out = append(out, net.Interface{Index: i + 1, Name: name, Flags: n.flags[name]})
+	}
+	return out, nil
+}
+
+func (n tableNet) Addrs(i net.Interface) ([]net.Addr, error) {
+	var out []net.Addr
+	for _, cidr := range n.ifaces[i.Name] {
+		ip, ipn, err := net.ParseCIDR(cidr)
+		if err != nil {
+			return nil, err
+		}
+		ipn.IP = ip
+		out = append(out, ipn)
+	}
+	return out, nil
+}
+
+func (n tableNet) LookupHost(h string) ([]string, error) {
+	if a, ok := n.hosts[h]; ok {
+		return a, nil
+	}
+	return nil, errors.New("no such host")
+}
+
+func TestNodeAddress(t *testing.T) {
+	up := net.FlagUp
+	host := tableNet{
+		order:  []string{"lo", "eth0", "ib0", "v6only", "empty"},
+		ifaces: map[string][]string{"lo": {"127.0.0.1/8"}, "eth0": {"10.1.0.5/16"}, "ib0": {"fe80::1/64", "192.168.7.5/24"}, "v6only": {"fe80::2/64", "2001:db8::5/64"}},
+		flags:  map[string]net.Flags{"lo": up | net.FlagLoopback, "eth0": up, "ib0": up, "v6only": up, "empty": up},
+		hosts:  map[string][]string{"gpu01": {"192.168.7.5"}, "loopy": {"127.0.1.1"}},
+	}
+	tests := []struct {
+		name, iface, host, addr, ifname string
+	}{
+		{"chosen interface", "ib0", "gpu01", "192.168.7.5", "ib0"},
+		{"ipv6 only interface", "v6only", "gpu01", "2001:db8::5", "v6only"},
+		{"resolved host name", "", "gpu01", "192.168.7.5", "ib0"},
+		{"host resolving to loopback falls back to the first real interface", "", "loopy", "10.1.0.5", "eth0"},
+		{"unresolvable host falls back too", "", "unknown", "10.1.0.5", "eth0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, ifname, err := NodeAddress(host, tt.iface, tt.host)
+			require.NoError(t, err)
+			assert.Equal(t, tt.addr, addr)
+			assert.Equal(t, tt.ifname, ifname)
+		})
+	}
+	_, _, err := NodeAddress(host, "ib9", "gpu01")
+	assert.ErrorIs(t, err, ErrAddress)
+	assert.Contains(t, err.Error(), "this node has lo, eth0, ib0, v6only, empty")
+	_, _, err = NodeAddress(host, "empty", "gpu01")
+	assert.ErrorContains(t, err, "interface empty has no IP address")
+	lonely := tableNet{order: []string{"lo"}, ifaces: map[string][]string{"lo": {"127.0.0.1/8"}}, flags: map[string]net.Flags{"lo": up | net.FlagLoopback}}
+	_, _, err = NodeAddress(lonely, "", "x")
+	assert.ErrorContains(t, err, "pass --iface")
+	addr, _, err := NodeAddress(SystemNet{}, "lo", "")
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", addr)
+}
+
+func TestChooseParallelism(t *testing.T) {
+	tests := []struct {
+		name                string
+		tp, pp, nodes, gpus int
+		wantTP, wantPP      int
+		err                 string
+	}{
+		{"defaults: GPUs per node by nodes", 0, 0, 3, 4, 4, 3, ""},
+		{"single node", 0, 0, 1, 8, 8, 1, ""},
+		{"explicit smaller tensor parallel", 2, 0, 2, 4, 2, 2, ""},
+		{"pipeline within one node", 2, 2, 1, 4, 2, 2, ""},
+		{"no GPUs: CPU engine", 0, 0, 2, 0, 1, 2, ""},
+		{"no GPUs but tensor parallel", 2, 0, 1, 0, 0, 0, "needs GPUs"},
+		{"tensor parallel across nodes", 8, 0, 2, 4, 0, 0, "tensor parallel 8 exceeds the 4 GPUs of a node"},
+		{"more GPUs than the allocation", 4, 3, 2, 4, 0, 0, "= 12 GPUs, but the allocation has 2 nodes x 4 GPUs = 8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := ChooseParallelism(tt.tp, tt.pp, tt.nodes, tt.gpus)
+			if tt.err != "" {
+				assert.ErrorIs(t, err, ErrConfig)
+				assert.ErrorContains(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, Parallelism{Tensor: tt.wantTP, Pipeline: tt.wantPP}, p)
+		})
+	}
+}
+
+func TestEngineArgs(t *testing.T) {
+	args := EngineArgs(EngineSpec{Model: "/m", ServedName: "m", Host: "0.0.0.0", Port: 8000,
+		Parallelism: Parallelism{Tensor: 4, Pipeline: 2}, MultiNode: true, Extra: []string{"--max-model-len", "8192"}})
+	assert.Equal(t, "serve /m --host 0.0.0.0 --port 8000 --served-model-name m --tensor-parallel-size 4 --pipeline-parallel-size 2 --distributed-executor-backend ray --max-model-len 8192",
+		strings.Join(args, " "))
+	for _, bad := range []string{"--api-key", "--api-key=x", "--port", "-tp", "--distributed-executor-backend=mp"} {
+		assert.ErrorIs(t, CheckExtraArgs([]string{"--max-model-len", "1", bad}), ErrConfig, bad)
+	}
+	assert.NoError(t, CheckExtraArgs([]string{"--max-model-len", "8192", "--enable-prefix-caching"}))
+}
+
+func TestLoadAPIKey(t *testing.T) {
+	k1, err := LoadAPIKey("")
+	require.NoError(t, err)
+	k2, _ := LoadAPIKey("")
+	assert.NotEqual(t, k1, k2)
+	assert.Regexp(t, `^sk-llm-[0-9a-f]{48}$`, k1)
+
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	require.NoError(t, os.WriteFile(good, []byte("sk-mine\n"), 0o600))
+	k, err := LoadAPIKey(good)
+	require.NoError(t, err)
+	assert.Equal(t, "sk-mine", k)
+
+	open := filepath.Join(dir, "open")
+	require.NoError(t, os.WriteFile(open, []byte("sk-mine\n"), 0o644))
+	_, err = LoadAPIKey(open)
+	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorContains(t, err, "chmod 600")
+	assert.NotContains(t, err.Error(), "sk-mine", "the key never appears in an error")
+
+	two := filepath.Join(dir, "two")
+	require.NoError(t, os.WriteFile(two, []byte("a\nb\n"), 0o600))
+	_, err = LoadAPIKey(two)
+	assert.ErrorContains(t, err, "exactly one key")
+	_, err = LoadAPIKey(filepath.Join(dir, "missing"))
+	assert.ErrorIs(t, err, ErrConfig)
+}
+
+func TestLineLogger(t *testing.T) {
+	var file, log bytes.Buffer
+	l := newLineLogger(&file, hclog.New(&hclog.LoggerOptions{Output: &log, DisableTime: true}))
+	l.Write([]byte("first line\nsecond "))
+	l.Write([]byte("half\r\n\nthird"))
+	assert.Equal(t, "first line\nsecond half\r\n\nthird", file.String(), "the file gets the bytes unchanged")
+	assert.Equal(t, "[INFO]  first line\n[INFO]  second half\n", log.String())
+	l.Flush()
+	assert.Contains(t, log.String(), "[INFO]  third\n")
+	log.Reset()
+	l.Write(bytes.Repeat([]byte("x"), maxLine+1))
+	assert.Contains(t, log.String(), "xxxx", "a line without newline is cut at maxLine")
+}
+
+func TestParseSlurmTime(t *testing.T) {
+	tm, err := parseSlurmTime("2026-11-26T18:30:00")
+	require.NoError(t, err)
+	assert.Equal(t, time.Date(2026, 11, 26, 18, 30, 0, 0, time.Local), tm)
+	for _, none := range []string{"N/A", "NONE", "", "Unknown"} {
+		tm, err := parseSlurmTime(none)
+		assert.NoError(t, err)
+		assert.True(t, tm.IsZero())
+	}
+	_, err = parseSlurmTime("tomorrow")
+	assert.Error(t, err)
+}

@@ -1,0 +1,437 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/supervisor"
+)
+
+// lockedBuffer collects log output from many goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// testLogger logs into a buffer that is printed only when the test fails.
+func testLogger(t *testing.T) (hclog.Logger, *lockedBuffer) {
+	buf := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", buf.String())
+		}
+	})
+	return hclog.New(&hclog.LoggerOptions{Output: buf, Level: hclog.Debug}), buf
+}
+
+func testConfig(t *testing.T, stateDir string) Config {
+	t.Helper()
+	rayBin, vllmBin := fakeBins(t)
+	c := DefaultConfig()
+	c.Model = t.TempDir()
+	c.ServedModelName = "tiny"
+	c.RayBin, c.VLLMBin = rayBin, vllmBin
+	c.StateDir = stateDir
+	c.TargetsDir = filepath.Join(stateDir, "shared-targets")
+	c.Iface = "lo"
+	c.ProbeInterval = 100 * time.Millisecond
+	c.ProbeTimeout = time.Second
+	c.ProbeFailures = 2
+	c.RayPollInterval = 100 * time.Millisecond
+	c.BackoffInitial = 20 * time.Millisecond
+	c.BackoffMax = 100 * time.Millisecond
+	c.Grace = 4 * time.Second
+	c.RendezvousTimeout = 20 * time.Second
+	c.RayTimeout = 20 * time.Second
+	c.EngineTimeout = 20 * time.Second
+	return c
+}
+
+func testDeps(t *testing.T, env map[string]string, host string) Deps {
+	log, _ := testLogger(t)
+	env["HOME"] = t.TempDir()
+	return Deps{
+		Logger:   log.With("test_node", host),
+		Getenv:   func(k string) string { return env[k] },
+		Hostname: host,
+		Net:      loopbackNet{},
+		Ports:    TCPProber{},
+		Notice:   io.Discard,
+	}
+}
+
+// agentRun runs Run in the background.
+type agentRun struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgent(cfg Config, deps Deps) *agentRun {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &agentRun{cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- Run(ctx, cfg, deps) }()
+	return r
+}
+
+func (r *agentRun) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not stop")
+		return nil
+	}
+}
+
+func waitConnState(t *testing.T, dir string, want ServiceState, timeout time.Duration) Connection {
+	t.Helper()
+	var c Connection
+	require.Eventually(t, func() bool {
+		var err error
+		c, err = ReadConnection(filepath.Join(dir, ConnectionFile))
+		return err == nil && c.State == want
+	}, timeout, 20*time.Millisecond, "connection state never became %s (last %q: %s)", want, c.State, c.Reason)
+	return c
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestRunSingleNodeLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	argsFile := filepath.Join(t.TempDir(), "args")
+	t.Setenv("FAKE_VLLM_ARGS", argsFile)
+	cfg.VLLMArgs = []string{"--max-model-len", "4096"}
+	deps := testDeps(t, map[string]string{"USER": "alice"}, "laptop")
+	var notice bytes.Buffer
+	deps.Notice = &notice
+	run := startAgent(cfg, deps)
+
+	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	assert.Contains(t, notice.String(), "running as a one-node allocation on laptop")
+	assert.Equal(t, "tiny", c.ServedModelName)
+	assert.Equal(t, 1, c.TensorParallel)
+	assert.Equal(t, 1, c.PipelineParallel)
+	assert.Equal(t, fmt.Sprintf("http://127.0.0.1:%d/v1", c.Port), c.BaseURL)
+	assert.Equal(t, fmt.Sprintf("ssh -N -L %d:laptop:%d alice@LOGIN-HOST", c.Port, c.Port), c.SSHTunnel)
+	assert.Empty(t, c.RayAddress, "one node runs without Ray")
+	require.NotNil(t, c.ReadyAt)
+
+	key, err := os.ReadFile(c.APIKeyFile)
+	require.NoError(t, err)
+	env, err := os.ReadFile(c.EnvFile)
+	require.NoError(t, err)
+	assert.Contains(t, string(env), "export OPENAI_BASE_URL='"+c.BaseURL+"'")
+	assert.Contains(t, string(env), "export OPENAI_API_KEY='"+strings.TrimSpace(string(key))+"'")
+	for _, f := range []string{ConnectionFile, ConnectionEnvFile, APIKeyFile} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
+	}
+	conn, _ := os.ReadFile(filepath.Join(dir, ConnectionFile))
+	assert.NotContains(t, string(conn), strings.TrimSpace(string(key)), "the key stays out of connection.json")
+
+	args, err := os.ReadFile(argsFile)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"--host", "0.0.0.0", "--port", fmt.Sprint(c.Port), "--served-model-name", "tiny",
+		"--tensor-parallel-size", "1", "--pipeline-parallel-size", "1", "--max-model-len", "4096"},
+		strings.Split(string(args), "\n")[1:])
+
+	code, body := get(t, c.Metrics[0].MetricsURL)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `llm_agent_ready{job="`+c.JobID+`",node="laptop"} 1`)
+	base := strings.TrimSuffix(c.Metrics[0].MetricsURL, "/metrics")
+	code, _ = get(t, base+"/readyz")
+	assert.Equal(t, http.StatusOK, code)
+	code, _ = get(t, base+"/healthz")
+	assert.Equal(t, http.StatusOK, code)
+	targets, err := os.ReadFile(filepath.Join(cfg.TargetsDir, c.JobID+".json"))
+	require.NoError(t, err)
+	assert.Contains(t, string(targets), `"role": "head"`)
+
+	require.NoError(t, run.stop(t))
+	c = waitConnState(t, dir, StateStopped, time.Second)
+	assert.Empty(t, c.Reason)
+	_, err = os.Stat(filepath.Join(cfg.TargetsDir, c.JobID+".json"))
+	assert.True(t, os.IsNotExist(err), "targets withdrawn at the end")
+	assertNoChildren(t)
+}
+
+// assertNoChildren checks that the test process has no child processes left.
+func assertNoChildren(t *testing.T) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		return len(childrenOf(os.Getpid())) == 0
+	}, 10*time.Second, 20*time.Millisecond, "children left: %v", childrenOf(os.Getpid()))
+}
+
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 && f[1] == fmt.Sprint(pid) && f[0] != "Z" {
+			var p int
+			fmt.Sscan(e.Name(), &p)
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestRunEngineUnhealthyIsRestarted(t *testing.T) {
+	dir := t.TempDir()
+	control := filepath.Join(t.TempDir(), "control")
+	t.Setenv("FAKE_VLLM_CONTROL", control)
+	cfg := testConfig(t, dir)
+	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
+	waitConnState(t, dir, StateReady, 20*time.Second)
+	require.NoError(t, os.WriteFile(control, []byte("unhealthy"), 0o644))
+	c := waitConnState(t, dir, StateRestarting, 10*time.Second)
+	assert.Contains(t, c.Reason, "liveness probes failed")
+	require.NoError(t, os.WriteFile(control, nil, 0o644))
+	c = waitConnState(t, dir, StateReady, 20*time.Second)
+	assert.Equal(t, 1, c.Restarts["vllm"])
+	code, body := get(t, c.Metrics[0].MetricsURL)
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `llm_agent_child_restarts_total{child="vllm",job="`+c.JobID+`",node="laptop",reason="unhealthy"} 1`)
+	require.NoError(t, run.stop(t))
+	assertNoChildren(t)
+}
+
+func TestRunCrashLoopGivesUp(t *testing.T) {
+	dir := t.TempDir()
+	control := filepath.Join(t.TempDir(), "control")
+	require.NoError(t, os.WriteFile(control, []byte("fail"), 0o644))
+	t.Setenv("FAKE_VLLM_CONTROL", control)
+	cfg := testConfig(t, dir)
+	cfg.MaxRestarts = 2
+	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
+	var err error
+	select {
+	case err = <-run.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not give up")
+	}
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, supervisor.ErrGaveUp), err)
+	c := waitConnState(t, dir, StateFailed, time.Second)
+	assert.Contains(t, c.Reason, "gave up after 2 restarts")
+	assert.Contains(t, c.Reason, "exit status 1")
+	assertNoChildren(t)
+}
+
+// TestRunMultiNode runs a head and two workers in this process against the fake Ray, kills a
+// worker's Ray, and checks that the worker rejoins and the head restarts the engine.
+func TestRunMultiNode(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	cfg := testConfig(t, dir)
+	var runs []*agentRun
+	for i := 0; i < 3; i++ {
+		env := map[string]string{
+			"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_NODEID": fmt.Sprint(i),
+			"SLURM_GPUS_ON_NODE": "1", "SLURM_STEP_ID": "0", "SLURM_SUBMIT_HOST": "login1",
+			"SLURM_SRUN_COMM_PORT": "4000", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
+			"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix()), "USER": "bob",
+		}
+		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
+	}
+	c := waitConnState(t, dir, StateReady, 30*time.Second)
+	assert.Equal(t, 1, c.TensorParallel)
+	assert.Equal(t, 3, c.PipelineParallel)
+	assert.Equal(t, "node1", c.HeadHost)
+	assert.NotEmpty(t, c.RayAddress)
+	assert.Contains(t, c.SSHTunnel, "bob@login1")
+	require.NotNil(t, c.JobEndTime)
+	rv, err := ReadRendezvous(dir)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:4000", rv.LaunchID)
+
+	require.Eventually(t, func() bool {
+		c, _ = ReadConnection(filepath.Join(dir, ConnectionFile))
+		return len(c.Metrics) == 3
+	}, 10*time.Second, 20*time.Millisecond)
+	code, body := get(t, c.Metrics[0].MetricsURL)
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `llm_agent_ray_nodes_alive{job="4242",node="node1"} 3`)
+	assert.Contains(t, body, "llm_agent_job_remaining_seconds")
+
+	// Kill one worker's fake Ray: its agent restarts it, and the head restarts the engine once
+	// the new node has joined.
+	workerRay := fakeRayPIDs(t, false)
+	require.Len(t, workerRay, 2)
+	require.NoError(t, syscall.Kill(workerRay[0], syscall.SIGKILL))
+	c = waitConnState(t, dir, StateRestarting, 10*time.Second)
+	assert.Contains(t, c.Reason, "ray lost node")
+	c = waitConnState(t, dir, StateReady, 30*time.Second)
+	assert.Equal(t, 1, c.Restarts["vllm"])
+	assert.Len(t, fakeRayPIDs(t, false), 2)
+
+	for _, r := range runs {
+		r.cancel()
+	}
+	for _, r := range runs {
+		require.NoError(t, r.stop(t))
+	}
+	waitConnState(t, dir, StateStopped, time.Second)
+	assertNoChildren(t)
+}
+
+// fakeRayPIDs lists the live fake Ray nodes, workers or the head.
+func fakeRayPIDs(t *testing.T, head bool) []int {
+	t.Helper()
+	var pids []int
+	entries, _ := os.ReadDir(os.Getenv("FAKE_RAY_DIR"))
+	for _, e := range entries {
+		var n fakeNode
+		b, err := os.ReadFile(filepath.Join(os.Getenv("FAKE_RAY_DIR"), e.Name()))
+		if err != nil || json.Unmarshal(b, &n) != nil {
+			continue
+		}
+		if n.Head == head && syscall.Kill(n.PID, 0) == nil {
+			pids = append(pids, n.PID)
+		}
+	}
+	return pids
+}
+
+func TestRunWorkerRendezvousTimeout(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.RendezvousTimeout = 300 * time.Millisecond
+	env := map[string]string{"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": "1"}
+	err := Run(context.Background(), cfg, testDeps(t, env, "node2"))
+	require.ErrorIs(t, err, ErrRendezvousTimeout)
+	assert.Contains(t, err.Error(), "no rendezvous from head node1")
+}
+
+func TestRunWorkerStopsWhileWaiting(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	env := map[string]string{"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": "1"}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	assert.NoError(t, Run(ctx, cfg, testDeps(t, env, "node2")))
+}
+
+func TestRunRayIncompleteNamesMissingNodes(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	cfg := testConfig(t, dir)
+	cfg.RayTimeout = time.Second
+	env := map[string]string{"SLURM_JOB_ID": "31", "SLURM_JOB_NODELIST": "gpu[01-03]", "SLURM_NODEID": "0"}
+	err := Run(context.Background(), cfg, testDeps(t, env, "gpu01"))
+	require.ErrorIs(t, err, ErrRayIncomplete)
+	assert.Contains(t, err.Error(), "nodes that never joined: gpu02, gpu03")
+	c := waitConnState(t, dir, StateFailed, time.Second)
+	assert.Contains(t, c.Reason, "gpu02, gpu03")
+	assertNoChildren(t)
+}
+
+func TestRunBadInput(t *testing.T) {
+	unwritable := filepath.Join(t.TempDir(), "ro")
+	require.NoError(t, os.Mkdir(unwritable, 0o500))
+	notDir := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(notDir, nil, 0o600))
+	tests := []struct {
+		name    string
+		edit    func(c *Config)
+		env     map[string]string
+		ports   PortProber
+		is      error
+		message string
+	}{
+		{"no model", func(c *Config) { c.Model = "" }, nil, nil, ErrConfig, "--model is required"},
+		{"missing model path", func(c *Config) { c.Model = "/no/such/model" }, nil, nil, ErrBadInput, `model directory "/no/such/model" does not exist`},
+		{"vllm not found", func(c *Config) { c.VLLMBin = "no-such-vllm" }, nil, nil, ErrBadInput, `vllm executable "no-such-vllm" not found: install vLLM`},
+		{"ray not found", func(c *Config) { c.RayBin = "no-such-ray" },
+			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NODEID": "0"}, nil, ErrBadInput, `ray executable "no-such-ray" not found`},
+		{"state dir not writable", func(c *Config) { c.StateDir = notDir + "/sub" }, nil, nil, ErrBadInput, "cannot be created"},
+		{"invalid slurm variables", func(*Config) {}, map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[3-1]"}, nil, ErrAllocation, `"3-1" runs backwards`},
+		{"impossible parallelism", func(c *Config) { c.TensorParallel = 4 },
+			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "2"}, nil, ErrConfig, "tensor parallel 4 exceeds the 2 GPUs"},
+		{"secret on vllm command line", func(c *Config) { c.VLLMArgs = []string{"--api-key=abc"} }, nil, nil, ErrConfig, "visible to every user"},
+		{"port cannot be bound", func(c *Config) { c.Port = 80 }, nil, deniedProber{80}, ErrPort, "port 80 cannot be bound"},
+		{"unknown interface", func(c *Config) { c.Iface = "ib0" }, nil, nil, ErrAddress, `interface "ib0" not found`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, t.TempDir())
+			tt.edit(&cfg)
+			env := tt.env
+			if env == nil {
+				env = map[string]string{}
+			}
+			deps := testDeps(t, env, "n1")
+			if tt.ports != nil {
+				deps.Ports = tt.ports
+			}
+			err := Run(context.Background(), cfg, deps)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, tt.is)
+			assert.Contains(t, err.Error(), tt.message)
+			assertNoChildren(t)
+		})
+	}
+	if os.Geteuid() != 0 {
+		t.Run("unwritable state dir", func(t *testing.T) {
+			cfg := testConfig(t, unwritable)
+			err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
+			assert.ErrorIs(t, err, ErrBadInput)
+		})
+	}
+}
+
+// deniedProber refuses one port as a non-root user would be refused a privileged one.
+type deniedProber struct{ port int }
+
+func (d deniedProber) Probe(port int) error {
+	if port == d.port {
+		return syscall.EACCES
+	}
+	return TCPProber{}.Probe(port)
+}
+
+func (deniedProber) Free() (int, error) { return TCPProber{}.Free() }

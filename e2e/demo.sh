@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# make demo: serve a model on the local 3-node mini-cluster with the real multinode.sbatch, then
+# show the connection file, one chat completion and a few metrics. The cluster and the job stay
+# up afterwards; `make cluster-down` ends both.
+#
+# The engine is the fakevllm test double (made-up tokens) unless DEMO_ENGINE=vllm and a real
+# vLLM with a model is available: DEMO_MODEL=/path/to/model.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${LLM_AGENT_VENV:-$root/.venv}
+work=/var/tmp/llm-agent-demo   # on the filesystem every node shares, not the per-node /tmp
+mkdir -p "$work"
+export LLM_AGENT_VENV=$venv LLM_AGENT_BIN=$root/bin/llm-agent HOME=${HOME:-/root}
+model=${DEMO_MODEL:-$work/models/demo-model}
+if [ "${DEMO_ENGINE:-fake}" = vllm ]; then
+    export LLM_AGENT_VLLM_BIN=$venv/bin/vllm
+    echo "demo: engine: real vLLM ($LLM_AGENT_VLLM_BIN), model $model"
+else
+    export LLM_AGENT_VLLM_BIN=$root/bin/fakevllm
+    mkdir -p "$model"
+    echo "demo: engine: fakevllm, the test double that stands in for vLLM (no GPUs here)"
+fi
+
+# One demo at a time: end the previous demo's job, and only that.
+old=$(squeue -h -n llm-agent-demo -o %i || true)
+if [ -n "$old" ]; then
+    echo "demo: cancelling the previous demo job $old"
+    scancel $old
+    for _ in $(seq 300); do [ -z "$(squeue -h -n llm-agent-demo -o %i)" ] && break; sleep 0.1; done
+fi
+
+jid=$(sbatch --parsable --job-name=llm-agent-demo -N 3 --gpus-per-node=2 --cpus-per-task=1 \
+    -D "$work" -o "$work/llm-agent-%j.out" "$root/slurm-scripts/multinode.sbatch" --model "$model" --login-host login.example)
+state_dir=$HOME/.llm-agent/jobs/$jid
+echo "demo: submitted job $jid; waiting for connection.json to say ready"
+
+field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$state_dir/connection.json" "$1" 2>/dev/null || true; }
+deadline=$((SECONDS + 300))
+until [ "$(field state)" = ready ]; do
+    case $(field state) in
+        failed|stopped) echo "demo: job $jid ended: $(field reason)"; tail -20 "$work/llm-agent-$jid.out"; exit 1 ;;
+    esac
+    if [ $SECONDS -ge $deadline ]; then echo "demo: not ready after 300 s"; tail -20 "$work/llm-agent-$jid.out"; exit 1; fi
+    sleep 0.5
+done
+echo "demo: ready after $(( $(date +%s) - $(date -d "$(field started_at)" +%s) )) s"
+echo
+echo "== $state_dir/connection.json"
+cat "$state_dir/connection.json"
+echo
+# The key lives in connection.env (mode 0600); this subshell uses it without printing it.
+(
+    . "$state_dir/connection.env"
+    echo "== POST $OPENAI_BASE_URL/chat/completions"
+    curl -sS --max-time 60 "$OPENAI_BASE_URL/chat/completions" \
+        -H "Authorization: Bearer $OPENAI_API_KEY" -H 'Content-Type: application/json' \
+        -d "{\"model\": \"$(field served_model_name)\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello to the cluster.\"}], \"max_tokens\": 12}" |
+        python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip()); print("usage:", r["usage"])'
+)
+echo
+metrics=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"][0]["metrics_url"])' "$state_dir/connection.json")
+echo "== a few lines of $metrics"
+curl -sS --max-time 10 "$metrics" | grep -E '^(llm_agent_(ready|ray_nodes_alive|child_up|time_to_ready_seconds|service_units_total)|vllm:(num_requests_running|generation_tokens_total))' | head -12
+echo
+echo "demo: job $jid keeps running. Try:  . $state_dir/connection.env && curl \$OPENAI_BASE_URL/models -H \"Authorization: Bearer \$OPENAI_API_KEY\""
+echo "demo: end it with: scancel $jid   (make cluster-down ends the cluster too)"
