@@ -64,7 +64,7 @@ fuzz:
 
 # Time to ready against Ray's documented fixed-sleep launch, on the mini-cluster.
 bench: build venv cluster-up
-	e2e/bench/time_to_ready.sh
+	$(GO) run ./e2e/bench/timetoready -runs $${RUNS:-5}
 
 clean:
 	rm -rf bin .unit.out
