@@ -54,7 +54,8 @@ type Config struct {
 	BackoffMax     time.Duration
 	StableAfter    time.Duration
 
-	SUFactor float64
+	SUFactor          float64
+	GPUSampleInterval time.Duration
 
 	LogLevel string
 	LogJSON  bool
@@ -79,6 +80,7 @@ func DefaultConfig() Config {
 		BackoffMax:        time.Minute,
 		StableAfter:       5 * time.Minute,
 		SUFactor:          108.6,
+		GPUSampleInterval: 5 * time.Second,
 		LogLevel:          "info",
 	}
 }
@@ -250,6 +252,7 @@ var Options = []Option{
 			return nil
 		},
 		get: func(c *Config) string { return strconv.FormatFloat(c.SUFactor, 'f', -1, 64) }},
+	durationOpt("gpu-sample-interval", "Metrics", "how often the slow GPU fields (energy, PCIe throughput) are sampled in the background", func(c *Config) *time.Duration { return &c.GPUSampleInterval }),
 	stringOpt("log-level", "Logging", "trace, debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 	boolOpt("log-json", "Logging", "log as JSON lines", func(c *Config) *bool { return &c.LogJSON }),
 }

@@ -52,6 +52,8 @@ type Connection struct {
 	ServedModelName  string         `json:"served_model_name"`
 	TensorParallel   int            `json:"tensor_parallel_size"`
 	PipelineParallel int            `json:"pipeline_parallel_size"`
+	Nodes            int            `json:"nodes"`
+	GPUs             int            `json:"gpus"`
 	APIKeyFile       string         `json:"api_key_file"`
 	EnvFile          string         `json:"env_file"`
 	MetricsPort      int            `json:"metrics_port"`

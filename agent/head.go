@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -60,7 +61,10 @@ func (a *agent) runHead(ctx context.Context) error {
 	}
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	defer stopServe()
-	metricsErr, err := a.serveMetrics(serveCtx, h.ports.Metrics)
+	engineMetrics := metrics.NewEngineCollector(
+		"http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.API))+"/metrics", "vllm:",
+		a.alloc.Hostname(), a.alloc.JobID, 2*time.Second)
+	metricsErr, err := a.serveMetrics(serveCtx, h.ports.Metrics, engineMetrics)
 	if err != nil {
 		return err
 	}
@@ -179,6 +183,8 @@ func (h *head) initialConnection() Connection {
 		ServedModelName:  a.cfg.ServedName(),
 		TensorParallel:   a.par.Tensor,
 		PipelineParallel: a.par.Pipeline,
+		Nodes:            len(a.alloc.Nodes),
+		GPUs:             a.alloc.TotalGPUs(),
 		MetricsPort:      h.ports.Metrics,
 		SSHTunnel:        SSHTunnelCommand(h.ports.API, a.alloc.Head(), userName, login),
 		StartedAt:        a.started.UTC(),

@@ -12,10 +12,12 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
@@ -39,13 +41,17 @@ type Deps struct {
 	Reaper string
 	// JobEndTime asks Slurm for the job's end time when SLURM_JOB_END_TIME is unset; nil skips.
 	JobEndTime func(ctx context.Context, jobID string) (time.Time, error)
+	// NVML is the GPU library for the GPU collector; nil turns GPU metrics off.
+	NVML nvml.Interface
+	// GPUAccessible tells whether this process may use a GPU by minor number (gpu.DeviceAccessible).
+	GPUAccessible func(minor int) bool
 }
 
 // DefaultDeps returns the real environment.
 func DefaultDeps(log hclog.Logger) Deps {
 	host, _ := os.Hostname()
 	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr,
-		JobEndTime: SqueueEndTime}
+		JobEndTime: SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible}
 }
 
 // agent is one node's agent after its input was checked.
@@ -159,15 +165,22 @@ func prepareStateDir(dir string, getenv func(string) string, jobID string) (stri
 }
 
 // serveMetrics binds the metrics port now, so that a port that cannot be bound fails the start,
-// and serves until ctx ends.
-func (a *agent) serveMetrics(ctx context.Context, port int) (<-chan error, error) {
+// and serves the agent's, the GPUs' and any extra collectors' metrics until ctx ends.
+func (a *agent) serveMetrics(ctx context.Context, port int, extra ...prometheus.Collector) (<-chan error, error) {
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
 		return nil, fmt.Errorf("%w: metrics port %d: %w", ErrPort, port, err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics.NewAgentCollector(a.state, nil))
-	for _, c := range a.deps.Collectors {
+	if a.deps.NVML != nil {
+		g := gpu.New(a.deps.NVML, gpu.Options{Node: a.alloc.Hostname(), Job: a.alloc.JobID, Visible: a.alloc.GPUIDs,
+			InJob: !a.alloc.Local, SlowInterval: a.cfg.GPUSampleInterval, Accessible: a.deps.GPUAccessible,
+			Logger: a.log.Named("gpu")})
+		reg.MustRegister(g)
+		go g.Run(ctx)
+	}
+	for _, c := range append(a.deps.Collectors, extra...) {
 		reg.MustRegister(c)
 	}
 	errc := make(chan error, 1)

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -140,6 +142,9 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	t.Setenv("FAKE_VLLM_ARGS", argsFile)
 	cfg.VLLMArgs = []string{"--max-model-len", "4096"}
 	deps := testDeps(t, map[string]string{"USER": "alice"}, "laptop")
+	noDriver := dgxh100.New()
+	noDriver.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
+	deps.NVML = noDriver
 	var notice bytes.Buffer
 	deps.Notice = &notice
 	run := startAgent(cfg, deps)
@@ -177,6 +182,9 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	code, body := get(t, c.Metrics[0].MetricsURL)
 	assert.Equal(t, http.StatusOK, code)
 	assert.Contains(t, body, `llm_agent_ready{job="`+c.JobID+`",node="laptop"} 1`)
+	assert.Contains(t, body, `llm_agent_gpu_up{job="`+c.JobID+`",node="laptop"} 0`, "no driver: the GPU collector is down, the agent runs on")
+	assert.Contains(t, body, `llm_agent_engine_scrape_success{job="`+c.JobID+`",node="laptop"} 1`)
+	assert.Contains(t, body, `vllm:num_requests_running{engine="0",job="`+c.JobID+`",model_name="tiny",node="laptop"} 0`)
 	base := strings.TrimSuffix(c.Metrics[0].MetricsURL, "/metrics")
 	code, _ = get(t, base+"/readyz")
 	assert.Equal(t, http.StatusOK, code)

@@ -3,12 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/urfave/cli/v2"
@@ -17,8 +19,15 @@ import (
 	"github.com/llm-agent/llm-agent/agent/hostlist"
 )
 
-// errUsage marks command-line mistakes.
-var errUsage = errors.New("usage")
+// usageError marks command-line mistakes; they exit 2 like other input to fix.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+func usageErrorf(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// onUsageError turns a flag the parser rejects into a usage error (exit 2).
+func onUsageError(_ *cli.Context, err error, _ bool) error { return usageError{err} }
 
 func newApp() *cli.App {
 	return &cli.App{
@@ -26,11 +35,10 @@ func newApp() *cli.App {
 		Usage:                     "turn a Slurm allocation into a supervised, monitored OpenAI-compatible LLM endpoint",
 		Version:                   version,
 		DisableSliceFlagSeparator: true,
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return fmt.Errorf("%w: %w", errUsage, err)
-		},
+		OnUsageError:              onUsageError,
 		Commands: []*cli.Command{
 			runCommand(),
+			statusCommand(),
 			hostnamesCommand(),
 		},
 	}
@@ -58,9 +66,10 @@ func runCommand() *cli.Command {
 		}
 	}
 	return &cli.Command{
-		Name:      "run",
-		Usage:     "run this node's agent: one per node, under srun --ntasks-per-node=1",
-		UsageText: "srun --ntasks-per-node=1 -K1 llm-agent run --model PATH [options]",
+		Name:         "run",
+		OnUsageError: onUsageError,
+		Usage:        "run this node's agent: one per node, under srun --ntasks-per-node=1",
+		UsageText:    "srun --ntasks-per-node=1 -K1 llm-agent run --model PATH [options]",
 		Description: "The first host of SLURM_JOB_NODELIST is the head: it starts Ray, publishes rendezvous.json, " +
 			"starts vllm serve once every node has joined, and keeps connection.json current. The other nodes join Ray. " +
 			"SIGTERM drains the engine, then Ray, within --grace, and exits 0.",
@@ -115,7 +124,7 @@ func newLogger(cfg agent.Config) (hclog.Logger, error) {
 
 func runAction(c *cli.Context) error {
 	if c.Args().Len() > 0 {
-		return fmt.Errorf("%w: run takes no arguments, got %q; options go in flags such as --model", errUsage, c.Args().First())
+		return usageErrorf("run takes no arguments, got %q; options go in flags such as --model", c.Args().First())
 	}
 	cfg, err := contextToConfig(c)
 	if err != nil {
@@ -132,19 +141,20 @@ func runAction(c *cli.Context) error {
 
 func hostnamesCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "hostnames",
-		Usage:     "expand a Slurm hostlist, one host per line, like scontrol show hostnames",
-		ArgsUsage: "EXPRESSION (default: $SLURM_JOB_NODELIST)",
+		Name:         "hostnames",
+		OnUsageError: onUsageError,
+		Usage:        "expand a Slurm hostlist, one host per line, like scontrol show hostnames",
+		ArgsUsage:    "EXPRESSION (default: $SLURM_JOB_NODELIST)",
 		Action: func(c *cli.Context) error {
 			expr := c.Args().First()
 			if c.Args().Len() > 1 {
-				return fmt.Errorf("%w: hostnames takes one expression; quote it if it has spaces", errUsage)
+				return usageErrorf("hostnames takes one expression; quote it if it has spaces")
 			}
 			if expr == "" {
 				expr = os.Getenv("SLURM_JOB_NODELIST")
 			}
 			if expr == "" {
-				return fmt.Errorf("%w: give a hostlist expression, such as node[01-04]", errUsage)
+				return usageErrorf("give a hostlist expression, such as node[01-04]")
 			}
 			hosts, err := hostlist.Expand(expr)
 			if err != nil {
@@ -156,6 +166,45 @@ func hostnamesCommand() *cli.Command {
 				w.WriteByte('\n')
 			}
 			return w.Flush()
+		},
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "status",
+		OnUsageError: onUsageError,
+		Usage:        "show a job's state, URL, uptime, restarts, GPUs and time left; exit 0 when ready, 1 when not",
+		ArgsUsage:    "JOBID | STATE_DIR | connection.json  (default: $SLURM_JOB_ID)",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+		},
+		Action: func(c *cli.Context) error {
+			arg := c.Args().First()
+			if arg == "" {
+				arg = os.Getenv("SLURM_JOB_ID")
+			}
+			path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
+			if err != nil {
+				return usageError{err}
+			}
+			report, err := agent.Status(c.Context, path, &http.Client{}, time.Now())
+			if err != nil {
+				return usageError{err}
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(report); err != nil {
+					return err
+				}
+			} else if err := report.WriteTable(c.App.Writer); err != nil {
+				return err
+			}
+			if !report.Ready {
+				return cli.Exit("", 1)
+			}
+			return nil
 		},
 	}
 }

@@ -20,7 +20,9 @@ func main() {
 	// The agent re-executes itself as the reaper of each child process.
 	supervisor.MaybeRunReaper()
 	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "llm-agent:", err)
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "llm-agent:", msg)
+		}
 		os.Exit(exitCode(err))
 	}
 }
@@ -31,7 +33,10 @@ func exitCode(err error) int {
 	if errors.As(err, &ec) {
 		return ec.ExitCode()
 	}
-	for _, bad := range []error{agent.ErrConfig, agent.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress, errUsage} {
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	for _, bad := range []error{agent.ErrConfig, agent.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress} {
 		if errors.Is(err, bad) {
 			return 2
 		}

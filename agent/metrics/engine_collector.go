@@ -1,0 +1,131 @@
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// EngineCollector re-exports the engine's own metrics (vLLM's "vllm:" families) on the agent's
+// port, with node and job labels added. The engine is scraped on every collection with a short
+// timeout; a failed fetch only sets the scrape-success gauge to 0.
+type EngineCollector struct {
+	url     string
+	prefix  string
+	timeout time.Duration
+	client  *http.Client
+	node    string
+	job     string
+
+	success, duration *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*EngineCollector)(nil)
+
+// NewEngineCollector returns a collector of the families starting with prefix at url.
+func NewEngineCollector(url, prefix, node, job string, timeout time.Duration) *EngineCollector {
+	consts := prometheus.Labels{"node": node, "job": job}
+	return &EngineCollector{
+		url: url, prefix: prefix, timeout: timeout, node: node, job: job,
+		client:   &http.Client{},
+		success:  prometheus.NewDesc("llm_agent_engine_scrape_success", "1 if the last fetch of the engine's /metrics worked.", nil, consts),
+		duration: prometheus.NewDesc("llm_agent_engine_scrape_duration_seconds", "Time the last fetch of the engine's /metrics took.", nil, consts),
+	}
+}
+
+// Describe sends nothing: the engine's families are not known before they are fetched, so this
+// is an unchecked collector (client_golang checks only collectors that describe themselves).
+func (c *EngineCollector) Describe(chan<- *prometheus.Desc) {}
+
+// Collect fetches, parses and re-exports the engine's metrics.
+func (c *EngineCollector) Collect(ch chan<- prometheus.Metric) {
+	start := time.Now()
+	families, err := c.fetch()
+	ch <- prometheus.MustNewConstMetric(c.duration, prometheus.GaugeValue, time.Since(start).Seconds())
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.success, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.success, prometheus.GaugeValue, 1)
+	names := make([]string, 0, len(families))
+	for name := range families {
+		if strings.HasPrefix(name, c.prefix) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		c.export(ch, families[name])
+	}
+}
+
+func (c *EngineCollector) fetch() (map[string]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("engine metrics: status %d", resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
+// export re-creates one family's samples as constant metrics with node and job added.
+func (c *EngineCollector) export(ch chan<- prometheus.Metric, f *dto.MetricFamily) {
+	for _, m := range f.GetMetric() {
+		var names, values []string
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == "node" || lp.GetName() == "job" {
+				continue // the agent's own labels win
+			}
+			names = append(names, lp.GetName())
+			values = append(values, lp.GetValue())
+		}
+		desc := prometheus.NewDesc(f.GetName(), f.GetHelp(), append(names, "node", "job"), nil)
+		values = append(values, c.node, c.job)
+		var metric prometheus.Metric
+		var err error
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			metric, err = prometheus.NewConstMetric(desc, prometheus.CounterValue, m.GetCounter().GetValue(), values...)
+		case dto.MetricType_GAUGE:
+			metric, err = prometheus.NewConstMetric(desc, prometheus.GaugeValue, m.GetGauge().GetValue(), values...)
+		case dto.MetricType_HISTOGRAM:
+			h := m.GetHistogram()
+			buckets := map[float64]uint64{}
+			for _, b := range h.GetBucket() {
+				buckets[b.GetUpperBound()] = b.GetCumulativeCount()
+			}
+			metric, err = prometheus.NewConstHistogram(desc, h.GetSampleCount(), h.GetSampleSum(), buckets, values...)
+		case dto.MetricType_SUMMARY:
+			s := m.GetSummary()
+			quantiles := map[float64]float64{}
+			for _, q := range s.GetQuantile() {
+				quantiles[q.GetQuantile()] = q.GetValue()
+			}
+			metric, err = prometheus.NewConstSummary(desc, s.GetSampleCount(), s.GetSampleSum(), quantiles, values...)
+		default:
+			metric, err = prometheus.NewConstMetric(desc, prometheus.UntypedValue, m.GetUntyped().GetValue(), values...)
+		}
+		if err == nil {
+			ch <- metric
+		}
+	}
+}

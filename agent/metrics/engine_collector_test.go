@@ -1,0 +1,111 @@
+package metrics
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const vllmExposition = `# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny"} 3
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="tiny"} 1234
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="tiny"} 2
+vllm:time_to_first_token_seconds_bucket{engine="0",le="1",model_name="tiny"} 5
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="tiny"} 6
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="tiny"} 4.5
+vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny"} 6
+# HELP vllm:some_summary A summary.
+# TYPE vllm:some_summary summary
+vllm:some_summary{quantile="0.5"} 1
+vllm:some_summary_sum 10
+vllm:some_summary_count 4
+# TYPE vllm:untyped_thing untyped
+vllm:untyped_thing{job="theirs"} 7
+# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 100
+`
+
+func TestEngineCollectorReexports(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(vllmExposition))
+	}))
+	defer srv.Close()
+	c := NewEngineCollector(srv.URL, "vllm:", "node1", "42", time.Second)
+	want := `
+# HELP llm_agent_engine_scrape_success 1 if the last fetch of the engine's /metrics worked.
+# TYPE llm_agent_engine_scrape_success gauge
+llm_agent_engine_scrape_success{job="42",node="node1"} 1
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",job="42",model_name="tiny",node="node1"} 1234
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",job="42",model_name="tiny",node="node1"} 3
+# HELP vllm:some_summary A summary.
+# TYPE vllm:some_summary summary
+vllm:some_summary{job="42",node="node1",quantile="0.5"} 1
+vllm:some_summary_sum{job="42",node="node1"} 10
+vllm:some_summary_count{job="42",node="node1"} 4
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",job="42",model_name="tiny",node="node1",le="0.1"} 2
+vllm:time_to_first_token_seconds_bucket{engine="0",job="42",model_name="tiny",node="node1",le="1"} 5
+vllm:time_to_first_token_seconds_bucket{engine="0",job="42",model_name="tiny",node="node1",le="+Inf"} 6
+vllm:time_to_first_token_seconds_sum{engine="0",job="42",model_name="tiny",node="node1"} 4.5
+vllm:time_to_first_token_seconds_count{engine="0",job="42",model_name="tiny",node="node1"} 6
+# HELP vllm:untyped_thing 
+# TYPE vllm:untyped_thing untyped
+vllm:untyped_thing{job="42",node="node1"} 7
+`
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want),
+		"llm_agent_engine_scrape_success", "vllm:generation_tokens_total", "vllm:num_requests_running",
+		"vllm:some_summary", "vllm:time_to_first_token_seconds", "vllm:untyped_thing"))
+	n, err := testutil.GatherAndCount(registry(c), "python_gc_objects_collected_total")
+	require.NoError(t, err)
+	assert.Zero(t, n, "only the engine's own vllm: families")
+}
+
+func TestEngineCollectorFailureDoesNotFailScrape(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // a hung engine
+	}))
+	defer slow.Close()
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("vllm:bad{ 1\n"))
+	}))
+	defer broken.Close()
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer down.Close()
+	for name, url := range map[string]string{"hung": slow.URL, "unparseable": broken.URL, "503": down.URL,
+		"refused": "http://127.0.0.1:1/metrics", "bad url": "::"} {
+		t.Run(name, func(t *testing.T) {
+			c := NewEngineCollector(url, "vllm:", "n", "j", 100*time.Millisecond)
+			start := time.Now()
+			reg := registry(c)
+			families, err := reg.Gather()
+			require.NoError(t, err, "a failed fetch never fails the agent's scrape")
+			assert.Less(t, time.Since(start), 2*time.Second, "bounded by the short timeout")
+			var got float64 = -1
+			for _, f := range families {
+				if f.GetName() == "llm_agent_engine_scrape_success" {
+					got = f.GetMetric()[0].GetGauge().GetValue()
+				}
+			}
+			assert.Equal(t, 0.0, got)
+		})
+	}
+}

@@ -1,0 +1,175 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// ErrNoJob is returned when the connection file of a job cannot be found.
+var ErrNoJob = errors.New("no such job")
+
+// NodeStatus is one node as `llm-agent status` probed it.
+type NodeStatus struct {
+	Node    string `json:"node"`
+	Role    string `json:"role"`
+	Healthy bool   `json:"healthy"`
+	Ready   bool   `json:"ready"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// StatusReport is what `llm-agent status` prints.
+type StatusReport struct {
+	JobID     string         `json:"job_id"`
+	State     ServiceState   `json:"state"`
+	Reason    string         `json:"reason,omitempty"`
+	Ready     bool           `json:"ready"`
+	URL       string         `json:"url"`
+	Model     string         `json:"model"`
+	Tensor    int            `json:"tensor_parallel_size"`
+	Pipeline  int            `json:"pipeline_parallel_size"`
+	GPUs      int            `json:"gpus"`
+	Uptime    float64        `json:"uptime_seconds"`
+	TimeLeft  *float64       `json:"time_left_seconds,omitempty"`
+	Restarts  map[string]int `json:"restarts"`
+	Nodes     []NodeStatus   `json:"nodes"`
+	SSHTunnel string         `json:"ssh_tunnel"`
+	File      string         `json:"connection_file"`
+}
+
+// ConnectionPath finds a job's connection file from a job id, a state directory or the file.
+func ConnectionPath(arg, home string) (string, error) {
+	if arg == "" {
+		return "", fmt.Errorf("%w: give a job id or the path of its connection.json", ErrNoJob)
+	}
+	candidates := []string{arg, filepath.Join(arg, ConnectionFile)}
+	if !strings.ContainsRune(arg, '/') && home != "" {
+		candidates = append(candidates, filepath.Join(home, ".llm-agent", "jobs", arg, ConnectionFile))
+	}
+	for _, c := range candidates {
+		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("%w: no connection file for %q (looked in %s)", ErrNoJob, arg, strings.Join(candidates[1:], ", "))
+}
+
+// Status reads the connection file at path and probes every node's /healthz and /readyz.
+func Status(ctx context.Context, path string, client *http.Client, now time.Time) (StatusReport, error) {
+	c, err := ReadConnection(path)
+	if err != nil {
+		return StatusReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+	}
+	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
+		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
+		SSHTunnel: c.SSHTunnel, File: path}
+	if !c.StartedAt.IsZero() {
+		r.Uptime = now.Sub(c.StartedAt).Seconds()
+	}
+	if c.JobEndTime != nil {
+		left := max(0, c.JobEndTime.Sub(now).Seconds())
+		r.TimeLeft = &left
+	}
+	live := c.State != StateStopped && c.State != StateFailed
+	headReady := false
+	for _, ep := range c.Metrics {
+		n := NodeStatus{Node: ep.Node, Role: ep.Role}
+		if live {
+			base := strings.TrimSuffix(ep.MetricsURL, "/metrics")
+			var detail string
+			n.Healthy, _ = probe(ctx, client, base+"/healthz")
+			n.Ready, detail = probe(ctx, client, base+"/readyz")
+			if !n.Ready {
+				n.Detail = detail
+			}
+			if ep.Role == "head" {
+				headReady = n.Ready
+			}
+		}
+		r.Nodes = append(r.Nodes, n)
+	}
+	r.Ready = c.State == StateReady && headReady
+	return r, nil
+}
+
+// probe GETs url and reports whether it answered 200, with the body or error otherwise.
+func probe(ctx context.Context, client *http.Client, url string) (bool, string) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	return resp.StatusCode == http.StatusOK, strings.TrimSpace(string(b))
+}
+
+// WriteTable prints the report for people.
+func (r StatusReport) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	state := string(r.State)
+	if r.Reason != "" {
+		state += " (" + r.Reason + ")"
+	}
+	ready := "no"
+	if r.Ready {
+		ready = "yes"
+	}
+	fmt.Fprintf(tw, "job\t%s\n", r.JobID)
+	fmt.Fprintf(tw, "state\t%s\n", state)
+	fmt.Fprintf(tw, "ready\t%s\n", ready)
+	fmt.Fprintf(tw, "url\t%s\n", r.URL)
+	fmt.Fprintf(tw, "model\t%s (tensor %d x pipeline %d)\n", r.Model, r.Tensor, r.Pipeline)
+	fmt.Fprintf(tw, "gpus\t%d\n", r.GPUs)
+	fmt.Fprintf(tw, "uptime\t%s\n", roundDuration(r.Uptime))
+	if r.TimeLeft != nil {
+		fmt.Fprintf(tw, "time left\t%s\n", roundDuration(*r.TimeLeft))
+	} else {
+		fmt.Fprintf(tw, "time left\tunknown\n")
+	}
+	var restarts []string
+	for _, k := range sortedKeys(r.Restarts) {
+		restarts = append(restarts, fmt.Sprintf("%s %d", k, r.Restarts[k]))
+	}
+	fmt.Fprintf(tw, "restarts\t%s\n", strings.Join(restarts, ", "))
+	for _, n := range r.Nodes {
+		s := "not probed"
+		switch {
+		case n.Ready:
+			s = "ready"
+		case n.Healthy:
+			s = "up, not ready: " + n.Detail
+		case n.Detail != "":
+			s = "unreachable: " + n.Detail
+		}
+		fmt.Fprintf(tw, "node %s\t%s, %s\n", n.Node, n.Role, s)
+	}
+	fmt.Fprintf(tw, "tunnel\t%s\n", r.SSHTunnel)
+	return tw.Flush()
+}
+
+func roundDuration(sec float64) string {
+	return (time.Duration(sec) * time.Second).Round(time.Second).String()
+}
+
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
