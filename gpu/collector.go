@@ -71,7 +71,7 @@ type Collector struct {
 	errMu  sync.Mutex
 	errors map[string]float64
 
-	upDesc, scrapeDuration, sampleAge, readErrors                         *prometheus.Desc
+	upDesc, scrapeDuration, sampleAge, readErrors                      *prometheus.Desc
 	util, memUtil, memUsed, memFree, memTotal, temp, power, powerLimit *prometheus.Desc
 	smClock, memClock, energy, throttle, ecc, pcie, processes          *prometheus.Desc
 }
