@@ -15,7 +15,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps lint unit cover e2e test cluster-up cluster-down demo fuzz bench clean
+.PHONY: all build venv deps lint unit cover e2e test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -67,6 +67,13 @@ fuzz:
 # Time to ready against Ray's documented fixed-sleep launch, on the mini-cluster.
 bench: build venv cluster-up
 	$(GO) run ./e2e/bench/timetoready -runs $${RUNS:-5}
+
+# Binaries for the GPU machine (e2e/bench/h100.sh runs them there).
+device-bins:
+	mkdir -p .device
+	CGO_ENABLED=1 $(GO) build -ldflags "-X main.version=$(VERSION)" -o .device/llm-agent ./cmd/llm-agent
+	$(GO) build -o .device/fakevllm ./e2e/fakevllm
+	$(GO) build -o .device/gpuscrape ./e2e/bench/gpuscrape
 
 clean:
 	rm -rf bin .unit.out

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +27,15 @@ type EngineCollector struct {
 	job     string
 
 	success, duration *prometheus.Desc
+
+	// descs caches the descriptions of the engine's series across scrapes: building one hashes
+	// and validates its name and labels, which is most of the re-export's cost.
+	descMu sync.Mutex
+	descs  map[string]*prometheus.Desc
 }
+
+// maxDescs bounds the cache; an engine with label churn only gets the cache rebuilt.
+const maxDescs = 10000
 
 var _ prometheus.Collector = (*EngineCollector)(nil)
 
@@ -34,8 +43,9 @@ var _ prometheus.Collector = (*EngineCollector)(nil)
 func NewEngineCollector(url, prefix, node, job string, timeout time.Duration) *EngineCollector {
 	consts := prometheus.Labels{"node": node, "job": job}
 	return &EngineCollector{
-		url: url, prefix: prefix, timeout: timeout, node: node, job: job,
-		client:   &http.Client{},
+		url: url, prefix: prefix, timeout: timeout, node: node, job: job, descs: map[string]*prometheus.Desc{},
+		// The engine is on this node: compression would only cost CPU on both sides.
+		client:   &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 1}},
 		success:  prometheus.NewDesc("llm_agent_engine_scrape_success", "1 if the last fetch of the engine's /metrics worked.", nil, consts),
 		duration: prometheus.NewDesc("llm_agent_engine_scrape_duration_seconds", "Time the last fetch of the engine's /metrics took.", nil, consts),
 	}
@@ -87,6 +97,23 @@ func (c *EngineCollector) fetch() (map[string]*dto.MetricFamily, error) {
 	return parser.TextToMetricFamilies(resp.Body)
 }
 
+// desc returns the description of a family's series with the given label names, plus node and
+// job.
+func (c *EngineCollector) desc(f *dto.MetricFamily, names []string) *prometheus.Desc {
+	key := f.GetName() + "\x00" + f.GetHelp() + "\x00" + strings.Join(names, "\x00")
+	c.descMu.Lock()
+	defer c.descMu.Unlock()
+	if d, ok := c.descs[key]; ok {
+		return d
+	}
+	if len(c.descs) >= maxDescs {
+		c.descs = map[string]*prometheus.Desc{}
+	}
+	d := prometheus.NewDesc(f.GetName(), f.GetHelp(), append(names, "node", "job"), nil)
+	c.descs[key] = d
+	return d
+}
+
 // export re-creates one family's samples as constant metrics with node and job added.
 func (c *EngineCollector) export(ch chan<- prometheus.Metric, f *dto.MetricFamily) {
 	for _, m := range f.GetMetric() {
@@ -98,7 +125,7 @@ func (c *EngineCollector) export(ch chan<- prometheus.Metric, f *dto.MetricFamil
 			names = append(names, lp.GetName())
 			values = append(values, lp.GetValue())
 		}
-		desc := prometheus.NewDesc(f.GetName(), f.GetHelp(), append(names, "node", "job"), nil)
+		desc := c.desc(f, names)
 		values = append(values, c.node, c.job)
 		var metric prometheus.Metric
 		var err error
