@@ -15,7 +15,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps lint unit cover e2e test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build venv deps lint check-deploy unit cover e2e test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -30,7 +30,7 @@ venv:
 # System packages the mini-cluster and the checks need (Debian, as root).
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		slurm-wlm munge iproute2 procps util-linux >/dev/null
+		slurm-wlm munge iproute2 procps util-linux prometheus >/dev/null
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -55,7 +55,14 @@ cluster-down:
 e2e: venv cluster-up
 	cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && e2e/cluster/down.sh; exit $$rc
 
-test: lint unit e2e
+# Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package).
+check-deploy:
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (make deps)"; exit 1; }
+	promtool check rules deploy/prometheus/llm-agent-alerts.yml
+	cd deploy/prometheus && promtool test rules llm-agent-alerts.test.yml
+	python3 -m json.tool deploy/grafana/llm-agent.json >/dev/null
+
+test: lint check-deploy unit e2e
 
 demo: build venv cluster-up
 	e2e/demo.sh

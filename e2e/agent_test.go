@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/agent/metrics"
 )
 
 const (
@@ -74,13 +75,48 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		require.NoError(t, json.Unmarshal([]byte(events[len(events)-2].data), &usage))
 		assert.Equal(t, 8, usage.Usage.CompletionTokens, "final usage chunk")
 
-		// Every node's metrics port answers with the agent's metrics.
+		// Every node's metrics port answers with the agent's metrics; the head's also carries
+		// the engine's vllm: series, re-exported with node and job labels.
 		require.Len(t, c.Metrics, suite.nodes)
 		for _, ep := range c.Metrics {
 			text := metricsText(t, ep.MetricsURL)
 			assert.Contains(t, text, "llm_agent_info{", ep.Node)
 			assert.Contains(t, text, `llm_agent_child_up{child="ray"`, ep.Node)
+			assert.Contains(t, text, `llm_agent_gpu_up{job="`+j.id+`",node="`+ep.Node+`"} 0`, "no NVIDIA driver here: GPU metrics are down, the node is fine")
+			if ep.Role == "head" {
+				assert.Contains(t, text, `llm_agent_engine_scrape_success{job="`+j.id+`",node="`+ep.Node+`"} 1`)
+				for _, name := range metrics.VLLMMetricNames {
+					assert.Contains(t, text, "\n"+name, "head re-exports %s", name)
+				}
+				assert.Contains(t, text, `vllm:generation_tokens_total{engine="0",job="`+j.id+`",model_name="`+c.ServedModelName+`",node="node1"}`)
+			}
 		}
+
+		// targets.json, for a login-node Prometheus, lists every node with its labels.
+		b, err := os.ReadFile(filepath.Join(j.stateDir, agent.TargetsFile))
+		require.NoError(t, err)
+		var groups []struct {
+			Targets []string          `json:"targets"`
+			Labels  map[string]string `json:"labels"`
+		}
+		require.NoError(t, json.Unmarshal(b, &groups))
+		require.Len(t, groups, suite.nodes)
+		for i, g := range groups {
+			assert.Equal(t, fmt.Sprintf("node%d", i+1), g.Labels["node"])
+			assert.Equal(t, j.id, g.Labels["job_id"])
+			assert.Equal(t, map[bool]string{true: "head", false: "worker"}[i == 0], g.Labels["role"])
+			require.Len(t, g.Targets, 1)
+			assert.Equal(t, strings.TrimSuffix(strings.TrimPrefix(c.Metrics[i].MetricsURL, "http://"), "/metrics"), g.Targets[0])
+		}
+
+		// llm-agent status reads the same and exits 0 when ready.
+		statusOut, err := exec.Command(suite.agentBin, "status", "--json", j.stateDir).Output()
+		require.NoError(t, err, "status exits 0 when ready: %s", statusOut)
+		var report agent.StatusReport
+		require.NoError(t, json.Unmarshal(statusOut, &report))
+		assert.True(t, report.Ready)
+		assert.Equal(t, 6, report.GPUs)
+		assert.Len(t, report.Nodes, suite.nodes)
 
 		// Ray on the head sees exactly the job's nodes.
 		requireRayStatusNodes(t, c.RayAddress, suite.nodes)

@@ -18,6 +18,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/agent/metrics"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -138,12 +140,11 @@ func TestStreamAndMetrics(t *testing.T) {
 	require.NoError(t, err)
 	b, _ := io.ReadAll(resp.Body)
 	text := string(b)
-	for _, name := range []string{"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-		"vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
-		"vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket", "vllm:request_queue_time_seconds_bucket",
-		"vllm:request_success_total"} {
-		assert.Contains(t, text, name)
+	// Every vLLM name the agent, the dashboard and the alerts rely on is here.
+	for _, name := range metrics.VLLMMetricNames {
+		assert.Contains(t, text, "# TYPE "+name+" ", name)
 	}
+	assert.Contains(t, text, "vllm:request_success_total")
 	assert.Contains(t, text, `vllm:generation_tokens_total{engine="0",model_name="tiny"} 8`)
 }
 

@@ -75,6 +75,9 @@ func newServer(o *options, keys []string, tokenDelay time.Duration) *server {
 	for _, c := range []*prometheus.CounterVec{s.m.promptTokens, s.m.generationTokens} {
 		c.WithLabelValues(o.servedName, "0")
 	}
+	for _, h := range []*prometheus.HistogramVec{s.m.ttft, s.m.itl, s.m.e2e, s.m.queue, s.m.promptLen, s.m.genLength} {
+		h.WithLabelValues(o.servedName, "0")
+	}
 	return s
 }
 
