@@ -8,8 +8,9 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 VENV ?= $(CURDIR)/.venv
 E2E_TIMEOUT ?= 30m
 COVER_MIN ?= 85
-# Packages whose coverage is held to COVER_MIN: all but the thin command.
-COVER_PKGS = $(shell $(GO) list ./... | grep -v -e /cmd/)
+# Packages whose coverage is held to COVER_MIN: all but the thin command and the benchmark
+# programs under e2e/bench, which are measurement tools proven by running them.
+COVER_PKGS = $(shell $(GO) list ./... | grep -v -e /cmd/ -e /e2e/bench/)
 
 export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
@@ -40,8 +41,8 @@ lint:
 # Unit tests with coverage; every package but cmd must reach COVER_MIN percent.
 unit:
 	$(GO) test -count=1 -race -cover $(COVER_PKGS) | tee .unit.out
-	@awk -v min=$(COVER_MIN) '/coverage:/ { for (i = 1; i <= NF; i++) if ($$i == "coverage:") { p = $$(i+1); sub("%", "", p); \
-		if (p + 0 < min) { print "coverage of " $$2 " is " p "%, below " min "%"; bad = 1 } } } END { exit bad }' .unit.out
+	@awk -v min=$(COVER_MIN) '/coverage:/ { pkg = ($$1 == "ok") ? $$2 : $$1; for (i = 1; i <= NF; i++) if ($$i == "coverage:") { p = $$(i+1); sub("%", "", p); \
+		if (p + 0 < min) { print "coverage of " pkg " is " p "%, below " min "%"; bad = 1 } } } END { exit bad }' .unit.out
 	@rm -f .unit.out
 
 cluster-up:
