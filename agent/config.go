@@ -22,6 +22,8 @@ type Config struct {
 	Model            string
 	ServedModelName  string
 	Preset           string
+	PresetsFile      string
+	GPUMemory        string
 	TensorParallel   int
 	PipelineParallel int
 	VLLMArgs         []string
@@ -192,9 +194,11 @@ func boolOpt(name, cat, usage string, f func(*Config) *bool) Option {
 var Options = []Option{
 	stringOpt("model", "Model", "model to serve: a local directory or a Hugging Face id (required)", func(c *Config) *string { return &c.Model }),
 	stringOpt("served-model-name", "Model", "name clients use for the model (default: the model's last path element)", func(c *Config) *string { return &c.ServedModelName }),
-	stringOpt("preset", "Model", "named set of vLLM options from presets.yaml", func(c *Config) *string { return &c.Preset }),
-	intOpt("tensor-parallel-size", "Model", "GPUs per pipeline stage, within one node (0: plan from the allocation)", 0, func(c *Config) *int { return &c.TensorParallel }),
-	intOpt("pipeline-parallel-size", "Model", "pipeline stages, across nodes (0: plan from the allocation)", 0, func(c *Config) *int { return &c.PipelineParallel }),
+	stringOpt("preset", "Model", "named set of vLLM options (llm-agent presets lists them); --vllm-arg wins over it", func(c *Config) *string { return &c.Preset }),
+	stringOpt("presets-file", "Model", "presets file to use instead of the shipped slurm-scripts/presets.yaml", func(c *Config) *string { return &c.PresetsFile }),
+	stringOpt("gpu-memory", "Model", "memory of one GPU for planning, such as 80GB (default: read through NVML)", func(c *Config) *string { return &c.GPUMemory }),
+	intOpt("tensor-parallel-size", "Model", "GPUs per pipeline stage, within one node (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.TensorParallel }),
+	intOpt("pipeline-parallel-size", "Model", "pipeline stages, across nodes (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.PipelineParallel }),
 	{Name: "vllm-arg", Category: "Model", Kind: KindList, Usage: "extra argument passed to vllm serve, repeatable (--vllm-arg=--max-model-len --vllm-arg=8192)",
 		set: func(c *Config, v string) error { c.VLLMArgs = append(c.VLLMArgs, v); return nil },
 		get: func(c *Config) string { return strings.Join(c.VLLMArgs, " ") }},

@@ -105,7 +105,10 @@ func prepare(cfg Config, deps Deps) (*agent, error) {
 	if err := CheckExtraArgs(cfg.VLLMArgs); err != nil {
 		return nil, err
 	}
-	if a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, len(a.alloc.Nodes), a.alloc.GPUs); err != nil {
+	if err := a.applyPreset(); err != nil {
+		return nil, err
+	}
+	if err := a.chooseParallelism(); err != nil {
 		return nil, err
 	}
 	if a.multiNode() {

@@ -139,3 +139,23 @@ func busID(p nvml.PciInfo) string {
 	}
 	return string(b)
 }
+
+// TotalMemory returns the memory of the first of the job's GPUs, for the planner.
+func TotalMemory(lib nvml.Interface, visible []string, inJob bool, accessible func(minor int) bool) (int64, error) {
+	if ret := lib.Init(); ret != nvml.SUCCESS {
+		return 0, nvmlError("init", ret)
+	}
+	defer lib.Shutdown()
+	devices, err := SelectDevices(lib, visible, inJob, accessible)
+	if err != nil {
+		return 0, err
+	}
+	if len(devices) == 0 {
+		return 0, fmt.Errorf("%w: no GPU", ErrSelect)
+	}
+	m, ret := devices[0].nvml.GetMemoryInfo()
+	if ret != nvml.SUCCESS {
+		return 0, nvmlError("memory info", ret)
+	}
+	return int64(m.Total), nil
+}

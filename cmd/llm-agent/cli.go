@@ -39,6 +39,8 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			runCommand(),
 			statusCommand(),
+			planCommand(),
+			presetsCommand(),
 			hostnamesCommand(),
 		},
 	}

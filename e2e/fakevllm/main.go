@@ -33,10 +33,10 @@ const usage = "usage: vllm serve [model_tag] [options]"
 
 // options are the parsed `vllm serve` flags.
 type options struct {
-	model, host, servedName, backend, dtype, quantization, schedulingPolicy string
-	port, tp, pp, maxModelLen, maxNumSeqs, maxBatchedTokens                 int
-	gpuMemUtil                                                              float64
-	prefixCaching                                                           bool
+	model, host, servedName, backend, dtype, quantization, schedulingPolicy, kvCacheDtype string
+	port, tp, pp, maxModelLen, maxNumSeqs, maxBatchedTokens                               int
+	gpuMemUtil                                                                            float64
+	prefixCaching, enforceEager                                                           bool
 }
 
 // valueFlags are the flags that take a value, with their parser.
@@ -65,6 +65,7 @@ func (o *options) valueFlags() map[string]func(string) error {
 		"--dtype":                        str(&o.dtype),
 		"--quantization":                 str(&o.quantization),
 		"--scheduling-policy":            str(&o.schedulingPolicy),
+		"--kv-cache-dtype":               str(&o.kvCacheDtype),
 		"--gpu-memory-utilization": func(v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 1 {
@@ -94,6 +95,8 @@ func parseArgs(args []string) (*options, error) {
 			o.prefixCaching = true
 		case name == "--no-enable-prefix-caching" && !hasValue:
 			o.prefixCaching = false
+		case name == "--enforce-eager" && !hasValue:
+			o.enforceEager = true
 		case flags[name] != nil:
 			if !hasValue {
 				if i+1 >= len(args) {

@@ -1,0 +1,151 @@
+package plan
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// ParseSize reads a memory size: "80GB", "80 GiB", "81559MiB", "85520809984" (bytes) or "80"
+// (gigabytes, when under a million).
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"TIB", 1 << 40}, {"GIB", 1 << 30}, {"MIB", 1 << 20}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"G", 1e9}, {"B", 1}}
+	mult := 0.0
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("%w: memory size %q is not like 80GB, 80GiB or 81559MiB", ErrRequest, s)
+	}
+	if mult == 0 {
+		mult = 1e9
+		if v >= 1e6 {
+			mult = 1
+		}
+	}
+	return int64(v * mult), nil
+}
+
+// ParseSlurmTime reads a time limit as sbatch --time takes it ("minutes", "HH:MM:SS",
+// "D-HH:MM", ...) or as a Go duration ("4h").
+func ParseSlurmTime(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return d, nil
+	}
+	bad := fmt.Errorf("%w: time %q is not a Slurm time such as 240, 04:00:00 or 1-12:00:00", ErrRequest, s)
+	days := 0
+	rest := s
+	if d, r, ok := strings.Cut(s, "-"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n < 0 {
+			return 0, bad
+		}
+		days, rest = n, r
+	}
+	var parts []int
+	for _, p := range strings.Split(rest, ":") {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return 0, bad
+		}
+		parts = append(parts, n)
+	}
+	var h, m, sec int
+	switch {
+	case days > 0 && len(parts) == 1:
+		h = parts[0]
+	case days > 0 && len(parts) == 2:
+		h, m = parts[0], parts[1]
+	case len(parts) == 1:
+		m = parts[0]
+	case len(parts) == 2 && days == 0:
+		m, sec = parts[0], parts[1]
+	case len(parts) == 3:
+		h, m, sec = parts[0], parts[1], parts[2]
+	default:
+		return 0, bad
+	}
+	d := time.Duration(days)*24*time.Hour + time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(sec)*time.Second
+	if d <= 0 {
+		return 0, bad
+	}
+	return d, nil
+}
+
+// ServiceUnits is wall hours × GPUs × the factor of the partition.
+func ServiceUnits(wall time.Duration, gpus int, factor float64) float64 {
+	return wall.Hours() * float64(gpus) * factor
+}
+
+// SUEstimate is what a job of a given length costs.
+type SUEstimate struct {
+	Time       string  `json:"time"`
+	Factor     float64 `json:"su_factor"`
+	Allocation float64 `json:"allocation_sus"`
+	PlanOnly   float64 `json:"plan_only_sus"`
+}
+
+// EstimateSUs prices the allocation and the plan's own GPUs for wall.
+func (p Plan) EstimateSUs(wall time.Duration, factor float64) SUEstimate {
+	return SUEstimate{
+		Time:       wall.String(),
+		Factor:     factor,
+		Allocation: ServiceUnits(wall, p.Request.Nodes*p.Request.GPUsPerNode, factor),
+		PlanOnly:   ServiceUnits(wall, p.Chosen.GPUs, factor),
+	}
+}
+
+// Write prints the plan for people.
+func (p Plan) Write(w io.Writer, su *SUEstimate) error {
+	m, r := p.Model, p.Request
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	quant := ""
+	if m.Quantization != "" {
+		quant = fmt.Sprintf(", %s %d-bit", m.Quantization, m.QuantBits)
+	} else if r.Quantization != "" {
+		quant = ", quantized to " + r.Quantization + " when loaded"
+	}
+	fmt.Fprintf(tw, "model\t%s (%s, %s%s)\n", m.Path, m.Architecture, m.Dtype, quant)
+	fmt.Fprintf(tw, "shape\t%d layers, %d attention heads, %d KV heads of size %d%s\n", m.Layers, m.Heads, m.KVHeads, m.HeadDim, experts(m))
+	fmt.Fprintf(tw, "weights\t%s (from %s)\n", gb(p.WeightBytes), m.WeightSource)
+	fmt.Fprintf(tw, "KV cache\t%s per token (2 × %d layers × %d KV heads × %d × %d bytes); %s per %d-token sequence\n",
+		kib(p.KVBytesPerToken), m.Layers, m.KVHeads, m.HeadDim, kvBytes(m, r), gb(p.SequenceBytes), r.MaxModelLen)
+	fmt.Fprintf(tw, "allocation\t%d node(s) × %d GPU(s) × %s, %.0f%% for vLLM, %s per GPU for the runtime\n",
+		r.Nodes, r.GPUsPerNode, gb(r.GPUMemory), r.MemoryUtil*100, gb(RuntimeReserve))
+	c := p.Chosen
+	fmt.Fprintf(tw, "plan\ttensor parallel %d × pipeline parallel %d = %d GPU(s) on %d node(s)\n", c.Tensor, c.Pipeline, c.GPUs, c.Pipeline)
+	fmt.Fprintf(tw, "\t%s of weights and %s of KV cache per GPU: %d concurrent sequence(s) of %d tokens\n",
+		gb(c.WeightsPerGPU), gb(c.KVPerGPU), c.Sequences, r.MaxModelLen)
+	fmt.Fprintf(tw, "replicas\t%d data-parallel replica(s) of this plan fit the allocation\n", p.Replicas)
+	for i, why := range p.Why {
+		label := ""
+		if i == 0 {
+			label = "why"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", label, why)
+	}
+	if su != nil {
+		fmt.Fprintf(tw, "service units\t%s × %d GPUs × %g = %.1f SU for the allocation (%.1f SU for the plan's %d GPUs alone)\n",
+			su.Time, r.Nodes*r.GPUsPerNode, su.Factor, su.Allocation, su.PlanOnly, c.GPUs)
+	}
+	return tw.Flush()
+}
+
+func experts(m Model) string {
+	if m.Experts > 0 {
+		return fmt.Sprintf(", %d experts", m.Experts)
+	}
+	return ""
+}

@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/gpu"
+	slurmscripts "github.com/llm-agent/llm-agent/slurm-scripts"
+)
+
+// LoadPresets reads the presets file at path, or the shipped one when path is empty.
+func LoadPresets(path string) (map[string]plan.Preset, error) {
+	data := slurmscripts.PresetsYAML
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", plan.ErrPreset, err)
+		}
+		data = b
+	}
+	return plan.ParsePresets(data)
+}
+
+// PlanOptions are the inputs of `llm-agent plan` and of run's own planning.
+type PlanOptions struct {
+	Model        string
+	Nodes        int
+	GPUsPerNode  int
+	GPUMemory    string
+	MaxModelLen  int
+	MemoryUtil   float64
+	Dtype        string
+	Quantization string
+	KVCacheDtype string
+	Tensor       int
+	Pipeline     int
+	// Visible and InJob pick the GPU whose memory NVML reports when GPUMemory is empty.
+	Visible []string
+	InJob   bool
+}
+
+// PlanFor loads the model and makes a plan; GPU memory comes from NVML when not given.
+func PlanFor(o PlanOptions, deps Deps) (plan.Plan, error) {
+	dir, err := plan.ResolveModel(o.Model, deps.Getenv("HF_HOME"), deps.Getenv("HOME"))
+	if err != nil {
+		return plan.Plan{}, err
+	}
+	m, err := plan.LoadModel(dir)
+	if err != nil {
+		return plan.Plan{}, err
+	}
+	var mem int64
+	if o.GPUMemory != "" {
+		if mem, err = plan.ParseSize(o.GPUMemory); err != nil {
+			return plan.Plan{}, err
+		}
+	} else if deps.NVML != nil {
+		if mem, err = gpu.TotalMemory(deps.NVML, o.Visible, o.InJob, deps.GPUAccessible); err != nil {
+			return plan.Plan{}, fmt.Errorf("%w: GPU memory unknown (%v); pass --gpu-memory such as 80GB", plan.ErrRequest, err)
+		}
+	}
+	return plan.Make(m, plan.Request{
+		Nodes: o.Nodes, GPUsPerNode: o.GPUsPerNode, GPUMemory: mem, MaxModelLen: o.MaxModelLen, MemoryUtil: o.MemoryUtil,
+		Dtype: o.Dtype, Quantization: o.Quantization, KVCacheDtype: o.KVCacheDtype, Tensor: o.Tensor, Pipeline: o.Pipeline,
+	})
+}
+
+// engineSettings reads the settings the planner needs from vllm serve arguments.
+func engineSettings(args []string) (maxLen int, util float64, dtype, quant, kvDtype string) {
+	for i := 0; i < len(args); i++ {
+		name, value, hasValue := strings.Cut(args[i], "=")
+		if !hasValue && i+1 < len(args) {
+			value = args[i+1]
+		}
+		switch name {
+		case "--max-model-len":
+			maxLen, _ = strconv.Atoi(value)
+		case "--gpu-memory-utilization":
+			util, _ = strconv.ParseFloat(value, 64)
+		case "--dtype":
+			dtype = value
+		case "--quantization", "-q":
+			quant = value
+		case "--kv-cache-dtype":
+			kvDtype = value
+		}
+	}
+	if dtype == "auto" {
+		dtype = ""
+	}
+	return
+}
+
+// applyPreset puts the preset's vLLM options under the user's and warns when the allocation is
+// not the one the preset is sized for.
+func (a *agent) applyPreset() error {
+	if a.cfg.Preset == "" {
+		return nil
+	}
+	presets, err := LoadPresets(a.cfg.PresetsFile)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	p, err := plan.Lookup(presets, a.cfg.Preset)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	a.cfg.VLLMArgs = plan.MergeArgs(p.VLLM.Args(), a.cfg.VLLMArgs)
+	if p.Slurm.Nodes != len(a.alloc.Nodes) || p.Slurm.GPUsPerNode != a.alloc.GPUs {
+		a.log.Warn("the allocation differs from the preset's", "preset", p.Name,
+			"preset_nodes", p.Slurm.Nodes, "preset_gpus_per_node", p.Slurm.GPUsPerNode,
+			"nodes", len(a.alloc.Nodes), "gpus_per_node", a.alloc.GPUs)
+	}
+	a.log.Info("preset applied", "preset", p.Name, "vllm_args", strings.Join(p.VLLM.Args(), " "))
+	return nil
+}
+
+// chooseParallelism plans tensor and pipeline sizes from the model when the user left either
+// open. A model that cannot fit ends the job here, before Ray starts. When the model or the GPU
+// memory cannot be read, it falls back to GPUs per node × nodes and says so.
+func (a *agent) chooseParallelism() error {
+	cfg := a.cfg
+	nodes, gpus := len(a.alloc.Nodes), a.alloc.GPUs
+	if (cfg.TensorParallel != 0 && cfg.PipelineParallel != 0) || gpus == 0 || !a.alloc.IsHead() {
+		var err error
+		a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus)
+		return err
+	}
+	maxLen, util, dtype, quant, kvDtype := engineSettings(cfg.VLLMArgs)
+	p, planErr := PlanFor(PlanOptions{Model: cfg.Model, Nodes: nodes, GPUsPerNode: gpus, GPUMemory: cfg.GPUMemory,
+		MaxModelLen: maxLen, MemoryUtil: util, Dtype: dtype, Quantization: quant, KVCacheDtype: kvDtype,
+		Tensor: cfg.TensorParallel, Pipeline: cfg.PipelineParallel, Visible: a.alloc.GPUIDs, InJob: !a.alloc.Local}, a.deps)
+	switch {
+	case planErr == nil:
+		a.par = Parallelism{Tensor: p.Chosen.Tensor, Pipeline: p.Chosen.Pipeline}
+		a.log.Info("plan", "summary", p.Summary())
+		return nil
+	case errors.Is(planErr, plan.ErrDoesNotFit):
+		return fmt.Errorf("%w: %w", ErrBadInput, planErr)
+	}
+	var err error
+	if a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus); err != nil {
+		return err
+	}
+	a.log.Warn("no plan from the model; using GPUs per node × nodes", "reason", planErr,
+		"tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline)
+	return nil
+}

@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/agent/plan"
+)
+
+func oneNodeFourGPUs() map[string]string {
+	return map[string]string{"SLURM_JOB_ID": "61", "SLURM_JOB_NODELIST": "g1", "SLURM_NODEID": "0",
+		"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+}
+
+func TestRunPlansFromTheModel(t *testing.T) {
+	dir := t.TempDir()
+	argsFile := filepath.Join(t.TempDir(), "args")
+	t.Setenv("FAKE_VLLM_ARGS", argsFile)
+	cfg := testConfig(t, dir)
+	cfg.Model = "plan/testdata/models/llama-3.1-8b"
+	cfg.ServedModelName = "tiny"
+	cfg.GPUMemory = "80GB"
+	cfg.Preset = "dev"
+	cfg.VLLMArgs = []string{"--max-num-seqs", "4"}
+	run := startAgent(cfg, testDeps(t, oneNodeFourGPUs(), "g1"))
+	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	assert.Equal(t, 1, c.TensorParallel, "an 8B model needs one GPU")
+	assert.Equal(t, 1, c.PipelineParallel)
+	b, err := os.ReadFile(argsFile)
+	require.NoError(t, err)
+	args := strings.Join(strings.Split(string(b), "\n"), " ")
+	assert.Contains(t, args, "--tensor-parallel-size 1 --pipeline-parallel-size 1")
+	assert.Contains(t, args, "--max-model-len 2048", "from the dev preset")
+	assert.Contains(t, args, "--enforce-eager")
+	assert.Contains(t, args, "--max-num-seqs 4", "the user's flag wins over the preset's 8")
+	assert.NotContains(t, args, "--max-num-seqs 8")
+	require.NoError(t, run.stop(t))
+}
+
+func TestRunEndsWhenTheModelCannotFit(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Model = "plan/testdata/models/llama-3.1-405b"
+	cfg.GPUMemory = "80GB"
+	start := time.Now()
+	err := Run(context.Background(), cfg, testDeps(t, oneNodeFourGPUs(), "g1"))
+	require.ErrorIs(t, err, ErrBadInput)
+	require.ErrorIs(t, err, plan.ErrDoesNotFit)
+	assert.Contains(t, err.Error(), "needs 811.7 GB for weights, allocation has 4×80 GB")
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assertNoChildren(t)
+}
+
+func TestRunFallsBackWithoutAPlan(t *testing.T) {
+	// An empty model directory (no config.json) and no GPU memory: GPUs per node × nodes.
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	run := startAgent(cfg, testDeps(t, oneNodeFourGPUs(), "g1"))
+	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	assert.Equal(t, 4, c.TensorParallel)
+	require.NoError(t, run.stop(t))
+}
+
+func TestRunUnknownPreset(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Preset = "gigantic"
+	err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
+	require.ErrorIs(t, err, ErrConfig)
+	assert.Contains(t, err.Error(), `unknown preset "gigantic"`)
+	cfg.Preset, cfg.PresetsFile = "dev", filepath.Join(t.TempDir(), "missing.yaml")
+	err = Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
+	assert.ErrorIs(t, err, ErrConfig)
+}
+
+func TestEngineSettings(t *testing.T) {
+	maxLen, util, dtype, quant, kv := engineSettings([]string{"--max-model-len=4096", "--gpu-memory-utilization", "0.8",
+		"--dtype", "auto", "-q", "fp8", "--kv-cache-dtype", "fp8_e4m3"})
+	assert.Equal(t, 4096, maxLen)
+	assert.Equal(t, 0.8, util)
+	assert.Equal(t, "", dtype)
+	assert.Equal(t, "fp8", quant)
+	assert.Equal(t, "fp8_e4m3", kv)
+}
+
+func TestPlanForReadsNVMLWhenNoMemoryGiven(t *testing.T) {
+	deps := testDeps(t, map[string]string{}, "n1")
+	_, err := PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-8b", Nodes: 1, GPUsPerNode: 1}, deps)
+	assert.ErrorIs(t, err, plan.ErrRequest, "no NVML and no --gpu-memory")
+	_, err = PlanFor(PlanOptions{Model: "plan/testdata/models/no-config", Nodes: 1, GPUsPerNode: 1, GPUMemory: "80GB"}, deps)
+	assert.ErrorIs(t, err, plan.ErrModel)
+	_, err = PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-8b", Nodes: 1, GPUsPerNode: 1, GPUMemory: "huge"}, deps)
+	assert.ErrorIs(t, err, plan.ErrRequest)
+}
+
+func TestPlanForWithNVML(t *testing.T) {
+	deps := testDeps(t, map[string]string{}, "n1")
+	deps.NVML = dgxh100.New()
+	p, err := PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-70b", Nodes: 1, GPUsPerNode: 8, Visible: []string{"0"}, InJob: true}, deps)
+	require.NoError(t, err)
+	assert.Greater(t, p.Request.GPUMemory, int64(80e9), "an H100's memory, from the mock NVML")
+	assert.Equal(t, 4, p.Chosen.Tensor)
+	_, err = PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-70b", Nodes: 1, GPUsPerNode: 8, InJob: true}, deps)
+	assert.ErrorContains(t, err, "no GPU", "a job without visible GPUs has no memory to plan with")
+}
