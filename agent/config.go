@@ -34,6 +34,9 @@ type Config struct {
 	Iface            string
 	LoginHost        string
 	APIKeyFile       string
+	Gateway          bool
+	KeysFile         string
+	MaxRequestBody   string
 
 	// Ports holds the preferred ports; 0 means "the default for this job" (see PortPlan).
 	Port, MetricsPort, RayPort, DashboardPort, RayClientPort int
@@ -67,6 +70,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		VLLMBin:           "vllm",
+		Gateway:           true,
+		MaxRequestBody:    "32MiB",
 		RayBin:            "ray",
 		RendezvousTimeout: 5 * time.Minute,
 		RayTimeout:        5 * time.Minute,
@@ -207,6 +212,9 @@ var Options = []Option{
 	stringOpt("state-dir", "Files", "job state directory on the shared filesystem (default: $HOME/.llm-agent/jobs/$SLURM_JOB_ID)", func(c *Config) *string { return &c.StateDir }),
 	stringOpt("targets-dir", "Files", "directory of per-job Prometheus file_sd files, one glob for a login-node Prometheus (default: $HOME/.llm-agent/targets; none: off)", func(c *Config) *string { return &c.TargetsDir }),
 	stringOpt("api-key-file", "Files", "file (mode 0600) holding the API key; without it a key is generated for the job", func(c *Config) *string { return &c.APIKeyFile }),
+	boolOpt("gateway", "Gateway", "put the agent's authenticated gateway on the public port, with vLLM behind it on loopback; false gives vLLM the public port and the key", func(c *Config) *bool { return &c.Gateway }),
+	stringOpt("keys-file", "Gateway", "YAML or JSON file (mode 0600) of client keys: {keys: [{name, project, key or sha256, priority}]}; reloaded on SIGHUP and on change", func(c *Config) *string { return &c.KeysFile }),
+	stringOpt("max-request-body", "Gateway", "largest request body the gateway accepts", func(c *Config) *string { return &c.MaxRequestBody }),
 	stringOpt("iface", "Network", "network interface whose address Ray, vLLM, NCCL and Gloo use (default: the address the host name resolves to)", func(c *Config) *string { return &c.Iface }),
 	stringOpt("login-host", "Network", "login host named in the SSH tunnel command (default: SLURM_SUBMIT_HOST)", func(c *Config) *string { return &c.LoginHost }),
 	portOpt("port", "OpenAI API port on the head (default 8000 + job offset)", func(c *Config) *int { return &c.Port }),

@@ -54,7 +54,9 @@ type Connection struct {
 	PipelineParallel int            `json:"pipeline_parallel_size"`
 	Nodes            int            `json:"nodes"`
 	GPUs             int            `json:"gpus"`
-	APIKeyFile       string         `json:"api_key_file"`
+	APIKeyFile       string         `json:"api_key_file,omitempty"`
+	KeysFile         string         `json:"keys_file,omitempty"`
+	Gateway          bool           `json:"gateway"`
 	EnvFile          string         `json:"env_file"`
 	MetricsPort      int            `json:"metrics_port"`
 	Metrics          []NodeEndpoint `json:"metrics"`
@@ -104,19 +106,27 @@ type ConnectionWriter struct {
 }
 
 // NewConnectionWriter writes the API key file and returns a writer for conn. The key is written
-// only to files of mode 0600.
+// only to files of mode 0600. With no key (clients bring their own from a keys file) the env
+// file holds the base URL alone.
 func NewConnectionWriter(dir string, conn Connection, apiKey string) (*ConnectionWriter, error) {
-	conn.APIKeyFile = filepath.Join(dir, APIKeyFile)
 	conn.EnvFile = filepath.Join(dir, ConnectionEnvFile)
+	if apiKey != "" {
+		conn.APIKeyFile = filepath.Join(dir, APIKeyFile)
+	}
 	if conn.Restarts == nil {
 		conn.Restarts = map[string]int{}
 	}
 	w := &ConnectionWriter{dir: dir, apiKey: apiKey, conn: conn}
-	if err := WriteFileAtomic(conn.APIKeyFile, []byte(apiKey+"\n"), 0o600); err != nil {
-		return nil, err
+	env := fmt.Sprintf("# llm-agent job %s: source this file to use the endpoint with any OpenAI client\nexport OPENAI_BASE_URL=%s\n",
+		conn.JobID, shellQuote(conn.BaseURL))
+	if apiKey != "" {
+		if err := WriteFileAtomic(conn.APIKeyFile, []byte(apiKey+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		env += "export OPENAI_API_KEY=" + shellQuote(apiKey) + "\n"
+	} else {
+		env += "# the keys are in " + conn.KeysFile + "; set OPENAI_API_KEY to yours\n"
 	}
-	env := fmt.Sprintf("# llm-agent job %s: source this file to use the endpoint with any OpenAI client\nexport OPENAI_BASE_URL=%s\nexport OPENAI_API_KEY=%s\n",
-		conn.JobID, shellQuote(conn.BaseURL), shellQuote(apiKey))
 	if err := WriteFileAtomic(conn.EnvFile, []byte(env), 0o600); err != nil {
 		return nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/ray"
@@ -31,11 +33,15 @@ var rayHealthEnv = []string{"RAY_health_check_period_ms=1000", "RAY_health_check
 // head is the head node's run: Ray head, engine, probes and the connection file.
 type head struct {
 	*agent
-	ports  Ports
+	ports Ports
+	// apiKey is the job's client key, written to the connection files; empty with a keys file.
 	apiKey string
-	conn   *ConnectionWriter
-	engine *supervisor.Service
-	rayc   ray.Client
+	// engineKey is the key vLLM requires: internal with the gateway, apiKey without.
+	engineKey string
+	front     front
+	conn      *ConnectionWriter
+	engine    *supervisor.Service
+	rayc      ray.Client
 
 	draining  atomic.Bool
 	everReady atomic.Bool
@@ -56,18 +62,26 @@ func (a *agent) runHead(ctx context.Context) error {
 	for _, m := range moved {
 		a.log.Warn("preferred port busy, using another", "move", m)
 	}
-	if h.apiKey, err = LoadAPIKey(a.cfg.APIKeyFile); err != nil {
+	if err := h.setupKeys(); err != nil {
 		return err
 	}
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	defer stopServe()
-	engineMetrics := metrics.NewEngineCollector(
-		"http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.API))+"/metrics", "vllm:",
-		a.alloc.Hostname(), a.alloc.JobID, 2*time.Second)
-	metricsErr, err := a.serveMetrics(serveCtx, h.ports.Metrics, engineMetrics)
+	extra := []prometheus.Collector{metrics.NewEngineCollector(
+		"http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(h.enginePort()))+"/metrics", "vllm:",
+		a.alloc.Hostname(), a.alloc.JobID, 2*time.Second)}
+	if h.front.metrics != nil {
+		extra = append(extra, h.front.metrics)
+	}
+	metricsErr, err := a.serveMetrics(serveCtx, h.ports.Metrics, extra...)
 	if err != nil {
 		return err
 	}
+	gatewayErr, err := h.startGateway(serveCtx)
+	if err != nil {
+		return err
+	}
+	defer h.stopGateway()
 	if err := WriteNodeInfo(a.stateDir, NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
 		MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
 		return err
@@ -130,12 +144,15 @@ func (a *agent) runHead(ctx context.Context) error {
 		rayDone <- nil
 	case err := <-metricsErr:
 		failure = fmt.Errorf("metrics server: %w", err)
+	case err := <-gatewayErr:
+		failure = fmt.Errorf("gateway: %w", err)
 	}
 	h.draining.Store(true)
 	if failure == nil {
 		_ = h.conn.SetState(StateStopping, "received a stop signal")
 	}
 	a.state.SetReady(false, "stopping", time.Now())
+	h.drainGateway(a.cfg.Grace / 4)
 	stopEngine()
 	<-engineDone
 	stopWatch()
@@ -189,6 +206,8 @@ func (h *head) initialConnection() Connection {
 		SSHTunnel:        SSHTunnelCommand(h.ports.API, a.alloc.Head(), userName, login),
 		StartedAt:        a.started.UTC(),
 		Restarts:         map[string]int{"vllm": 0},
+		Gateway:          a.cfg.Gateway,
+		KeysFile:         a.cfg.KeysFile,
 	}
 	if a.multiNode() {
 		c.RayAddress = net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))
@@ -274,10 +293,14 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	if err != nil {
 		return nil, nil, err
 	}
-	spec := EngineSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: h.ports.API,
+	host := "0.0.0.0"
+	if a.cfg.Gateway {
+		host = "127.0.0.1" // only the gateway reaches it
+	}
+	spec := EngineSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: host, Port: h.enginePort(),
 		Parallelism: a.par, MultiNode: a.multiNode(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
-	env = append(env, "VLLM_API_KEY="+h.apiKey)
+	env = append(env, "VLLM_API_KEY="+h.engineKey)
 	if a.multiNode() {
 		env = append(env, "RAY_ADDRESS="+h.rayc.GCSAddress)
 	}
@@ -285,7 +308,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		Name: "vllm",
 		Command: func() (supervisor.Options, error) {
 			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: EngineArgs(spec), Env: env,
-				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 2, Reaper: a.deps.Reaper}, nil
+				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
 		},
 		Policy: a.policy(),
 		Logger: a.log.Named("supervisor").With("proc", "vllm"),
@@ -337,8 +360,8 @@ func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event
 }
 
 func (h *head) engineProbe() healthcheck.Engine {
-	return healthcheck.Engine{BaseURL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.API)),
-		APIKey: h.apiKey, Client: &http.Client{}}
+	return healthcheck.Engine{BaseURL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.enginePort())),
+		APIKey: h.engineKey, Client: &http.Client{}}
 }
 
 // probeEngine waits for the engine that just started to become ready, then watches its

@@ -226,7 +226,7 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 		Name: "ray",
 		Command: func() (supervisor.Options, error) {
 			return supervisor.Options{Name: "ray", Path: a.rayBin, Args: ray.StartArgs(opts), Env: env,
-				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
+				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 5, Reaper: a.deps.Reaper}, nil
 		},
 		Policy:  a.policy(),
 		Logger:  a.log.Named("supervisor").With("proc", "ray"),

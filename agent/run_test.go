@@ -175,9 +175,12 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 
 	args, err := os.ReadFile(argsFile)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"--host", "0.0.0.0", "--port", fmt.Sprint(c.Port), "--served-model-name", "tiny",
-		"--tensor-parallel-size", "1", "--pipeline-parallel-size", "1", "--max-model-len", "4096"},
-		strings.Split(string(args), "\n")[1:])
+	argv := strings.Split(string(args), "\n")[1:]
+	assert.Equal(t, []string{"--host", "127.0.0.1"}, argv[:2], "behind the gateway the engine listens on loopback only")
+	assert.NotEqual(t, fmt.Sprint(c.Port), argv[3], "on an internal port")
+	assert.Equal(t, []string{"--served-model-name", "tiny", "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1",
+		"--max-model-len", "4096"}, argv[4:])
+	assert.True(t, c.Gateway)
 
 	code, body := get(t, c.Metrics[0].MetricsURL)
 	assert.Equal(t, http.StatusOK, code)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/llm-agent/llm-agent/agent/gateway"
 )
 
 // ErrNoJob is returned when the connection file of a job cannot be found.
@@ -172,4 +174,19 @@ func sortedKeys(m map[string]int) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// Usage shares a job's GPU-hours and service units out to its keys and projects, from the
+// gateway's audit log. The job's wall time runs to now, or to its last update once it ended.
+func Usage(connPath string, factor float64, now time.Time) (gateway.UsageReport, error) {
+	c, err := ReadConnection(connPath)
+	if err != nil {
+		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+	}
+	end := now
+	if c.State == StateStopped || c.State == StateFailed {
+		end = c.UpdatedAt
+	}
+	audit := filepath.Join(filepath.Dir(connPath), gateway.AuditFile)
+	return gateway.SummarizeFile(audit, c.GPUs, end.Sub(c.StartedAt), factor)
 }

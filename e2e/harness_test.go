@@ -7,6 +7,8 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -355,4 +357,9 @@ func metricValue(text, prefix string) (string, bool) {
 func decodeJSON(t *testing.T, b []byte, v any) {
 	t.Helper()
 	require.NoError(t, json.NewDecoder(bytes.NewReader(b)).Decode(v), string(b))
+}
+
+func sha256hex(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])
 }

@@ -39,6 +39,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			runCommand(),
 			statusCommand(),
+			usageCommand(),
 			planCommand(),
 			presetsCommand(),
 			hostnamesCommand(),
@@ -207,6 +208,39 @@ func statusCommand() *cli.Command {
 				return cli.Exit("", 1)
 			}
 			return nil
+		},
+	}
+}
+
+func usageCommand() *cli.Command {
+	return &cli.Command{
+		Name:         "usage",
+		OnUsageError: onUsageError,
+		Usage:        "summarise a job's audit log per key and project: requests, tokens, and GPU-hours and service units shared out by tokens",
+		ArgsUsage:    "JOBID | STATE_DIR | connection.json  (default: $SLURM_JOB_ID)",
+		Flags: []cli.Flag{
+			&cli.Float64Flag{Name: "su-factor", Value: agent.DefaultConfig().SUFactor, Usage: "service units per GPU-hour"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+		},
+		Action: func(c *cli.Context) error {
+			arg := c.Args().First()
+			if arg == "" {
+				arg = os.Getenv("SLURM_JOB_ID")
+			}
+			path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
+			if err != nil {
+				return usageError{err}
+			}
+			rep, err := agent.Usage(path, c.Float64("su-factor"), time.Now())
+			if err != nil {
+				return usageError{err}
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			return rep.WriteTable(c.App.Writer)
 		},
 	}
 }

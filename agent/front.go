@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/agent/plan"
+)
+
+// front is the head's public side: the gateway, or nothing in the plain topology, where vLLM
+// holds the public port itself.
+type front struct {
+	gw      *gateway.Gateway
+	keys    *gateway.Keys
+	audit   *gateway.Audit
+	metrics *gateway.Metrics
+	srv     *http.Server
+	// stopAudit ends the audit log's syncing; auditDone is closed once the log is on disk.
+	stopAudit context.CancelFunc
+	auditDone chan struct{}
+}
+
+// setupKeys decides the engine's key and the clients' keys. With the gateway, the engine gets a
+// fresh internal key that never leaves this node, and clients use the keys file or one key made
+// for the job. Without it, the job's key goes to the engine itself.
+func (h *head) setupKeys() error {
+	a := h.agent
+	if a.cfg.KeysFile != "" && !a.cfg.Gateway {
+		return fmt.Errorf("%w: --keys-file needs the gateway (--gateway=true)", ErrConfig)
+	}
+	if a.cfg.KeysFile == "" {
+		var err error
+		if h.apiKey, err = LoadAPIKey(a.cfg.APIKeyFile); err != nil {
+			return err
+		}
+	}
+	if !a.cfg.Gateway {
+		h.engineKey = h.apiKey
+		return nil
+	}
+	var err error
+	if h.engineKey, err = LoadAPIKey(""); err != nil {
+		return err
+	}
+	var fixed *gateway.KeySet
+	if h.apiKey != "" {
+		if fixed, err = gateway.NewKeySet([]gateway.Key{{Name: "job", Key: h.apiKey}}); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+	}
+	keys, err := gateway.NewKeys(a.cfg.KeysFile, fixed, a.log.Named("gateway"))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	h.front.keys = keys
+	h.front.metrics = gateway.NewMetrics(a.alloc.Hostname(), a.alloc.JobID)
+	return nil
+}
+
+// enginePort is where vLLM listens: loopback behind the gateway, the public port without it.
+func (h *head) enginePort() int {
+	if h.cfg.Gateway {
+		return h.ports.Engine
+	}
+	return h.ports.API
+}
+
+// startGateway binds the public port now, so that clients get answers (503 until ready) from
+// the first second instead of refused connections, and serves until the head ends.
+func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
+	a := h.agent
+	if !a.cfg.Gateway {
+		return nil, nil
+	}
+	maxBody, err := plan.ParseSize(a.cfg.MaxRequestBody)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)
+	}
+	if h.front.audit, err = gateway.OpenAudit(filepath.Join(a.stateDir, gateway.AuditFile)); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(h.ports.API))
+	if err != nil {
+		return nil, fmt.Errorf("%w: API port %d: %w", ErrPort, h.ports.API, err)
+	}
+	h.front.gw = gateway.New(gateway.Options{
+		EngineURL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.Engine)),
+		EngineKey: h.engineKey,
+		Keys:      h.front.keys,
+		Ready:     a.state.Ready,
+		Audit:     h.front.audit,
+		Metrics:   h.front.metrics,
+		MaxBody:   maxBody,
+		Priority:  priorityScheduling(a.cfg.VLLMArgs),
+		Logger:    a.log.Named("gateway"),
+	})
+	h.front.srv = &http.Server{
+		Handler:           h.front.gw.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute, // the request; responses of any length stream freely
+		IdleTimeout:       2 * time.Minute,
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if err := h.front.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	auditCtx, stopAudit := context.WithCancel(context.Background())
+	h.front.stopAudit, h.front.auditDone = stopAudit, make(chan struct{})
+	go func() {
+		defer close(h.front.auditDone)
+		if err := h.front.audit.Run(auditCtx, time.Second); err != nil {
+			a.log.Error("audit log", "error", err)
+		}
+	}()
+	go h.front.keys.Watch(ctx, 2*time.Second)
+	a.log.Info("gateway listening", "port", h.ports.API, "engine_port", h.ports.Engine)
+	return errc, nil
+}
+
+// drainGateway stops taking new requests and lets those in flight finish within budget.
+func (h *head) drainGateway(budget time.Duration) {
+	if h.front.gw == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	if left := h.front.gw.Drain(ctx); left > 0 {
+		h.log.Warn("drain budget over; cutting requests still in flight", "requests", left)
+	}
+}
+
+// stopGateway closes the public port at the very end, then writes out the audit log.
+func (h *head) stopGateway() {
+	if h.front.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	h.front.srv.Shutdown(ctx)
+	h.front.stopAudit()
+	<-h.front.auditDone
+}
+
+// priorityScheduling tells whether the engine runs with --scheduling-policy priority.
+func priorityScheduling(args []string) bool {
+	i := slices.Index(args, "--scheduling-policy")
+	return slices.Contains(args, "--scheduling-policy=priority") || (i >= 0 && i+1 < len(args) && args[i+1] == "priority")
+}

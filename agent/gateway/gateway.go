@@ -1,0 +1,412 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Options configure a Gateway.
+type Options struct {
+	// EngineURL is the engine's root on loopback, "http://127.0.0.1:PORT".
+	EngineURL string
+	// EngineKey is the internal key the engine requires; clients never see it.
+	EngineKey string
+	// Keys are the client keys.
+	Keys *Keys
+	// Ready tells whether the engine serves, and why not.
+	Ready func() (bool, string)
+	// Audit receives one record per /v1 request; nil keeps none.
+	Audit *Audit
+	// Metrics count requests, tokens and latency per key; nil counts nothing.
+	Metrics *Metrics
+	// MaxBody bounds a request body.
+	MaxBody int64
+	// Priority adds the key's priority to requests, for an engine started with
+	// --scheduling-policy priority.
+	Priority bool
+	// RetryAfter is what 503 answers tell clients to wait.
+	RetryAfter time.Duration
+	// Logger receives the gateway's log lines; never a key or a prompt.
+	Logger hclog.Logger
+}
+
+// Gateway is the authenticated reverse proxy in front of the engine.
+type Gateway struct {
+	opts     Options
+	client   *http.Client
+	inflight sync.WaitGroup
+	draining atomic.Bool
+	active   atomic.Int64
+}
+
+// maxResponse bounds a non-streamed response the gateway reads to count its tokens.
+const maxResponse = 64 << 20
+
+// New returns a gateway.
+func New(o Options) *Gateway {
+	if o.RetryAfter <= 0 {
+		o.RetryAfter = 5 * time.Second
+	}
+	if o.MaxBody <= 0 {
+		o.MaxBody = 32 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DisableCompression:  true, // pass the engine's bytes through as they come
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &Gateway{opts: o, client: &http.Client{Transport: tr}}
+}
+
+// Handler serves /v1/* (authenticated, proxied), /healthz and /readyz; nothing else.
+func (g *Gateway) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := g.ready(); !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("not ready: " + why + "\n"))
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("/v1/", g.proxy)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "invalid_request_error", "not_found",
+			fmt.Sprintf("%s is not served here; the API is under /v1", r.URL.Path))
+	})
+	return mux
+}
+
+func (g *Gateway) ready() (bool, string) {
+	if g.draining.Load() {
+		return false, "draining"
+	}
+	return g.opts.Ready()
+}
+
+// Drain answers new requests 503 and waits for those in flight until ctx ends; it returns how
+// many were still running then.
+func (g *Gateway) Drain(ctx context.Context) int64 {
+	g.draining.Store(true)
+	done := make(chan struct{})
+	go func() {
+		g.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return 0
+	case <-ctx.Done():
+		return g.active.Load()
+	}
+}
+
+// writeError answers in OpenAI's error format.
+func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": code}})
+}
+
+// endpoint names a /v1 path for metrics, with the set of labels kept small.
+func endpoint(path string) string {
+	switch path {
+	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models":
+		return path
+	}
+	if strings.HasPrefix(path, "/v1/models/") {
+		return "/v1/models"
+	}
+	return "/v1/other"
+}
+
+// exchange is what the gateway learns about one request for the audit log and metrics.
+type exchange struct {
+	start            time.Time
+	key              Key
+	endpoint, model  string
+	stream           bool
+	status           int
+	prompt, complete int
+	ttft             time.Duration
+	err              string
+}
+
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{start: time.Now(), endpoint: endpoint(r.URL.Path)}
+	defer g.record(x)
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		x.status = http.StatusUnauthorized
+		writeError(w, x.status, "invalid_request_error", "invalid_api_key",
+			"missing API key: send it as the header Authorization: Bearer <key>")
+		return
+	}
+	key, ok := g.opts.Keys.Current().Lookup(token)
+	if !ok {
+		x.status = http.StatusUnauthorized
+		writeError(w, x.status, "invalid_request_error", "invalid_api_key", "incorrect API key")
+		return
+	}
+	x.key = key
+	g.inflight.Add(1)
+	g.active.Add(1)
+	defer func() {
+		g.active.Add(-1)
+		g.inflight.Done()
+	}()
+	if ok, why := g.ready(); !ok {
+		g.unavailable(w, x, "the model is not ready ("+why+"); retry shortly")
+		return
+	}
+	body, injected, err := g.requestBody(w, r, x)
+	if err != nil {
+		return // answered
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, g.opts.EngineURL+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		x.status = http.StatusBadRequest
+		writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
+		return
+	}
+	for _, h := range []string{"Content-Type", "Accept", "User-Agent", "X-Request-Id", "OpenAI-Organization", "OpenAI-Project"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.Header.Set("Authorization", "Bearer "+g.opts.EngineKey)
+	resp, err := g.client.Do(req)
+	if err != nil {
+		if r.Context().Err() != nil {
+			x.status, x.err = 499, "client closed the request"
+			return
+		}
+		g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+		return
+	}
+	defer resp.Body.Close()
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		g.streamResponse(w, r, resp, x, injected)
+		return
+	}
+	g.plainResponse(w, resp, x)
+}
+
+func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
+	x.status = http.StatusServiceUnavailable
+	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))
+	writeError(w, x.status, "service_unavailable", "engine_unavailable", msg)
+}
+
+// requestBody reads the body within the size limit and, for JSON, notes the model and stream
+// flag, asks a stream for its usage, and adds the key's priority. injected is true when the
+// usage chunk was asked for by the gateway and must not reach the client.
+func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchange) ([]byte, bool, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.opts.MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			x.status = http.StatusRequestEntityTooLarge
+			writeError(w, x.status, "invalid_request_error", "request_too_large",
+				fmt.Sprintf("request body larger than %d bytes", g.opts.MaxBody))
+		} else {
+			x.status = http.StatusBadRequest
+			writeError(w, x.status, "invalid_request_error", "bad_request", "cannot read the request body")
+		}
+		return nil, false, err
+	}
+	if r.Method != http.MethodPost || len(bytes.TrimSpace(body)) == 0 || bytes.TrimSpace(body)[0] != '{' {
+		return body, false, nil
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil {
+		return body, false, nil // the engine answers malformed JSON itself
+	}
+	json.Unmarshal(fields["model"], &x.model)
+	json.Unmarshal(fields["stream"], &x.stream)
+	changed, injected := false, false
+	if x.stream {
+		var so map[string]json.RawMessage
+		json.Unmarshal(fields["stream_options"], &so)
+		var include bool
+		json.Unmarshal(so["include_usage"], &include)
+		if !include {
+			if so == nil {
+				so = map[string]json.RawMessage{}
+			}
+			so["include_usage"] = json.RawMessage("true")
+			b, _ := json.Marshal(so)
+			fields["stream_options"] = b
+			changed, injected = true, true
+		}
+	}
+	if g.opts.Priority && x.key.Priority != nil {
+		if _, set := fields["priority"]; !set {
+			fields["priority"] = json.RawMessage(strconv.Itoa(*x.key.Priority))
+			changed = true
+		}
+	}
+	if changed {
+		body, _ = json.Marshal(fields)
+	}
+	return body, injected, nil
+}
+
+// usageOf reads the token counts of a response or chunk body, if it has them.
+func usageOf(b []byte) (prompt, completion int, ok bool) {
+	var v struct {
+		Usage *struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	if json.Unmarshal(b, &v) != nil || v.Usage == nil {
+		return 0, 0, false
+	}
+	return v.Usage.PromptTokens, v.Usage.CompletionTokens, true
+}
+
+// copyHeaders passes the engine's response headers on, except those the gateway sets.
+func copyHeaders(dst, src http.Header) {
+	for k, vs := range src {
+		switch k {
+		case "Content-Length", "Connection", "Transfer-Encoding", "Keep-Alive":
+			continue
+		}
+		dst[k] = vs
+	}
+}
+
+// plainResponse reads the whole (bounded) response, so that an engine dying mid-body becomes a
+// clean 502 instead of a cut connection, then counts its tokens and passes it on.
+func (g *Gateway) plainResponse(w http.ResponseWriter, resp *http.Response, x *exchange) {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		x.status = http.StatusBadGateway
+		writeError(w, x.status, "server_error", "engine_failed", "the engine stopped while answering; retry")
+		return
+	}
+	x.status = resp.StatusCode
+	x.prompt, x.complete, _ = usageOf(b)
+	copyHeaders(w.Header(), resp.Header)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(resp.StatusCode)
+	w.Write(b)
+}
+
+// streamResponse passes server-sent events on one at a time, flushing each, and takes the
+// usage from the final chunk. If the engine dies mid-stream the client gets an error event and
+// [DONE] rather than a cut connection.
+func (g *Gateway) streamResponse(w http.ResponseWriter, r *http.Request, resp *http.Response, x *exchange, injected bool) {
+	copyHeaders(w.Header(), resp.Header)
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(resp.StatusCode)
+	x.status = resp.StatusCode
+	flusher, _ := w.(http.Flusher)
+	rd := bufio.NewReaderSize(resp.Body, 64<<10)
+	var event bytes.Buffer
+	done := false
+	for {
+		line, err := rd.ReadBytes('\n')
+		if len(line) > 0 {
+			event.Write(line)
+			if len(bytes.TrimRight(line, "\r\n")) == 0 { // a blank line ends an event
+				if g.forwardEvent(w, event.Bytes(), x, injected) {
+					done = true
+				}
+				event.Reset()
+				if flusher != nil {
+					flusher.Flush()
+				}
+			}
+		}
+		if err != nil {
+			if event.Len() > 0 {
+				w.Write(event.Bytes())
+			}
+			if !done && err != io.EOF && r.Context().Err() == nil {
+				x.status, x.err = http.StatusBadGateway, "engine stopped mid-stream"
+				fmt.Fprint(w, `data: {"error":{"message":"the engine stopped in the middle of the response; retry","type":"server_error","param":null,"code":"engine_failed"}}`+"\n\ndata: [DONE]\n\n")
+				if flusher != nil {
+					flusher.Flush()
+				}
+			} else if r.Context().Err() != nil {
+				x.status, x.err = 499, "client closed the stream"
+			}
+			return
+		}
+	}
+}
+
+// forwardEvent writes one event to the client unless it is the usage chunk the gateway asked
+// for on its own; it reports whether the event was the final [DONE].
+func (g *Gateway) forwardEvent(w io.Writer, ev []byte, x *exchange, injected bool) bool {
+	var data []byte
+	for _, line := range bytes.Split(ev, []byte("\n")) {
+		if d, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r"), []byte("data:")); ok {
+			data = bytes.TrimSpace(d)
+		}
+	}
+	if bytes.Equal(data, []byte("[DONE]")) {
+		w.Write(ev)
+		return true
+	}
+	if x.ttft == 0 && len(data) > 0 {
+		x.ttft = time.Since(x.start)
+	}
+	if p, c, ok := usageOf(data); ok {
+		x.prompt, x.complete = p, c
+		var chunk struct {
+			Choices []json.RawMessage `json:"choices"`
+		}
+		if injected && json.Unmarshal(data, &chunk) == nil && len(chunk.Choices) == 0 {
+			return false // the client did not ask for usage
+		}
+	}
+	w.Write(ev)
+	return false
+}
+
+// record writes the audit line and the metrics of one request.
+func (g *Gateway) record(x *exchange) {
+	if x.status == 0 {
+		x.status = http.StatusInternalServerError
+	}
+	latency := time.Since(x.start)
+	if g.opts.Metrics != nil {
+		g.opts.Metrics.observe(x, latency)
+	}
+	if g.opts.Audit == nil || x.key.Name == "" {
+		return
+	}
+	rec := Record{Time: x.start.UTC(), Key: x.key.Name, Project: x.key.Project, Endpoint: x.endpoint, Model: x.model,
+		Status: x.status, Stream: x.stream, PromptTokens: x.prompt, CompletionTokens: x.complete,
+		LatencySeconds: latency.Seconds(), Error: x.err}
+	if x.stream && x.ttft > 0 {
+		rec.TTFTSeconds = x.ttft.Seconds()
+	}
+	if err := g.opts.Audit.Write(rec); err != nil {
+		g.opts.Logger.Error("audit write failed", "error", err)
+	}
+}

@@ -1,0 +1,76 @@
+package gateway
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the gateway's per-key series.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	tokens   *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	ttft     *prometheus.HistogramVec
+}
+
+var _ prometheus.Collector = (*Metrics)(nil)
+
+// NewMetrics returns the gateway's series, labelled with node and job, as one collector.
+func NewMetrics(node, job string) *Metrics {
+	consts := prometheus.Labels{"node": node, "job": job}
+	buckets := []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llm_agent_gateway_requests_total",
+			Help: "Requests through the gateway by key, project, endpoint and HTTP status.", ConstLabels: consts},
+			[]string{"key", "project", "endpoint", "code"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llm_agent_gateway_tokens_total",
+			Help: "Tokens by key and project, from the engine's usage: prompt or completion.", ConstLabels: consts},
+			[]string{"key", "project", "kind"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "llm_agent_gateway_request_duration_seconds",
+			Help: "Time from request to the end of the response, by key, project and endpoint.", ConstLabels: consts, Buckets: buckets},
+			[]string{"key", "project", "endpoint"}),
+		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "llm_agent_gateway_time_to_first_token_seconds",
+			Help: "Time to the first streamed chunk, by key and project.", ConstLabels: consts, Buckets: buckets},
+			[]string{"key", "project"}),
+	}
+	return m
+}
+
+// Describe sends the series' descriptions.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	m.requests.Describe(ch)
+	m.tokens.Describe(ch)
+	m.latency.Describe(ch)
+	m.ttft.Describe(ch)
+}
+
+// Collect sends the series.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.requests.Collect(ch)
+	m.tokens.Collect(ch)
+	m.latency.Collect(ch)
+	m.ttft.Collect(ch)
+}
+
+func (m *Metrics) observe(x *exchange, latency time.Duration) {
+	key, project := x.key.Name, x.key.Project
+	if key == "" {
+		key = "unauthenticated"
+	}
+	m.requests.WithLabelValues(key, project, x.endpoint, strconv.Itoa(x.status)).Inc()
+	if x.key.Name == "" {
+		return
+	}
+	m.latency.WithLabelValues(key, project, x.endpoint).Observe(latency.Seconds())
+	if x.prompt > 0 {
+		m.tokens.WithLabelValues(key, project, "prompt").Add(float64(x.prompt))
+	}
+	if x.complete > 0 {
+		m.tokens.WithLabelValues(key, project, "completion").Add(float64(x.complete))
+	}
+	if x.stream && x.ttft > 0 {
+		m.ttft.WithLabelValues(key, project).Observe(x.ttft.Seconds())
+	}
+}
