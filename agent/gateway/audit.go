@@ -3,9 +3,10 @@ package gateway
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -32,6 +33,7 @@ type Audit struct {
 	mu    sync.Mutex
 	f     *os.File
 	w     *bufio.Writer
+	buf   []byte
 	dirty bool
 }
 
@@ -49,17 +51,70 @@ func OpenAudit(path string) (*Audit, error) {
 
 // Write appends one record; it reaches the disk within a second.
 func (a *Audit) Write(r Record) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, err := a.w.Write(append(b, '\n')); err != nil {
+	a.buf = r.appendJSON(a.buf[:0])
+	if _, err := a.w.Write(a.buf); err != nil {
 		return err
 	}
 	a.dirty = true
 	return nil
+}
+
+// appendJSON encodes the record as one JSON line, the same as encoding/json would, without
+// reflection: the gateway writes one per request.
+func (r Record) appendJSON(b []byte) []byte {
+	b = append(b, `{"time":"`...)
+	b = r.Time.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","key":`...)
+	b = appendString(b, r.Key)
+	b = append(b, `,"project":`...)
+	b = appendString(b, r.Project)
+	b = append(b, `,"endpoint":`...)
+	b = appendString(b, r.Endpoint)
+	if r.Model != "" {
+		b = append(b, `,"model":`...)
+		b = appendString(b, r.Model)
+	}
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(r.Status), 10)
+	if r.Stream {
+		b = append(b, `,"stream":true`...)
+	}
+	b = append(b, `,"prompt_tokens":`...)
+	b = strconv.AppendInt(b, int64(r.PromptTokens), 10)
+	b = append(b, `,"completion_tokens":`...)
+	b = strconv.AppendInt(b, int64(r.CompletionTokens), 10)
+	b = append(b, `,"latency_seconds":`...)
+	b = strconv.AppendFloat(b, r.LatencySeconds, 'g', -1, 64)
+	if r.TTFTSeconds != 0 {
+		b = append(b, `,"ttft_seconds":`...)
+		b = strconv.AppendFloat(b, r.TTFTSeconds, 'g', -1, 64)
+	}
+	if r.Error != "" {
+		b = append(b, `,"error":`...)
+		b = appendString(b, r.Error)
+	}
+	return append(b, "}\n"...)
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	s = strings.ToValidUTF8(s, "\ufffd")
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 // Sync flushes and fsyncs what was written.

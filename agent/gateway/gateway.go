@@ -239,52 +239,60 @@ func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchang
 	if r.Method != http.MethodPost || len(bytes.TrimSpace(body)) == 0 || bytes.TrimSpace(body)[0] != '{' {
 		return body, false, nil
 	}
-	var fields map[string]json.RawMessage
-	if json.Unmarshal(body, &fields) != nil {
+	// A first, cheap look: the fields the gateway needs, without keeping the others.
+	var head struct {
+		Model         string `json:"model"`
+		Stream        bool   `json:"stream"`
+		StreamOptions *struct {
+			IncludeUsage bool `json:"include_usage"`
+		} `json:"stream_options"`
+		Priority json.RawMessage `json:"priority"`
+	}
+	if json.Unmarshal(body, &head) != nil {
 		return body, false, nil // the engine answers malformed JSON itself
 	}
-	json.Unmarshal(fields["model"], &x.model)
-	json.Unmarshal(fields["stream"], &x.stream)
-	changed, injected := false, false
-	if x.stream {
+	x.model, x.stream = head.Model, head.Stream
+	injected := x.stream && (head.StreamOptions == nil || !head.StreamOptions.IncludeUsage)
+	addPriority := g.opts.Priority && x.key.Priority != nil && head.Priority == nil
+	if !injected && !addPriority {
+		return body, false, nil
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil {
+		return body, false, nil
+	}
+	if injected {
 		var so map[string]json.RawMessage
 		json.Unmarshal(fields["stream_options"], &so)
-		var include bool
-		json.Unmarshal(so["include_usage"], &include)
-		if !include {
-			if so == nil {
-				so = map[string]json.RawMessage{}
-			}
-			so["include_usage"] = json.RawMessage("true")
-			b, _ := json.Marshal(so)
-			fields["stream_options"] = b
-			changed, injected = true, true
+		if so == nil {
+			so = map[string]json.RawMessage{}
 		}
+		so["include_usage"] = json.RawMessage("true")
+		fields["stream_options"], _ = json.Marshal(so)
 	}
-	if g.opts.Priority && x.key.Priority != nil {
-		if _, set := fields["priority"]; !set {
-			fields["priority"] = json.RawMessage(strconv.Itoa(*x.key.Priority))
-			changed = true
-		}
+	if addPriority {
+		fields["priority"] = json.RawMessage(strconv.Itoa(*x.key.Priority))
 	}
-	if changed {
-		body, _ = json.Marshal(fields)
-	}
+	body, _ = json.Marshal(fields)
 	return body, injected, nil
 }
 
-// usageOf reads the token counts of a response or chunk body, if it has them.
+// usageOf reads the token counts of a response or chunk body, if it has them. The engine puts
+// "usage" last, so the gateway decodes that one object rather than the whole body, which may
+// hold a long completion.
 func usageOf(b []byte) (prompt, completion int, ok bool) {
-	var v struct {
-		Usage *struct {
-			PromptTokens     int `json:"prompt_tokens"`
-			CompletionTokens int `json:"completion_tokens"`
-		} `json:"usage"`
-	}
-	if json.Unmarshal(b, &v) != nil || v.Usage == nil {
+	i := bytes.LastIndex(b, []byte(`"usage":`))
+	if i <= 0 || b[i-1] == '\\' {
 		return 0, 0, false
 	}
-	return v.Usage.PromptTokens, v.Usage.CompletionTokens, true
+	var u *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	}
+	if json.NewDecoder(bytes.NewReader(b[i+len(`"usage":`):])).Decode(&u) != nil || u == nil {
+		return 0, 0, false
+	}
+	return u.PromptTokens, u.CompletionTokens, true
 }
 
 // copyHeaders passes the engine's response headers on, except those the gateway sets.

@@ -576,3 +576,24 @@ func TestAuditRunSyncsAndCloses(t *testing.T) {
 	_, err = OpenAudit(filepath.Join(t.TempDir(), "no", "such", "dir"))
 	assert.Error(t, err)
 }
+
+// TestAuditEncodingMatchesEncodingJSON checks the hand-written encoder against encoding/json.
+func TestAuditEncodingMatchesEncodingJSON(t *testing.T) {
+	records := []Record{
+		{Time: time.Date(2026, 11, 26, 12, 0, 0, 123456789, time.UTC), Key: "alice", Project: "climate", Endpoint: "/v1/chat/completions",
+			Model: "tiny", Status: 200, Stream: true, PromptTokens: 7, CompletionTokens: 3, LatencySeconds: 0.0123, TTFTSeconds: 0.001},
+		{Time: time.Unix(0, 0).UTC(), Key: "we\"ird\\na\tme\x01", Project: "üñí", Endpoint: "/v1/other", Status: 502,
+			LatencySeconds: 2, Error: "engine stopped mid-stream"},
+		{Key: "bad utf8 \xff", Status: 401},
+	}
+	for _, r := range records {
+		want, err := json.Marshal(r)
+		require.NoError(t, err)
+		var a, b map[string]any
+		require.NoError(t, json.Unmarshal(want, &a))
+		got := r.appendJSON(nil)
+		require.True(t, bytes.HasSuffix(got, []byte("}\n")))
+		require.NoError(t, json.Unmarshal(got, &b), string(got))
+		assert.Equal(t, a, b)
+	}
+}
