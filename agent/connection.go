@@ -47,6 +47,7 @@ type Connection struct {
 	HeadHost         string         `json:"head_host"`
 	HeadAddress      string         `json:"head_address"`
 	Port             int            `json:"port"`
+	EnginePort       int            `json:"engine_port,omitempty"`
 	BaseURL          string         `json:"base_url"`
 	Model            string         `json:"model"`
 	ServedModelName  string         `json:"served_model_name"`

@@ -139,7 +139,7 @@ func fakeVLLM(args []string) int {
 		return strings.TrimSpace(string(b))
 	}
 	if state() == "fail" {
-		fmt.Fprintln(os.Stderr, "fake vllm: injected start failure")
+		fmt.Fprintln(os.Stderr, "RuntimeError: injected start failure")
 		return 1
 	}
 	key := os.Getenv("VLLM_API_KEY")

@@ -42,6 +42,8 @@ type head struct {
 	conn      *ConnectionWriter
 	engine    *supervisor.Service
 	rayc      ray.Client
+	// engineOut is the engine's output, which keeps its first error line to explain an exit.
+	engineOut *lineLogger
 
 	draining  atomic.Bool
 	everReady atomic.Bool
@@ -138,6 +140,9 @@ func (a *agent) runHead(ctx context.Context) error {
 		a.log.Info("draining: engine first, then ray", "budget", a.cfg.Grace)
 	case err := <-engineDone:
 		failure = fmt.Errorf("engine: %w", err)
+		if said := h.engineOut.FirstError(); said != "" {
+			failure = fmt.Errorf("%w; the engine said: %s", failure, said)
+		}
 		engineDone <- nil
 	case err := <-rayDone:
 		failure = fmt.Errorf("ray head: %w", err)
@@ -195,6 +200,7 @@ func (h *head) initialConnection() Connection {
 		HeadHost:         a.alloc.Head(),
 		HeadAddress:      a.addr,
 		Port:             h.ports.API,
+		EnginePort:       h.enginePort(),
 		BaseURL:          "http://" + hostPort + "/v1",
 		Model:            a.cfg.Model,
 		ServedModelName:  a.cfg.ServedName(),
@@ -293,6 +299,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	if err != nil {
 		return nil, nil, err
 	}
+	h.engineOut = out
 	host := "0.0.0.0"
 	if a.cfg.Gateway {
 		host = "127.0.0.1" // only the gateway reaches it
@@ -313,6 +320,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		Policy: a.policy(),
 		Logger: a.log.Named("supervisor").With("proc", "vllm"),
 		OnEvent: func(e supervisor.Event) {
+			if e.State == supervisor.StateStarting {
+				out.NewRun()
+			}
 			a.trackChild(e)
 			_ = h.conn.Update(func(c *Connection) { c.Restarts["vllm"] = e.Restarts })
 			events <- e
@@ -351,7 +361,7 @@ func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event
 		case supervisor.StateBackoff, supervisor.StateStopping:
 			stop()
 			if !h.draining.Load() {
-				h.setNotReady("engine " + string(e.State) + ": " + e.Reason)
+				h.setNotReady("engine " + string(e.State) + ": " + h.withEngineError(e.Reason))
 			}
 		case supervisor.StateFailed, supervisor.StateStopped:
 			stop()
@@ -398,6 +408,16 @@ func (h *head) probeEngine(ctx context.Context) {
 			h.engine.Restart("unhealthy", err.Error())
 		},
 	}.Run(ctx)
+}
+
+// withEngineError adds the engine's last error line to the reason an engine exited.
+func (h *head) withEngineError(reason string) string {
+	if strings.HasPrefix(reason, "exit status") {
+		if said := h.engineOut.FirstError(); said != "" {
+			return reason + "; the engine said: " + said
+		}
+	}
+	return reason
 }
 
 func (h *head) setNotReady(reason string) {

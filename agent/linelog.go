@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"io"
+	"regexp"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,7 +19,14 @@ type lineLogger struct {
 	file io.Writer
 	log  hclog.Logger
 	buf  []byte
+	// firstError is the first line of the current run that reports an error, such as
+	// Python's "ValueError: ...": in a burst of tracebacks the root cause comes first.
+	firstError string
 }
+
+// errorLine matches an error report at the start of a line or of a log message
+// ("... [core.py:1510] ValueError: ..."), not one quoted inside a warning.
+var errorLine = regexp.MustCompile(`(^|\] )([A-Z][A-Za-z]*(Error|Exception): \S.*)`)
 
 func newLineLogger(file io.Writer, log hclog.Logger) *lineLogger {
 	return &lineLogger{file: file, log: log}
@@ -59,7 +67,25 @@ func (l *lineLogger) Flush() {
 
 func (l *lineLogger) emit(line []byte) {
 	line = bytes.TrimRight(line, "\r")
-	if len(line) > 0 {
-		l.log.Info(string(line))
+	if len(line) == 0 {
+		return
 	}
+	l.log.Info(string(line))
+	if m := errorLine.FindSubmatch(line); m != nil && l.firstError == "" {
+		l.firstError = string(m[2])
+	}
+}
+
+// FirstError returns the first error line the child printed since the last NewRun, "" if none.
+func (l *lineLogger) FirstError() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.firstError
+}
+
+// NewRun forgets the errors of the previous run of the child.
+func (l *lineLogger) NewRun() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.firstError = ""
 }

@@ -185,3 +185,18 @@ func TestParseSlurmTime(t *testing.T) {
 	_, err = parseSlurmTime("tomorrow")
 	assert.Error(t, err)
 }
+
+func TestLineLoggerKeepsTheFirstErrorLine(t *testing.T) {
+	var file bytes.Buffer
+	l := newLineLogger(&file, hclog.NewNullLogger())
+	assert.Equal(t, "", l.FirstError())
+	l.Write([]byte("WARNING: this can cause errors like `OSError: [Errno 24] Too many open files`\n"))
+	assert.Equal(t, "", l.FirstError(), "an error quoted in a warning is no error")
+	l.Write([]byte("(EngineCore pid=1) ERROR 11-26 [core.py:1] ValueError: current platform cpu does not support ray.\n"))
+	l.Write([]byte("Traceback (most recent call last):\n  File \"x.py\", line 1\nRuntimeError: Engine core initialization failed.\n"))
+	assert.Equal(t, "ValueError: current platform cpu does not support ray.", l.FirstError(), "the root cause comes first")
+	l.NewRun()
+	assert.Equal(t, "", l.FirstError())
+	l.Write([]byte("KeyError: 'x'\n"))
+	assert.Equal(t, "KeyError: 'x'", l.FirstError())
+}

@@ -193,7 +193,7 @@ func (a *agent) serveMetrics(ctx context.Context, port int, extra ...prometheus.
 
 // childOutput returns a writer that sends a child's output to its log file in the state
 // directory and, line by line, to the agent's log.
-func (a *agent) childOutput(name string) (io.Writer, func(), error) {
+func (a *agent) childOutput(name string) (*lineLogger, func(), error) {
 	path := filepath.Join(a.stateDir, "logs", a.alloc.Hostname()+"."+name+".log")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

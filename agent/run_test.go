@@ -271,6 +271,7 @@ func TestRunCrashLoopGivesUp(t *testing.T) {
 	c := waitConnState(t, dir, StateFailed, time.Second)
 	assert.Contains(t, c.Reason, "gave up after 2 restarts")
 	assert.Contains(t, c.Reason, "exit status 1")
+	assert.Contains(t, c.Reason, "the engine said: RuntimeError: injected start failure")
 	assertNoChildren(t)
 }
 

@@ -20,11 +20,6 @@ import (
 	"github.com/llm-agent/llm-agent/agent/metrics"
 )
 
-const (
-	readyTimeout = 2 * time.Minute
-	drainBound   = 30 * time.Second // scancel to "no process left", as the issue asks
-)
-
 // threeNodes asks for every node of the mini-cluster, with both fake GPUs of each.
 func threeNodes(extra ...string) []string {
 	return append([]string{"-N", fmt.Sprint(suite.nodes), "--gpus-per-node=2", "--cpus-per-task=1"}, extra...)

@@ -1,4 +1,4 @@
-//go:build e2e
+//go:build e2e || e2evllm
 
 // Package e2e runs the real sbatch scripts on the real mini-cluster (e2e/cluster/up.sh) with real
 // Ray and the fakevllm test double, and checks what users and operators see.
@@ -24,6 +24,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent"
+)
+
+const (
+	readyTimeout = 2 * time.Minute
+	drainBound   = 30 * time.Second // scancel to "no process left", as the issue asks
 )
 
 // suite holds what every test shares: binaries, the Python environment and a work directory on
@@ -166,14 +171,15 @@ func (j *job) conn() (agent.Connection, bool) {
 func (j *job) waitState(state agent.ServiceState, timeout time.Duration) agent.Connection {
 	j.t.Helper()
 	var last agent.Connection
-	require.Eventually(j.t, func() bool {
+	ok := assertEventually(timeout, func() bool {
 		c, ok := j.conn()
 		if !ok {
 			return false
 		}
 		last = c
 		return c.State == state
-	}, timeout, 100*time.Millisecond, "job %s never reached %s; last state %q (%s)", j.id, state, last.State, last.Reason)
+	})
+	require.True(j.t, ok, "job %s never reached %s in %s; last state %q (%s)", j.id, state, timeout, last.State, last.Reason)
 	return last
 }
 
@@ -362,4 +368,19 @@ func decodeJSON(t *testing.T, b []byte, v any) {
 func sha256hex(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:])
+}
+
+// pidsByCmdline returns the pids in a node's namespace whose command line contains substr.
+func pidsByCmdline(t *testing.T, node int, substr string) []string {
+	t.Helper()
+	b, err := exec.Command("ip", "netns", "pids", fmt.Sprintf("llmnode%d", node)).Output()
+	require.NoError(t, err)
+	var pids []string
+	for _, pid := range strings.Fields(string(b)) {
+		c, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err == nil && strings.Contains(string(c), substr) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
