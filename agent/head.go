@@ -305,10 +305,10 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		host = "127.0.0.1" // only the gateway reaches it
 	}
 	spec := EngineSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: host, Port: h.enginePort(),
-		Parallelism: a.par, MultiNode: a.multiNode(), Extra: a.cfg.VLLMArgs}
+		Parallelism: a.par, MultiNode: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
-	if a.multiNode() {
+	if h.engineOnRay() {
 		env = append(env, "RAY_ADDRESS="+h.rayc.GCSAddress)
 	}
 	opts := supervisor.ServiceOptions{
@@ -332,6 +332,13 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		opts.Before = h.waitCluster
 	}
 	return supervisor.NewService(opts), closeOut, nil
+}
+
+// engineOnRay tells whether the engine spans nodes, and so runs on Ray's executor. A model
+// whose pipeline stays on the head uses vLLM's own processes there, even in a job of several
+// nodes.
+func (h *head) engineOnRay() bool {
+	return h.multiNode() && h.par.Pipeline > 1
 }
 
 // monitorEngine follows the engine's life: it probes each new engine for readiness, then for
@@ -477,7 +484,8 @@ func (h *head) waitCluster(ctx context.Context) error {
 		ErrRayIncomplete, a.cfg.RayTimeout, strings.Join(missing, ", "), err, filepath.Join(a.stateDir, "logs"))
 }
 
-// monitorRay polls the GCS and restarts the engine when a node it was started on is gone.
+// monitorRay polls the GCS and restarts the engine, when it runs on Ray, once a node it was
+// started on is gone.
 func (h *head) monitorRay(ctx context.Context) {
 	a := h.agent
 	tick := time.NewTicker(a.cfg.RayPollInterval)
@@ -511,7 +519,7 @@ func (h *head) monitorRay(ctx context.Context) {
 			h.clusterLost = len(gone) > 0
 		}
 		h.mu.Unlock()
-		if len(gone) > 0 && !h.draining.Load() {
+		if len(gone) > 0 && !h.draining.Load() && h.engineOnRay() {
 			reason := fmt.Sprintf("ray lost node(s) %s; the engine restarts once every node is back", strings.Join(gone, ", "))
 			a.log.Warn("ray cluster lost a node", "nodes", gone)
 			h.engine.Restart("ray_node_lost", reason)

