@@ -27,6 +27,7 @@ if [ "$engine" = vllm ]; then
     engine_args=(--served-model-name tiny --tensor-parallel-size 1 --pipeline-parallel-size 1
         --vllm-arg=--max-model-len --vllm-arg=512 --vllm-arg=--gpu-memory-utilization --vllm-arg=0.15)
     echo "demo: engine: real vLLM ($("$venv/bin/vllm" --version 2>/dev/null | tail -1)), tiny model $model"
+    echo "demo: the tiny model has random weights, so its answer is real tokens but no sense"
 else
     model=${DEMO_MODEL:-$work/models/demo-model}
     export LLM_AGENT_VLLM_BIN=$root/bin/fakevllm
