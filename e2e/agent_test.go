@@ -249,10 +249,15 @@ func TestCrashLoopFailsJob(t *testing.T) {
 }
 
 // TestTimeLimitDrains gives a job one minute: Slurm's signal drains it and nothing is left.
+//
+// slurmctld checks for warning signals every 30 s and sends one when the end is at most
+// warn+30 s away, so --signal=TERM@W arrives between 30+W and W seconds before the end. W=1
+// puts it 29 to 59 s into the one-minute job, after the job is ready (about 10 s). The
+// script's own TERM@120 would arrive at once. (W=20 once came 10 s in, before ready.)
 func TestTimeLimitDrains(t *testing.T) {
 	j := submit(t, jobSpec{
 		script: "multinode.sbatch",
-		sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=1", "--signal=TERM@20"},
+		sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=1", "--signal=TERM@1"},
 	})
 	j.waitState(agent.StateReady, readyTimeout)
 	c := j.waitState(agent.StateStopped, 3*time.Minute)
