@@ -73,14 +73,19 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
 		SSHTunnel: c.SSHTunnel, File: path}
-	if !c.StartedAt.IsZero() {
-		r.Uptime = now.Sub(c.StartedAt).Seconds()
+	live := c.State != StateStopped && c.State != StateFailed
+	// An ended job's uptime runs to its last update (when it stopped), and it has no time left.
+	upTo := now
+	if !live && !c.UpdatedAt.IsZero() {
+		upTo = c.UpdatedAt
 	}
-	if c.JobEndTime != nil {
+	if !c.StartedAt.IsZero() {
+		r.Uptime = max(0, upTo.Sub(c.StartedAt).Seconds())
+	}
+	if c.JobEndTime != nil && live {
 		left := max(0, c.JobEndTime.Sub(now).Seconds())
 		r.TimeLeft = &left
 	}
-	live := c.State != StateStopped && c.State != StateFailed
 	headReady := false
 	for _, ep := range c.Metrics {
 		n := NodeStatus{Node: ep.Node, Role: ep.Role}
@@ -137,9 +142,12 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "model\t%s (tensor %d x pipeline %d)\n", r.Model, r.Tensor, r.Pipeline)
 	fmt.Fprintf(tw, "gpus\t%d\n", r.GPUs)
 	fmt.Fprintf(tw, "uptime\t%s\n", roundDuration(r.Uptime))
-	if r.TimeLeft != nil {
+	switch {
+	case r.TimeLeft != nil:
 		fmt.Fprintf(tw, "time left\t%s\n", roundDuration(*r.TimeLeft))
-	} else {
+	case r.State == StateStopped || r.State == StateFailed:
+		fmt.Fprintf(tw, "time left\tnone (ended)\n")
+	default:
 		fmt.Fprintf(tw, "time left\tunknown\n")
 	}
 	var restarts []string

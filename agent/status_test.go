@@ -74,13 +74,18 @@ func TestStatus(t *testing.T) {
 
 	// A job that ended is reported from its file alone, not ready.
 	require.NoError(t, w.SetState(StateFailed, "engine: gave up"))
-	r, err = Status(context.Background(), path, &http.Client{}, now)
+	later := now.Add(5 * time.Hour)
+	r, err = Status(context.Background(), path, &http.Client{}, later)
 	require.NoError(t, err)
 	assert.False(t, r.Ready)
+	snap := w.Snapshot()
+	assert.InDelta(t, snap.UpdatedAt.Sub(snap.StartedAt).Seconds(), r.Uptime, 0.001, "uptime ends when the job did")
+	assert.Nil(t, r.TimeLeft, "an ended job has no time left")
 	out.Reset()
 	require.NoError(t, r.WriteTable(&out))
 	assert.Contains(t, out.String(), "failed (engine: gave up)")
 	assert.Contains(t, out.String(), "not probed")
+	assert.Contains(t, out.String(), "time left  none (ended)")
 }
 
 func TestConnectionPath(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/signal"
@@ -183,25 +184,15 @@ func statusCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
 		},
 		Action: func(c *cli.Context) error {
-			arg := c.Args().First()
-			if arg == "" {
-				arg = os.Getenv("SLURM_JOB_ID")
-			}
-			path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
+			path, err := jobConnectionPath(c)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			report, err := agent.Status(c.Context, path, &http.Client{}, time.Now())
 			if err != nil {
 				return usageError{err}
 			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(report); err != nil {
-					return err
-				}
-			} else if err := report.WriteTable(c.App.Writer); err != nil {
+			if err := writeReport(c, report); err != nil {
 				return err
 			}
 			if !report.Ready {
@@ -223,24 +214,39 @@ func usageCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
 		},
 		Action: func(c *cli.Context) error {
-			arg := c.Args().First()
-			if arg == "" {
-				arg = os.Getenv("SLURM_JOB_ID")
-			}
-			path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
+			path, err := jobConnectionPath(c)
 			if err != nil {
-				return usageError{err}
+				return err
 			}
 			rep, err := agent.Usage(path, c.Float64("su-factor"), time.Now())
 			if err != nil {
 				return usageError{err}
 			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			}
-			return rep.WriteTable(c.App.Writer)
+			return writeReport(c, rep)
 		},
 	}
+}
+
+// jobConnectionPath finds the connection file named by the first argument, or by $SLURM_JOB_ID
+// inside a job.
+func jobConnectionPath(c *cli.Context) (string, error) {
+	arg := c.Args().First()
+	if arg == "" {
+		arg = os.Getenv("SLURM_JOB_ID")
+	}
+	path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
+	if err != nil {
+		return "", usageError{err}
+	}
+	return path, nil
+}
+
+// writeReport prints a report as indented JSON with --json, else as its table.
+func writeReport(c *cli.Context, r interface{ WriteTable(io.Writer) error }) error {
+	if !c.Bool("json") {
+		return r.WriteTable(c.App.Writer)
+	}
+	enc := json.NewEncoder(c.App.Writer)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
 }
