@@ -14,6 +14,7 @@ MC_CONF_DIR=/etc/slurm
 MC_STATE=/var/lib/llm-agent-minicluster  # pid files and markers of this cluster
 MC_HOSTS_TAG="# llm-agent-minicluster"
 MC_LOG_DIR=/var/log/slurm
+MC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)  # the checkout
 
 mc_node() { echo "node$1"; }
 mc_ns() { echo "llmnode$1"; }

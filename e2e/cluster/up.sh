@@ -96,6 +96,26 @@ if ! mc_alive "$MC_STATE/slurmctld.pid"; then
         >>"$MC_LOG_DIR/slurmctld-$MC_CLUSTER.out" 2>&1 </dev/null &
     mc_wait 30 "slurmctld to answer" scontrol ping
 fi
+# A checkout (or environment) under /tmp would vanish under each node's own /tmp: such folders
+# are carried through, bound back at the same path on every node. Others stay as they are.
+keep=()
+for dir in "$MC_ROOT" ${LLM_AGENT_VENV:+"$LLM_AGENT_VENV"}; do
+    case $(realpath -m "$dir")/ in /tmp/*) [ -d "$dir" ] && keep+=("$(realpath "$dir")") ;; esac
+done
+mkdir -p "$MC_STATE/keep"
+node_setup() { # the commands that give a node its own /tmp, keeping "${keep[@]}" visible
+    local cmds=""
+    if [ ${#keep[@]} -gt 0 ]; then
+        cmds="mount --bind /tmp $MC_STATE/keep && mount -t tmpfs -o mode=1777 tmpfs /tmp"
+        for dir in "${keep[@]}"; do
+            cmds+=" && mkdir -p $(printf %q "$dir") && mount --bind $(printf %q "$MC_STATE/keep${dir#/tmp}") $(printf %q "$dir")"
+        done
+        cmds+=" && umount $MC_STATE/keep"
+    else
+        cmds="mount -t tmpfs -o mode=1777 tmpfs /tmp"
+    fi
+    echo "$cmds && mount -t tmpfs -o mode=1777 tmpfs /dev/shm"
+}
 for i in $(seq 1 "$MC_NODES"); do
     node=$(mc_node "$i")
     ns=$(mc_ns "$i")
@@ -103,7 +123,7 @@ for i in $(seq 1 "$MC_NODES"); do
     mkdir -p "/var/spool/slurmd/$node"
     # Own hostname, and /tmp and /dev/shm of its own (Ray writes /tmp/ray on every node).
     setsid nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private sh -c \
-        "hostname $node && mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec slurmd -D -N $node -f $conf" \
+        "hostname $node && $(node_setup) && exec slurmd -D -N $node -f $conf" \
         >>"$MC_LOG_DIR/slurmd-$node.out" 2>&1 </dev/null &
 done
 
