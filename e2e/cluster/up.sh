@@ -17,7 +17,8 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     [ -s /etc/munge/munge.key ] || mc_die "/etc/munge/munge.key is missing; reinstall munge"
     runuser -u munge -- /usr/sbin/munged --force
     mc_wait 10 munged sh -c 'munge -n | unmunge'
-    pgrep -u munge -x munged >"$MC_STATE/munged.pid"
+    # The daemon's own pid file: pgrep would also match a forking parent not yet reaped.
+    cp /run/munge/munged.pid "$MC_STATE/munged.pid"
 fi
 
 # --- configuration -----------------------------------------------------------------------------
