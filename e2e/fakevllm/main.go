@@ -253,9 +253,10 @@ func watchControl(ctx context.Context, path string, srv *server) {
 			fmt.Fprintln(os.Stderr, "fakevllm: injected crash")
 			os.Exit(1)
 		case "hang":
+			// Hang first: an emptied file tells the tests the fault is in force.
+			srv.hang()
 			os.WriteFile(path, nil, 0o644)
 			fmt.Fprintln(os.Stderr, "fakevllm: injected hang; no request will be answered")
-			srv.hang()
 		}
 	}
 }
