@@ -1,8 +1,10 @@
 package metrics
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -93,8 +95,42 @@ func (c *EngineCollector) fetch() (map[string]*dto.MetricFamily, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("engine metrics: status %d", resp.StatusCode)
 	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxEngineBody+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxEngineBody {
+		return nil, fmt.Errorf("engine metrics: more than %d bytes", maxEngineBody)
+	}
 	parser := expfmt.NewTextParser(model.LegacyValidation)
-	return parser.TextToMetricFamilies(resp.Body)
+	return parser.TextToMetricFamilies(bytes.NewReader(keepFamilies(body, c.prefix)))
+}
+
+// maxEngineBody bounds what one fetch reads; a real vLLM's /metrics is about 50 KB.
+const maxEngineBody = 16 << 20
+
+// keepFamilies returns the lines of a text exposition that belong to families starting with
+// prefix: their samples and their HELP and TYPE comments. Parsing is most of a re-export's cost,
+// and a real vLLM's /metrics also carries Python, process and HTTP families that are dropped
+// anyway; a malformed line in those no longer loses the engine's own. It filters in place.
+func keepFamilies(body []byte, prefix string) []byte {
+	if prefix == "" {
+		return body
+	}
+	help, typ := []byte("# HELP "+prefix), []byte("# TYPE "+prefix)
+	out := body[:0]
+	for len(body) > 0 {
+		line := body
+		if i := bytes.IndexByte(body, '\n'); i >= 0 {
+			line, body = body[:i+1], body[i+1:]
+		} else {
+			body = nil
+		}
+		if bytes.HasPrefix(line, []byte(prefix)) || bytes.HasPrefix(line, help) || bytes.HasPrefix(line, typ) {
+			out = append(out, line...)
+		}
+	}
+	return out
 }
 
 // desc returns the description of a family's series with the given label names, plus node and

@@ -1,13 +1,20 @@
 package metrics
 
 import (
+	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -90,7 +97,16 @@ func TestEngineCollectorFailureDoesNotFailScrape(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
 	defer down.Close()
-	for name, url := range map[string]string{"hung": slow.URL, "unparseable": broken.URL, "503": down.URL,
+	huge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		line := []byte("vllm:x 1\n")
+		for n := 0; n <= maxEngineBody; n += len(line) {
+			if _, err := w.Write(line); err != nil {
+				return
+			}
+		}
+	}))
+	defer huge.Close()
+	for name, url := range map[string]string{"hung": slow.URL, "unparseable": broken.URL, "503": down.URL, "too big": huge.URL,
 		"refused": "http://127.0.0.1:1/metrics", "bad url": "::"} {
 		t.Run(name, func(t *testing.T) {
 			c := NewEngineCollector(url, "vllm:", "n", "j", 100*time.Millisecond)
@@ -108,4 +124,89 @@ func TestEngineCollectorFailureDoesNotFailScrape(t *testing.T) {
 			assert.Equal(t, 0.0, got)
 		})
 	}
+}
+
+// A real vLLM's /metrics (vLLM 0.32.0, CPU build, the tiny model after three completions):
+// every vllm: sample is re-exported with its labels, value, node and job, and nothing else is.
+func TestEngineCollectorRealVLLM(t *testing.T) {
+	body, err := os.ReadFile("testdata/vllm-0.32.0-cpu-metrics.txt")
+	require.NoError(t, err)
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	want, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	require.NoError(t, err)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
+	defer srv.Close()
+	got, err := registry(NewEngineCollector(srv.URL, "vllm:", "node1", "42", time.Second)).Gather()
+	require.NoError(t, err)
+
+	// A sample's identity: its family, labels and value, as text.
+	samples := func(f *dto.MetricFamily, extra ...string) []string {
+		var out []string
+		for _, m := range f.GetMetric() {
+			labels := append([]string(nil), extra...)
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			sort.Strings(labels)
+			out = append(out, fmt.Sprint(f.GetName(), labels, m.GetCounter().GetValue(), m.GetGauge().GetValue(),
+				m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum(), len(m.GetHistogram().GetBucket())))
+		}
+		sort.Strings(out)
+		return out
+	}
+	var wantSamples, gotSamples []string
+	foreign := 0
+	for name, f := range want {
+		if strings.HasPrefix(name, "vllm:") {
+			wantSamples = append(wantSamples, samples(f, "job=42", "node=node1")...)
+		} else {
+			foreign++
+		}
+	}
+	for _, f := range got {
+		if strings.HasPrefix(f.GetName(), "vllm:") {
+			gotSamples = append(gotSamples, samples(f)...)
+		} else {
+			assert.True(t, strings.HasPrefix(f.GetName(), "llm_agent_engine_scrape_"), "unexpected family %s", f.GetName())
+		}
+	}
+	sort.Strings(wantSamples)
+	sort.Strings(gotSamples)
+	require.Greater(t, len(wantSamples), 50, "the fixture holds vLLM's series")
+	require.Positive(t, foreign, "the fixture holds other families too")
+	assert.Equal(t, wantSamples, gotSamples)
+}
+
+func TestKeepFamilies(t *testing.T) {
+	for _, tc := range []struct{ name, prefix, in, want string }{
+		{"keeps the prefix's samples and comments", "vllm:",
+			"# HELP vllm:a A.\n# TYPE vllm:a gauge\nvllm:a{x=\"1\"} 2\n# HELP py_gc G.\n# TYPE py_gc counter\npy_gc 3\n",
+			"# HELP vllm:a A.\n# TYPE vllm:a gauge\nvllm:a{x=\"1\"} 2\n"},
+		{"drops other comments and blank lines", "vllm:", "# a comment\n\nvllm:b 1\n", "vllm:b 1\n"},
+		{"a last line without a newline", "vllm:", "py 1\nvllm:c 2", "vllm:c 2"},
+		{"a name that only contains the prefix", "vllm:", "x_vllm:d 1\n", ""},
+		{"no prefix keeps everything", "", "py 1\nvllm:e 2\n", "py 1\nvllm:e 2\n"},
+		{"empty", "vllm:", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, string(keepFamilies([]byte(tc.in), tc.prefix)))
+		})
+	}
+}
+
+// A malformed line in a family the agent drops does not cost the engine's own families.
+func TestEngineCollectorIgnoresForeignGarbage(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("python_broken{ 1\n# TYPE vllm:ok gauge\nvllm:ok 5\n"))
+	}))
+	defer srv.Close()
+	c := NewEngineCollector(srv.URL, "vllm:", "n", "j", time.Second)
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
+# HELP llm_agent_engine_scrape_success 1 if the last fetch of the engine's /metrics worked.
+# TYPE llm_agent_engine_scrape_success gauge
+llm_agent_engine_scrape_success{job="j",node="n"} 1
+# HELP vllm:ok 
+# TYPE vllm:ok gauge
+vllm:ok{job="j",node="n"} 5
+`), "llm_agent_engine_scrape_success", "vllm:ok"))
 }
