@@ -62,12 +62,13 @@ echo
 echo "== $state_dir/connection.json"
 cat "$state_dir/connection.json"
 echo
-# The key lives in connection.env (mode 0600); this subshell uses it without printing it.
+# The key lives in connection.env (mode 0600); this subshell uses it without printing it, and
+# hands it to curl through a pipe, never on a command line that ps would show.
 (
     . "$state_dir/connection.env"
     echo "== POST $OPENAI_BASE_URL/chat/completions"
     curl -sS --max-time 60 "$OPENAI_BASE_URL/chat/completions" \
-        -H "Authorization: Bearer $OPENAI_API_KEY" -H 'Content-Type: application/json' \
+        -H @<(printf 'Authorization: Bearer %s\n' "$OPENAI_API_KEY") -H 'Content-Type: application/json' \
         -d "{\"model\": \"$(field served_model_name)\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello to the cluster.\"}], \"max_tokens\": 12}" |
         python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip()); print("usage:", r["usage"])'
 )
@@ -76,5 +77,5 @@ metrics=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metri
 echo "== a few lines of $metrics"
 curl -sS --max-time 10 "$metrics" | grep -E '^(llm_agent_(ready|ray_nodes_alive|child_up|time_to_ready_seconds|service_units_total)|vllm:(num_requests_running|generation_tokens_total))' | head -12
 echo
-echo "demo: job $jid keeps running. Try:  . $state_dir/connection.env && curl \$OPENAI_BASE_URL/models -H \"Authorization: Bearer \$OPENAI_API_KEY\""
+echo "demo: job $jid keeps running. Try:  . $state_dir/connection.env && curl \$OPENAI_BASE_URL/models -H @<(printf 'Authorization: Bearer %s' \"\$OPENAI_API_KEY\")"
 echo "demo: end it with: scancel $jid   (make cluster-down ends the cluster too)"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The head's /metrics in front of a real vLLM (the CPU build in .venv, the tiny model), against
+# the engine's own /metrics timed in the same run. Needs: make build, and
+# slurm-scripts/setup_environment.sh --with-vllm-cpu. Runs the agent in local one-node mode.
+set -euo pipefail
+venv=${LLM_AGENT_VENV:-$PWD/.venv}
+work=$(mktemp -d)
+trap 'kill -TERM "$agent" 2>/dev/null; wait "$agent" 2>/dev/null; rm -rf "$work"' EXIT
+"$venv/bin/python" e2e/make-tiny-model.py "$work/tiny" >/dev/null
+bin/llm-agent run --model "$work/tiny" --served-model-name tiny --vllm-bin "$venv/bin/vllm" \
+    --vllm-arg=--max-model-len --vllm-arg=512 --vllm-arg=--gpu-memory-utilization --vllm-arg=0.15 \
+    --state-dir "$work/state" --targets-dir none --port 18600 --metrics-port 18601 --engine-timeout 10m \
+    >"$work/agent.log" 2>&1 &
+agent=$!
+deadline=$((SECONDS + 600))
+until curl -sf http://127.0.0.1:18601/readyz >/dev/null; do
+    [ $SECONDS -lt $deadline ] && kill -0 "$agent" || { echo "not ready"; tail "$work/agent.log"; exit 1; }
+    sleep 1
+done
+engine=$(grep -o 'engine_port=[0-9]*' "$work/agent.log" | head -1 | cut -d= -f2)
+set -a; . "$work/state/connection.env"; set +a
+# The key goes to curl in a 0600 header file, never on its command line.
+(umask 077; printf 'Authorization: Bearer %s\n' "$OPENAI_API_KEY" >"$work/auth")
+for _ in 1 2 3; do # some traffic, so that the histograms hold samples
+    curl -sf -o /dev/null "$OPENAI_BASE_URL/completions" -H @"$work/auth" \
+        -H 'Content-Type: application/json' -d '{"model":"tiny","prompt":"hello","max_tokens":8}'
+done
+p50() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total}\n' "$1"; done | sort -n | awk '{a[NR]=$1} END{printf "%.2f ms", a[int(NR/2)+1]*1000}'; }
+echo "exposition: engine $(curl -s "http://127.0.0.1:$engine/metrics" | wc -c) bytes, head $(curl -s http://127.0.0.1:18601/metrics | wc -c) bytes"
+for round in 1 2 3; do
+    echo "round $round: engine alone p50 $(p50 "http://127.0.0.1:$engine/metrics"), head p50 $(p50 http://127.0.0.1:18601/metrics)"
+done
