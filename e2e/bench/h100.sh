@@ -69,15 +69,23 @@ cat "$out/gpu-bench-worker.json"
 smaps "$agent" >"$out/smaps-worker.txt"
 cat "$out/smaps-worker.txt"
 stop_agent
-# The same worker with two Go processors instead of one per core.
-GOMAXPROCS=2 SLURM_JOB_ID=1 SLURM_JOB_NODELIST="head,$(hostname)" SLURM_NODEID=1 SLURM_GPUS_ON_NODE=1 CUDA_VISIBLE_DEVICES=0 \
+# The same worker, and the head, with Go's own runtime defaults (GOGC=100, one processor per
+# core) instead of the agent's (GOGC=50, at most 4 processors): what those settings save.
+godefaults="GOGC=100 GOMAXPROCS=$(nproc)"
+env $godefaults SLURM_JOB_ID=1 SLURM_JOB_NODELIST="head,$(hostname)" SLURM_NODEID=1 SLURM_GPUS_ON_NODE=1 CUDA_VISIBLE_DEVICES=0 \
     "$bin/llm-agent" run --model "$model" --ray-bin "$wdir/ray-standin" --state-dir "$wdir" --metrics-port 9501 \
-    >"$out/agent-worker2.log" 2>&1 &
+    >"$out/agent-worker-godefaults.log" 2>&1 &
 agent=$!
 for _ in $(seq 300); do curl -sf http://127.0.0.1:9501/readyz >/dev/null && break; sleep 0.1; done
-"$bin/gpuscrape" -url http://127.0.0.1:9501/metrics -pid "$agent" -n 1000 -smi-runs 5 >"$out/gpu-bench-worker-gomaxprocs2.json"
-grep -E '"(p50_ms|p99_ms|agent_rss_kib)"' "$out/gpu-bench-worker-gomaxprocs2.json"
+"$bin/gpuscrape" -url http://127.0.0.1:9501/metrics -pid "$agent" -n 1000 -smi-runs 5 >"$out/gpu-bench-worker-godefaults.json"
+grep -E '"(p50_ms|p99_ms|agent_rss_kib)"' "$out/gpu-bench-worker-godefaults.json"
 smaps "$agent" | head -4
+stop_agent
+export GOGC=100 GOMAXPROCS=$(nproc)
+start_agent 0 agent-head-godefaults || exit 1
+unset GOGC GOMAXPROCS
+"$bin/gpuscrape" -url http://127.0.0.1:9500/metrics -pid "$agent" -n 1000 -smi-runs 5 >"$out/gpu-bench-head-godefaults.json"
+grep -E '"(p50_ms|p99_ms|agent_rss_kib)"' "$out/gpu-bench-head-godefaults.json"
 stop_agent
 
 # 3. By UUID: the same GPU, found by its UUID.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine after e2e/bench/h100.sh's set-up (binaries in .device/): the head's
+# /metrics under different Go runtime settings, in alternating order, each next to the engine's
+# own /metrics timed in the same run. The head fetches and re-exports the engine's metrics on
+# every scrape, so the engine's own time is a floor under the head's; the difference is what the
+# agent adds. Writes a summary line per run to stdout and the JSON to $OUT.
+set -uo pipefail
+out=${OUT:-./out}
+mkdir -p "$out"
+bin=.device
+command -v curl >/dev/null || curl() { python3 -c 'import sys,urllib.request
+try:
+    r=urllib.request.urlopen(sys.argv[-1],timeout=5); sys.stdout.write(r.read().decode())
+except Exception: sys.exit(22)' "$@"; }
+model=$(mktemp -d)/tiny
+mkdir -p "$model"
+p50() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d" % (d["scrape"]["p50_ms"], d["scrape"]["p99_ms"], d["agent_rss_kib"]))' "$1"; }
+
+run() { # $1: label; the rest: environment
+    local label=$1 log="$out/head-$1.log"
+    shift
+    env "$@" CUDA_VISIBLE_DEVICES=0 "$bin/llm-agent" run --model "$model" --vllm-bin "$bin/fakevllm" \
+        --state-dir "$(mktemp -d)" --targets-dir none --port 8000 --metrics-port 9500 >"$log" 2>&1 &
+    local agent=$!
+    for _ in $(seq 300); do curl -sf http://127.0.0.1:9500/readyz >/dev/null && break; sleep 0.1; done
+    local engine
+    engine=$(grep -o 'engine_port=[0-9]*' "$log" | head -1 | cut -d= -f2)
+    "$bin/gpuscrape" -url http://127.0.0.1:9500/metrics -pid "$agent" -n 1000 -smi-runs 1 >"$out/head-$label.json"
+    "$bin/gpuscrape" -url "http://127.0.0.1:$engine/metrics" -pid "$agent" -n 1000 -smi-runs 1 >"$out/engine-$label.json"
+    echo "$label: head p50 p99 rss_kib $(p50 "$out/head-$label.json") | engine alone p50 p99 $(p50 "$out/engine-$label.json" | cut -d' ' -f1-2)"
+    kill -TERM "$agent"
+    wait "$agent"
+}
+for round in 1 2; do
+    run "agent-defaults-$round" X=1
+    run "go-defaults-$round" GOGC=100 GOMAXPROCS="$(nproc)"
+    run "gogc50-all-procs-$round" GOMAXPROCS="$(nproc)"
+done
