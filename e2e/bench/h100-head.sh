@@ -7,13 +7,7 @@
 set -uo pipefail
 out=${OUT:-./out}
 mkdir -p "$out"
-bin=.device
-command -v curl >/dev/null || curl() { python3 -c 'import sys,urllib.request
-try:
-    r=urllib.request.urlopen(sys.argv[-1],timeout=5); sys.stdout.write(r.read().decode())
-except Exception: sys.exit(22)' "$@"; }
-model=$(mktemp -d)/tiny
-mkdir -p "$model"
+. "$(dirname "$0")/device-common.sh"
 p50() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d" % (d["scrape"]["p50_ms"], d["scrape"]["p99_ms"], d["agent_rss_kib"]))' "$1"; }
 
 run() { # $1: label; the rest: environment

@@ -5,15 +5,9 @@
 set -uo pipefail
 out=${OUT:-./out}
 mkdir -p "$out"
-bin=.device
 nvidia-smi -L | tee "$out/nvidia-smi-L.txt"
 ldd --version | head -1
-command -v curl >/dev/null || curl() { python3 -c 'import sys,urllib.request
-try:
-    r=urllib.request.urlopen(sys.argv[-1],timeout=5); sys.stdout.write(r.read().decode())
-except Exception: sys.exit(22)' "$@"; }
-model=$(mktemp -d)/tiny
-mkdir -p "$model"
+. "$(dirname "$0")/device-common.sh"
 
 # smaps PID: resident memory by mapping, largest first.
 smaps() {
