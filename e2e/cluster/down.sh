@@ -10,7 +10,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 live() {
     local p
     for p in "$@"; do
-        [ -d /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null && echo "$p"
+        if [ -d "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+            echo "$p"
+        fi
     done
 }
 
@@ -19,7 +21,7 @@ kill_and_wait() {
     [ $# -gt 0 ] || return 0
     kill -TERM "$@" 2>/dev/null
     local deadline=$((SECONDS + 10)) left killed=
-    while left=$(live "$@") && [ -n "$left" ]; do
+    while left=$(live "$@"); [ -n "$left" ]; do
         if [ -z "$killed" ] && [ $SECONDS -ge $deadline ]; then
             kill -KILL $left 2>/dev/null
             killed=1 deadline=$((SECONDS + 5))
