@@ -128,11 +128,7 @@ func waitConnState(t *testing.T, dir string, want ServiceState, timeout time.Dur
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return getWithKey(t, url, "")
 }
 
 func TestRunSingleNodeLifecycle(t *testing.T) {

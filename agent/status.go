@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -151,7 +152,7 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "time left\tunknown\n")
 	}
 	var restarts []string
-	for _, k := range sortedKeys(r.Restarts) {
+	for _, k := range slices.Sorted(maps.Keys(r.Restarts)) {
 		restarts = append(restarts, fmt.Sprintf("%s %d", k, r.Restarts[k]))
 	}
 	fmt.Fprintf(tw, "restarts\t%s\n", strings.Join(restarts, ", "))
@@ -173,15 +174,6 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 
 func roundDuration(sec float64) string {
 	return (time.Duration(sec) * time.Second).Round(time.Second).String()
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // Usage shares a job's GPU-hours and service units out to its keys and projects, from the

@@ -233,14 +233,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.util, float64(u.Gpu)/100, l...)
 			gauge(c.memUtil, float64(u.Memory)/100, l...)
 		}
-		if m, ret := h.GetMemoryInfo_v2(); ret == nvml.SUCCESS {
-			gauge(c.memUsed, float64(m.Used), l...)
-			gauge(c.memFree, float64(m.Free), l...)
-			gauge(c.memTotal, float64(m.Total), l...)
-		} else if m, ret := h.GetMemoryInfo(); c.ok("memory", ret) {
-			gauge(c.memUsed, float64(m.Used), l...)
-			gauge(c.memFree, float64(m.Free), l...)
-			gauge(c.memTotal, float64(m.Total), l...)
+		if used, free, total, ok := c.memoryInfo(h); ok {
+			gauge(c.memUsed, float64(used), l...)
+			gauge(c.memFree, float64(free), l...)
+			gauge(c.memTotal, float64(total), l...)
 		}
 		if t, ret := h.GetTemperature(nvml.TEMPERATURE_GPU); c.ok("temperature", ret) {
 			gauge(c.temp, float64(t), l...)
@@ -296,6 +292,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.errMu.Unlock()
 	gauge(c.scrapeDuration, time.Since(start).Seconds())
+}
+
+// memoryInfo reads device memory, through the older call on drivers that lack the newer one.
+func (c *Collector) memoryInfo(h nvml.Device) (used, free, total uint64, ok bool) {
+	if m, ret := h.GetMemoryInfo_v2(); ret == nvml.SUCCESS {
+		return m.Used, m.Free, m.Total, true
+	}
+	m, ret := h.GetMemoryInfo()
+	return m.Used, m.Free, m.Total, c.ok("memory", ret)
 }
 
 // clockEventReasons reads the clock event (throttle) reasons, through the older call on drivers

@@ -236,7 +236,7 @@ func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchang
 		}
 		return nil, false, err
 	}
-	if r.Method != http.MethodPost || len(bytes.TrimSpace(body)) == 0 || bytes.TrimSpace(body)[0] != '{' {
+	if trimmed := bytes.TrimSpace(body); r.Method != http.MethodPost || len(trimmed) == 0 || trimmed[0] != '{' {
 		return body, false, nil
 	}
 	// A first, cheap look: the fields the gateway needs, without keeping the others.
@@ -371,8 +371,8 @@ func (g *Gateway) streamResponse(w http.ResponseWriter, r *http.Request, resp *h
 // for on its own; it reports whether the event was the final [DONE].
 func (g *Gateway) forwardEvent(w io.Writer, ev []byte, x *exchange, injected bool) bool {
 	var data []byte
-	for _, line := range bytes.Split(ev, []byte("\n")) {
-		if d, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r"), []byte("data:")); ok {
+	for line := range bytes.Lines(ev) {
+		if d, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:")); ok {
 			data = bytes.TrimSpace(d)
 		}
 	}

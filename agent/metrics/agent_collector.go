@@ -1,7 +1,8 @@
 package metrics
 
 import (
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,12 +72,7 @@ func (c *AgentCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	gauge(c.info, 1, s.Role)
-	names := make([]string, 0, len(s.Children))
-	for name := range s.Children {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(s.Children)) {
 		child := s.Children[name]
 		for _, st := range ChildStates {
 			gauge(c.childState, b2f(child.State == st), name, st)
@@ -87,7 +83,7 @@ func (c *AgentCollector) Collect(ch chan<- prometheus.Metric) {
 			up = now.Sub(child.Since).Seconds()
 		}
 		gauge(c.uptime, up, name)
-		for _, reason := range sortedKeys(child.Restarts) {
+		for _, reason := range slices.Sorted(maps.Keys(child.Restarts)) {
 			ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(child.Restarts[reason]), name, reason)
 		}
 	}
@@ -116,13 +112,4 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

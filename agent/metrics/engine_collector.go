@@ -117,7 +117,7 @@ func keepFamilies(body []byte, prefix string) []byte {
 	if prefix == "" {
 		return body
 	}
-	help, typ := []byte("# HELP "+prefix), []byte("# TYPE "+prefix)
+	name, help, typ := []byte(prefix), []byte("# HELP "+prefix), []byte("# TYPE "+prefix)
 	out := body[:0]
 	for len(body) > 0 {
 		line := body
@@ -126,7 +126,7 @@ func keepFamilies(body []byte, prefix string) []byte {
 		} else {
 			body = nil
 		}
-		if bytes.HasPrefix(line, []byte(prefix)) || bytes.HasPrefix(line, help) || bytes.HasPrefix(line, typ) {
+		if bytes.HasPrefix(line, name) || bytes.HasPrefix(line, help) || bytes.HasPrefix(line, typ) {
 			out = append(out, line...)
 		}
 	}

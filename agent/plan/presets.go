@@ -4,7 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -115,12 +116,7 @@ func Lookup(presets map[string]Preset, name string) (Preset, error) {
 
 // Names lists the presets in a stable order.
 func Names(presets map[string]Preset) []string {
-	names := make([]string, 0, len(presets))
-	for n := range presets {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(presets))
 }
 
 // MergeArgs puts the preset's flags before the user's, dropping any preset flag the user also
