@@ -11,22 +11,17 @@ mkdir -p "$out"
 p50() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d" % (d["scrape"]["p50_ms"], d["scrape"]["p99_ms"], d["agent_rss_kib"]))' "$1"; }
 
 run() { # $1: label; the rest: environment
-    local label=$1 log="$out/head-$1.log"
+    local label=$1 engine
     shift
-    env "$@" CUDA_VISIBLE_DEVICES=0 "$bin/llm-agent" run --model "$model" --vllm-bin "$bin/fakevllm" \
-        --state-dir "$(mktemp -d)" --targets-dir none --port 8000 --metrics-port 9500 >"$log" 2>&1 &
-    local agent=$!
-    for _ in $(seq 300); do curl -sf http://127.0.0.1:9500/readyz >/dev/null && break; sleep 0.1; done
-    local engine
-    engine=$(grep -o 'engine_port=[0-9]*' "$log" | head -1 | cut -d= -f2)
+    start_agent 0 "head-$label" "$@" || exit 1
+    engine=$(grep -o 'engine_port=[0-9]*' "$out/head-$label.log" | head -1 | cut -d= -f2)
     "$bin/gpuscrape" -url http://127.0.0.1:9500/metrics -pid "$agent" -n 1000 -smi-runs 1 >"$out/head-$label.json"
     "$bin/gpuscrape" -url "http://127.0.0.1:$engine/metrics" -pid "$agent" -n 1000 -smi-runs 1 >"$out/engine-$label.json"
     echo "$label: head p50 p99 rss_kib $(p50 "$out/head-$label.json") | engine alone p50 p99 $(p50 "$out/engine-$label.json" | cut -d' ' -f1-2)"
-    kill -TERM "$agent"
-    wait "$agent"
+    stop_agent >/dev/null
 }
 for round in 1 2; do
-    run "agent-defaults-$round" X=1
+    run "agent-defaults-$round"
     run "go-defaults-$round" GOGC=100 GOMAXPROCS="$(nproc)"
     run "gogc50-all-procs-$round" GOMAXPROCS="$(nproc)"
 done

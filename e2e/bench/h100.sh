@@ -15,20 +15,6 @@ smaps() {
     awk '/^[0-9a-f]+-[0-9a-f]+ /{name=$6} /^Rss:/{r[name]+=$2} END{for (n in r) if (r[n] > 200) print r[n] " kB " n}' "/proc/$1/smaps" | sort -rn
 }
 
-start_agent() { # $1: CUDA_VISIBLE_DEVICES, $2: log name
-    CUDA_VISIBLE_DEVICES=$1 "$bin/llm-agent" run --model "$model" --vllm-bin "$bin/fakevllm" \
-        --state-dir "$(mktemp -d)" --targets-dir none --port 8000 --metrics-port 9500 >"$out/$2.log" 2>&1 &
-    agent=$!
-    for _ in $(seq 300); do
-        curl -sf http://127.0.0.1:9500/readyz >/dev/null && return 0
-        sleep 0.1
-    done
-    echo "agent not ready"; cat "$out/$2.log"; return 1
-}
-stop_agent() {
-    kill -TERM "$agent"; wait "$agent"; echo "agent exit code: $?"
-}
-
 # 1. By index: the full exposition, then the benchmark (idle, then under a matmul load).
 start_agent 0 agent-index || exit 1
 curl -s http://127.0.0.1:9500/metrics >"$out/metrics-index.txt"
@@ -53,33 +39,28 @@ cat >"$wdir/rendezvous.json" <<JSON
   "ray_dashboard_agent":6701,"ray_dashboard_agent_grpc":6801,"ray_metrics_export":6901,
   "ray_runtime_env_agent":7001,"ray_worker_min":20000,"ray_worker_max":20199}}
 JSON
-SLURM_JOB_ID=1 SLURM_JOB_NODELIST="head,$(hostname)" SLURM_NODEID=1 SLURM_GPUS_ON_NODE=1 CUDA_VISIBLE_DEVICES=0 \
-    "$bin/llm-agent" run --model "$model" --ray-bin "$wdir/ray-standin" --state-dir "$wdir" --metrics-port 9501 \
-    >"$out/agent-worker.log" 2>&1 &
-agent=$!
-for _ in $(seq 300); do curl -sf http://127.0.0.1:9501/readyz >/dev/null && break; sleep 0.1; done
+start_worker() { # LOG [NAME=VALUE...]: the worker on metrics port 9501; its pid in $agent.
+    local log=$out/$1.log
+    shift
+    env "$@" SLURM_JOB_ID=1 SLURM_JOB_NODELIST="head,$(hostname)" SLURM_NODEID=1 SLURM_GPUS_ON_NODE=1 CUDA_VISIBLE_DEVICES=0 \
+        "$bin/llm-agent" run --model "$model" --ray-bin "$wdir/ray-standin" --state-dir "$wdir" --metrics-port 9501 \
+        >"$log" 2>&1 &
+    agent=$!
+    wait_ready 9501 "$log"
+}
+start_worker agent-worker || exit 1
 "$bin/gpuscrape" -url http://127.0.0.1:9501/metrics -pid "$agent" -n 1000 -smi-runs 20 >"$out/gpu-bench-worker.json"
 cat "$out/gpu-bench-worker.json"
 smaps "$agent" >"$out/smaps-worker.txt"
 cat "$out/smaps-worker.txt"
 stop_agent
-# The same worker, and the head, with Go's own runtime defaults (GOGC=100, one processor per
-# core) instead of the agent's (GOGC=50, at most 4 processors): what those settings save.
-godefaults="GOGC=100 GOMAXPROCS=$(nproc)"
-env $godefaults SLURM_JOB_ID=1 SLURM_JOB_NODELIST="head,$(hostname)" SLURM_NODEID=1 SLURM_GPUS_ON_NODE=1 CUDA_VISIBLE_DEVICES=0 \
-    "$bin/llm-agent" run --model "$model" --ray-bin "$wdir/ray-standin" --state-dir "$wdir" --metrics-port 9501 \
-    >"$out/agent-worker-godefaults.log" 2>&1 &
-agent=$!
-for _ in $(seq 300); do curl -sf http://127.0.0.1:9501/readyz >/dev/null && break; sleep 0.1; done
+# The same worker with Go's own runtime defaults (GOGC=100, one processor per core) instead of
+# the agent's (GOGC=50, at most 4 processors): what those settings save. h100-head.sh does the
+# same for the head.
+start_worker agent-worker-godefaults GOGC=100 GOMAXPROCS="$(nproc)" || exit 1
 "$bin/gpuscrape" -url http://127.0.0.1:9501/metrics -pid "$agent" -n 1000 -smi-runs 5 >"$out/gpu-bench-worker-godefaults.json"
 grep -E '"(p50_ms|p99_ms|agent_rss_kib)"' "$out/gpu-bench-worker-godefaults.json"
 smaps "$agent" | head -4
-stop_agent
-export GOGC=100 GOMAXPROCS=$(nproc)
-start_agent 0 agent-head-godefaults || exit 1
-unset GOGC GOMAXPROCS
-"$bin/gpuscrape" -url http://127.0.0.1:9500/metrics -pid "$agent" -n 1000 -smi-runs 5 >"$out/gpu-bench-head-godefaults.json"
-grep -E '"(p50_ms|p99_ms|agent_rss_kib)"' "$out/gpu-bench-head-godefaults.json"
 stop_agent
 
 # 3. By UUID: the same GPU, found by its UUID.
