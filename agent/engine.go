@@ -4,9 +4,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
+
+	"github.com/llm-agent/llm-agent/agent/securefs"
 )
 
 // EngineSpec is what the head needs to start `vllm serve`.
@@ -66,6 +67,9 @@ func EngineArgs(s EngineSpec) []string {
 // ErrKeyFile is wrapped by errors about the API key file.
 var ErrKeyFile = fmt.Errorf("%w: API key file", ErrConfig)
 
+// maxKeyFile bounds an API key file: one key on one line.
+const maxKeyFile = 4 << 10
+
 // LoadAPIKey reads the key from path, which must not be readable by group or others; with no
 // path it generates a random key for the job.
 func LoadAPIKey(path string) (string, error) {
@@ -76,14 +80,7 @@ func LoadAPIKey(path string) (string, error) {
 		}
 		return "sk-llm-" + hex.EncodeToString(b), nil
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrKeyFile, err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%w: %s has mode %04o; other users could read the key: chmod 600 %s", ErrKeyFile, path, fi.Mode().Perm(), path)
-	}
-	b, err := os.ReadFile(path)
+	b, err := securefs.ReadSecret(path, maxKeyFile)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrKeyFile, err)
 	}

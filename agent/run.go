@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -144,7 +145,9 @@ func prepare(cfg Config, deps Deps) (*agent, error) {
 
 func (a *agent) multiNode() bool { return len(a.alloc.Nodes) > 1 }
 
-// prepareStateDir creates the job's state directory and proves it writable.
+// prepareStateDir creates the job's state directory and proves it writable. A directory that
+// already exists must be the user's own and closed to writes by others, and so must the
+// subdirectories the agent writes in: anyone who can write there could plant links or files.
 func prepareStateDir(dir string, getenv func(string) string, jobID string) (string, error) {
 	if dir == "" {
 		home := getenv("HOME")
@@ -153,9 +156,12 @@ func prepareStateDir(dir string, getenv func(string) string, jobID string) (stri
 		}
 		dir = filepath.Join(home, ".llm-agent", "jobs", jobID)
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("%w: state directory %s cannot be created: %w; pass a writable --state-dir on the shared filesystem", ErrBadInput, dir, err)
+	}
 	for _, d := range []string{dir, filepath.Join(dir, "logs"), filepath.Join(dir, "nodes")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return "", fmt.Errorf("%w: state directory %s cannot be created: %w; pass a writable --state-dir on the shared filesystem", ErrBadInput, dir, err)
+		if err := securefs.EnsureDir(d); err != nil {
+			return "", fmt.Errorf("%w: state directory: %w", ErrBadInput, err)
 		}
 	}
 	probe, err := os.CreateTemp(dir, ".write-test-*")
@@ -195,7 +201,7 @@ func (a *agent) serveMetrics(ctx context.Context, port int, extra ...prometheus.
 // directory and, line by line, to the agent's log.
 func (a *agent) childOutput(name string) (*lineLogger, func(), error) {
 	path := filepath.Join(a.stateDir, "logs", a.alloc.Hostname()+"."+name+".log")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := securefs.OpenAppend(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open log of %s: %w", name, err)
 	}

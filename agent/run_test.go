@@ -383,6 +383,13 @@ func TestRunBadInput(t *testing.T) {
 	require.NoError(t, os.Mkdir(unwritable, 0o500))
 	notDir := filepath.Join(t.TempDir(), "file")
 	require.NoError(t, os.WriteFile(notDir, nil, 0o600))
+	groupWritable := filepath.Join(t.TempDir(), "gw")
+	require.NoError(t, os.Mkdir(groupWritable, 0o700))
+	require.NoError(t, os.Chmod(groupWritable, 0o770))
+	linked := filepath.Join(t.TempDir(), "linked")
+	require.NoError(t, os.Symlink(t.TempDir(), linked))
+	plantedLogs := t.TempDir()
+	require.NoError(t, os.Symlink(t.TempDir(), filepath.Join(plantedLogs, "logs")))
 	tests := []struct {
 		name    string
 		edit    func(c *Config)
@@ -397,6 +404,9 @@ func TestRunBadInput(t *testing.T) {
 		{"ray not found", func(c *Config) { c.RayBin = "no-such-ray" },
 			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NODEID": "0"}, nil, ErrBadInput, `ray executable "no-such-ray" not found`},
 		{"state dir not writable", func(c *Config) { c.StateDir = notDir + "/sub" }, nil, nil, ErrBadInput, "cannot be created"},
+		{"state dir writable by the group", func(c *Config) { c.StateDir = groupWritable }, nil, nil, ErrBadInput, "other users could write to it: chmod go-w"},
+		{"state dir is a link", func(c *Config) { c.StateDir = linked }, nil, nil, ErrBadInput, "is a symbolic link"},
+		{"state dir's logs is a planted link", func(c *Config) { c.StateDir = plantedLogs }, nil, nil, ErrBadInput, "logs is a symbolic link"},
 		{"invalid slurm variables", func(*Config) {}, map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[3-1]"}, nil, ErrAllocation, `"3-1" runs backwards`},
 		{"impossible parallelism", func(c *Config) { c.TensorParallel = 4 },
 			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "2"}, nil, ErrConfig, "tensor parallel 4 exceeds the 2 GPUs"},
@@ -421,6 +431,16 @@ func TestRunBadInput(t *testing.T) {
 			assert.ErrorIs(t, err, tt.is)
 			assert.Contains(t, err.Error(), tt.message)
 			assertNoChildren(t)
+		})
+	}
+	if os.Geteuid() == 0 {
+		t.Run("state dir of another user", func(t *testing.T) {
+			dir := t.TempDir()
+			require.NoError(t, os.Chown(dir, 65534, 65534))
+			cfg := testConfig(t, dir)
+			err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
+			assert.ErrorIs(t, err, ErrBadInput)
+			assert.ErrorContains(t, err, "belongs to uid 65534")
 		})
 	}
 	if os.Geteuid() != 0 {

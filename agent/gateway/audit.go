@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/llm-agent/llm-agent/agent/securefs"
 )
 
 // Record is one audit line: who called what, and what it cost. It never holds the key, the
@@ -40,9 +42,9 @@ type Audit struct {
 // AuditFile is the audit log's name in the state directory.
 const AuditFile = "audit.jsonl"
 
-// OpenAudit opens path for appending, creating it with mode 0600.
+// OpenAudit opens path for appending, creating it with mode 0600; it never follows a link.
 func OpenAudit(path string) (*Audit, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := securefs.OpenAppend(path)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}

@@ -19,6 +19,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/llm-agent/llm-agent/agent/securefs"
 )
 
 // ErrKeys is wrapped by errors about the keys file.
@@ -108,17 +110,13 @@ func HashKey(key string) string {
 	return hex.EncodeToString(h[:])
 }
 
+// maxKeysFile bounds the keys file.
+const maxKeysFile = 4 << 20
+
 // LoadKeys reads a YAML or JSON keys file ({keys: [{name, project, key | sha256, priority}]}).
 // The file must not be readable by group or others.
 func LoadKeys(path string) (*KeySet, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrKeys, err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %04o; other users could read the keys: chmod 600 %s", ErrKeys, path, fi.Mode().Perm(), path)
-	}
-	b, err := os.ReadFile(path)
+	b, err := securefs.ReadSecret(path, maxKeysFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrKeys, err)
 	}
