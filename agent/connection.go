@@ -63,12 +63,16 @@ type Connection struct {
 	Metrics          []NodeEndpoint `json:"metrics"`
 	RayAddress       string         `json:"ray_address,omitempty"`
 	RayDashboardURL  string         `json:"ray_dashboard_url,omitempty"`
-	SSHTunnel        string         `json:"ssh_tunnel"`
-	StartedAt        time.Time      `json:"started_at"`
-	ReadyAt          *time.Time     `json:"ready_at,omitempty"`
-	JobEndTime       *time.Time     `json:"job_end_time,omitempty"`
-	Restarts         map[string]int `json:"restarts"`
-	UpdatedAt        time.Time      `json:"updated_at"`
+	// RayDashboardTunnel forwards the head's loopback dashboard port to the owner's machine.
+	RayDashboardTunnel string `json:"ray_dashboard_tunnel,omitempty"`
+	// RayTokenFile holds the token every Ray client of the job must present.
+	RayTokenFile string         `json:"ray_token_file,omitempty"`
+	SSHTunnel    string         `json:"ssh_tunnel"`
+	StartedAt    time.Time      `json:"started_at"`
+	ReadyAt      *time.Time     `json:"ready_at,omitempty"`
+	JobEndTime   *time.Time     `json:"job_end_time,omitempty"`
+	Restarts     map[string]int `json:"restarts"`
+	UpdatedAt    time.Time      `json:"updated_at"`
 }
 
 // ReadConnection reads a connection file.
@@ -94,6 +98,18 @@ func SSHTunnelCommand(port int, head, user, login string) string {
 		login = "LOGIN-HOST"
 	}
 	return fmt.Sprintf("ssh -N -L %d:%s:%d %s@%s", port, head, port, user, login)
+}
+
+// DashboardTunnelCommand returns the ssh command that forwards the head's loopback-only Ray
+// dashboard to the owner's machine, through the login host.
+func DashboardTunnelCommand(port int, head, user, login string) string {
+	if user == "" {
+		user = "USER"
+	}
+	if login == "" {
+		login = "LOGIN-HOST"
+	}
+	return fmt.Sprintf("ssh -N -L %d:127.0.0.1:%d -J %s@%s %s@%s", port, port, user, login, user, head)
 }
 
 // ConnectionWriter keeps the connection files true: every change rewrites connection.json and

@@ -70,8 +70,36 @@ type fakeNode struct {
 	PID      int    `json:"pid"`
 }
 
+// checkRayAuth is what the fakes demand of the agent, as a cluster with token authentication
+// does: token mode on, and the token in a file of the user's that no one else can read.
+func checkRayAuth() error {
+	if os.Getenv("RAY_AUTH_MODE") != "token" {
+		return fmt.Errorf("RAY_AUTH_MODE is %q, not token", os.Getenv("RAY_AUTH_MODE"))
+	}
+	fi, err := os.Stat(os.Getenv("RAY_AUTH_TOKEN_PATH"))
+	if err != nil {
+		return fmt.Errorf("token file: %w", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		return fmt.Errorf("token file has mode %04o", fi.Mode().Perm())
+	}
+	if os.Getenv("RAY_AUTH_TOKEN") != "" {
+		return fmt.Errorf("a token in the environment")
+	}
+	return nil
+}
+
 func fakeRayStart(args []string) int {
 	dir := os.Getenv("FAKE_RAY_DIR")
+	if err := checkRayAuth(); err != nil {
+		fmt.Fprintln(os.Stderr, "fake ray:", err)
+		return 1
+	}
+	// The temp dir must sit in a private directory of the agent's making.
+	if fi, err := os.Stat(filepath.Dir(flagValue(args, "--temp-dir"))); err != nil || fi.Mode().Perm() != 0o700 {
+		fmt.Fprintln(os.Stderr, "fake ray: --temp-dir is not inside a private directory:", flagValue(args, "--temp-dir"), err)
+		return 1
+	}
 	node := fakeNode{ID: fmt.Sprintf("%056x", os.Getpid()), Address: flagValue(args, "--node-ip-address"),
 		Hostname: fmt.Sprintf("fake-%d", os.Getpid()), Alive: true, Head: hasFlag(args, "--head"), PID: os.Getpid()}
 	if node.Head {
@@ -113,6 +141,10 @@ func fakeRayStart(args []string) int {
 
 func fakePython(args []string) int {
 	dir := os.Getenv("FAKE_RAY_DIR")
+	if err := checkRayAuth(); err != nil {
+		fmt.Fprintln(os.Stderr, "fake GCS query:", err)
+		return 1
+	}
 	entries, _ := os.ReadDir(dir)
 	nodes := []fakeNode{}
 	for _, e := range entries {

@@ -91,7 +91,6 @@ func (a *agent) runHead(ctx context.Context) error {
 	if h.conn, err = NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {
 		return err
 	}
-	defer os.RemoveAll(filepath.Dir(a.rayTempDir()))
 	a.log.Info("head starting", "address", a.addr, "iface", a.ifname, "api_port", h.ports.API,
 		"metrics_port", h.ports.Metrics, "tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline,
 		"state_dir", a.stateDir)
@@ -217,7 +216,11 @@ func (h *head) initialConnection() Connection {
 	}
 	if a.multiNode() {
 		c.RayAddress = net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))
-		c.RayDashboardURL = "http://" + net.JoinHostPort(a.addr, strconv.Itoa(h.ports.Dashboard))
+		// The dashboard listens on the head's loopback only: the owner tunnels to it and
+		// presents the token.
+		c.RayDashboardURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.Dashboard))
+		c.RayDashboardTunnel = DashboardTunnelCommand(h.ports.Dashboard, a.alloc.Head(), userName, login)
+		c.RayTokenFile = a.rayTokenPath()
 		c.Restarts["ray"] = 0
 	}
 	if !a.alloc.EndTime.IsZero() {
@@ -236,11 +239,11 @@ func (h *head) startRay(ctx, rayCtx context.Context, rayDone chan error) error {
 		return fmt.Errorf("%w: %w", ErrBadInput, err)
 	}
 	gcs := net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))
-	h.rayc = ray.Client{Python: python, GCSAddress: gcs, Timeout: 10 * time.Second}
-	opts := a.rayStartOptions(h.ports, "")
-	if err := os.MkdirAll(opts.TempDir, 0o700); err != nil {
-		return fmt.Errorf("create ray temp dir: %w", err)
+	if err := WriteRayToken(a.stateDir); err != nil {
+		return err
 	}
+	h.rayc = ray.Client{Python: python, GCSAddress: gcs, Timeout: 10 * time.Second, TokenFile: a.rayTokenPath()}
+	opts := a.rayStartOptions(h.ports, "")
 	svc, closeOut, err := a.rayService(opts, withDefaults(rayHealthEnv, a.deps.Getenv), func(e supervisor.Event) {
 		a.trackChild(e)
 		_ = h.conn.Update(func(c *Connection) { c.Restarts["ray"] = e.Restarts })
@@ -309,7 +312,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
 	if h.engineOnRay() {
-		env = append(env, "RAY_ADDRESS="+h.rayc.GCSAddress)
+		env = ray.WithAuth(append(env, "RAY_ADDRESS="+h.rayc.GCSAddress), a.rayTokenPath())
 	}
 	opts := supervisor.ServiceOptions{
 		Name: "vllm",

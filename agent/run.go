@@ -63,6 +63,8 @@ type agent struct {
 	alloc    Allocation
 	par      Parallelism
 	stateDir string
+	// localDir is this node's private temporary directory, removed when the agent ends.
+	localDir string
 	addr     string
 	ifname   string
 	vllmBin  string
@@ -78,6 +80,12 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return err
 	}
+	// The node-local directory (Ray's temp dir, the engine's socket) is made fresh and private:
+	// a directory another user made or filled with links under a predictable name is never used.
+	if a.localDir, err = securefs.PrivateTemp(os.TempDir(), "llm-agent-"+a.alloc.JobID+"-"); err != nil {
+		return fmt.Errorf("%w: node-local directory: %w", ErrBadInput, err)
+	}
+	defer os.RemoveAll(a.localDir)
 	if a.alloc.IsHead() {
 		return a.runHead(ctx)
 	}
@@ -227,7 +235,7 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 		return nil, nil, err
 	}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
-	env = append(env, extraEnv...)
+	env = ray.WithAuth(append(env, extraEnv...), a.rayTokenPath())
 	svc := supervisor.NewService(supervisor.ServiceOptions{
 		Name: "ray",
 		Command: func() (supervisor.Options, error) {
@@ -265,9 +273,14 @@ func (a *agent) rayStartOptions(ports Ports, gcs string) ray.StartOptions {
 	}
 }
 
-// rayTempDir is the head's Ray directory: node-local, per job, removed when the agent ends.
+// rayTempDir is the node's Ray directory, inside the private node-local directory.
 func (a *agent) rayTempDir() string {
-	return filepath.Join(os.TempDir(), "llm-agent-"+a.alloc.JobID, "ray")
+	return filepath.Join(a.localDir, "ray")
+}
+
+// rayTokenPath is the job's Ray token file in the state directory, which every node sees.
+func (a *agent) rayTokenPath() string {
+	return filepath.Join(a.stateDir, RayTokenFile)
 }
 
 // trackChild mirrors a service's events into the metrics state.
@@ -282,8 +295,6 @@ func (a *agent) trackChild(e supervisor.Event) {
 func (a *agent) runWorker(ctx context.Context) error {
 	want := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
-	// Ray on workers follows the head's temp dir, which is per job and node-local.
-	defer os.RemoveAll(filepath.Dir(a.rayTempDir()))
 	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
 	rv, err := WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, 200*time.Millisecond)
 	if err != nil {
@@ -291,6 +302,9 @@ func (a *agent) runWorker(ctx context.Context) error {
 			a.log.Info("stopped while waiting for the rendezvous")
 			return nil
 		}
+		return err
+	}
+	if _, err := ReadRayToken(a.stateDir); err != nil {
 		return err
 	}
 	ports, moved, err := PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,9 +40,10 @@ type StartOptions struct {
 	MinWorkerPort, MaxWorkerPort           int
 	// NumGPUs and NumCPUs are the node's resources in the job; NumCPUs 0 lets Ray count them.
 	NumGPUs, NumCPUs int
-	// TempDir is the head's temporary directory; Ray honours it on the head only.
+	// TempDir is the node's temporary directory, which Ray 2.60 takes per node: a private
+	// directory, never the shared /tmp/ray.
 	TempDir string
-	// IncludeDashboard starts the dashboard on the head.
+	// IncludeDashboard starts the dashboard on the head, on loopback only.
 	IncludeDashboard bool
 }
 
@@ -57,13 +59,14 @@ func StartArgs(o StartOptions) []string {
 			"--ray-client-server-port", itoa(o.ClientPort),
 			"--include-dashboard", strconv.FormatBool(o.IncludeDashboard))
 		if o.IncludeDashboard {
-			args = append(args, "--dashboard-host", "0.0.0.0", "--dashboard-port", itoa(o.DashboardPort))
-		}
-		if o.TempDir != "" {
-			args = append(args, "--temp-dir", o.TempDir)
+			// Loopback only: the owner reaches it through a tunnel, and the token guards it too.
+			args = append(args, "--dashboard-host", "127.0.0.1", "--dashboard-port", itoa(o.DashboardPort))
 		}
 	} else {
 		args = append(args, "--address", o.GCSAddress)
+	}
+	if o.TempDir != "" {
+		args = append(args, "--temp-dir", o.TempDir)
 	}
 	args = append(args,
 		"--node-manager-port", itoa(o.NodeManagerPort),
@@ -96,6 +99,24 @@ func Env(nodeAddress, ifname string) []string {
 	return env
 }
 
+// authVars are the variables through which Ray finds its authentication mode and token.
+var authVars = []string{"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+
+// WithAuth returns env with Ray's token authentication on and the token read from tokenFile.
+// Any authentication setting env already had is dropped first, so that a token from the user's
+// environment cannot take the job's place. The token itself never appears in an argument or in
+// the environment: Ray reads it from the file.
+func WithAuth(env []string, tokenFile string) []string {
+	out := make([]string, 0, len(env)+2)
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(authVars, k) {
+			out = append(out, kv)
+		}
+	}
+	return append(out, "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH="+tokenFile)
+}
+
 // Node is one node as the GCS knows it.
 type Node struct {
 	ID       string `json:"node_id"`
@@ -119,6 +140,8 @@ type Client struct {
 	GCSAddress string
 	// Timeout bounds one query.
 	Timeout time.Duration
+	// TokenFile holds the cluster's authentication token; empty queries without one.
+	TokenFile string
 }
 
 // PythonFor returns the interpreter of the environment that rayBin belongs to, read from the
@@ -170,6 +193,9 @@ func (c Client) Nodes(ctx context.Context) ([]Node, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Env = append(os.Environ(), "RAY_USAGE_STATS_ENABLED=0")
+	if c.TokenFile != "" {
+		cmd.Env = WithAuth(cmd.Env, c.TokenFile)
+	}
 	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("list ray nodes at %s: %w: %s", c.GCSAddress, err, lastLine(stderr.String()))

@@ -30,7 +30,7 @@ func TestStartArgs(t *testing.T) {
 	}{
 		{"head", func(o *StartOptions) { o.Head, o.IncludeDashboard, o.TempDir, o.NumCPUs = true, true, "/tmp/j/ray", 16 },
 			"start --block --disable-usage-stats --log-style record --log-color false --node-ip-address 10.0.0.1 --head --port 6379 " +
-				"--ray-client-server-port 10001 --include-dashboard true --dashboard-host 0.0.0.0 --dashboard-port 8265 --temp-dir /tmp/j/ray " +
+				"--ray-client-server-port 10001 --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port 8265 --temp-dir /tmp/j/ray " +
 				"--node-manager-port 6500 --object-manager-port 6600 --dashboard-agent-listen-port 6700 --dashboard-agent-grpc-port 6800 " +
 				"--metrics-export-port 6900 --runtime-env-agent-port 7000 --min-worker-port 11000 --max-worker-port 11199 --num-gpus 4 --num-cpus 16"},
 		{"head without dashboard", func(o *StartOptions) { o.Head = true },
@@ -38,8 +38,9 @@ func TestStartArgs(t *testing.T) {
 				"--ray-client-server-port 10001 --include-dashboard false " +
 				"--node-manager-port 6500 --object-manager-port 6600 --dashboard-agent-listen-port 6700 --dashboard-agent-grpc-port 6800 " +
 				"--metrics-export-port 6900 --runtime-env-agent-port 7000 --min-worker-port 11000 --max-worker-port 11199 --num-gpus 4"},
-		{"worker", func(o *StartOptions) { o.GCSAddress = "10.0.0.9:6379"; o.TempDir = "/ignored" },
+		{"worker", func(o *StartOptions) { o.GCSAddress = "10.0.0.9:6379"; o.TempDir = "/tmp/w/ray" },
 			"start --block --disable-usage-stats --log-style record --log-color false --node-ip-address 10.0.0.1 --address 10.0.0.9:6379 " +
+				"--temp-dir /tmp/w/ray " +
 				"--node-manager-port 6500 --object-manager-port 6600 --dashboard-agent-listen-port 6700 --dashboard-agent-grpc-port 6800 " +
 				"--metrics-export-port 6900 --runtime-env-agent-port 7000 --min-worker-port 11000 --max-worker-port 11199 --num-gpus 4"},
 	}
@@ -56,6 +57,11 @@ func TestEnv(t *testing.T) {
 	assert.Equal(t, []string{"RAY_NODE_IP_ADDRESS=10.0.0.1", "VLLM_HOST_IP=10.0.0.1", "CUDA_DEVICE_ORDER=PCI_BUS_ID",
 		"RAY_USAGE_STATS_ENABLED=0", "NCCL_SOCKET_IFNAME=ib0", "GLOO_SOCKET_IFNAME=ib0"}, Env("10.0.0.1", "ib0"))
 	assert.Len(t, Env("10.0.0.1", ""), 4)
+}
+
+func TestWithAuth(t *testing.T) {
+	env := WithAuth([]string{"PATH=/bin", "RAY_AUTH_TOKEN=theirs", "RAY_AUTH_MODE=disabled", "RAY_AUTH_TOKEN_PATH=/x", "HOME=/h"}, "/s/ray_token")
+	assert.Equal(t, []string{"PATH=/bin", "HOME=/h", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH=/s/ray_token"}, env)
 }
 
 func TestParseAndMatchNodes(t *testing.T) {
@@ -169,11 +175,13 @@ func TestRealRay(t *testing.T) {
 	tmp, err := os.MkdirTemp("/tmp", "rt-")
 	require.NoError(t, err)
 	defer os.RemoveAll(tmp)
+	tokenFile := filepath.Join(t.TempDir(), "ray_token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"), 0o600))
 	opts := StartOptions{Head: true, NodeAddress: addr, GCSPort: ports[0], ClientPort: ports[1], NodeManagerPort: ports[2],
 		ObjectManagerPort: ports[3], DashboardAgentPort: ports[4], DashboardAgentGRPC: ports[5], MetricsExportPort: ports[6],
 		RuntimeEnvAgentPort: ports[7], MinWorkerPort: 45000, MaxWorkerPort: 45099, NumCPUs: 1, TempDir: tmp}
 	cmd := exec.Command(rayBin, StartArgs(opts)...)
-	cmd.Env = append(os.Environ(), Env(addr, "")...)
+	cmd.Env = WithAuth(append(os.Environ(), Env(addr, "")...), tokenFile)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var headOut lockedBuffer
 	cmd.Stdout, cmd.Stderr = &headOut, &headOut
@@ -185,7 +193,7 @@ func TestRealRay(t *testing.T) {
 		<-exited
 		killTree(tmp)
 	}()
-	c := Client{Python: python, GCSAddress: net.JoinHostPort(addr, itoa(ports[0])), Timeout: 20 * time.Second}
+	c := Client{Python: python, GCSAddress: net.JoinHostPort(addr, itoa(ports[0])), Timeout: 20 * time.Second, TokenFile: tokenFile}
 	ctx, cancel := context.WithTimeout(context.Background(), realRayDeadline)
 	defer cancel()
 	tick := time.NewTicker(500 * time.Millisecond)
@@ -195,6 +203,17 @@ func TestRealRay(t *testing.T) {
 		if err == nil && len(Alive(nodes)) == 1 {
 			assert.True(t, nodes[0].Head)
 			assert.Len(t, nodes[0].ID, 56)
+			// The same query without the token, or with another one, is refused.
+			anon := c
+			anon.TokenFile = ""
+			_, err := anon.Nodes(ctx)
+			require.Error(t, err, "the GCS answered a client without the token")
+			assert.Contains(t, err.Error(), "Authentication")
+			wrong := filepath.Join(t.TempDir(), "wrong")
+			require.NoError(t, os.WriteFile(wrong, []byte("ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"), 0o600))
+			anon.TokenFile = wrong
+			_, err = anon.Nodes(ctx)
+			require.Error(t, err, "the GCS answered a client with a wrong token")
 			return
 		}
 		select {
