@@ -41,13 +41,15 @@ type NodeEndpoint struct {
 // Connection is the content of connection.json: how to reach the service and how it is doing.
 // It never holds the key itself, only where to find it.
 type Connection struct {
-	JobID            string         `json:"job_id"`
-	State            ServiceState   `json:"state"`
-	Reason           string         `json:"reason,omitempty"`
-	HeadHost         string         `json:"head_host"`
-	HeadAddress      string         `json:"head_address"`
-	Port             int            `json:"port"`
-	EnginePort       int            `json:"engine_port,omitempty"`
+	JobID       string       `json:"job_id"`
+	State       ServiceState `json:"state"`
+	Reason      string       `json:"reason,omitempty"`
+	HeadHost    string       `json:"head_host"`
+	HeadAddress string       `json:"head_address"`
+	Port        int          `json:"port"`
+	EnginePort  int          `json:"engine_port,omitempty"`
+	// EngineSocket is the engine's Unix socket on the head, behind the gateway.
+	EngineSocket     string         `json:"engine_socket,omitempty"`
 	BaseURL          string         `json:"base_url"`
 	Model            string         `json:"model"`
 	ServedModelName  string         `json:"served_model_name"`

@@ -12,10 +12,12 @@ import (
 
 // EngineSpec is what the head needs to start `vllm serve`.
 type EngineSpec struct {
-	Model       string
-	ServedName  string
-	Host        string
-	Port        int
+	Model      string
+	ServedName string
+	Host       string
+	Port       int
+	// Socket, when set, is the Unix socket the engine listens on instead of Host and Port.
+	Socket      string
 	Parallelism Parallelism
 	// MultiNode selects vLLM's Ray executor.
 	MultiNode bool
@@ -51,13 +53,17 @@ func CheckExtraArgs(extra []string) error {
 // EngineArgs returns the arguments of `vllm serve`, without the executable.
 func EngineArgs(s EngineSpec) []string {
 	itoa := strconv.Itoa
-	args := []string{"serve", s.Model,
-		"--host", s.Host,
-		"--port", itoa(s.Port),
+	args := []string{"serve", s.Model}
+	if s.Socket != "" {
+		args = append(args, "--uds", s.Socket)
+	} else {
+		args = append(args, "--host", s.Host, "--port", itoa(s.Port))
+	}
+	args = append(args,
 		"--served-model-name", s.ServedName,
 		"--tensor-parallel-size", itoa(s.Parallelism.Tensor),
 		"--pipeline-parallel-size", itoa(s.Parallelism.Pipeline),
-	}
+	)
 	if s.MultiNode {
 		args = append(args, "--distributed-executor-backend", "ray")
 	}

@@ -192,7 +192,13 @@ func fakeVLLM(args []string) int {
 		}
 		fmt.Fprintf(w, `{"object":"list","data":[{"id":%q}]}`, served)
 	})
-	ln, err := net.Listen("tcp", net.JoinHostPort(flagValue(args, "--host"), flagValue(args, "--port")))
+	var ln net.Listener
+	var err error
+	if sock := flagValue(args, "--uds"); sock != "" {
+		ln, err = net.Listen("unix", sock) // fails on a stale socket, as vLLM's bind does
+	} else {
+		ln, err = net.Listen("tcp", net.JoinHostPort(flagValue(args, "--host"), flagValue(args, "--port")))
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake vllm:", err)
 		return 1

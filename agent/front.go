@@ -13,6 +13,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // front is the head's public side: the gateway, or nothing in the plain topology, where vLLM
@@ -65,12 +66,13 @@ func (h *head) setupKeys() error {
 	return nil
 }
 
-// enginePort is where vLLM listens: loopback behind the gateway, the public port without it.
-func (h *head) enginePort() int {
+// engineEndpoint is where vLLM listens: a Unix socket in the node's private directory behind
+// the gateway, so that only the job's user can reach it; the public port without the gateway.
+func (h *head) engineEndpoint() vllm.Endpoint {
 	if h.cfg.Gateway {
-		return h.ports.Engine
+		return vllm.Endpoint{Socket: filepath.Join(h.localDir, vllm.SocketName)}
 	}
-	return h.ports.API
+	return vllm.Endpoint{Port: h.ports.API}
 }
 
 // startGateway binds the public port now, so that clients get answers (503 until ready) from
@@ -92,7 +94,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		return nil, fmt.Errorf("%w: API port %d: %w", ErrPort, h.ports.API, err)
 	}
 	h.front.gw = gateway.New(gateway.Options{
-		EngineURL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.Engine)),
+		Engine:    h.engineEndpoint(),
 		EngineKey: h.engineKey,
 		Keys:      h.front.keys,
 		Ready:     a.state.Ready,
@@ -123,7 +125,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		}
 	}()
 	go h.front.keys.Watch(ctx, 2*time.Second)
-	a.log.Info("gateway listening", "port", h.ports.API, "engine_port", h.ports.Engine)
+	a.log.Info("gateway listening", "port", h.ports.API, "engine", h.engineEndpoint().String())
 	return errc, nil
 }
 

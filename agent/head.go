@@ -69,8 +69,8 @@ func (a *agent) runHead(ctx context.Context) error {
 	}
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	defer stopServe()
-	extra := []prometheus.Collector{metrics.NewEngineCollector(
-		"http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(h.enginePort()))+"/metrics", "vllm:",
+	eng := h.engineEndpoint()
+	extra := []prometheus.Collector{metrics.NewEngineCollector(eng.BaseURL()+"/metrics", eng.Transport(1), "vllm:",
 		a.alloc.Hostname(), a.alloc.JobID, 2*time.Second)}
 	if h.front.metrics != nil {
 		extra = append(extra, h.front.metrics)
@@ -199,7 +199,8 @@ func (h *head) initialConnection() Connection {
 		HeadHost:         a.alloc.Head(),
 		HeadAddress:      a.addr,
 		Port:             h.ports.API,
-		EnginePort:       h.enginePort(),
+		EnginePort:       h.engineEndpoint().Port,
+		EngineSocket:     h.engineEndpoint().Socket,
 		BaseURL:          "http://" + hostPort + "/v1",
 		Model:            a.cfg.Model,
 		ServedModelName:  a.cfg.ServedName(),
@@ -303,12 +304,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		return nil, nil, err
 	}
 	h.engineOut = out
-	host := "0.0.0.0"
-	if a.cfg.Gateway {
-		host = "127.0.0.1" // only the gateway reaches it
-	}
-	spec := EngineSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: host, Port: h.enginePort(),
-		Parallelism: a.par, MultiNode: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
+	eng := h.engineEndpoint()
+	spec := EngineSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
+		Socket: eng.Socket, Parallelism: a.par, MultiNode: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
 	if h.engineOnRay() {
@@ -317,6 +315,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	opts := supervisor.ServiceOptions{
 		Name: "vllm",
 		Command: func() (supervisor.Options, error) {
+			if err := removeStaleSocket(spec.Socket); err != nil {
+				return supervisor.Options{}, err
+			}
 			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: EngineArgs(spec), Env: env,
 				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
 		},
@@ -380,8 +381,24 @@ func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event
 }
 
 func (h *head) engineProbe() healthcheck.Engine {
-	return healthcheck.Engine{BaseURL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.enginePort())),
-		APIKey: h.engineKey, Client: &http.Client{}}
+	eng := h.engineEndpoint()
+	return healthcheck.Engine{BaseURL: eng.BaseURL(), APIKey: h.engineKey, Client: &http.Client{Transport: eng.Transport(2)}}
+}
+
+// removeStaleSocket removes the socket an earlier engine left, which would make the next one's
+// bind fail. It lives in the agent's private directory, so nothing else can be there.
+func removeStaleSocket(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("engine socket %s: not a socket left by an earlier engine (%v)", path, err)
+	}
+	return os.Remove(path)
 }
 
 // probeEngine waits for the engine that just started to become ready, then watches its

@@ -200,3 +200,19 @@ func TestLineLoggerKeepsTheFirstErrorLine(t *testing.T) {
 	l.Write([]byte("KeyError: 'x'\n"))
 	assert.Equal(t, "KeyError: 'x'", l.FirstError())
 }
+
+func TestRemoveStaleSocket(t *testing.T) {
+	dir := t.TempDir()
+	assert.NoError(t, removeStaleSocket(""), "no socket in use")
+	sock := filepath.Join(dir, "engine.sock")
+	assert.NoError(t, removeStaleSocket(sock), "none left")
+	ln, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // as a SIGKILLed engine leaves it
+	ln.Close()
+	require.FileExists(t, sock)
+	assert.NoError(t, removeStaleSocket(sock))
+	assert.NoFileExists(t, sock)
+	require.NoError(t, os.WriteFile(sock, nil, 0o600))
+	assert.ErrorContains(t, removeStaleSocket(sock), "not a socket")
+}

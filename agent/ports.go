@@ -172,9 +172,6 @@ func PickHeadPorts(cfg Config, jobID string, probe PortProber) (Ports, []string,
 	pick(&ports.RayGCS, "ray-port", orDefault(cfg.RayPort, 6379+o))
 	pick(&ports.Dashboard, "ray-dashboard-port", orDefault(cfg.DashboardPort, 8265+o))
 	pick(&ports.RayClient, "ray-client-port", orDefault(cfg.RayClientPort, 10001+o))
-	if cfg.Gateway {
-		pick(&ports.Engine, "engine port (behind the gateway)", 7100+o)
-	}
 	if err != nil {
 		return Ports{}, nil, err
 	}

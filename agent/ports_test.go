@@ -58,7 +58,7 @@ func TestPickHeadPorts(t *testing.T) {
 		check func(t *testing.T, p Ports, moved []string)
 	}{
 		{"job defaults when all free", nil, nil, func(t *testing.T, p Ports, moved []string) {
-			assert.Equal(t, Ports{API: 8007, Engine: 7107, Metrics: 9507, RayGCS: 6386, Dashboard: 8272, RayClient: 10008,
+			assert.Equal(t, Ports{API: 8007, Metrics: 9507, RayGCS: 6386, Dashboard: 8272, RayClient: 10008,
 				NodeManager: 6507, ObjectManager: 6607, DashboardAgent: 6707, DashboardAgentGRPC: 6807,
 				RayMetrics: 6907, RuntimeEnvAgent: 7007, WorkerMin: 12400, WorkerMax: 12599}, p)
 			assert.Empty(t, moved)

@@ -172,10 +172,13 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	args, err := os.ReadFile(argsFile)
 	require.NoError(t, err)
 	argv := strings.Split(string(args), "\n")[1:]
-	assert.Equal(t, []string{"--host", "127.0.0.1"}, argv[:2], "behind the gateway the engine listens on loopback only")
-	assert.NotEqual(t, fmt.Sprint(c.Port), argv[3], "on an internal port")
+	assert.Equal(t, []string{"--uds", c.EngineSocket}, argv[:2], "behind the gateway the engine listens on its socket only")
+	assert.Zero(t, c.EnginePort, "no TCP port for the engine")
+	sockDir, err := os.Stat(filepath.Dir(c.EngineSocket))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), sockDir.Mode().Perm(), "the socket's directory is private")
 	assert.Equal(t, []string{"--served-model-name", "tiny", "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1",
-		"--max-model-len", "4096"}, argv[4:])
+		"--max-model-len", "4096"}, argv[2:])
 	assert.True(t, c.Gateway)
 
 	code, body := get(t, c.Metrics[0].MetricsURL)
@@ -198,6 +201,7 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	assert.Empty(t, c.Reason)
 	_, err = os.Stat(filepath.Join(cfg.TargetsDir, c.JobID+".json"))
 	assert.True(t, os.IsNotExist(err), "targets withdrawn at the end")
+	assert.NoDirExists(t, filepath.Dir(c.EngineSocket), "the private node-local directory is removed at the end")
 	assertNoChildren(t)
 }
 

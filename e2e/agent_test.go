@@ -114,7 +114,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		assert.Len(t, report.Nodes, suite.nodes)
 
 		// Ray on the head sees exactly the job's nodes.
-		requireRayStatusNodes(t, c.RayAddress, suite.nodes)
+		requireRayStatusNodes(t, c, suite.nodes)
 
 		// The head is the first host of the job's node list, as scontrol expands it.
 		assert.Equal(t, firstHost(t, j.id), c.HeadHost)
@@ -156,7 +156,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		require.NoError(t, exec.Command("kill", "-KILL", raylets[0]).Run())
 		j.waitState(agent.StateRestarting, 60*time.Second)
 		c := j.waitState(agent.StateReady, readyTimeout)
-		requireRayStatusNodes(t, c.RayAddress, suite.nodes)
+		requireRayStatusNodes(t, c, suite.nodes)
 		worker := metricsText(t, c.Metrics[1].MetricsURL)
 		v, _ := metricValue(worker, `llm_agent_child_restarts_total{child="ray"`)
 		assert.Equal(t, "1", v, "the worker restarted its Ray")
@@ -175,17 +175,21 @@ func TestMultiNodeLifecycle(t *testing.T) {
 	})
 }
 
-// requireRayStatusNodes waits until `ray status` on the head lists want active nodes. Its view is
-// the autoscaler's last report, which trails the GCS by a few seconds.
-func requireRayStatusNodes(t *testing.T, address string, want int) {
+// requireRayStatusNodes waits until `ray status` on the head, run as the owner would run it
+// (with the job's token), lists want active nodes. Its view is the autoscaler's last report,
+// which trails the GCS by a few seconds.
+func requireRayStatusNodes(t *testing.T, c agent.Connection, want int) {
 	t.Helper()
+	require.NotEmpty(t, c.RayTokenFile, "the connection file names the Ray token")
 	var out []byte
 	ok := assertEventually(30*time.Second, func() bool {
 		var err error
-		out, err = inNamespace(1, filepath.Join(suite.venv, "bin", "ray"), "status", "--address", address).CombinedOutput()
+		cmd := inNamespace(1, filepath.Join(suite.venv, "bin", "ray"), "status", "--address", c.RayAddress)
+		cmd.Env = append(os.Environ(), "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH="+c.RayTokenFile)
+		out, err = cmd.CombinedOutput()
 		return err == nil && countActiveRayNodes(string(out)) == want
 	})
-	require.True(t, ok, "ray status at %s never showed %d nodes:\n%s", address, want, out)
+	require.True(t, ok, "ray status at %s never showed %d nodes:\n%s", c.RayAddress, want, out)
 }
 
 func countActiveRayNodes(status string) int {
@@ -224,9 +228,11 @@ func assertNoRayTempDirs(t *testing.T, id string) {
 			continue
 		}
 		// Look through slurmd's mount namespace, where the node's /tmp is.
-		dir := filepath.Join("/proc", f[0], "root", "tmp", "llm-agent-"+id)
-		_, err = os.Stat(dir)
-		assert.True(t, os.IsNotExist(err), "node%d still has /tmp/llm-agent-%s", i, id)
+		tmp := filepath.Join("/proc", f[0], "root", "tmp")
+		left, err := filepath.Glob(filepath.Join(tmp, "llm-agent-"+id+"-*"))
+		require.NoError(t, err)
+		assert.Empty(t, left, "node%d still has the job's private directory", i)
+		assert.NoDirExists(t, filepath.Join(tmp, "ray"), "node%d has Ray's shared /tmp/ray", i)
 	}
 }
 
@@ -287,7 +293,7 @@ func TestTwoJobsShareNodes(t *testing.T) {
 		assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
 		resp, _ = chat(t, x.c.BaseURL, "", x.c.ServedModelName, false)
 		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-		requireRayStatusNodes(t, x.c.RayAddress, suite.nodes)
+		requireRayStatusNodes(t, x.c, suite.nodes)
 	}
 	// One job's key does not open the other.
 	resp, _ := chat(t, ca.BaseURL, b.apiKey(cb), ca.ServedModelName, false)

@@ -278,6 +278,18 @@ func inNamespace(node int, name string, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + fmt.Sprintf("llmnode%d", node), name}, args...)...)
 }
 
+// onNode runs a shell command as if logged in on a node: in its network, UTS and mount
+// namespaces (so with its own /tmp), as user ("" for root).
+func onNode(node int, user, command string) *exec.Cmd {
+	pidFile := fmt.Sprintf("/var/lib/llm-agent-minicluster/slurmd-node%d.pid", node)
+	b, _ := os.ReadFile(pidFile)
+	args := []string{"-t", strings.TrimSpace(string(b)), "--net", "--uts", "--mount"}
+	if user != "" {
+		args = append(args, "runuser", "-u", user, "--")
+	}
+	return exec.Command("nsenter", append(args, "sh", "-c", command)...)
+}
+
 // pidsByComm returns the pids in a node's namespace whose command name is comm.
 func pidsByComm(t *testing.T, node int, comm string) []string {
 	t.Helper()

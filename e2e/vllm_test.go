@@ -9,7 +9,6 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -84,14 +83,6 @@ func completion(t *testing.T, c agent.Connection, key, path, body string) (int, 
 	return resp.StatusCode, b.String()
 }
 
-// inNode1 runs a shell command in node1's network namespace.
-func inNode1(t *testing.T, cmd string) string {
-	t.Helper()
-	out, err := inNamespace(1, "sh", "-c", cmd).CombinedOutput()
-	require.NoError(t, err, "%s: %s", cmd, out)
-	return string(out)
-}
-
 func TestRealVLLMSingleNode(t *testing.T) {
 	submitted := time.Now()
 	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1))
@@ -133,10 +124,17 @@ func TestRealVLLMSingleNode(t *testing.T) {
 	})
 
 	t.Run("health as the agent assumes", func(t *testing.T) {
-		base := fmt.Sprintf("http://127.0.0.1:%d", c.EnginePort)
-		assert.Equal(t, "200", inNode1(t, "curl -s -o /dev/null -w '%{http_code}' "+base+"/health"), "200 while alive")
-		assert.Equal(t, "", inNode1(t, "curl -s "+base+"/health"), "with an empty body")
-		assert.Equal(t, "401", inNode1(t, "curl -s -o /dev/null -w '%{http_code}' "+base+"/v1/models"), "the engine wants its internal key")
+		require.NotEmpty(t, c.EngineSocket, "behind the gateway the engine is on its Unix socket")
+		assert.Zero(t, c.EnginePort, "and on no TCP port")
+		curl := "curl -s --unix-socket " + c.EngineSocket + " "
+		onHead := func(cmd string) string {
+			out, err := onNode(1, "", cmd).CombinedOutput()
+			require.NoError(t, err, "%s: %s", cmd, out)
+			return string(out)
+		}
+		assert.Equal(t, "200", onHead(curl+"-o /dev/null -w '%{http_code}' http://engine/health"), "200 while alive")
+		assert.Equal(t, "", onHead(curl+"http://engine/health"), "with an empty body")
+		assert.Equal(t, "401", onHead(curl+"-o /dev/null -w '%{http_code}' http://engine/v1/models"), "the engine wants its internal key")
 		// Kill the engine core: vLLM's server then exits (or answers 503), the agent restarts it.
 		pids := pidsByCmdline(t, 1, "VLLM::EngineCore")
 		require.Len(t, pids, 1, "one vLLM engine core")

@@ -14,16 +14,15 @@ import (
 // BenchmarkProxy measures one authenticated, audited, non-streamed request through the
 // gateway to a trivial engine, in parallel.
 func BenchmarkProxy(b *testing.B) {
-	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, socket := socketEngine(b, b.TempDir(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"object":"chat.completion","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}`))
 	}))
-	defer engine.Close()
 	set, _ := NewKeySet([]Key{{Name: "alice", Project: "p", Key: aliceKey}})
 	keys, _ := NewKeys("", set, hclog.NewNullLogger())
 	audit, _ := OpenAudit(filepath.Join(b.TempDir(), AuditFile))
-	gw := New(Options{EngineURL: engine.URL, EngineKey: engineKey, Keys: keys, Ready: func() (bool, string) { return true, "" },
+	gw := New(Options{Engine: socket, EngineKey: engineKey, Keys: keys, Ready: func() (bool, string) { return true, "" },
 		Audit: audit, Metrics: NewMetrics("n", "j")})
 	srv := httptest.NewServer(gw.Handler())
 	defer srv.Close()

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,12 +16,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // Options configure a Gateway.
 type Options struct {
-	// EngineURL is the engine's root on loopback, "http://127.0.0.1:PORT".
-	EngineURL string
+	// Engine is where the engine listens: its Unix socket, or a port on loopback.
+	Engine vllm.Endpoint
 	// EngineKey is the internal key the engine requires; clients never see it.
 	EngineKey string
 	// Keys are the client keys.
@@ -46,11 +47,12 @@ type Options struct {
 
 // Gateway is the authenticated reverse proxy in front of the engine.
 type Gateway struct {
-	opts     Options
-	client   *http.Client
-	inflight sync.WaitGroup
-	draining atomic.Bool
-	active   atomic.Int64
+	opts      Options
+	client    *http.Client
+	engineURL string
+	inflight  sync.WaitGroup
+	draining  atomic.Bool
+	active    atomic.Int64
 }
 
 // maxResponse bounds a non-streamed response the gateway reads to count its tokens.
@@ -67,13 +69,8 @@ func New(o Options) *Gateway {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		DisableCompression:  true, // pass the engine's bytes through as they come
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-	}
-	return &Gateway{opts: o, client: &http.Client{Transport: tr}}
+	// Compression stays off: the engine's bytes pass through as they come.
+	return &Gateway{opts: o, client: &http.Client{Transport: o.Engine.Transport(256)}, engineURL: o.Engine.BaseURL()}
 }
 
 // Handler serves /v1/* (authenticated, proxied), /healthz and /readyz; nothing else.
@@ -184,7 +181,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // answered
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, g.opts.EngineURL+r.URL.RequestURI(), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, g.engineURL+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		x.status = http.StatusBadRequest
 		writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())

@@ -6,9 +6,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 const (
@@ -68,14 +72,27 @@ func writeKeys(t *testing.T, path, body string) {
 	require.NoError(t, os.Rename(path+".tmp", path))
 }
 
+// socketEngine serves handler on a Unix socket in dir, as the engine does behind the gateway.
+func socketEngine(t testing.TB, dir string, handler http.Handler) (*httptest.Server, vllm.Endpoint) {
+	t.Helper()
+	path := filepath.Join(dir, vllm.SocketName)
+	ln, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	srv := httptest.NewUnstartedServer(handler)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, vllm.Endpoint{Socket: path}
+}
+
 // newFixture puts a gateway with alice (plain key, priority 3) and bob (hashed key) in front
 // of an engine stub.
 func newFixture(t *testing.T, engine http.HandlerFunc, priority bool) *fixture {
 	t.Helper()
 	f := &fixture{log: &lockedBuf{}}
-	f.engine = httptest.NewServer(engine)
-	t.Cleanup(f.engine.Close)
 	dir := t.TempDir()
+	var socket vllm.Endpoint
+	f.engine, socket = socketEngine(t, dir, engine)
 	f.keysFile = filepath.Join(dir, "keys.yaml")
 	writeKeys(t, f.keysFile, "keys:\n  - {name: alice, project: climate, key: "+aliceKey+", priority: 3}\n  - {name: bob, project: genomics, sha256: "+HashKey(bobKey)+"}\n")
 	logger := hclog.New(&hclog.LoggerOptions{Output: f.log, Level: hclog.Trace})
@@ -87,7 +104,7 @@ func newFixture(t *testing.T, engine http.HandlerFunc, priority bool) *fixture {
 	require.NoError(t, err)
 	f.metrics = NewMetrics("n1", "9")
 	f.ready.Store(true)
-	f.gw = New(Options{EngineURL: f.engine.URL, EngineKey: engineKey, Keys: f.keys,
+	f.gw = New(Options{Engine: socket, EngineKey: engineKey, Keys: f.keys,
 		Ready: func() (bool, string) {
 			if f.ready.Load() {
 				return true, ""
@@ -212,13 +229,22 @@ func TestKeysReload(t *testing.T) {
 	resp, _ = f.do(t, "GET", "/v1/models", carolKey, "")
 	assert.Equal(t, 200, resp.StatusCode)
 
-	// SIGHUP reloads too.
+	// SIGHUP reloads too, with a watcher that would not look at the file for an hour. The test
+	// holds SIGHUP itself, so that a signal handled after a watcher stopped cannot end the test
+	// binary; it signals until the new watcher has taken it.
+	hold := make(chan os.Signal, 16)
+	signal.Notify(hold, syscall.SIGHUP)
+	defer signal.Stop(hold)
+	cancel()
+	hupCtx, stopHup := context.WithCancel(context.Background())
+	defer stopHup()
+	go f.keys.Watch(hupCtx, time.Hour)
 	writeKeys(t, f.keysFile, "keys:\n  - {name: erin, project: x, key: sk-erin-0123456789abcdef}\n")
-	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
 	require.Eventually(t, func() bool {
+		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
 		resp, _ := f.do(t, "GET", "/v1/models", "sk-erin-0123456789abcdef", "")
 		return resp.StatusCode == 200
-	}, 5*time.Second, 10*time.Millisecond)
+	}, 5*time.Second, 20*time.Millisecond)
 	assert.NotContains(t, f.log.String(), "sk-erin", "no key in the log")
 }
 

@@ -32,7 +32,7 @@ func BenchmarkScrapeHead(b *testing.B) {
 			s.SetChild("vllm", "running", time.Now())
 			s.SetChild("ray", "running", time.Now())
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(NewAgentCollector(s, nil), NewEngineCollector(engine.URL, "vllm:", "n", "1", time.Second))
+			reg.MustRegister(NewAgentCollector(s, nil), NewEngineCollector(engine.URL, nil, "vllm:", "n", "1", time.Second))
 			srv := httptest.NewServer(Handler(reg, s))
 			defer srv.Close()
 			c := &http.Client{}

@@ -41,13 +41,17 @@ const maxDescs = 10000
 
 var _ prometheus.Collector = (*EngineCollector)(nil)
 
-// NewEngineCollector returns a collector of the families starting with prefix at url.
-func NewEngineCollector(url, prefix, node, job string, timeout time.Duration) *EngineCollector {
+// NewEngineCollector returns a collector of the families starting with prefix at url, fetched
+// through tr (the engine's socket, for one); nil uses a plain TCP transport.
+func NewEngineCollector(url string, tr http.RoundTripper, prefix, node, job string, timeout time.Duration) *EngineCollector {
+	if tr == nil {
+		// The engine is on this node: compression would only cost CPU on both sides.
+		tr = &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 1}
+	}
 	consts := prometheus.Labels{"node": node, "job": job}
 	return &EngineCollector{
 		url: url, prefix: prefix, timeout: timeout, node: node, job: job, descs: map[string]*prometheus.Desc{},
-		// The engine is on this node: compression would only cost CPU on both sides.
-		client:   &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 1}},
+		client:   &http.Client{Transport: tr},
 		success:  prometheus.NewDesc("llm_agent_engine_scrape_success", "1 if the last fetch of the engine's /metrics worked.", nil, consts),
 		duration: prometheus.NewDesc("llm_agent_engine_scrape_duration_seconds", "Time the last fetch of the engine's /metrics took.", nil, consts),
 	}

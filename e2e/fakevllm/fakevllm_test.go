@@ -219,3 +219,40 @@ func TestRunServesUntilSIGTERM(t *testing.T) {
 	t.Setenv("FAKEVLLM_CONTROL", ctl)
 	assert.ErrorContains(t, run(o), "injected fail-start")
 }
+
+// TestRunOnUnixSocket: with --uds the double listens on the socket alone, as vLLM does, and a
+// path that exists already makes the start fail, as vLLM's bind does.
+func TestRunOnUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "engine.sock")
+	o, err := parseArgs([]string{"serve", "/m", "--uds", sock, "--host", "0.0.0.0", "--port", "1"})
+	require.NoError(t, err)
+	assert.Equal(t, "unix:"+sock, o.listenAddress())
+	t.Setenv("FAKEVLLM_CONTROL", "")
+	done := make(chan error, 1)
+	go func() { done <- run(o) }()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	require.Eventually(t, func() bool {
+		resp, err := client.Get("http://engine/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, 5*time.Second, 10*time.Millisecond)
+	c, err := net.DialTimeout("tcp", "127.0.0.1:1", 100*time.Millisecond)
+	if err == nil {
+		c.Close()
+	}
+	assert.Error(t, err, "no TCP port with --uds")
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGTERM))
+	select {
+	case err := <-done:
+		assert.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not stop on SIGTERM")
+	}
+	require.NoError(t, os.WriteFile(sock, nil, 0o600))
+	assert.ErrorContains(t, run(o), "Address already in use")
+}

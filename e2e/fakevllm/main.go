@@ -33,10 +33,10 @@ const usage = "usage: vllm serve [model_tag] [options]"
 
 // options are the parsed `vllm serve` flags.
 type options struct {
-	model, host, servedName, backend, dtype, quantization, schedulingPolicy, kvCacheDtype string
-	port, tp, pp, maxModelLen, maxNumSeqs, maxBatchedTokens                               int
-	gpuMemUtil                                                                            float64
-	prefixCaching, enforceEager                                                           bool
+	model, host, uds, servedName, backend, dtype, quantization, schedulingPolicy, kvCacheDtype string
+	port, tp, pp, maxModelLen, maxNumSeqs, maxBatchedTokens                                    int
+	gpuMemUtil                                                                                 float64
+	prefixCaching, enforceEager                                                                bool
 }
 
 // valueFlags are the flags that take a value, with their parser.
@@ -54,6 +54,7 @@ func (o *options) valueFlags() map[string]func(string) error {
 	}
 	return map[string]func(string) error{
 		"--host":                         str(&o.host),
+		"--uds":                          str(&o.uds),
 		"--port":                         num(&o.port),
 		"--served-model-name":            str(&o.servedName),
 		"--tensor-parallel-size":         num(&o.tp),
@@ -141,8 +142,8 @@ func main() {
 }
 
 func run(o *options) error {
-	fmt.Fprintf(os.Stderr, "fakevllm (test double, not vLLM): serving %s as %s on %s:%d tp=%d pp=%d\n",
-		o.model, o.servedName, o.host, o.port, o.tp, o.pp)
+	fmt.Fprintf(os.Stderr, "fakevllm (test double, not vLLM): serving %s as %s on %s tp=%d pp=%d\n",
+		o.model, o.servedName, o.listenAddress(), o.tp, o.pp)
 	ctl := os.Getenv("FAKEVLLM_CONTROL")
 	if readControl(ctl) == "fail-start" {
 		return errors.New("RuntimeError: engine core initialization failed (injected fail-start)")
@@ -158,7 +159,7 @@ func run(o *options) error {
 		tokenDelay = d
 	}
 	srv := newServer(o, splitKeys(os.Getenv("VLLM_API_KEY")), tokenDelay)
-	ln, err := net.Listen("tcp", net.JoinHostPort(o.host, strconv.Itoa(o.port)))
+	ln, err := o.listen()
 	if err != nil {
 		return fmt.Errorf("OSError: [Errno 98] Address already in use: %w", err)
 	}
@@ -179,6 +180,23 @@ func run(o *options) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return hs.Shutdown(sctx)
+}
+
+// listenAddress is what vLLM logs as its address: the socket wins over host and port.
+func (o *options) listenAddress() string {
+	if o.uds != "" {
+		return "unix:" + o.uds
+	}
+	return net.JoinHostPort(o.host, strconv.Itoa(o.port))
+}
+
+// listen binds as vLLM does: `--uds PATH` makes a Unix socket (and fails if the path exists)
+// and ignores host and port; otherwise host and port.
+func (o *options) listen() (net.Listener, error) {
+	if o.uds != "" {
+		return net.Listen("unix", o.uds)
+	}
+	return net.Listen("tcp", net.JoinHostPort(o.host, strconv.Itoa(o.port)))
 }
 
 // checkEnvironment fails as vLLM would when Ray or the host address is wrong.

@@ -1,0 +1,59 @@
+// Package vllm holds what llm-agent knows of vLLM itself: where the engine's API is reached and
+// which `vllm serve` flags the agent manages. It knows nothing of Slurm, Ray or the gateway.
+package vllm
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// SocketName is the engine's Unix socket in the node's private directory.
+const SocketName = "engine.sock"
+
+// Endpoint is where the engine's HTTP API is: a Unix domain socket (behind the gateway, where
+// only the job's user can connect) or a TCP port on loopback.
+type Endpoint struct {
+	// Socket is the path of the Unix socket (`vllm serve --uds`); empty for TCP.
+	Socket string
+	// Port is the engine's TCP port on this node when there is no socket.
+	Port int
+}
+
+// BaseURL is the root of the engine's routes. Over a socket the host part is only a name: the
+// transport dials the socket whatever the URL says.
+func (e Endpoint) BaseURL() string {
+	if e.Socket != "" {
+		return "http://engine"
+	}
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(e.Port))
+}
+
+// String names the endpoint in logs and reasons.
+func (e Endpoint) String() string {
+	if e.Socket != "" {
+		return "unix:" + e.Socket
+	}
+	return e.BaseURL()
+}
+
+// Transport returns an HTTP transport that reaches the engine, with idle connections kept for
+// maxIdle concurrent requests. Compression is off: the engine is on this node.
+func (e Endpoint) Transport(maxIdle int) *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	tr := &http.Transport{
+		DialContext:         d.DialContext,
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: maxIdle,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	if e.Socket != "" {
+		socket := e.Socket
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", socket)
+		}
+	}
+	return tr
+}
