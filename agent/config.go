@@ -37,6 +37,8 @@ type Config struct {
 	Gateway          bool
 	KeysFile         string
 	MaxRequestBody   string
+	// MaxInFlightPerKey and MaxInFlight bound the gateway's requests in flight; 0 means none.
+	MaxInFlightPerKey, MaxInFlight int
 
 	// Ports holds the preferred ports; 0 means "the default for this job" (see PortPlan).
 	Port, MetricsPort, RayPort, DashboardPort, RayClientPort int
@@ -72,6 +74,8 @@ func DefaultConfig() Config {
 		VLLMBin:           "vllm",
 		Gateway:           true,
 		MaxRequestBody:    "32MiB",
+		MaxInFlightPerKey: 256,
+		MaxInFlight:       1024,
 		RayBin:            "ray",
 		RendezvousTimeout: 5 * time.Minute,
 		RayTimeout:        5 * time.Minute,
@@ -215,6 +219,8 @@ var Options = []Option{
 	boolOpt("gateway", "Gateway", "put the agent's authenticated gateway on the public port, with vLLM behind it on loopback; false gives vLLM the public port and the key", func(c *Config) *bool { return &c.Gateway }),
 	stringOpt("keys-file", "Gateway", "YAML or JSON file (mode 0600) of client keys: {keys: [{name, project, key or sha256, priority}]}; reloaded on SIGHUP and on change", func(c *Config) *string { return &c.KeysFile }),
 	stringOpt("max-request-body", "Gateway", "largest request body the gateway accepts", func(c *Config) *string { return &c.MaxRequestBody }),
+	intOpt("max-in-flight-per-key", "Gateway", "requests one key may have in flight; past it the client gets 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlightPerKey }),
+	intOpt("max-in-flight", "Gateway", "requests all keys together may have in flight; past it clients get 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlight }),
 	stringOpt("iface", "Network", "network interface whose address Ray, vLLM, NCCL and Gloo use (default: the address the host name resolves to)", func(c *Config) *string { return &c.Iface }),
 	stringOpt("login-host", "Network", "login host named in the SSH tunnel command (default: SLURM_SUBMIT_HOST)", func(c *Config) *string { return &c.LoginHost }),
 	portOpt("port", "OpenAI API port on the head (default 8000 + job offset)", func(c *Config) *int { return &c.Port }),

@@ -94,15 +94,17 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		return nil, fmt.Errorf("%w: API port %d: %w", ErrPort, h.ports.API, err)
 	}
 	h.front.gw = gateway.New(gateway.Options{
-		Engine:    h.engineEndpoint(),
-		EngineKey: h.engineKey,
-		Keys:      h.front.keys,
-		Ready:     a.state.Ready,
-		Audit:     h.front.audit,
-		Metrics:   h.front.metrics,
-		MaxBody:   maxBody,
-		Priority:  priorityScheduling(a.cfg.VLLMArgs),
-		Logger:    a.log.Named("gateway"),
+		Engine:            h.engineEndpoint(),
+		EngineKey:         h.engineKey,
+		Keys:              h.front.keys,
+		Ready:             a.state.Ready,
+		Audit:             h.front.audit,
+		Metrics:           h.front.metrics,
+		MaxBody:           maxBody,
+		MaxInFlightPerKey: a.cfg.MaxInFlightPerKey,
+		MaxInFlight:       a.cfg.MaxInFlight,
+		Priority:          priorityScheduling(a.cfg.VLLMArgs),
+		Logger:            a.log.Named("gateway"),
 	})
 	h.front.srv = &http.Server{
 		Handler:           h.front.gw.Handler(),

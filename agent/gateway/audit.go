@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/llm-agent/llm-agent/agent/securefs"
 )
@@ -28,6 +29,41 @@ type Record struct {
 	LatencySeconds   float64   `json:"latency_seconds"`
 	TTFTSeconds      float64   `json:"ttft_seconds,omitempty"`
 	Error            string    `json:"error,omitempty"`
+}
+
+// Bounds of the text fields of an audit line, so that a line stays under a few KiB whatever a
+// client sends: the model name is the only field a client chooses.
+const (
+	maxModelField = 256
+	maxNameField  = 128
+	maxErrorField = 256
+)
+
+// auditField makes s fit for the audit log: valid UTF-8, no control characters, at most max
+// bytes (cut on a character boundary and marked with "…").
+func auditField(s string, max int) string {
+	clean := true
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			clean = false
+			break
+		}
+	}
+	if clean && len(s) <= max {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "\ufffd") {
+		if r < 0x20 || r == 0x7f {
+			r = '\ufffd'
+		}
+		if b.Len()+utf8.RuneLen(r) > max-len("…") {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Audit appends records to a file as JSON lines and fsyncs at least every second.
@@ -55,6 +91,8 @@ func OpenAudit(path string) (*Audit, error) {
 func (a *Audit) Write(r Record) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	r.Key, r.Project = auditField(r.Key, maxNameField), auditField(r.Project, maxNameField)
+	r.Model, r.Error = auditField(r.Model, maxModelField), auditField(r.Error, maxErrorField)
 	a.buf = r.appendJSON(a.buf[:0])
 	if _, err := a.w.Write(a.buf); err != nil {
 		return err

@@ -41,6 +41,9 @@ type Options struct {
 	Priority bool
 	// RetryAfter is what 503 answers tell clients to wait.
 	RetryAfter time.Duration
+	// MaxInFlightPerKey and MaxInFlight bound the requests in flight for one key and for all;
+	// past them clients get 429. Zero means no bound.
+	MaxInFlightPerKey, MaxInFlight int
 	// Logger receives the gateway's log lines; never a key or a prompt.
 	Logger hclog.Logger
 }
@@ -50,9 +53,13 @@ type Gateway struct {
 	opts      Options
 	client    *http.Client
 	engineURL string
-	inflight  sync.WaitGroup
-	draining  atomic.Bool
-	active    atomic.Int64
+	// perKey counts each key's requests in flight (key name -> *atomic.Int64); the names come
+	// from the keys file, so the map stays small.
+	perKey   sync.Map
+	admitted atomic.Int64
+	inflight sync.WaitGroup
+	draining atomic.Bool
+	active   atomic.Int64
 }
 
 // maxResponse bounds a non-streamed response the gateway reads to count its tokens.
@@ -79,10 +86,12 @@ func (g *Gateway) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
+	// Anyone on the network can ask; the reason stays in the owner's connection file and logs,
+	// since it may hold the engine's error text and file paths.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ok, why := g.ready(); !ok {
+		if ok, _ := g.ready(); !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			w.Write([]byte("not ready: " + why + "\n"))
+			w.Write([]byte("not ready\n"))
 			return
 		}
 		w.Write([]byte("ready\n"))
@@ -173,8 +182,16 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		g.active.Add(-1)
 		g.inflight.Done()
 	}()
-	if ok, why := g.ready(); !ok {
-		g.unavailable(w, x, "the model is not ready ("+why+"); retry shortly")
+	if !g.admit(key.Name) {
+		x.status = http.StatusTooManyRequests
+		w.Header().Set("Retry-After", "1")
+		writeError(w, x.status, "rate_limit_error", "too_many_requests_in_flight",
+			"too many requests in flight for this key or for the service; retry shortly")
+		return
+	}
+	defer g.release(key.Name)
+	if ok, _ := g.ready(); !ok {
+		g.unavailable(w, x, "the model is not ready; retry shortly")
 		return
 	}
 	body, injected, err := g.requestBody(w, r, x)
@@ -210,6 +227,32 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	g.plainResponse(w, resp, x)
 }
 
+// admit counts a request of key in, unless the key or the gateway is at its bound.
+func (g *Gateway) admit(key string) bool {
+	if n := g.admitted.Add(1); g.opts.MaxInFlight > 0 && n > int64(g.opts.MaxInFlight) {
+		g.admitted.Add(-1)
+		return false
+	}
+	if g.opts.MaxInFlightPerKey > 0 {
+		n, _ := g.perKey.LoadOrStore(key, new(atomic.Int64))
+		if n.(*atomic.Int64).Add(1) > int64(g.opts.MaxInFlightPerKey) {
+			n.(*atomic.Int64).Add(-1)
+			g.admitted.Add(-1)
+			return false
+		}
+	}
+	return true
+}
+
+// release counts a request of key out.
+func (g *Gateway) release(key string) {
+	g.admitted.Add(-1)
+	if g.opts.MaxInFlightPerKey > 0 {
+		n, _ := g.perKey.Load(key)
+		n.(*atomic.Int64).Add(-1)
+	}
+}
+
 func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
 	x.status = http.StatusServiceUnavailable
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))
@@ -233,44 +276,27 @@ func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchang
 		}
 		return nil, false, err
 	}
-	if trimmed := bytes.TrimSpace(body); r.Method != http.MethodPost || len(trimmed) == 0 || trimmed[0] != '{' {
+	if r.Method != http.MethodPost {
 		return body, false, nil
 	}
-	// A first, cheap look: the fields the gateway needs, without keeping the others.
-	var head struct {
-		Model         string `json:"model"`
-		Stream        bool   `json:"stream"`
-		StreamOptions *struct {
-			IncludeUsage bool `json:"include_usage"`
-		} `json:"stream_options"`
-		Priority json.RawMessage `json:"priority"`
+	f, ok := inspect(body)
+	if !ok {
+		return body, false, nil // the engine answers what is not a JSON object itself
 	}
-	if json.Unmarshal(body, &head) != nil {
-		return body, false, nil // the engine answers malformed JSON itself
-	}
-	x.model, x.stream = head.Model, head.Stream
-	injected := x.stream && (head.StreamOptions == nil || !head.StreamOptions.IncludeUsage)
-	addPriority := g.opts.Priority && x.key.Priority != nil && head.Priority == nil
-	if !injected && !addPriority {
-		return body, false, nil
-	}
-	var fields map[string]json.RawMessage
-	if json.Unmarshal(body, &fields) != nil {
-		return body, false, nil
-	}
+	x.model, x.stream = auditField(f.model, maxModelField), f.stream
+	injected := f.stream && !f.includeUsage
 	if injected {
-		var so map[string]json.RawMessage
-		json.Unmarshal(fields["stream_options"], &so)
+		so := f.streamOptions
 		if so == nil {
 			so = map[string]json.RawMessage{}
 		}
 		so["include_usage"] = json.RawMessage("true")
-		fields["stream_options"], _ = json.Marshal(so)
+		b, _ := json.Marshal(so)
+		body = setMember(body, f.spans, "stream_options", b)
 	}
-	if addPriority {
-		fields["priority"] = json.RawMessage(strconv.Itoa(*x.key.Priority))
+	if g.opts.Priority && x.key.Priority != nil && !f.hasPriority {
+		body = setMember(body, f.spans, "priority", []byte(strconv.Itoa(*x.key.Priority)))
 	}
-	body, _ = json.Marshal(fields)
 	return body, injected, nil
 }
 

@@ -87,7 +87,7 @@ func socketEngine(t testing.TB, dir string, handler http.Handler) (*httptest.Ser
 
 // newFixture puts a gateway with alice (plain key, priority 3) and bob (hashed key) in front
 // of an engine stub.
-func newFixture(t *testing.T, engine http.HandlerFunc, priority bool) *fixture {
+func newFixture(t *testing.T, engine http.HandlerFunc, priority bool, tweak ...func(*Options)) *fixture {
 	t.Helper()
 	f := &fixture{log: &lockedBuf{}}
 	dir := t.TempDir()
@@ -104,14 +104,18 @@ func newFixture(t *testing.T, engine http.HandlerFunc, priority bool) *fixture {
 	require.NoError(t, err)
 	f.metrics = NewMetrics("n1", "9")
 	f.ready.Store(true)
-	f.gw = New(Options{Engine: socket, EngineKey: engineKey, Keys: f.keys,
+	opts := Options{Engine: socket, EngineKey: engineKey, Keys: f.keys,
 		Ready: func() (bool, string) {
 			if f.ready.Load() {
 				return true, ""
 			}
-			return false, "engine backoff"
+			return false, notReadyReason
 		},
-		Audit: f.audit, Metrics: f.metrics, MaxBody: 1024, Priority: priority, Logger: logger})
+		Audit: f.audit, Metrics: f.metrics, MaxBody: 1024, Priority: priority, Logger: logger}
+	for _, tw := range tweak {
+		tw(&opts)
+	}
+	f.gw = New(opts)
 	srv := httptest.NewServer(f.gw.Handler())
 	t.Cleanup(srv.Close)
 	f.url = srv.URL
@@ -287,6 +291,10 @@ func TestKeysFileErrors(t *testing.T) {
 	assert.ErrorIs(t, err, ErrKeys)
 }
 
+// notReadyReason is what the agent's state says while the engine is down: it can hold the
+// engine's error text and paths, which belong to the owner only.
+const notReadyReason = "engine backoff: exit status 1; the engine said: OSError: /home/alice/models/secret-project/config.json"
+
 func TestNotReadyAnswers503(t *testing.T) {
 	var calls atomic.Int32
 	f := newFixture(t, func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }, false)
@@ -296,10 +304,11 @@ func TestNotReadyAnswers503(t *testing.T) {
 	assert.Equal(t, "5", resp.Header.Get("Retry-After"))
 	e := errorOf(t, body)
 	assert.Equal(t, "service_unavailable", e["type"])
-	assert.Contains(t, e["message"], "engine backoff")
+	assert.Equal(t, "the model is not ready; retry shortly", e["message"], "no engine error text or path to a client")
 	assert.Zero(t, calls.Load(), "the engine is not bothered")
-	resp, _ = f.do(t, "GET", "/readyz", "", "")
+	resp, body = f.do(t, "GET", "/readyz", "", "")
 	assert.Equal(t, 503, resp.StatusCode)
+	assert.Equal(t, "not ready\n", string(body), "the public port says no more than not ready")
 	f.ready.Store(true)
 	resp, _ = f.do(t, "GET", "/readyz", "", "")
 	assert.Equal(t, 200, resp.StatusCode)
@@ -579,10 +588,34 @@ func TestUsageSummary(t *testing.T) {
 	require.NoError(t, rep.WriteTable(&out))
 	assert.Contains(t, out.String(), "2.00 h × 4 GPUs = 8.00 GPU-hours = 800.0 SU")
 	assert.Contains(t, out.String(), "60.0%")
-	_, err = Summarize(strings.NewReader("{not json\n"), 1, time.Hour, 1)
-	assert.ErrorContains(t, err, "line 1")
+	assert.NotContains(t, out.String(), "skipped")
 	_, err = SummarizeFile(filepath.Join(t.TempDir(), "none"), 1, time.Hour, 1)
-	assert.Error(t, err)
+	assert.ErrorContains(t, err, "no audit log at")
+}
+
+// TestUsageOverDamagedLog: damaged lines (cut by a crash, binary junk, a line of megabytes, a
+// record without a key) are skipped and counted, and the rest adds up.
+func TestUsageOverDamagedLog(t *testing.T) {
+	good := `{"key":"alice","project":"p","status":200,"prompt_tokens":6,"completion_tokens":4}`
+	log := strings.Join([]string{
+		good,
+		`{"key":"alice","project":"p","status":200,"prompt_tok`,
+		"\x00\x01\xff\xfe",
+		`{"key":"bob","project":"q","status":200,"prompt_tokens":1,"completion_tokens":1,"model":"` + strings.Repeat("x", 3<<20) + `"}`,
+		`{"project":"p","status":200}`,
+		`[1,2,3]`,
+		good,
+		`{"key":"alice","project":"p","status":200,"prompt_tokens":1,"completion_tokens":1}`, // no newline at the end
+	}, "\n")
+	rep, err := Summarize(strings.NewReader(log), 1, time.Hour, 1)
+	require.NoError(t, err)
+	assert.Equal(t, 5, rep.Skipped)
+	require.Len(t, rep.Keys, 1)
+	assert.Equal(t, 3, rep.Keys[0].Requests)
+	assert.Equal(t, int64(13), rep.Keys[0].PromptTokens)
+	var out bytes.Buffer
+	require.NoError(t, rep.WriteTable(&out))
+	assert.Contains(t, out.String(), "skipped 5 damaged audit line(s)")
 }
 
 func TestAuditRunSyncsAndCloses(t *testing.T) {

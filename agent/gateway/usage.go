@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,27 +35,39 @@ type UsageReport struct {
 	Factor       float64    `json:"su_factor"`
 	Keys         []UsageRow `json:"keys"`
 	Projects     []UsageRow `json:"projects"`
+	// Skipped counts the audit lines that could not be read: damaged by a crash mid-write, cut,
+	// or not records at all.
+	Skipped int `json:"skipped_lines"`
 }
 
+// maxAuditLine bounds an audit line worth reading; the gateway writes them far shorter.
+const maxAuditLine = 64 << 10
+
 // Summarize reads an audit log and shares the job's cost (wall time × GPUs × factor) out by
-// each key's prompt plus completion tokens.
+// each key's prompt plus completion tokens. Lines that are not whole records, of any length,
+// are skipped and counted, so a log damaged by a crash or by hand still adds up.
 func Summarize(r io.Reader, gpus int, wall time.Duration, factor float64) (UsageReport, error) {
 	rep := UsageReport{GPUs: gpus, WallHours: wall.Hours(), Factor: factor}
 	rep.GPUHours = rep.WallHours * float64(gpus)
 	rep.ServiceUnits = rep.GPUHours * factor
 	keys := map[string]*UsageRow{}
 	projects := map[string]*UsageRow{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		if len(sc.Bytes()) == 0 {
+	br := bufio.NewReaderSize(r, maxAuditLine)
+	for {
+		line, tooLong, err := readLine(br)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return rep, fmt.Errorf("read audit log: %w", err)
+		}
+		if len(bytes.TrimSpace(line)) == 0 && !tooLong {
 			continue
 		}
 		var rec Record
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			return rep, fmt.Errorf("audit log line %d: %w", line, err)
+		if tooLong || json.Unmarshal(line, &rec) != nil || rec.Key == "" {
+			rep.Skipped++
+			continue
 		}
 		for _, row := range []*UsageRow{get(keys, rec.Key, rec.Key, rec.Project), get(projects, rec.Project, "", rec.Project)} {
 			row.Requests++
@@ -64,9 +78,6 @@ func Summarize(r io.Reader, gpus int, wall time.Duration, factor float64) (Usage
 			row.CompletionTokens += int64(rec.CompletionTokens)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return rep, fmt.Errorf("read audit log: %w", err)
-	}
 	var total int64
 	for _, row := range keys {
 		total += row.PromptTokens + row.CompletionTokens
@@ -74,6 +85,24 @@ func Summarize(r io.Reader, gpus int, wall time.Duration, factor float64) (Usage
 	rep.Keys = finish(keys, total, rep)
 	rep.Projects = finish(projects, total, rep)
 	return rep, nil
+}
+
+// readLine returns the next line without its newline; a line longer than the reader's buffer
+// is consumed whole and reported as too long. err is io.EOF only when nothing is left.
+func readLine(br *bufio.Reader) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, err := br.ReadSlice('\n')
+		switch {
+		case err == bufio.ErrBufferFull:
+			tooLong = true
+			continue
+		case err == io.EOF && len(chunk) == 0 && !tooLong:
+			return nil, false, io.EOF
+		case err != nil && err != io.EOF:
+			return nil, false, err
+		}
+		return bytes.TrimSuffix(chunk, []byte("\n")), tooLong, nil
+	}
 }
 
 func get(m map[string]*UsageRow, id, key, project string) *UsageRow {
@@ -105,6 +134,9 @@ func finish(m map[string]*UsageRow, total int64, rep UsageReport) []UsageRow {
 // SummarizeFile is Summarize on the audit log at path.
 func SummarizeFile(path string, gpus int, wall time.Duration, factor float64) (UsageReport, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return UsageReport{}, fmt.Errorf("no audit log at %s: the job ran without the gateway, or served no request yet", path)
+	}
 	if err != nil {
 		return UsageReport{}, fmt.Errorf("open audit log: %w", err)
 	}
@@ -131,5 +163,11 @@ func (rep UsageReport) WriteTable(w io.Writer) error {
 	}
 	write("keys", rep.Keys, true)
 	write("projects", rep.Projects, false)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if rep.Skipped > 0 {
+		fmt.Fprintf(w, "skipped %d damaged audit line(s)\n", rep.Skipped)
+	}
+	return nil
 }
