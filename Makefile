@@ -10,6 +10,11 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 VENV ?= $(CURDIR)/.venv
 E2E_TIMEOUT ?= 30m
+# The attack suite's jobs run as an ordinary user, who must be able to run the environment: it
+# lives outside the checkout (whose parent folders may be closed to others) and is made with the
+# system's Python (an interpreter under root's home, such as pyenv's, is closed to others too).
+SECURITY_VENV ?= /var/tmp/llm-agent-e2e/venv
+SECURITY_PYTHON ?= /usr/bin/python3
 COVER_MIN ?= 85
 # Packages whose coverage is held to COVER_MIN: all but the thin command and the benchmark
 # programs under e2e/bench, which are measurement tools proven by running them.
@@ -19,7 +24,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps lint check-deploy check-make unit cover e2e e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build venv deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -34,12 +39,13 @@ venv:
 # System packages the mini-cluster and the checks need (Debian, as root).
 deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		slurm-wlm munge iproute2 procps util-linux prometheus >/dev/null
+		slurm-wlm munge iproute2 procps util-linux prometheus gcc python3 python3-venv curl >/dev/null
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/
+	$(GO) vet -tags e2esecurity ./e2e/
 	$(GO) vet -tags makecheck ./e2e/makecheck/
 	$(GO) vet -tags e2evllm ./vllm/
 
@@ -68,6 +74,16 @@ e2e: build venv
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
+# The attack suite: a job of the ordinary user alice, attacked by the ordinary user mallory from
+# another node and from the head node; every attack must fail and the job must keep serving.
+e2e-security: build
+	e2e/cluster/users.sh
+	runuser -u alice -- $(SECURITY_VENV)/bin/python -c '' 2>/dev/null || rm -rf $(SECURITY_VENV)
+	slurm-scripts/setup_environment.sh --venv $(SECURITY_VENV) --python $(SECURITY_PYTHON)
+	chmod -R a+rX $(SECURITY_VENV)
+	e2e/cluster/up.sh
+	rc=0; (cd e2e && LLM_AGENT_VENV=$(SECURITY_VENV) $(GO) test -tags e2esecurity -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
+
 # Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package).
 check-deploy:
 	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (make deps)"; exit 1; }
@@ -83,7 +99,7 @@ e2e-vllm: build
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-test: lint check-deploy check-make unit e2e e2e-vllm
+test: lint check-deploy check-make unit e2e e2e-security e2e-vllm
 
 demo: build venv cluster-up
 	e2e/demo.sh

@@ -100,6 +100,9 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 			}
 			if ep.Role == "head" {
 				headReady = n.Ready
+				if !n.Ready && c.Reason != "" {
+					n.Detail = c.Reason // the node says only "not ready"; the owner's file says why
+				}
 			}
 		}
 		r.Nodes = append(r.Nodes, n)
@@ -161,6 +164,8 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 		switch {
 		case n.Ready:
 			s = "ready"
+		case n.Healthy && (n.Detail == "" || n.Detail == "not ready"):
+			s = "up, not ready"
 		case n.Healthy:
 			s = "up, not ready: " + n.Detail
 		case n.Detail != "":

@@ -23,7 +23,7 @@ func nodeServer(t *testing.T, ready bool) string {
 		case "/readyz":
 			if !ready {
 				w.WriteHeader(http.StatusServiceUnavailable)
-				w.Write([]byte("not ready: joining ray\n"))
+				w.Write([]byte("not ready\n"))
 				return
 			}
 			w.Write([]byte("ready\n"))
@@ -60,14 +60,14 @@ func TestStatus(t *testing.T) {
 	assert.True(t, r.Nodes[0].Ready)
 	assert.True(t, r.Nodes[1].Healthy)
 	assert.False(t, r.Nodes[1].Ready)
-	assert.Equal(t, "not ready: joining ray", r.Nodes[1].Detail)
+	assert.Equal(t, "not ready", r.Nodes[1].Detail)
 	assert.False(t, r.Nodes[2].Healthy)
 
 	var out bytes.Buffer
 	require.NoError(t, r.WriteTable(&out))
 	for _, want := range []string{"job        55", "state      ready", "ready      yes", "url        http://10.0.0.1:8000/v1",
 		"model      llama (tensor 4 x pipeline 2)", "gpus       8", "uptime     1h0m0s", "time left  1h30m0s",
-		"restarts   ray 0, vllm 1", "node n1    head, ready", "node n2    worker, up, not ready: not ready: joining ray",
+		"restarts   ray 0, vllm 1", "node n1    head, ready", "node n2    worker, up, not ready",
 		"node n3    worker, unreachable:", "tunnel     ssh -N -L 8000:n1:8000 u@login"} {
 		assert.Contains(t, out.String(), want)
 	}

@@ -1,4 +1,4 @@
-//go:build e2e || e2evllm
+//go:build e2e || e2evllm || e2esecurity
 
 // Package e2e runs the real sbatch scripts on the real mini-cluster (e2e/cluster/up.sh) with real
 // Ray and the fakevllm test double, and checks what users and operators see.
@@ -15,8 +15,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +78,10 @@ func setup() error {
 	if suite.work, err = os.MkdirTemp(base, "run-"); err != nil {
 		return err
 	}
+	// Jobs of ordinary users run the binaries built here.
+	if err := os.Chmod(suite.work, 0o755); err != nil {
+		return err
+	}
 	bin := filepath.Join(suite.work, "bin")
 	suite.agentBin = filepath.Join(bin, "llm-agent")
 	suite.fakeBin = filepath.Join(bin, "fakevllm")
@@ -107,6 +113,9 @@ type jobSpec struct {
 	env    []string // extra environment
 	// control is what fakevllm's control file holds from the start ("fail-start").
 	control string
+	// user submits the job (runuser); empty is root. The job's state directory is then in the
+	// user's own home.
+	user string
 }
 
 // submit sends the real sbatch script to the cluster with the test double as the engine.
@@ -119,11 +128,34 @@ func submit(t *testing.T, spec jobSpec) *job {
 	j := &job{t: t, dir: dir, control: filepath.Join(dir, "control")}
 	require.NoError(t, os.WriteFile(j.control, []byte(spec.control), 0o644))
 	args := append([]string{"--parsable", "-o", filepath.Join(dir, "job-%j.out"), "-D", dir}, spec.sbatch...)
-	args = append(args, filepath.Join(suite.root, "slurm-scripts", spec.script), "--model", model)
+	home := filepath.Join(dir, "home")
+	cmd := exec.Command("sbatch")
+	if spec.user != "" {
+		u, err := user.Lookup(spec.user)
+		require.NoError(t, err, "the suite's users are made by e2e/cluster/users.sh")
+		home = u.HomeDir
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		require.NoError(t, filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Chown(p, uid, gid)
+		}))
+		// sbatch reads the script as the user: give it a copy the user can read.
+		script, err := os.ReadFile(filepath.Join(suite.root, "slurm-scripts", spec.script))
+		require.NoError(t, err)
+		spec.script = filepath.Join(dir, spec.script)
+		require.NoError(t, os.WriteFile(spec.script, script, 0o755))
+		cmd = exec.Command("runuser", "--preserve-environment", "-u", spec.user, "--", "sbatch")
+	} else {
+		spec.script = filepath.Join(suite.root, "slurm-scripts", spec.script)
+	}
+	args = append(args, spec.script, "--model", model)
 	args = append(args, spec.agent...)
-	cmd := exec.Command("sbatch", args...)
+	cmd.Args = append(cmd.Args, args...)
 	cmd.Env = append(os.Environ(),
-		"HOME="+filepath.Join(dir, "home"),
+		"HOME="+home,
 		"LLM_AGENT_VENV="+suite.venv,
 		"LLM_AGENT_BIN="+suite.agentBin,
 		"LLM_AGENT_VLLM_BIN="+suite.fakeBin,
@@ -139,7 +171,7 @@ func submit(t *testing.T, spec jobSpec) *job {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "sbatch: %s", out)
 	j.id = strings.TrimSpace(string(out))
-	j.stateDir = filepath.Join(dir, "home", ".llm-agent", "jobs", j.id)
+	j.stateDir = filepath.Join(home, ".llm-agent", "jobs", j.id)
 	j.output = filepath.Join(dir, "job-"+j.id+".out")
 	t.Logf("submitted job %s (%s %v)", j.id, spec.script, spec.agent)
 	t.Cleanup(func() {

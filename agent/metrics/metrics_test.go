@@ -142,7 +142,7 @@ func TestHandlerAndServe(t *testing.T) {
 	assert.Equal(t, "ok\n", body)
 	code, body = get("/readyz")
 	assert.Equal(t, 503, code)
-	assert.Equal(t, "not ready: starting\n", body)
+	assert.Equal(t, "not ready\n", body, "no reason on a port the cluster network reaches")
 	s.SetReady(true, "", time.Now())
 	code, _ = get("/readyz")
 	assert.Equal(t, 200, code)
