@@ -104,9 +104,9 @@ test: lint check-deploy check-make unit e2e e2e-security e2e-vllm
 demo: build venv cluster-up
 	e2e/demo.sh
 
-# Grow the hostlist fuzz corpus (kept in agent/hostlist/testdata/fuzz).
+# Grow the hostlist fuzz corpus (kept in slurm/testdata/fuzz).
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzExpand -fuzztime $${FUZZTIME:-60s} ./agent/hostlist/
+	$(GO) test -run '^$$' -fuzz FuzzExpand -fuzztime $${FUZZTIME:-60s} ./slurm/
 
 # Time to ready against Ray's documented fixed-sleep launch, on the mini-cluster.
 bench: build venv cluster-up

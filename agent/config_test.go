@@ -143,3 +143,5 @@ func TestServedName(t *testing.T) {
 		assert.Equal(t, tt.want, c.ServedName(), tt.model)
 	}
 }
+
+func envFunc(m map[string]string) func(string) string { return func(k string) string { return m[k] } }

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
@@ -171,19 +170,6 @@ func TestLineLogger(t *testing.T) {
 	log.Reset()
 	l.Write(bytes.Repeat([]byte("x"), maxLine+1))
 	assert.Contains(t, log.String(), "xxxx", "a line without newline is cut at maxLine")
-}
-
-func TestParseSlurmTime(t *testing.T) {
-	tm, err := parseSlurmTime("2026-11-26T18:30:00")
-	require.NoError(t, err)
-	assert.Equal(t, time.Date(2026, 11, 26, 18, 30, 0, 0, time.Local), tm)
-	for _, none := range []string{"N/A", "NONE", "", "Unknown"} {
-		tm, err := parseSlurmTime(none)
-		assert.NoError(t, err)
-		assert.True(t, tm.IsZero())
-	}
-	_, err = parseSlurmTime("tomorrow")
-	assert.Error(t, err)
 }
 
 func TestLineLoggerKeepsTheFirstErrorLine(t *testing.T) {

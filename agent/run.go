@@ -20,6 +20,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/ray"
+	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
@@ -52,7 +53,7 @@ type Deps struct {
 func DefaultDeps(log hclog.Logger) Deps {
 	host, _ := os.Hostname()
 	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr,
-		JobEndTime: SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible}
+		JobEndTime: slurm.SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible}
 }
 
 // agent is one node's agent after its input was checked.
@@ -60,7 +61,7 @@ type agent struct {
 	cfg      Config
 	deps     Deps
 	log      hclog.Logger
-	alloc    Allocation
+	alloc    slurm.Allocation
 	par      Parallelism
 	stateDir string
 	// localDir is this node's private temporary directory, removed when the agent ends.
@@ -96,7 +97,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 func prepare(cfg Config, deps Deps) (*agent, error) {
 	a := &agent{cfg: cfg, deps: deps, started: time.Now()}
 	var err error
-	if a.alloc, err = AllocationFromEnv(deps.Getenv, deps.Hostname); err != nil {
+	if a.alloc, err = slurm.AllocationFromEnv(deps.Getenv, deps.Hostname); err != nil {
 		return nil, err
 	}
 	if a.alloc.Local {

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
@@ -411,7 +412,7 @@ func TestRunBadInput(t *testing.T) {
 		{"state dir writable by the group", func(c *Config) { c.StateDir = groupWritable }, nil, nil, ErrBadInput, "other users could write to it: chmod go-w"},
 		{"state dir is a link", func(c *Config) { c.StateDir = linked }, nil, nil, ErrBadInput, "is a symbolic link"},
 		{"state dir's logs is a planted link", func(c *Config) { c.StateDir = plantedLogs }, nil, nil, ErrBadInput, "logs is a symbolic link"},
-		{"invalid slurm variables", func(*Config) {}, map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[3-1]"}, nil, ErrAllocation, `"3-1" runs backwards`},
+		{"invalid slurm variables", func(*Config) {}, map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[3-1]"}, nil, slurm.ErrAllocation, `"3-1" runs backwards`},
 		{"impossible parallelism", func(c *Config) { c.TensorParallel = 4 },
 			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "2"}, nil, ErrConfig, "tensor parallel 4 exceeds the 2 GPUs"},
 		{"secret on vllm command line", func(c *Config) { c.VLLMArgs = []string{"--api-key=abc"} }, nil, nil, ErrConfig, "visible to every user"},

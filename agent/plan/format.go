@@ -37,53 +37,6 @@ func ParseSize(s string) (int64, error) {
 	return int64(v * mult), nil
 }
 
-// ParseSlurmTime reads a time limit as sbatch --time takes it ("minutes", "HH:MM:SS",
-// "D-HH:MM", ...) or as a Go duration ("4h").
-func ParseSlurmTime(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if d, err := time.ParseDuration(s); err == nil && d > 0 {
-		return d, nil
-	}
-	bad := fmt.Errorf("%w: time %q is not a Slurm time such as 240, 04:00:00 or 1-12:00:00", ErrRequest, s)
-	days := 0
-	rest := s
-	if d, r, ok := strings.Cut(s, "-"); ok {
-		n, err := strconv.Atoi(d)
-		if err != nil || n < 0 {
-			return 0, bad
-		}
-		days, rest = n, r
-	}
-	var parts []int
-	for _, p := range strings.Split(rest, ":") {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 {
-			return 0, bad
-		}
-		parts = append(parts, n)
-	}
-	var h, m, sec int
-	switch {
-	case days > 0 && len(parts) == 1:
-		h = parts[0]
-	case days > 0 && len(parts) == 2:
-		h, m = parts[0], parts[1]
-	case len(parts) == 1:
-		m = parts[0]
-	case len(parts) == 2 && days == 0:
-		m, sec = parts[0], parts[1]
-	case len(parts) == 3:
-		h, m, sec = parts[0], parts[1], parts[2]
-	default:
-		return 0, bad
-	}
-	d := time.Duration(days)*24*time.Hour + time.Duration(h)*time.Hour + time.Duration(m)*time.Minute + time.Duration(sec)*time.Second
-	if d <= 0 {
-		return 0, bad
-	}
-	return d, nil
-}
-
 // ServiceUnits is wall hours × GPUs × the factor of the partition.
 func ServiceUnits(wall time.Duration, gpus int, factor float64) float64 {
 	return wall.Hours() * float64(gpus) * factor

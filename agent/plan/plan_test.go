@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/slurm"
 	slurmscripts "github.com/llm-agent/llm-agent/slurm-scripts"
 )
 
@@ -261,16 +262,6 @@ func TestParseSizeAndTime(t *testing.T) {
 		_, err := ParseSize(bad)
 		assert.ErrorIs(t, err, ErrRequest, bad)
 	}
-	for in, want := range map[string]time.Duration{"240": 4 * time.Hour, "04:00:00": 4 * time.Hour, "30:00": 30 * time.Minute,
-		"1-00:00:00": 24 * time.Hour, "2-12": 60 * time.Hour, "1-01:30": 25*time.Hour + 30*time.Minute, "4h": 4 * time.Hour} {
-		got, err := ParseSlurmTime(in)
-		require.NoError(t, err, in)
-		assert.Equal(t, want, got, in)
-	}
-	for _, bad := range []string{"", "soon", "1:2:3:4", "x-1", "0"} {
-		_, err := ParseSlurmTime(bad)
-		assert.ErrorIs(t, err, ErrRequest, bad)
-	}
 }
 
 func TestShippedPresets(t *testing.T) {
@@ -282,7 +273,7 @@ func TestShippedPresets(t *testing.T) {
 		assert.NotEmpty(t, p.Description, name)
 		assert.NotZero(t, p.VLLM.MaxModelLen, name)
 		assert.NotZero(t, p.VLLM.MaxNumSeqs, name)
-		_, err := ParseSlurmTime(p.Slurm.Time)
+		_, err := slurm.ParseTimeLimit(p.Slurm.Time)
 		assert.NoError(t, err, name)
 	}
 	// Each size preset holds its model size with its own settings.

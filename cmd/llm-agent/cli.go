@@ -19,7 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/llm-agent/llm-agent/agent"
-	"github.com/llm-agent/llm-agent/agent/hostlist"
+	"github.com/llm-agent/llm-agent/slurm"
 )
 
 // usageError marks command-line mistakes; they exit 2 like other input to fix.
@@ -183,7 +183,7 @@ func hostnamesCommand() *cli.Command {
 			if expr == "" {
 				return usageErrorf("give a hostlist expression, such as node[01-04]")
 			}
-			hosts, err := hostlist.Expand(expr)
+			hosts, err := slurm.ExpandHostlist(expr)
 			if err != nil {
 				return cli.Exit("llm-agent: "+err.Error(), 1)
 			}

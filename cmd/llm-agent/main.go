@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
@@ -36,7 +37,7 @@ func exitCode(err error) int {
 	if errors.As(err, new(usageError)) {
 		return 2
 	}
-	for _, bad := range []error{agent.ErrConfig, agent.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress} {
+	for _, bad := range []error{agent.ErrConfig, slurm.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress} {
 		if errors.Is(err, bad) {
 			return 2
 		}

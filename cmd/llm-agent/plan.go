@@ -13,6 +13,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/slurm"
 )
 
 func planCommand() *cli.Command {
@@ -46,26 +47,20 @@ func planCommand() *cli.Command {
 	}
 }
 
-func envInt(name string) int {
-	n, _ := strconv.Atoi(os.Getenv(name))
-	return n
-}
-
 func planAction(c *cli.Context) error {
 	if c.String("model") == "" {
 		return usageErrorf("--model is required")
+	}
+	job, err := slurm.ShapeFromEnv(os.Getenv)
+	if err != nil {
+		return usageError{err}
 	}
 	o := agent.PlanOptions{
 		Model: c.String("model"), Nodes: c.Int("nodes"), GPUsPerNode: c.Int("gpus-per-node"), GPUMemory: c.String("gpu-memory"),
 		MaxModelLen: c.Int("max-model-len"), MemoryUtil: c.Float64("gpu-memory-utilization"), Dtype: c.String("dtype"),
 		Quantization: c.String("quantization"), KVCacheDtype: c.String("kv-cache-dtype"),
 		Tensor: c.Int("tensor-parallel-size"), Pipeline: c.Int("pipeline-parallel-size"),
-		InJob: os.Getenv("SLURM_JOB_ID") != "",
-	}
-	for _, v := range strings.Split(os.Getenv("CUDA_VISIBLE_DEVICES"), ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			o.Visible = append(o.Visible, v)
-		}
+		InJob: job.InJob, Visible: job.GPUIDs,
 	}
 	if name := c.String("preset"); name != "" {
 		presets, err := agent.LoadPresets(c.String("presets-file"))
@@ -101,10 +96,10 @@ func planAction(c *cli.Context) error {
 		}
 	}
 	if o.Nodes == 0 {
-		o.Nodes = max(envInt("SLURM_JOB_NUM_NODES"), 1)
+		o.Nodes = max(job.Nodes, 1)
 	}
 	if o.GPUsPerNode == 0 {
-		o.GPUsPerNode = envInt("SLURM_GPUS_ON_NODE")
+		o.GPUsPerNode = job.GPUsPerNode
 	}
 	if o.GPUsPerNode == 0 {
 		return usageErrorf("--gpus-per-node is required outside a Slurm job with GPUs")
@@ -116,7 +111,7 @@ func planAction(c *cli.Context) error {
 	}
 	var su *plan.SUEstimate
 	if t := c.String("time"); t != "" {
-		wall, err := plan.ParseSlurmTime(t)
+		wall, err := slurm.ParseTimeLimit(t)
 		if err != nil {
 			return usageError{err}
 		}

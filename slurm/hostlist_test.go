@@ -1,4 +1,4 @@
-package hostlist
+package slurm
 
 import (
 	"errors"
@@ -48,7 +48,7 @@ func TestExpand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Expand(tt.expr)
+			got, err := ExpandHostlist(tt.expr)
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, emptyToNil(got))
 		})
@@ -84,9 +84,9 @@ func TestExpandErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Expand(tt.expr)
+			_, err := ExpandHostlist(tt.expr)
 			require.Error(t, err)
-			assert.True(t, errors.Is(err, ErrInvalid))
+			assert.True(t, errors.Is(err, ErrHostlist))
 			assert.Contains(t, err.Error(), tt.mention)
 		})
 	}
@@ -95,7 +95,7 @@ func TestExpandErrors(t *testing.T) {
 // TestExpandLarge checks that 100,000 hosts expand well under a second.
 func TestExpandLarge(t *testing.T) {
 	start := time.Now()
-	hosts, err := Expand("node[000001-050000],gpu[1-50000]")
+	hosts, err := ExpandHostlist("node[000001-050000],gpu[1-50000]")
 	elapsed := time.Since(start)
 	require.NoError(t, err)
 	require.Len(t, hosts, 100000)
@@ -106,7 +106,7 @@ func TestExpandLarge(t *testing.T) {
 
 func BenchmarkExpand100k(b *testing.B) {
 	for i := 0; i < b.N; i++ {
-		if _, err := Expand("node[000001-100000]"); err != nil {
+		if _, err := ExpandHostlist("node[000001-100000]"); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -129,7 +129,7 @@ func TestAgreesWithScontrol(t *testing.T) {
 			cmd.Env = append(os.Environ(), "SLURM_CONF="+conf)
 			out, err := cmd.Output()
 			require.NoError(t, err)
-			got, err := Expand(expr)
+			got, err := ExpandHostlist(expr)
 			require.NoError(t, err)
 			assert.Equal(t, strings.Fields(string(out)), got)
 		})
@@ -140,7 +140,7 @@ func TestAgreesWithScontrol(t *testing.T) {
 			cmd.Env = append(os.Environ(), "SLURM_CONF="+conf)
 			out, _ := cmd.CombinedOutput()
 			require.Contains(t, string(out), "Invalid hostlist", "scontrol rejects it")
-			_, err := Expand(expr)
+			_, err := ExpandHostlist(expr)
 			assert.Error(t, err)
 		})
 	}
@@ -154,21 +154,21 @@ func FuzzExpand(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, expr string) {
-		hosts, err := Expand(expr)
+		hosts, err := ExpandHostlist(expr)
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error does not wrap ErrInvalid: %v", err)
+			if !errors.Is(err, ErrHostlist) {
+				t.Fatalf("error does not wrap ErrHostlist: %v", err)
 			}
 			return
 		}
-		if len(hosts) > MaxHosts {
-			t.Fatalf("%d hosts exceeds MaxHosts", len(hosts))
+		if len(hosts) > MaxHostlistHosts {
+			t.Fatalf("%d hosts exceeds MaxHostlistHosts", len(hosts))
 		}
 		for _, h := range hosts {
 			if h == "" || strings.ContainsAny(h, "[], \t\n") {
-				t.Fatalf("Expand(%q) produced bad host %q", expr, h)
+				t.Fatalf("ExpandHostlist(%q) produced bad host %q", expr, h)
 			}
-			again, err := Expand(h)
+			again, err := ExpandHostlist(h)
 			if err != nil || len(again) != 1 || again[0] != h {
 				t.Fatalf("host %q from %q does not expand to itself: %v %v", h, expr, again, err)
 			}

@@ -1,11 +1,11 @@
-// Package hostlist expands Slurm hostlist expressions such as "gpu[001-003,010],login[1-2]".
+// Hostlist expressions such as "gpu[001-003,010],login[1-2]".
 //
 // The expansion matches `scontrol show hostnames` for every expression Slurm accepts and treats
 // as valid: comma (or whitespace) separated names, numeric ranges whose zero padding is taken from
 // the low bound, and several bracket groups in one name, expanded as a cartesian product with the
 // rightmost group varying fastest. Where scontrol silently accepts malformed text (an unclosed
-// bracket, a range with no high bound), Expand returns an error naming the offending text instead.
-package hostlist
+// bracket, a range with no high bound), ExpandHostlist returns an error naming the offending text instead.
+package slurm
 
 import (
 	"errors"
@@ -14,11 +14,11 @@ import (
 	"strings"
 )
 
-// MaxHosts bounds the size of one expansion so that a typo cannot exhaust memory.
-const MaxHosts = 1 << 22
+// MaxHostlistHosts bounds the size of one expansion so that a typo cannot exhaust memory.
+const MaxHostlistHosts = 1 << 22
 
-// ErrInvalid is wrapped by every parse error.
-var ErrInvalid = errors.New("invalid hostlist")
+// ErrHostlist is wrapped by every parse error.
+var ErrHostlist = errors.New("invalid hostlist")
 
 // rangeSpec is one "lo-hi" (or single "n") inside brackets.
 type rangeSpec struct {
@@ -48,15 +48,15 @@ func (p pattern) count() uint64 {
 	n := uint64(1)
 	for _, g := range p.groups {
 		n *= g.count()
-		if n > MaxHosts {
+		if n > MaxHostlistHosts {
 			return n
 		}
 	}
 	return n
 }
 
-// Expand returns every host named by expr, in scontrol's order, duplicates kept.
-func Expand(expr string) ([]string, error) {
+// ExpandHostlist returns every host named by expr, in scontrol's order, duplicates kept.
+func ExpandHostlist(expr string) ([]string, error) {
 	elems, err := splitTop(expr)
 	if err != nil {
 		return nil, err
@@ -69,8 +69,8 @@ func Expand(expr string) ([]string, error) {
 			return nil, err
 		}
 		total += p.count()
-		if total > MaxHosts {
-			return nil, fmt.Errorf("%w: %q expands to more than %d hosts", ErrInvalid, expr, MaxHosts)
+		if total > MaxHostlistHosts {
+			return nil, fmt.Errorf("%w: %q expands to more than %d hosts", ErrHostlist, expr, MaxHostlistHosts)
 		}
 		pats = append(pats, p)
 	}
@@ -89,12 +89,12 @@ func splitTop(expr string) ([]string, error) {
 		switch c := expr[i]; c {
 		case '[':
 			if depth > 0 {
-				return nil, fmt.Errorf("%w: nested '[' in %q", ErrInvalid, expr)
+				return nil, fmt.Errorf("%w: nested '[' in %q", ErrHostlist, expr)
 			}
 			depth++
 		case ']':
 			if depth == 0 {
-				return nil, fmt.Errorf("%w: ']' without '[' in %q", ErrInvalid, expr)
+				return nil, fmt.Errorf("%w: ']' without '[' in %q", ErrHostlist, expr)
 			}
 			depth--
 		case ',', ' ', '\t', '\n':
@@ -104,12 +104,12 @@ func splitTop(expr string) ([]string, error) {
 				}
 				start = i + 1
 			} else if c != ',' {
-				return nil, fmt.Errorf("%w: whitespace inside brackets in %q", ErrInvalid, expr)
+				return nil, fmt.Errorf("%w: whitespace inside brackets in %q", ErrHostlist, expr)
 			}
 		}
 	}
 	if depth != 0 {
-		return nil, fmt.Errorf("%w: unclosed '[' in %q", ErrInvalid, expr)
+		return nil, fmt.Errorf("%w: unclosed '[' in %q", ErrHostlist, expr)
 	}
 	if start < len(expr) {
 		elems = append(elems, expr[start:])
@@ -141,7 +141,7 @@ func parsePattern(elem string) (pattern, error) {
 // parseGroup parses the inside of one bracket pair, "001-003,010".
 func parseGroup(s string) (group, error) {
 	if s == "" {
-		return nil, fmt.Errorf("%w: empty brackets", ErrInvalid)
+		return nil, fmt.Errorf("%w: empty brackets", ErrHostlist)
 	}
 	var g group
 	for _, part := range strings.Split(s, ",") {
@@ -157,23 +157,23 @@ func parseGroup(s string) (group, error) {
 func parseRange(s string) (rangeSpec, error) {
 	loStr, hiStr, isRange := strings.Cut(s, "-")
 	if !isDigits(loStr) || (isRange && !isDigits(hiStr)) {
-		return rangeSpec{}, fmt.Errorf("%w: range %q is not numeric", ErrInvalid, s)
+		return rangeSpec{}, fmt.Errorf("%w: range %q is not numeric", ErrHostlist, s)
 	}
 	lo, err := strconv.ParseUint(loStr, 10, 63)
 	if err != nil {
-		return rangeSpec{}, fmt.Errorf("%w: range %q: %v", ErrInvalid, s, err)
+		return rangeSpec{}, fmt.Errorf("%w: range %q: %v", ErrHostlist, s, err)
 	}
 	hi := lo
 	if isRange {
 		if hi, err = strconv.ParseUint(hiStr, 10, 63); err != nil {
-			return rangeSpec{}, fmt.Errorf("%w: range %q: %v", ErrInvalid, s, err)
+			return rangeSpec{}, fmt.Errorf("%w: range %q: %v", ErrHostlist, s, err)
 		}
 	}
 	if lo > hi {
-		return rangeSpec{}, fmt.Errorf("%w: range %q runs backwards", ErrInvalid, s)
+		return rangeSpec{}, fmt.Errorf("%w: range %q runs backwards", ErrHostlist, s)
 	}
-	if hi-lo >= MaxHosts {
-		return rangeSpec{}, fmt.Errorf("%w: range %q has more than %d hosts", ErrInvalid, s, MaxHosts)
+	if hi-lo >= MaxHostlistHosts {
+		return rangeSpec{}, fmt.Errorf("%w: range %q has more than %d hosts", ErrHostlist, s, MaxHostlistHosts)
 	}
 	return rangeSpec{lo: lo, hi: hi, width: len(loStr)}, nil
 }

@@ -1,4 +1,4 @@
-package agent
+package slurm
 
 import (
 	"strconv"
@@ -148,4 +148,16 @@ func TestElection(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestShapeFromEnv(t *testing.T) {
+	s, err := ShapeFromEnv(envFunc(map[string]string{"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "4", "CUDA_VISIBLE_DEVICES": "0,1"}))
+	require.NoError(t, err)
+	assert.Equal(t, Shape{InJob: true, Nodes: 4, GPUsPerNode: 2, GPUIDs: []string{"0", "1"}}, s)
+	s, err = ShapeFromEnv(envFunc(nil))
+	require.NoError(t, err)
+	assert.False(t, s.InJob)
+	assert.Zero(t, s.Nodes)
+	_, err = ShapeFromEnv(envFunc(map[string]string{"SLURM_JOB_NUM_NODES": "many"}))
+	assert.ErrorIs(t, err, ErrAllocation)
 }

@@ -1,7 +1,7 @@
-// Package agent turns a Slurm allocation into a Ray cluster and a supervised vLLM server: it
-// reads the allocation, elects the head, publishes the rendezvous and connection files, and
-// runs the children.
-package agent
+// Package slurm is what llm-agent knows of Slurm: the job's allocation as Slurm's environment
+// describes it, hostlist expressions, Slurm's time formats, and the squeue query for a job's end.
+// It knows nothing of Ray, vLLM or the agent's files.
+package slurm
 
 import (
 	"errors"
@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/llm-agent/llm-agent/agent/hostlist"
 )
 
 // ErrAllocation is wrapped by every error about the Slurm environment.
@@ -87,7 +85,7 @@ func AllocationFromEnv(getenv func(string) string, hostname string) (Allocation,
 	if list == "" {
 		return Allocation{}, fmt.Errorf("%w: SLURM_JOB_ID is set but SLURM_JOB_NODELIST is empty; run the agent with srun inside the job", ErrAllocation)
 	}
-	if a.Nodes, err = hostlist.Expand(list); err != nil {
+	if a.Nodes, err = ExpandHostlist(list); err != nil {
 		return Allocation{}, fmt.Errorf("%w: SLURM_JOB_NODELIST: %w", ErrAllocation, err)
 	}
 	if len(a.Nodes) == 0 {
@@ -172,4 +170,30 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// Shape is the size of a job as its environment gives it, without this node's place in it: what
+// the planner needs, also on a login node inside salloc, where this host is not in the list.
+type Shape struct {
+	// InJob is true when SLURM_JOB_ID is set.
+	InJob bool
+	// Nodes is SLURM_JOB_NUM_NODES, 0 when unknown.
+	Nodes int
+	// GPUsPerNode is SLURM_GPUS_ON_NODE, or the length of GPUIDs; 0 when unknown.
+	GPUsPerNode int
+	// GPUIDs is CUDA_VISIBLE_DEVICES split on commas.
+	GPUIDs []string
+}
+
+// ShapeFromEnv reads the job's shape from getenv.
+func ShapeFromEnv(getenv func(string) string) (Shape, error) {
+	s := Shape{InJob: getenv("SLURM_JOB_ID") != "", GPUIDs: splitList(getenv("CUDA_VISIBLE_DEVICES"))}
+	var err error
+	if s.Nodes, err = optionalInt(getenv, "SLURM_JOB_NUM_NODES"); err != nil {
+		return Shape{}, err
+	}
+	if s.GPUsPerNode, err = gpuCount(getenv, s.GPUIDs); err != nil {
+		return Shape{}, err
+	}
+	return s, nil
 }
