@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"time"
 
@@ -103,7 +102,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		MaxBody:           maxBody,
 		MaxInFlightPerKey: a.cfg.MaxInFlightPerKey,
 		MaxInFlight:       a.cfg.MaxInFlight,
-		Priority:          priorityScheduling(a.cfg.VLLMArgs),
+		Priority:          vllm.ReadSettings(a.cfg.VLLMArgs).SchedulingPolicy == "priority",
 		Logger:            a.log.Named("gateway"),
 	})
 	h.front.srv = &http.Server{
@@ -153,10 +152,4 @@ func (h *head) stopGateway() {
 	h.front.srv.Shutdown(ctx)
 	h.front.stopAudit()
 	<-h.front.auditDone
-}
-
-// priorityScheduling tells whether the engine runs with --scheduling-policy priority.
-func priorityScheduling(args []string) bool {
-	i := slices.Index(args, "--scheduling-policy")
-	return slices.Contains(args, "--scheduling-policy=priority") || (i >= 0 && i+1 < len(args) && args[i+1] == "priority")
 }

@@ -102,10 +102,3 @@ func TestRunRejectsAnOpenKeysFile(t *testing.T) {
 	assert.ErrorContains(t, err, "--max-request-body")
 	assertNoChildren(t)
 }
-
-func TestPriorityScheduling(t *testing.T) {
-	assert.True(t, priorityScheduling([]string{"--scheduling-policy", "priority"}))
-	assert.True(t, priorityScheduling([]string{"--scheduling-policy=priority"}))
-	assert.False(t, priorityScheduling([]string{"--scheduling-policy", "fcfs"}))
-	assert.False(t, priorityScheduling(nil))
-}

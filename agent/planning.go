@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/gpu"
 	slurmscripts "github.com/llm-agent/llm-agent/slurm-scripts"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // LoadPresets reads the presets file at path, or the shipped one when path is empty.
@@ -69,32 +69,6 @@ func PlanFor(o PlanOptions, deps Deps) (plan.Plan, error) {
 	})
 }
 
-// engineSettings reads the settings the planner needs from vllm serve arguments.
-func engineSettings(args []string) (maxLen int, util float64, dtype, quant, kvDtype string) {
-	for i := 0; i < len(args); i++ {
-		name, value, hasValue := strings.Cut(args[i], "=")
-		if !hasValue && i+1 < len(args) {
-			value = args[i+1]
-		}
-		switch name {
-		case "--max-model-len":
-			maxLen, _ = strconv.Atoi(value)
-		case "--gpu-memory-utilization":
-			util, _ = strconv.ParseFloat(value, 64)
-		case "--dtype":
-			dtype = value
-		case "--quantization", "-q":
-			quant = value
-		case "--kv-cache-dtype":
-			kvDtype = value
-		}
-	}
-	if dtype == "auto" {
-		dtype = ""
-	}
-	return
-}
-
 // applyPreset puts the preset's vLLM options under the user's and warns when the allocation is
 // not the one the preset is sized for.
 func (a *agent) applyPreset() error {
@@ -109,7 +83,7 @@ func (a *agent) applyPreset() error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	a.cfg.VLLMArgs = plan.MergeArgs(p.VLLM.Args(), a.cfg.VLLMArgs)
+	a.cfg.VLLMArgs = vllm.Merge(p.VLLM.Args(), a.cfg.VLLMArgs)
 	if p.Slurm.Nodes != len(a.alloc.Nodes) || p.Slurm.GPUsPerNode != a.alloc.GPUs {
 		a.log.Warn("the allocation differs from the preset's", "preset", p.Name,
 			"preset_nodes", p.Slurm.Nodes, "preset_gpus_per_node", p.Slurm.GPUsPerNode,
@@ -130,9 +104,9 @@ func (a *agent) chooseParallelism() error {
 		a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus)
 		return err
 	}
-	maxLen, util, dtype, quant, kvDtype := engineSettings(cfg.VLLMArgs)
+	s := vllm.ReadSettings(cfg.VLLMArgs)
 	p, planErr := PlanFor(PlanOptions{Model: cfg.Model, Nodes: nodes, GPUsPerNode: gpus, GPUMemory: cfg.GPUMemory,
-		MaxModelLen: maxLen, MemoryUtil: util, Dtype: dtype, Quantization: quant, KVCacheDtype: kvDtype,
+		MaxModelLen: s.MaxModelLen, MemoryUtil: s.GPUMemoryUtilization, Dtype: s.Dtype, Quantization: s.Quantization, KVCacheDtype: s.KVCacheDtype,
 		Tensor: cfg.TensorParallel, Pipeline: cfg.PipelineParallel, Visible: a.alloc.GPUIDs, InJob: !a.alloc.Local}, a.deps)
 	switch {
 	case planErr == nil:

@@ -79,16 +79,6 @@ func TestRunUnknownPreset(t *testing.T) {
 	assert.ErrorIs(t, err, ErrConfig)
 }
 
-func TestEngineSettings(t *testing.T) {
-	maxLen, util, dtype, quant, kv := engineSettings([]string{"--max-model-len=4096", "--gpu-memory-utilization", "0.8",
-		"--dtype", "auto", "-q", "fp8", "--kv-cache-dtype", "fp8_e4m3"})
-	assert.Equal(t, 4096, maxLen)
-	assert.Equal(t, 0.8, util)
-	assert.Equal(t, "", dtype)
-	assert.Equal(t, "fp8", quant)
-	assert.Equal(t, "fp8_e4m3", kv)
-}
-
 func TestPlanForReadsNVMLWhenNoMemoryGiven(t *testing.T) {
 	deps := testDeps(t, map[string]string{}, "n1")
 	_, err := PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-8b", Nodes: 1, GPUsPerNode: 1}, deps)

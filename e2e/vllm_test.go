@@ -25,6 +25,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 const vllmReadyTimeout = 6 * time.Minute
@@ -236,7 +237,7 @@ func TestRealVLLMAcceptsEveryFlagAndVariable(t *testing.T) {
 			Parallelism: agent.Parallelism{Tensor: 1, Pipeline: 2}, MultiNode: multi})
 		lines = append(lines, base)
 		for _, name := range plan.Names(presets) {
-			lines = append(lines, plan.MergeArgs(presets[name].VLLM.Args(), nil))
+			lines = append(lines, vllm.Merge(presets[name].VLLM.Args(), nil))
 			lines[len(lines)-1] = append(append([]string{}, base...), lines[len(lines)-1]...)
 		}
 	}

@@ -306,7 +306,4 @@ func TestPresetErrorsAndMerge(t *testing.T) {
 	off := false
 	args := PresetEngine{MaxNumSeqs: 8, MaxModelLen: 2048, EnablePrefixCaching: &off, Quantization: "fp8", KVCacheDtype: "fp8", EnforceEager: true}.Args()
 	assert.Equal(t, "--max-num-seqs 8 --max-model-len 2048 --no-enable-prefix-caching --enforce-eager --quantization fp8 --kv-cache-dtype fp8", strings.Join(args, " "))
-	merged := MergeArgs([]string{"--max-num-seqs", "8", "--max-model-len", "2048", "--enable-prefix-caching"},
-		[]string{"--max-model-len=4096", "--no-enable-prefix-caching"})
-	assert.Equal(t, []string{"--max-num-seqs", "8", "--max-model-len=4096", "--no-enable-prefix-caching"}, merged, "the user's flags win")
 }

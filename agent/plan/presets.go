@@ -118,34 +118,3 @@ func Lookup(presets map[string]Preset, name string) (Preset, error) {
 func Names(presets map[string]Preset) []string {
 	return slices.Sorted(maps.Keys(presets))
 }
-
-// MergeArgs puts the preset's flags before the user's, dropping any preset flag the user also
-// gives: the user's --vllm-arg wins.
-func MergeArgs(preset, user []string) []string {
-	given := map[string]bool{}
-	for _, a := range user {
-		if strings.HasPrefix(a, "-") {
-			name, _, _ := strings.Cut(a, "=")
-			given[name] = true
-			given[strings.Replace(name, "--no-", "--", 1)] = true
-			given[strings.Replace(name, "--", "--no-", 1)] = true
-		}
-	}
-	var out []string
-	for i := 0; i < len(preset); i++ {
-		a := preset[i]
-		takesValue := i+1 < len(preset) && !strings.HasPrefix(preset[i+1], "-")
-		if given[a] {
-			if takesValue {
-				i++
-			}
-			continue
-		}
-		out = append(out, a)
-		if takesValue {
-			out = append(out, preset[i+1])
-			i++
-		}
-	}
-	return append(out, user...)
-}
