@@ -17,10 +17,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // ErrRayIncomplete is returned when not every node joined Ray in time.
@@ -70,7 +70,7 @@ func (a *agent) runHead(ctx context.Context) error {
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	defer stopServe()
 	eng := h.engineEndpoint()
-	extra := []prometheus.Collector{metrics.NewEngineCollector(eng.BaseURL()+"/metrics", eng.Transport(1), "vllm:",
+	extra := []prometheus.Collector{vllm.NewCollector(eng.BaseURL()+"/metrics", eng.Transport(1), "vllm:",
 		a.alloc.Hostname(), a.alloc.JobID, 2*time.Second)}
 	if h.front.metrics != nil {
 		extra = append(extra, h.front.metrics)
@@ -305,8 +305,8 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	}
 	h.engineOut = out
 	eng := h.engineEndpoint()
-	spec := EngineSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
-		Socket: eng.Socket, Parallelism: a.par, MultiNode: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
+	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
+		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
 	if h.engineOnRay() {
@@ -318,7 +318,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 			if err := removeStaleSocket(spec.Socket); err != nil {
 				return supervisor.Options{}, err
 			}
-			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: EngineArgs(spec), Env: env,
+			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
 				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
 		},
 		Policy: a.policy(),
@@ -380,9 +380,9 @@ func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event
 	}
 }
 
-func (h *head) engineProbe() healthcheck.Engine {
+func (h *head) engineProbe() vllm.Probe {
 	eng := h.engineEndpoint()
-	return healthcheck.Engine{BaseURL: eng.BaseURL(), APIKey: h.engineKey, Client: &http.Client{Transport: eng.Transport(2)}}
+	return vllm.Probe{BaseURL: eng.BaseURL(), APIKey: h.engineKey, Client: &http.Client{Transport: eng.Transport(2)}}
 }
 
 // removeStaleSocket removes the socket an earlier engine left, which would make the next one's

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -118,11 +117,7 @@ func TestChooseParallelism(t *testing.T) {
 	}
 }
 
-func TestEngineArgs(t *testing.T) {
-	args := EngineArgs(EngineSpec{Model: "/m", ServedName: "m", Host: "0.0.0.0", Port: 8000,
-		Parallelism: Parallelism{Tensor: 4, Pipeline: 2}, MultiNode: true, Extra: []string{"--max-model-len", "8192"}})
-	assert.Equal(t, "serve /m --host 0.0.0.0 --port 8000 --served-model-name m --tensor-parallel-size 4 --pipeline-parallel-size 2 --distributed-executor-backend ray --max-model-len 8192",
-		strings.Join(args, " "))
+func TestCheckExtraArgs(t *testing.T) {
 	for _, bad := range []string{"--api-key", "--api-key=x", "--port", "-tp", "--distributed-executor-backend=mp"} {
 		assert.ErrorIs(t, CheckExtraArgs([]string{"--max-model-len", "1", bad}), ErrConfig, bad)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/gpu"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // What users, dashboards, alerts and scripts depend on is pinned here: every metric family with
@@ -64,7 +65,7 @@ func TestSurfaceMetrics(t *testing.T) {
 		got = append(got, m[1]+" const{"+strings.Join(consts, ",")+"} labels{"+strings.ReplaceAll(m[3], " ", "")+"}")
 	}
 	got = append(got, "llm_agent_engine_scrape_success", "llm_agent_engine_scrape_duration_seconds")
-	got = append(got, metrics.VLLMMetricNames...)
+	got = append(got, vllm.MetricNames...)
 	slices.Sort(got)
 	golden(t, "surface-metrics.txt", slices.Compact(got))
 }

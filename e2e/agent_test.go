@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent"
-	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // threeNodes asks for every node of the mini-cluster, with both fake GPUs of each.
@@ -80,7 +80,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 			assert.Contains(t, text, `llm_agent_gpu_up{job="`+j.id+`",node="`+ep.Node+`"} 0`, "no NVIDIA driver here: GPU metrics are down, the node is fine")
 			if ep.Role == "head" {
 				assert.Contains(t, text, `llm_agent_engine_scrape_success{job="`+j.id+`",node="`+ep.Node+`"} 1`)
-				for _, name := range metrics.VLLMMetricNames {
+				for _, name := range vllm.MetricNames {
 					assert.Contains(t, text, "\n"+name, "head re-exports %s", name)
 				}
 				assert.Contains(t, text, `vllm:generation_tokens_total{engine="0",job="`+j.id+`",model_name="`+c.ServedModelName+`",node="node1"}`)

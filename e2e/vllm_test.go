@@ -23,7 +23,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent"
-	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/vllm"
 )
@@ -118,7 +117,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 	t.Run("real vllm metrics behind the agent", func(t *testing.T) {
 		text := metricsText(t, c.Metrics[0].MetricsURL)
 		assert.Contains(t, text, `llm_agent_engine_scrape_success{job="`+j.id+`",node="node1"} 1`)
-		for _, name := range metrics.VLLMMetricNames {
+		for _, name := range vllm.MetricNames {
 			assert.Contains(t, text, "# TYPE "+name+" ", "the agent, the dashboard and the alerts use %s", name)
 		}
 		assert.Contains(t, text, `vllm:generation_tokens_total{engine="0",job="`+j.id+`",model_name="tiny",node="node1"}`)
@@ -233,16 +232,16 @@ func TestRealVLLMAcceptsEveryFlagAndVariable(t *testing.T) {
 	require.NoError(t, err)
 	var lines [][]string
 	for _, multi := range []bool{false, true} {
-		base := agent.EngineArgs(agent.EngineSpec{Model: tiny(t), ServedName: "tiny", Host: "127.0.0.1", Port: 8000,
-			Parallelism: agent.Parallelism{Tensor: 1, Pipeline: 2}, MultiNode: multi})
+		base := vllm.ServeArgs(vllm.ServeSpec{Model: tiny(t), ServedName: "tiny", Socket: "/tmp/engine.sock",
+			Tensor: 1, Pipeline: 2, RayExecutor: multi})
 		lines = append(lines, base)
 		for _, name := range plan.Names(presets) {
 			lines = append(lines, vllm.Merge(presets[name].VLLM.Args(), nil))
 			lines[len(lines)-1] = append(append([]string{}, base...), lines[len(lines)-1]...)
 		}
 	}
-	lines = append(lines, append(agent.EngineArgs(agent.EngineSpec{Model: tiny(t), ServedName: "tiny", Host: "0.0.0.0", Port: 1,
-		Parallelism: agent.Parallelism{Tensor: 1, Pipeline: 1}}), "--scheduling-policy", "priority", "--quantization", "fp8",
+	lines = append(lines, append(vllm.ServeArgs(vllm.ServeSpec{Model: tiny(t), ServedName: "tiny", Host: "0.0.0.0", Port: 1,
+		Tensor: 1, Pipeline: 1}), "--scheduling-policy", "priority", "--quantization", "fp8",
 		"--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--dtype", "bfloat16"))
 	agentEnv := []string{"VLLM_HOST_IP", "VLLM_API_KEY"}
 	in, _ := json.Marshal(map[string]any{"command_lines": lines, "env": agentEnv})

@@ -1,5 +1,8 @@
-// Package vllm holds what llm-agent knows of vLLM itself: where the engine's API is reached and
-// which `vllm serve` flags the agent manages. It knows nothing of Slurm, Ray or the gateway.
+// Package vllm holds what llm-agent knows of vLLM itself: the `vllm serve` command line, the
+// rule for the flags the agent manages, one reader of vLLM's arguments, where the engine's API
+// is reached (socket or port), its readiness and liveness probes, and its metric names with the
+// collector that re-exports them. It knows nothing of Slurm, Ray, the gateway or the agent's
+// files.
 package vllm
 
 import (

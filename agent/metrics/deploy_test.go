@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llm-agent/llm-agent/gpu"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 const deployDir = "../../deploy"
@@ -37,7 +38,7 @@ func knownNames(t *testing.T) map[string]bool {
 	for d := range ch {
 		names[descName.FindStringSubmatch(d.String())[1]] = true
 	}
-	for _, n := range VLLMMetricNames {
+	for _, n := range vllm.MetricNames {
 		names[n] = true
 	}
 	return names

@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -141,7 +141,7 @@ func TestStreamAndMetrics(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	text := string(b)
 	// Every vLLM name the agent, the dashboard and the alerts rely on is here.
-	for _, name := range metrics.VLLMMetricNames {
+	for _, name := range vllm.MetricNames {
 		assert.Contains(t, text, "# TYPE "+name+" ", name)
 	}
 	assert.Contains(t, text, "vllm:request_success_total")

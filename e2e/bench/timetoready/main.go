@@ -25,6 +25,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/healthcheck"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 //go:embed observe.py
@@ -211,12 +212,12 @@ func observeRay(ctx context.Context, cfg config, mode, stateDir string) time.Tim
 
 // observeReady polls the endpoint every 50 ms until /health is 200 and /v1/models lists it.
 func observeReady(ctx context.Context, mode, stateDir string) (time.Time, error) {
-	var eng healthcheck.Engine
+	var eng vllm.Probe
 	if mode == "llm-agent" {
 		for eng.BaseURL == "" {
 			if c, err := agent.ReadConnection(filepath.Join(stateDir, agent.ConnectionFile)); err == nil {
 				key, _ := os.ReadFile(c.APIKeyFile)
-				eng = healthcheck.Engine{BaseURL: strings.TrimSuffix(c.BaseURL, "/v1"), APIKey: strings.TrimSpace(string(key))}
+				eng = vllm.Probe{BaseURL: strings.TrimSuffix(c.BaseURL, "/v1"), APIKey: strings.TrimSpace(string(key))}
 				break
 			}
 			select {
@@ -226,7 +227,7 @@ func observeReady(ctx context.Context, mode, stateDir string) (time.Time, error)
 			}
 		}
 	} else {
-		eng = healthcheck.Engine{BaseURL: fmt.Sprintf("http://10.77.0.1:%d", baselinePort), APIKey: baselineKey}
+		eng = vllm.Probe{BaseURL: fmt.Sprintf("http://10.77.0.1:%d", baselinePort), APIKey: baselineKey}
 	}
 	err := healthcheck.WaitReady(ctx, 50*time.Millisecond, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)

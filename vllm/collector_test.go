@@ -1,4 +1,4 @@
-package metrics
+package vllm
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -49,7 +50,7 @@ func TestEngineCollectorReexports(t *testing.T) {
 		w.Write([]byte(vllmExposition))
 	}))
 	defer srv.Close()
-	c := NewEngineCollector(srv.URL, nil, "vllm:", "node1", "42", time.Second)
+	c := NewCollector(srv.URL, nil, "vllm:", "node1", "42", time.Second)
 	want := `
 # HELP llm_agent_engine_scrape_success 1 if the last fetch of the engine's /metrics worked.
 # TYPE llm_agent_engine_scrape_success gauge
@@ -109,7 +110,7 @@ func TestEngineCollectorFailureDoesNotFailScrape(t *testing.T) {
 	for name, url := range map[string]string{"hung": slow.URL, "unparseable": broken.URL, "503": down.URL, "too big": huge.URL,
 		"refused": "http://127.0.0.1:1/metrics", "bad url": "::"} {
 		t.Run(name, func(t *testing.T) {
-			c := NewEngineCollector(url, nil, "vllm:", "n", "j", 100*time.Millisecond)
+			c := NewCollector(url, nil, "vllm:", "n", "j", 100*time.Millisecond)
 			start := time.Now()
 			reg := registry(c)
 			families, err := reg.Gather()
@@ -136,7 +137,7 @@ func TestEngineCollectorRealVLLM(t *testing.T) {
 	require.NoError(t, err)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))
 	defer srv.Close()
-	got, err := registry(NewEngineCollector(srv.URL, nil, "vllm:", "node1", "42", time.Second)).Gather()
+	got, err := registry(NewCollector(srv.URL, nil, "vllm:", "node1", "42", time.Second)).Gather()
 	require.NoError(t, err)
 
 	// A sample's identity: its family, labels and value, as text.
@@ -200,7 +201,7 @@ func TestEngineCollectorIgnoresForeignGarbage(t *testing.T) {
 		w.Write([]byte("python_broken{ 1\n# TYPE vllm:ok gauge\nvllm:ok 5\n"))
 	}))
 	defer srv.Close()
-	c := NewEngineCollector(srv.URL, nil, "vllm:", "n", "j", time.Second)
+	c := NewCollector(srv.URL, nil, "vllm:", "n", "j", time.Second)
 	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
 # HELP llm_agent_engine_scrape_success 1 if the last fetch of the engine's /metrics worked.
 # TYPE llm_agent_engine_scrape_success gauge
@@ -209,4 +210,10 @@ llm_agent_engine_scrape_success{job="j",node="n"} 1
 # TYPE vllm:ok gauge
 vllm:ok{job="j",node="n"} 5
 `), "llm_agent_engine_scrape_success", "vllm:ok"))
+}
+
+func registry(c prometheus.Collector) *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(c)
+	return r
 }

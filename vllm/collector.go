@@ -1,4 +1,4 @@
-package metrics
+package vllm
 
 import (
 	"bytes"
@@ -17,10 +17,10 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// EngineCollector re-exports the engine's own metrics (vLLM's "vllm:" families) on the agent's
+// Collector re-exports the engine's own metrics (vLLM's "vllm:" families) on the agent's
 // port, with node and job labels added. The engine is scraped on every collection with a short
 // timeout; a failed fetch only sets the scrape-success gauge to 0.
-type EngineCollector struct {
+type Collector struct {
 	url     string
 	prefix  string
 	timeout time.Duration
@@ -39,17 +39,17 @@ type EngineCollector struct {
 // maxDescs bounds the cache; an engine with label churn only gets the cache rebuilt.
 const maxDescs = 10000
 
-var _ prometheus.Collector = (*EngineCollector)(nil)
+var _ prometheus.Collector = (*Collector)(nil)
 
-// NewEngineCollector returns a collector of the families starting with prefix at url, fetched
+// NewCollector returns a collector of the families starting with prefix at url, fetched
 // through tr (the engine's socket, for one); nil uses a plain TCP transport.
-func NewEngineCollector(url string, tr http.RoundTripper, prefix, node, job string, timeout time.Duration) *EngineCollector {
+func NewCollector(url string, tr http.RoundTripper, prefix, node, job string, timeout time.Duration) *Collector {
 	if tr == nil {
 		// The engine is on this node: compression would only cost CPU on both sides.
 		tr = &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 1}
 	}
 	consts := prometheus.Labels{"node": node, "job": job}
-	return &EngineCollector{
+	return &Collector{
 		url: url, prefix: prefix, timeout: timeout, node: node, job: job, descs: map[string]*prometheus.Desc{},
 		client:   &http.Client{Transport: tr},
 		success:  prometheus.NewDesc("llm_agent_engine_scrape_success", "1 if the last fetch of the engine's /metrics worked.", nil, consts),
@@ -59,10 +59,10 @@ func NewEngineCollector(url string, tr http.RoundTripper, prefix, node, job stri
 
 // Describe sends nothing: the engine's families are not known before they are fetched, so this
 // is an unchecked collector (client_golang checks only collectors that describe themselves).
-func (c *EngineCollector) Describe(chan<- *prometheus.Desc) {}
+func (c *Collector) Describe(chan<- *prometheus.Desc) {}
 
 // Collect fetches, parses and re-exports the engine's metrics.
-func (c *EngineCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	start := time.Now()
 	families, err := c.fetch()
 	ch <- prometheus.MustNewConstMetric(c.duration, prometheus.GaugeValue, time.Since(start).Seconds())
@@ -83,7 +83,7 @@ func (c *EngineCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func (c *EngineCollector) fetch() (map[string]*dto.MetricFamily, error) {
+func (c *Collector) fetch() (map[string]*dto.MetricFamily, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
@@ -139,7 +139,7 @@ func keepFamilies(body []byte, prefix string) []byte {
 
 // desc returns the description of a family's series with the given label names, plus node and
 // job.
-func (c *EngineCollector) desc(f *dto.MetricFamily, names []string) *prometheus.Desc {
+func (c *Collector) desc(f *dto.MetricFamily, names []string) *prometheus.Desc {
 	key := f.GetName() + "\x00" + f.GetHelp() + "\x00" + strings.Join(names, "\x00")
 	c.descMu.Lock()
 	defer c.descMu.Unlock()
@@ -155,7 +155,7 @@ func (c *EngineCollector) desc(f *dto.MetricFamily, names []string) *prometheus.
 }
 
 // export re-creates one family's samples as constant metrics with node and job added.
-func (c *EngineCollector) export(ch chan<- prometheus.Metric, f *dto.MetricFamily) {
+func (c *Collector) export(ch chan<- prometheus.Metric, f *dto.MetricFamily) {
 	for _, m := range f.GetMetric() {
 		var names, values []string
 		for _, lp := range m.GetLabel() {

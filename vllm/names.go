@@ -1,9 +1,9 @@
-package metrics
+package vllm
 
-// VLLMMetricNames are the vLLM metric families that the agent, the Grafana dashboard and the
+// MetricNames are the vLLM metric families that the agent, the Grafana dashboard and the
 // alert rules in deploy/ rely on. Tests check that the dashboard and rules use no other vllm:
 // names, that the test double exports all of them, and (issue 7) that a real vLLM does.
-var VLLMMetricNames = []string{
+var MetricNames = []string{
 	"vllm:num_requests_running",
 	"vllm:num_requests_waiting",
 	"vllm:kv_cache_usage_perc",
