@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 func getWithKey(t *testing.T, url, key string) (int, string) {
@@ -36,7 +38,7 @@ func TestRunGatewayWithKeysFile(t *testing.T) {
 	cfg := testConfig(t, dir)
 	cfg.KeysFile = keys
 	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
-	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.Empty(t, c.APIKeyFile, "clients bring their own keys")
 	assert.Equal(t, keys, c.KeysFile)
 	env, err := os.ReadFile(c.EnvFile)
@@ -61,7 +63,7 @@ func TestRunGatewayWithKeysFile(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 2, strings.Count(string(b), "\n"), "one line per authenticated request")
 	assert.NotContains(t, string(b), "sk-alice")
-	rep, err := Usage(filepath.Join(dir, ConnectionFile), 100, time.Now())
+	rep, err := Usage(filepath.Join(dir, jobfiles.ConnectionFile), 100, time.Now())
 	require.NoError(t, err)
 	require.Len(t, rep.Keys, 2)
 	assertNoChildren(t)
@@ -74,7 +76,7 @@ func TestRunPlainTopology(t *testing.T) {
 	cfg := testConfig(t, dir)
 	cfg.Gateway = false
 	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
-	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.False(t, c.Gateway)
 	b, _ := os.ReadFile(argsFile)
 	assert.Contains(t, string(b), fmt.Sprintf("--host\n0.0.0.0\n--port\n%d\n", c.Port), "vLLM holds the public port")

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llm-agent/llm-agent/healthcheck"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -33,13 +34,13 @@ var rayHealthEnv = []string{"RAY_health_check_period_ms=1000", "RAY_health_check
 // head is the head node's run: Ray head, engine, probes and the connection file.
 type head struct {
 	*agent
-	ports Ports
+	ports jobfiles.Ports
 	// apiKey is the job's client key, written to the connection files; empty with a keys file.
 	apiKey string
 	// engineKey is the key vLLM requires: internal with the gateway, apiKey without.
 	engineKey string
 	front     front
-	conn      *ConnectionWriter
+	conn      *jobfiles.ConnectionWriter
 	engine    *supervisor.Service
 	rayc      ray.Client
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
@@ -84,11 +85,11 @@ func (a *agent) runHead(ctx context.Context) error {
 		return err
 	}
 	defer h.stopGateway()
-	if err := WriteNodeInfo(a.stateDir, NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
+	if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
 		MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
 		return err
 	}
-	if h.conn, err = NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {
+	if h.conn, err = jobfiles.NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {
 		return err
 	}
 	a.log.Info("head starting", "address", a.addr, "iface", a.ifname, "api_port", h.ports.API,
@@ -153,7 +154,7 @@ func (a *agent) runHead(ctx context.Context) error {
 	}
 	h.draining.Store(true)
 	if failure == nil {
-		_ = h.conn.SetState(StateStopping, "received a stop signal")
+		_ = h.conn.SetState(jobfiles.StateStopping, "received a stop signal")
 	}
 	a.state.SetReady(false, "stopping", time.Now())
 	h.drainGateway(a.cfg.Grace / 4)
@@ -172,15 +173,15 @@ func (h *head) finish(failure error) error {
 	h.removeTargets()
 	if failure != nil {
 		h.log.Error("failed", "reason", failure)
-		_ = h.conn.SetState(StateFailed, failure.Error())
+		_ = h.conn.SetState(jobfiles.StateFailed, failure.Error())
 		return failure
 	}
-	_ = h.conn.SetState(StateStopped, "")
+	_ = h.conn.SetState(jobfiles.StateStopped, "")
 	h.log.Info("stopped")
 	return nil
 }
 
-func (h *head) initialConnection() Connection {
+func (h *head) initialConnection() jobfiles.Connection {
 	a := h.agent
 	userName := a.deps.Getenv("USER")
 	if userName == "" {
@@ -193,9 +194,9 @@ func (h *head) initialConnection() Connection {
 		login = a.alloc.SubmitHost
 	}
 	hostPort := net.JoinHostPort(a.addr, strconv.Itoa(h.ports.API))
-	c := Connection{
+	c := jobfiles.Connection{
 		JobID:            a.alloc.JobID,
-		State:            StateStarting,
+		State:            jobfiles.StateStarting,
 		HeadHost:         a.alloc.Head(),
 		HeadAddress:      a.addr,
 		Port:             h.ports.API,
@@ -209,7 +210,7 @@ func (h *head) initialConnection() Connection {
 		Nodes:            len(a.alloc.Nodes),
 		GPUs:             a.alloc.TotalGPUs(),
 		MetricsPort:      h.ports.Metrics,
-		SSHTunnel:        SSHTunnelCommand(h.ports.API, a.alloc.Head(), userName, login),
+		SSHTunnel:        jobfiles.SSHTunnelCommand(h.ports.API, a.alloc.Head(), userName, login),
 		StartedAt:        a.started.UTC(),
 		Restarts:         map[string]int{"vllm": 0},
 		Gateway:          a.cfg.Gateway,
@@ -220,7 +221,7 @@ func (h *head) initialConnection() Connection {
 		// The dashboard listens on the head's loopback only: the owner tunnels to it and
 		// presents the token.
 		c.RayDashboardURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(h.ports.Dashboard))
-		c.RayDashboardTunnel = DashboardTunnelCommand(h.ports.Dashboard, a.alloc.Head(), userName, login)
+		c.RayDashboardTunnel = jobfiles.DashboardTunnelCommand(h.ports.Dashboard, a.alloc.Head(), userName, login)
 		c.RayTokenFile = a.rayTokenPath()
 		c.Restarts["ray"] = 0
 	}
@@ -247,7 +248,7 @@ func (h *head) startRay(ctx, rayCtx context.Context, rayDone chan error) error {
 	opts := a.rayStartOptions(h.ports, "")
 	svc, closeOut, err := a.rayService(opts, withDefaults(rayHealthEnv, a.deps.Getenv), func(e supervisor.Event) {
 		a.trackChild(e)
-		_ = h.conn.Update(func(c *Connection) { c.Restarts["ray"] = e.Restarts })
+		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["ray"] = e.Restarts })
 	})
 	if err != nil {
 		return err
@@ -275,9 +276,9 @@ func (h *head) startRay(ctx, rayCtx context.Context, rayDone chan error) error {
 	if err != nil {
 		return fmt.Errorf("ray head GCS at %s did not come up: %w", gcs, err)
 	}
-	rv := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC()}
-	if err := WriteRendezvous(a.stateDir, rv); err != nil {
+	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}
 	a.log.Info("ray head up; rendezvous published", "gcs", gcs)
@@ -328,7 +329,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 				out.NewRun()
 			}
 			a.trackChild(e)
-			_ = h.conn.Update(func(c *Connection) { c.Restarts["vllm"] = e.Restarts })
+			_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
 			events <- e
 		},
 	}
@@ -423,7 +424,7 @@ func (h *head) probeEngine(ctx context.Context) {
 	}
 	h.everReady.Store(true)
 	a.state.SetReady(true, "", time.Now())
-	_ = h.conn.SetState(StateReady, "")
+	_ = h.conn.SetState(jobfiles.StateReady, "")
 	a.log.Info("engine ready", "url", h.conn.Snapshot().BaseURL, "since_start", time.Since(a.started).Round(time.Millisecond))
 	healthcheck.Liveness{
 		Probe:    eng.Health,
@@ -449,9 +450,9 @@ func (h *head) withEngineError(reason string) string {
 
 func (h *head) setNotReady(reason string) {
 	h.state.SetReady(false, reason, time.Now())
-	state := StateStarting
+	state := jobfiles.StateStarting
 	if h.everReady.Load() {
-		state = StateRestarting
+		state = jobfiles.StateRestarting
 	}
 	_ = h.conn.SetState(state, reason)
 }
@@ -554,7 +555,7 @@ func (h *head) watchNodes(ctx context.Context) {
 	defer tick.Stop()
 	seen := -1
 	for {
-		infos := ReadNodeInfos(h.stateDir, h.alloc.Nodes)
+		infos := jobfiles.ReadNodeInfos(h.stateDir, h.alloc.Nodes)
 		if len(infos) != seen {
 			seen = len(infos)
 			h.publishNodes(infos)
@@ -570,21 +571,21 @@ func (h *head) watchNodes(ctx context.Context) {
 	}
 }
 
-func (h *head) publishNodes(infos []NodeInfo) {
+func (h *head) publishNodes(infos []jobfiles.NodeInfo) {
 	addrs := make([]string, len(h.alloc.Nodes))
-	var eps []NodeEndpoint
+	var eps []jobfiles.NodeEndpoint
 	for _, n := range infos {
 		for i, host := range h.alloc.Nodes {
 			if host == n.Host {
 				addrs[i] = n.Address
 			}
 		}
-		eps = append(eps, NodeEndpoint{Node: n.Host, Role: n.Role, MetricsURL: n.MetricsURL()})
+		eps = append(eps, jobfiles.NodeEndpoint{Node: n.Host, Role: n.Role, MetricsURL: n.MetricsURL()})
 	}
 	h.mu.Lock()
 	h.addresses = addrs
 	h.mu.Unlock()
-	_ = h.conn.Update(func(c *Connection) { c.Metrics = eps })
+	_ = h.conn.Update(func(c *jobfiles.Connection) { c.Metrics = eps })
 	if err := h.writeTargets(infos); err != nil {
 		h.log.Warn("cannot write prometheus targets", "error", err)
 	}

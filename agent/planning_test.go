@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 func oneNodeFourGPUs() map[string]string {
@@ -31,7 +32,7 @@ func TestRunPlansFromTheModel(t *testing.T) {
 	cfg.Preset = "dev"
 	cfg.VLLMArgs = []string{"--max-num-seqs", "4"}
 	run := startAgent(cfg, testDeps(t, oneNodeFourGPUs(), "g1"))
-	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.Equal(t, 1, c.TensorParallel, "an 8B model needs one GPU")
 	assert.Equal(t, 1, c.PipelineParallel)
 	b, err := os.ReadFile(argsFile)
@@ -63,7 +64,7 @@ func TestRunFallsBackWithoutAPlan(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
 	run := startAgent(cfg, testDeps(t, oneNodeFourGPUs(), "g1"))
-	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.Equal(t, 4, c.TensorParallel)
 	require.NoError(t, run.stop(t))
 }

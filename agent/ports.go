@@ -7,29 +7,12 @@ import (
 	"net"
 	"strconv"
 	"syscall"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 // ErrPort is wrapped by errors about ports that cannot be used.
 var ErrPort = errors.New("port unusable")
-
-// Ports are the TCP ports of one job on one node. The head chooses them and publishes them in
-// the rendezvous file; each worker uses the published per-node ports unless they are busy there.
-type Ports struct {
-	API                int `json:"api"`
-	Engine             int `json:"engine,omitempty"`
-	Metrics            int `json:"metrics"`
-	RayGCS             int `json:"ray_gcs"`
-	Dashboard          int `json:"ray_dashboard"`
-	RayClient          int `json:"ray_client"`
-	NodeManager        int `json:"ray_node_manager"`
-	ObjectManager      int `json:"ray_object_manager"`
-	DashboardAgent     int `json:"ray_dashboard_agent"`
-	DashboardAgentGRPC int `json:"ray_dashboard_agent_grpc"`
-	RayMetrics         int `json:"ray_metrics_export"`
-	RuntimeEnvAgent    int `json:"ray_runtime_env_agent"`
-	WorkerMin          int `json:"ray_worker_min"`
-	WorkerMax          int `json:"ray_worker_max"`
-}
 
 // jobSlots is how many jobs get distinct default ports on one node before defaults repeat.
 const jobSlots = 100
@@ -157,10 +140,10 @@ func orDefault(configured, def int) int {
 
 // PickHeadPorts chooses every port of the job on the head. It returns the ports and a note for
 // each port that had to move because its preferred value was busy.
-func PickHeadPorts(cfg Config, jobID string, probe PortProber) (Ports, []string, error) {
+func PickHeadPorts(cfg Config, jobID string, probe PortProber) (jobfiles.Ports, []string, error) {
 	o := JobOffset(jobID)
 	p := &portPicker{probe: probe, used: map[int]bool{}}
-	var ports Ports
+	var ports jobfiles.Ports
 	var err error
 	pick := func(dst *int, name string, preferred int) {
 		if err == nil {
@@ -173,20 +156,20 @@ func PickHeadPorts(cfg Config, jobID string, probe PortProber) (Ports, []string,
 	pick(&ports.Dashboard, "ray-dashboard-port", orDefault(cfg.DashboardPort, 8265+o))
 	pick(&ports.RayClient, "ray-client-port", orDefault(cfg.RayClientPort, 10001+o))
 	if err != nil {
-		return Ports{}, nil, err
+		return jobfiles.Ports{}, nil, err
 	}
 	defaults := nodePortDefaults(cfg, o)
 	if err := p.pickNodePorts(&ports, defaults, o); err != nil {
-		return Ports{}, nil, err
+		return jobfiles.Ports{}, nil, err
 	}
 	return ports, p.moved, nil
 }
 
 // nodePortDefaults returns the preferred per-node ports of a job.
-func nodePortDefaults(cfg Config, o int) Ports {
+func nodePortDefaults(cfg Config, o int) jobfiles.Ports {
 	lo := orDefault(cfg.WorkerPortMin, 11000+workerBlock*o)
 	hi := orDefault(cfg.WorkerPortMax, lo+workerBlock-1)
-	return Ports{
+	return jobfiles.Ports{
 		NodeManager:        orDefault(cfg.NodeManagerPort, 6500+o),
 		ObjectManager:      orDefault(cfg.ObjectManagerPort, 6600+o),
 		DashboardAgent:     6700 + o,
@@ -198,7 +181,7 @@ func nodePortDefaults(cfg Config, o int) Ports {
 	}
 }
 
-func (p *portPicker) pickNodePorts(dst *Ports, pref Ports, o int) error {
+func (p *portPicker) pickNodePorts(dst *jobfiles.Ports, pref jobfiles.Ports, o int) error {
 	var err error
 	pick := func(d *int, name string, preferred int) {
 		if err == nil {
@@ -220,16 +203,16 @@ func (p *portPicker) pickNodePorts(dst *Ports, pref Ports, o int) error {
 
 // PickWorkerPorts chooses a worker node's own ports, preferring those the head published and
 // its configured metrics port.
-func PickWorkerPorts(cfg Config, jobID string, published Ports, probe PortProber) (Ports, []string, error) {
+func PickWorkerPorts(cfg Config, jobID string, published jobfiles.Ports, probe PortProber) (jobfiles.Ports, []string, error) {
 	o := JobOffset(jobID)
 	p := &portPicker{probe: probe, used: map[int]bool{}}
 	ports := published
 	var err error
 	if ports.Metrics, err = p.pick("metrics-port", orDefault(cfg.MetricsPort, 9500+o)); err != nil {
-		return Ports{}, nil, err
+		return jobfiles.Ports{}, nil, err
 	}
 	if err := p.pickNodePorts(&ports, published, o); err != nil {
-		return Ports{}, nil, err
+		return jobfiles.Ports{}, nil, err
 	}
 	return ports, p.moved, nil
 }

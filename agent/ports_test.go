@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 // fakeProber treats listed ports as busy and hands out free ports from 40000 up.
@@ -55,30 +57,30 @@ func TestPickHeadPorts(t *testing.T) {
 		name  string
 		cfg   func(c *Config)
 		busy  map[int]bool
-		check func(t *testing.T, p Ports, moved []string)
+		check func(t *testing.T, p jobfiles.Ports, moved []string)
 	}{
-		{"job defaults when all free", nil, nil, func(t *testing.T, p Ports, moved []string) {
-			assert.Equal(t, Ports{API: 8007, Metrics: 9507, RayGCS: 6386, Dashboard: 8272, RayClient: 10008,
+		{"job defaults when all free", nil, nil, func(t *testing.T, p jobfiles.Ports, moved []string) {
+			assert.Equal(t, jobfiles.Ports{API: 8007, Metrics: 9507, RayGCS: 6386, Dashboard: 8272, RayClient: 10008,
 				NodeManager: 6507, ObjectManager: 6607, DashboardAgent: 6707, DashboardAgentGRPC: 6807,
 				RayMetrics: 6907, RuntimeEnvAgent: 7007, WorkerMin: 12400, WorkerMax: 12599}, p)
 			assert.Empty(t, moved)
 		}},
 		{"configured ports preferred", func(c *Config) { c.Port = 8000; c.RayPort = 6379; c.WorkerPortMin, c.WorkerPortMax = 30000, 30099 }, nil,
-			func(t *testing.T, p Ports, moved []string) {
+			func(t *testing.T, p jobfiles.Ports, moved []string) {
 				assert.Equal(t, 8000, p.API)
 				assert.Equal(t, 6379, p.RayGCS)
 				assert.Equal(t, 30000, p.WorkerMin)
 				assert.Equal(t, 30099, p.WorkerMax)
 			}},
-		{"busy port falls back to a free one", func(c *Config) { c.Port = 8000 }, map[int]bool{8000: true}, func(t *testing.T, p Ports, moved []string) {
+		{"busy port falls back to a free one", func(c *Config) { c.Port = 8000 }, map[int]bool{8000: true}, func(t *testing.T, p jobfiles.Ports, moved []string) {
 			assert.Equal(t, 40001, p.API)
 			assert.Equal(t, []string{"port 8000->40001"}, moved)
 		}},
-		{"two options may not share a port", func(c *Config) { c.Port = 9000; c.MetricsPort = 9000 }, nil, func(t *testing.T, p Ports, moved []string) {
+		{"two options may not share a port", func(c *Config) { c.Port = 9000; c.MetricsPort = 9000 }, nil, func(t *testing.T, p jobfiles.Ports, moved []string) {
 			assert.Equal(t, 9000, p.API)
 			assert.NotEqual(t, 9000, p.Metrics)
 		}},
-		{"busy worker range moves to another job's block", nil, busyRange(12450, 12450), func(t *testing.T, p Ports, moved []string) {
+		{"busy worker range moves to another job's block", nil, busyRange(12450, 12450), func(t *testing.T, p jobfiles.Ports, moved []string) {
 			assert.Equal(t, 12600, p.WorkerMin, "the next block")
 			assert.Equal(t, 12799, p.WorkerMax)
 			assert.Contains(t, moved, "ray-worker-ports 12400-12599->12600-12799")
@@ -112,7 +114,7 @@ func TestPickPortsErrors(t *testing.T) {
 }
 
 func TestPickWorkerPorts(t *testing.T) {
-	published := Ports{API: 8007, RayGCS: 6386, NodeManager: 6507, ObjectManager: 6607, DashboardAgent: 6707,
+	published := jobfiles.Ports{API: 8007, RayGCS: 6386, NodeManager: 6507, ObjectManager: 6607, DashboardAgent: 6707,
 		DashboardAgentGRPC: 6807, RayMetrics: 6907, RuntimeEnvAgent: 7007, WorkerMin: 12400, WorkerMax: 12599}
 	p, moved, err := PickWorkerPorts(DefaultConfig(), "7", published, &fakeProber{})
 	require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/llm-agent/llm-agent/agent/securefs"
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 // RayTokenFile is the name of the job's Ray token in the state directory.
@@ -21,7 +22,7 @@ func WriteRayToken(stateDir string) error {
 	if _, err := rand.Read(b); err != nil {
 		return fmt.Errorf("generate ray token: %w", err)
 	}
-	if err := WriteFileAtomic(filepath.Join(stateDir, RayTokenFile), []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+	if err := jobfiles.WriteFileAtomic(filepath.Join(stateDir, RayTokenFile), []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("ray token: %w", err)
 	}
 	_, err := ReadRayToken(stateDir)

@@ -19,6 +19,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/gpu"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -251,7 +252,7 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 }
 
 // rayStartOptions returns this node's `ray start` settings for ports.
-func (a *agent) rayStartOptions(ports Ports, gcs string) ray.StartOptions {
+func (a *agent) rayStartOptions(ports jobfiles.Ports, gcs string) ray.StartOptions {
 	return ray.StartOptions{
 		Head:                a.alloc.IsHead(),
 		NodeAddress:         a.addr,
@@ -294,10 +295,10 @@ func (a *agent) trackChild(e supervisor.Event) {
 
 // runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends.
 func (a *agent) runWorker(ctx context.Context) error {
-	want := Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
 	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
-	rv, err := WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, 200*time.Millisecond)
+	rv, err := jobfiles.WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, 200*time.Millisecond)
 	if err != nil {
 		if ctx.Err() != nil {
 			a.log.Info("stopped while waiting for the rendezvous")
@@ -321,7 +322,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteNodeInfo(a.stateDir, NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
+	if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
 		MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
@@ -116,12 +117,12 @@ func (r *agentRun) stop(t *testing.T) error {
 	}
 }
 
-func waitConnState(t *testing.T, dir string, want ServiceState, timeout time.Duration) Connection {
+func waitConnState(t *testing.T, dir string, want jobfiles.ServiceState, timeout time.Duration) jobfiles.Connection {
 	t.Helper()
-	var c Connection
+	var c jobfiles.Connection
 	require.Eventually(t, func() bool {
 		var err error
-		c, err = ReadConnection(filepath.Join(dir, ConnectionFile))
+		c, err = jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
 		return err == nil && c.State == want
 	}, timeout, 20*time.Millisecond, "connection state never became %s (last %q: %s)", want, c.State, c.Reason)
 	return c
@@ -146,7 +147,7 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	deps.Notice = &notice
 	run := startAgent(cfg, deps)
 
-	c := waitConnState(t, dir, StateReady, 20*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.Contains(t, notice.String(), "running as a one-node allocation on laptop")
 	assert.Equal(t, "tiny", c.ServedModelName)
 	assert.Equal(t, 1, c.TensorParallel)
@@ -162,12 +163,12 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(env), "export OPENAI_BASE_URL='"+c.BaseURL+"'")
 	assert.Contains(t, string(env), "export OPENAI_API_KEY='"+strings.TrimSpace(string(key))+"'")
-	for _, f := range []string{ConnectionFile, ConnectionEnvFile, APIKeyFile} {
+	for _, f := range []string{jobfiles.ConnectionFile, jobfiles.ConnectionEnvFile, jobfiles.APIKeyFile} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), f)
 	}
-	conn, _ := os.ReadFile(filepath.Join(dir, ConnectionFile))
+	conn, _ := os.ReadFile(filepath.Join(dir, jobfiles.ConnectionFile))
 	assert.NotContains(t, string(conn), strings.TrimSpace(string(key)), "the key stays out of connection.json")
 
 	args, err := os.ReadFile(argsFile)
@@ -198,7 +199,7 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	assert.Contains(t, string(targets), `"role": "head"`)
 
 	require.NoError(t, run.stop(t))
-	c = waitConnState(t, dir, StateStopped, time.Second)
+	c = waitConnState(t, dir, jobfiles.StateStopped, time.Second)
 	assert.Empty(t, c.Reason)
 	_, err = os.Stat(filepath.Join(cfg.TargetsDir, c.JobID+".json"))
 	assert.True(t, os.IsNotExist(err), "targets withdrawn at the end")
@@ -239,12 +240,12 @@ func TestRunEngineUnhealthyIsRestarted(t *testing.T) {
 	t.Setenv("FAKE_VLLM_CONTROL", control)
 	cfg := testConfig(t, dir)
 	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
-	waitConnState(t, dir, StateReady, 20*time.Second)
+	waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	require.NoError(t, os.WriteFile(control, []byte("unhealthy"), 0o644))
-	c := waitConnState(t, dir, StateRestarting, 10*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateRestarting, 10*time.Second)
 	assert.Contains(t, c.Reason, "liveness probes failed")
 	require.NoError(t, os.WriteFile(control, nil, 0o644))
-	c = waitConnState(t, dir, StateReady, 20*time.Second)
+	c = waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.Equal(t, 1, c.Restarts["vllm"])
 	code, body := get(t, c.Metrics[0].MetricsURL)
 	require.Equal(t, http.StatusOK, code)
@@ -269,7 +270,7 @@ func TestRunCrashLoopGivesUp(t *testing.T) {
 	}
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, supervisor.ErrGaveUp), err)
-	c := waitConnState(t, dir, StateFailed, time.Second)
+	c := waitConnState(t, dir, jobfiles.StateFailed, time.Second)
 	assert.Contains(t, c.Reason, "gave up after 2 restarts")
 	assert.Contains(t, c.Reason, "exit status 1")
 	assert.Contains(t, c.Reason, "the engine said: RuntimeError: injected start failure")
@@ -292,19 +293,19 @@ func TestRunMultiNode(t *testing.T) {
 		}
 		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
 	}
-	c := waitConnState(t, dir, StateReady, 30*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	assert.Equal(t, 1, c.TensorParallel)
 	assert.Equal(t, 3, c.PipelineParallel)
 	assert.Equal(t, "node1", c.HeadHost)
 	assert.NotEmpty(t, c.RayAddress)
 	assert.Contains(t, c.SSHTunnel, "bob@login1")
 	require.NotNil(t, c.JobEndTime)
-	rv, err := ReadRendezvous(dir)
+	rv, err := jobfiles.ReadRendezvous(dir)
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1:4000", rv.LaunchID)
 
 	require.Eventually(t, func() bool {
-		c, _ = ReadConnection(filepath.Join(dir, ConnectionFile))
+		c, _ = jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
 		return len(c.Metrics) == 3
 	}, 10*time.Second, 20*time.Millisecond)
 	code, body := get(t, c.Metrics[0].MetricsURL)
@@ -317,9 +318,9 @@ func TestRunMultiNode(t *testing.T) {
 	workerRay := fakeRayPIDs(t, false)
 	require.Len(t, workerRay, 2)
 	require.NoError(t, syscall.Kill(workerRay[0], syscall.SIGKILL))
-	c = waitConnState(t, dir, StateRestarting, 10*time.Second)
+	c = waitConnState(t, dir, jobfiles.StateRestarting, 10*time.Second)
 	assert.Contains(t, c.Reason, "ray lost node")
-	c = waitConnState(t, dir, StateReady, 30*time.Second)
+	c = waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	assert.Equal(t, 1, c.Restarts["vllm"])
 	assert.Len(t, fakeRayPIDs(t, false), 2)
 
@@ -329,7 +330,7 @@ func TestRunMultiNode(t *testing.T) {
 	for _, r := range runs {
 		require.NoError(t, r.stop(t))
 	}
-	waitConnState(t, dir, StateStopped, time.Second)
+	waitConnState(t, dir, jobfiles.StateStopped, time.Second)
 	assertNoChildren(t)
 }
 
@@ -357,7 +358,7 @@ func TestRunWorkerRendezvousTimeout(t *testing.T) {
 	cfg.RendezvousTimeout = 300 * time.Millisecond
 	env := map[string]string{"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": "1"}
 	err := Run(context.Background(), cfg, testDeps(t, env, "node2"))
-	require.ErrorIs(t, err, ErrRendezvousTimeout)
+	require.ErrorIs(t, err, jobfiles.ErrRendezvousTimeout)
 	assert.Contains(t, err.Error(), "no rendezvous from head node1")
 }
 
@@ -378,7 +379,7 @@ func TestRunRayIncompleteNamesMissingNodes(t *testing.T) {
 	err := Run(context.Background(), cfg, testDeps(t, env, "gpu01"))
 	require.ErrorIs(t, err, ErrRayIncomplete)
 	assert.Contains(t, err.Error(), "nodes that never joined: gpu02, gpu03")
-	c := waitConnState(t, dir, StateFailed, time.Second)
+	c := waitConnState(t, dir, jobfiles.StateFailed, time.Second)
 	assert.Contains(t, c.Reason, "gpu02, gpu03")
 	assertNoChildren(t)
 }
@@ -484,7 +485,7 @@ func TestRunMultiNodeEngineOnTheHeadOnly(t *testing.T) {
 		env := map[string]string{"SLURM_JOB_ID": "4343", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
 		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
 	}
-	c := waitConnState(t, dir, StateReady, 30*time.Second)
+	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	args, err := os.ReadFile(argsFile)
 	require.NoError(t, err)
 	assert.NotContains(t, string(args), "--distributed-executor-backend")
@@ -494,8 +495,8 @@ func TestRunMultiNodeEngineOnTheHeadOnly(t *testing.T) {
 	require.Eventually(t, func() bool { return len(fakeRayPIDs(t, false)) == 1 && fakeRayPIDs(t, false)[0] != workerRay[0] },
 		20*time.Second, 20*time.Millisecond, "the worker restarts its Ray")
 	assert.Never(t, func() bool {
-		c, _ = ReadConnection(filepath.Join(dir, ConnectionFile))
-		return c.State != StateReady || c.Restarts["vllm"] != 0
+		c, _ = jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+		return c.State != jobfiles.StateReady || c.Restarts["vllm"] != 0
 	}, time.Second, 20*time.Millisecond, "the engine keeps running through ten Ray polls")
 	for _, r := range runs {
 		r.cancel()

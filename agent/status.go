@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 // ErrNoJob is returned when the connection file of a job cannot be found.
@@ -31,21 +32,21 @@ type NodeStatus struct {
 
 // StatusReport is what `llm-agent status` prints.
 type StatusReport struct {
-	JobID     string         `json:"job_id"`
-	State     ServiceState   `json:"state"`
-	Reason    string         `json:"reason,omitempty"`
-	Ready     bool           `json:"ready"`
-	URL       string         `json:"url"`
-	Model     string         `json:"model"`
-	Tensor    int            `json:"tensor_parallel_size"`
-	Pipeline  int            `json:"pipeline_parallel_size"`
-	GPUs      int            `json:"gpus"`
-	Uptime    float64        `json:"uptime_seconds"`
-	TimeLeft  *float64       `json:"time_left_seconds,omitempty"`
-	Restarts  map[string]int `json:"restarts"`
-	Nodes     []NodeStatus   `json:"nodes"`
-	SSHTunnel string         `json:"ssh_tunnel"`
-	File      string         `json:"connection_file"`
+	JobID     string                `json:"job_id"`
+	State     jobfiles.ServiceState `json:"state"`
+	Reason    string                `json:"reason,omitempty"`
+	Ready     bool                  `json:"ready"`
+	URL       string                `json:"url"`
+	Model     string                `json:"model"`
+	Tensor    int                   `json:"tensor_parallel_size"`
+	Pipeline  int                   `json:"pipeline_parallel_size"`
+	GPUs      int                   `json:"gpus"`
+	Uptime    float64               `json:"uptime_seconds"`
+	TimeLeft  *float64              `json:"time_left_seconds,omitempty"`
+	Restarts  map[string]int        `json:"restarts"`
+	Nodes     []NodeStatus          `json:"nodes"`
+	SSHTunnel string                `json:"ssh_tunnel"`
+	File      string                `json:"connection_file"`
 }
 
 // ConnectionPath finds a job's connection file from a job id, a state directory or the file.
@@ -53,9 +54,9 @@ func ConnectionPath(arg, home string) (string, error) {
 	if arg == "" {
 		return "", fmt.Errorf("%w: give a job id or the path of its connection.json", ErrNoJob)
 	}
-	candidates := []string{arg, filepath.Join(arg, ConnectionFile)}
+	candidates := []string{arg, filepath.Join(arg, jobfiles.ConnectionFile)}
 	if !strings.ContainsRune(arg, '/') && home != "" {
-		candidates = append(candidates, filepath.Join(home, ".llm-agent", "jobs", arg, ConnectionFile))
+		candidates = append(candidates, filepath.Join(home, ".llm-agent", "jobs", arg, jobfiles.ConnectionFile))
 	}
 	for _, c := range candidates {
 		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
@@ -67,14 +68,14 @@ func ConnectionPath(arg, home string) (string, error) {
 
 // Status reads the connection file at path and probes every node's /healthz and /readyz.
 func Status(ctx context.Context, path string, client *http.Client, now time.Time) (StatusReport, error) {
-	c, err := ReadConnection(path)
+	c, err := jobfiles.ReadConnection(path)
 	if err != nil {
 		return StatusReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
 	}
 	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
 		SSHTunnel: c.SSHTunnel, File: path}
-	live := c.State != StateStopped && c.State != StateFailed
+	live := c.State != jobfiles.StateStopped && c.State != jobfiles.StateFailed
 	// An ended job's uptime runs to its last update (when it stopped), and it has no time left.
 	upTo := now
 	if !live && !c.UpdatedAt.IsZero() {
@@ -107,7 +108,7 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 		}
 		r.Nodes = append(r.Nodes, n)
 	}
-	r.Ready = c.State == StateReady && headReady
+	r.Ready = c.State == jobfiles.StateReady && headReady
 	return r, nil
 }
 
@@ -149,7 +150,7 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	switch {
 	case r.TimeLeft != nil:
 		fmt.Fprintf(tw, "time left\t%s\n", roundDuration(*r.TimeLeft))
-	case r.State == StateStopped || r.State == StateFailed:
+	case r.State == jobfiles.StateStopped || r.State == jobfiles.StateFailed:
 		fmt.Fprintf(tw, "time left\tnone (ended)\n")
 	default:
 		fmt.Fprintf(tw, "time left\tunknown\n")
@@ -184,12 +185,12 @@ func roundDuration(sec float64) string {
 // Usage shares a job's GPU-hours and service units out to its keys and projects, from the
 // gateway's audit log. The job's wall time runs to now, or to its last update once it ended.
 func Usage(connPath string, factor float64, now time.Time) (gateway.UsageReport, error) {
-	c, err := ReadConnection(connPath)
+	c, err := jobfiles.ReadConnection(connPath)
 	if err != nil {
 		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
 	}
 	end := now
-	if c.State == StateStopped || c.State == StateFailed {
+	if c.State == jobfiles.StateStopped || c.State == jobfiles.StateFailed {
 		end = c.UpdatedAt
 	}
 	audit := filepath.Join(filepath.Dir(connPath), gateway.AuditFile)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 func nodeServer(t *testing.T, ready bool) string {
@@ -37,15 +39,15 @@ func TestStatus(t *testing.T) {
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	end := now.Add(90 * time.Minute)
 	dir := t.TempDir()
-	conn := Connection{JobID: "55", State: StateReady, BaseURL: "http://10.0.0.1:8000/v1", ServedModelName: "llama",
+	conn := jobfiles.Connection{JobID: "55", State: jobfiles.StateReady, BaseURL: "http://10.0.0.1:8000/v1", ServedModelName: "llama",
 		TensorParallel: 4, PipelineParallel: 2, GPUs: 8, StartedAt: now.Add(-time.Hour), JobEndTime: &end,
 		Restarts: map[string]int{"vllm": 1, "ray": 0}, SSHTunnel: "ssh -N -L 8000:n1:8000 u@login",
-		Metrics: []NodeEndpoint{
+		Metrics: []jobfiles.NodeEndpoint{
 			{Node: "n1", Role: "head", MetricsURL: nodeServer(t, true) + "/metrics"},
 			{Node: "n2", Role: "worker", MetricsURL: nodeServer(t, false) + "/metrics"},
 			{Node: "n3", Role: "worker", MetricsURL: "http://127.0.0.1:1/metrics"},
 		}}
-	w, err := NewConnectionWriter(dir, conn, "sk-x")
+	w, err := jobfiles.NewConnectionWriter(dir, conn, "sk-x")
 	require.NoError(t, err)
 
 	path, err := ConnectionPath(dir, "")
@@ -73,7 +75,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	// A job that ended is reported from its file alone, not ready.
-	require.NoError(t, w.SetState(StateFailed, "engine: gave up"))
+	require.NoError(t, w.SetState(jobfiles.StateFailed, "engine: gave up"))
 	later := now.Add(5 * time.Hour)
 	r, err = Status(context.Background(), path, &http.Client{}, later)
 	require.NoError(t, err)
@@ -92,7 +94,7 @@ func TestConnectionPath(t *testing.T) {
 	home := t.TempDir()
 	jobDir := filepath.Join(home, ".llm-agent", "jobs", "77")
 	require.NoError(t, os.MkdirAll(jobDir, 0o700))
-	file := filepath.Join(jobDir, ConnectionFile)
+	file := filepath.Join(jobDir, jobfiles.ConnectionFile)
 	require.NoError(t, os.WriteFile(file, []byte("{}"), 0o600))
 	for _, arg := range []string{"77", jobDir, file} {
 		got, err := ConnectionPath(arg, home)

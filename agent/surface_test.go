@@ -20,6 +20,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/gpu"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -93,7 +94,7 @@ func jsonFields(typ reflect.Type, prefix string) []string {
 
 func TestSurfaceFiles(t *testing.T) {
 	var got []string
-	for file, v := range map[string]any{ConnectionFile: Connection{}, RendezvousFile: Rendezvous{}, "nodes/HOST.json": NodeInfo{},
+	for file, v := range map[string]any{jobfiles.ConnectionFile: jobfiles.Connection{}, jobfiles.RendezvousFile: jobfiles.Rendezvous{}, "nodes/HOST.json": jobfiles.NodeInfo{},
 		gateway.AuditFile: gateway.Record{}, "usage --json": gateway.UsageReport{}, "status --json": StatusReport{}} {
 		for _, f := range jsonFields(reflect.TypeOf(v), "") {
 			got = append(got, file+": "+f)

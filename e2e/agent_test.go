@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -29,7 +30,7 @@ func threeNodes(extra ...string) []string {
 // supervisor must absorb, then cancels it. Each step is a subtest that asserts what it names.
 func TestMultiNodeLifecycle(t *testing.T) {
 	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: threeNodes()})
-	c := j.waitState(agent.StateReady, readyTimeout)
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
 	key := j.apiKey(c)
 
 	t.Run("happy path", func(t *testing.T) {
@@ -88,7 +89,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		}
 
 		// targets.json, for a login-node Prometheus, lists every node with its labels.
-		b, err := os.ReadFile(filepath.Join(j.stateDir, agent.TargetsFile))
+		b, err := os.ReadFile(filepath.Join(j.stateDir, jobfiles.TargetsFile))
 		require.NoError(t, err)
 		var groups []struct {
 			Targets []string          `json:"targets"`
@@ -126,8 +127,8 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		pids := pidsByComm(t, 1, "fakevllm")
 		require.Len(t, pids, 1)
 		require.NoError(t, exec.Command("kill", "-KILL", pids[0]).Run())
-		j.waitState(agent.StateRestarting, 30*time.Second)
-		c := j.waitState(agent.StateReady, readyTimeout)
+		j.waitState(jobfiles.StateRestarting, 30*time.Second)
+		c := j.waitState(jobfiles.StateReady, readyTimeout)
 		assert.Equal(t, 1, c.Restarts["vllm"])
 		text := metricsText(t, c.Metrics[0].MetricsURL)
 		v, ok := metricValue(text, `llm_agent_child_restarts_total{child="vllm",job="`+j.id+`",node="node1",reason="exited"}`)
@@ -141,8 +142,8 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		pids := pidsByComm(t, 1, "fakevllm")
 		require.Len(t, pids, 1)
 		require.NoError(t, exec.Command("kill", "-STOP", pids[0]).Run())
-		j.waitState(agent.StateRestarting, 60*time.Second)
-		c := j.waitState(agent.StateReady, readyTimeout)
+		j.waitState(jobfiles.StateRestarting, 60*time.Second)
+		c := j.waitState(jobfiles.StateReady, readyTimeout)
 		assert.Equal(t, 2, c.Restarts["vllm"])
 		text := metricsText(t, c.Metrics[0].MetricsURL)
 		v, _ := metricValue(text, `llm_agent_child_restarts_total{child="vllm",job="`+j.id+`",node="node1",reason="unhealthy"}`)
@@ -154,8 +155,8 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		raylets := pidsByComm(t, 2, "raylet")
 		require.Len(t, raylets, 1)
 		require.NoError(t, exec.Command("kill", "-KILL", raylets[0]).Run())
-		j.waitState(agent.StateRestarting, 60*time.Second)
-		c := j.waitState(agent.StateReady, readyTimeout)
+		j.waitState(jobfiles.StateRestarting, 60*time.Second)
+		c := j.waitState(jobfiles.StateReady, readyTimeout)
 		requireRayStatusNodes(t, c, suite.nodes)
 		worker := metricsText(t, c.Metrics[1].MetricsURL)
 		v, _ := metricValue(worker, `llm_agent_child_restarts_total{child="ray"`)
@@ -167,7 +168,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 	t.Run("scancel", func(t *testing.T) {
 		start := time.Now()
 		require.NoError(t, exec.Command("scancel", j.id).Run())
-		j.waitState(agent.StateStopped, drainBound)
+		j.waitState(jobfiles.StateStopped, drainBound)
 		requireNoProcesses(t, drainBound-time.Since(start))
 		t.Logf("scancel to no process left: %s", time.Since(start).Round(time.Millisecond))
 		assert.Equal(t, "CANCELLED", j.waitEnded(time.Minute))
@@ -178,7 +179,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 // requireRayStatusNodes waits until `ray status` on the head, run as the owner would run it
 // (with the job's token), lists want active nodes. Its view is the autoscaler's last report,
 // which trails the GCS by a few seconds.
-func requireRayStatusNodes(t *testing.T, c agent.Connection, want int) {
+func requireRayStatusNodes(t *testing.T, c jobfiles.Connection, want int) {
 	t.Helper()
 	require.NotEmpty(t, c.RayTokenFile, "the connection file names the Ray token")
 	var out []byte
@@ -245,7 +246,7 @@ func TestCrashLoopFailsJob(t *testing.T) {
 		agent:   []string{"--max-restarts", "3", "--backoff-initial", "200ms"},
 		control: "fail-start",
 	})
-	c := j.waitState(agent.StateFailed, readyTimeout)
+	c := j.waitState(jobfiles.StateFailed, readyTimeout)
 	assert.Contains(t, c.Reason, "gave up after 3 restarts")
 	assert.Contains(t, c.Reason, "exit status 1")
 	assert.Equal(t, 3, c.Restarts["vllm"])
@@ -265,8 +266,8 @@ func TestTimeLimitDrains(t *testing.T) {
 		script: "multinode.sbatch",
 		sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=1", "--signal=TERM@1"},
 	})
-	j.waitState(agent.StateReady, readyTimeout)
-	c := j.waitState(agent.StateStopped, 3*time.Minute)
+	j.waitState(jobfiles.StateReady, readyTimeout)
+	c := j.waitState(jobfiles.StateStopped, 3*time.Minute)
 	assert.Empty(t, c.Reason)
 	st := j.waitEnded(time.Minute)
 	assert.Contains(t, []string{"COMPLETED", "TIMEOUT"}, st)
@@ -280,14 +281,14 @@ func TestTwoJobsShareNodes(t *testing.T) {
 	spec := jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", fmt.Sprint(suite.nodes), "--gpus-per-node=1", "--cpus-per-task=1"}}
 	a := submit(t, spec)
 	b := submit(t, spec)
-	ca := a.waitState(agent.StateReady, readyTimeout)
-	cb := b.waitState(agent.StateReady, readyTimeout)
+	ca := a.waitState(jobfiles.StateReady, readyTimeout)
+	cb := b.waitState(jobfiles.StateReady, readyTimeout)
 	assert.NotEqual(t, ca.Port, cb.Port)
 	assert.NotEqual(t, ca.MetricsPort, cb.MetricsPort)
 	assert.NotEqual(t, ca.RayAddress, cb.RayAddress)
 	for _, x := range []struct {
 		j *job
-		c agent.Connection
+		c jobfiles.Connection
 	}{{a, ca}, {b, cb}} {
 		resp, body := chat(t, x.c.BaseURL, x.j.apiKey(x.c), x.c.ServedModelName, false)
 		assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
@@ -299,8 +300,8 @@ func TestTwoJobsShareNodes(t *testing.T) {
 	resp, _ := chat(t, ca.BaseURL, b.apiKey(cb), ca.ServedModelName, false)
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 	require.NoError(t, exec.Command("scancel", a.id, b.id).Run())
-	a.waitState(agent.StateStopped, drainBound)
-	b.waitState(agent.StateStopped, drainBound)
+	a.waitState(jobfiles.StateStopped, drainBound)
+	b.waitState(jobfiles.StateStopped, drainBound)
 	requireNoProcesses(t, drainBound)
 }
 

@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 const (
@@ -32,7 +32,7 @@ func TestGatewayKeysAuditAndEngineRestart(t *testing.T) {
 		"  - {name: bob, project: genomics, sha256: "+sha256hex(bobKey)+"}\n"), 0o600))
 	j := submit(t, jobSpec{script: "singlenode.sbatch", sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
 		agent: []string{"--keys-file", keys}})
-	c := j.waitState(agent.StateReady, readyTimeout)
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
 	assert.True(t, c.Gateway)
 	assert.Empty(t, c.APIKeyFile)
 
@@ -96,7 +96,7 @@ func TestGatewayKeysAuditAndEngineRestart(t *testing.T) {
 	}
 
 	require.NoError(t, exec.Command("scancel", j.id).Run())
-	j.waitState(agent.StateStopped, drainBound)
+	j.waitState(jobfiles.StateStopped, drainBound)
 
 	// The audit log and llm-agent usage show both keys, and never a key.
 	audit, err := os.ReadFile(filepath.Join(j.stateDir, "audit.jsonl"))

@@ -25,7 +25,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 const (
@@ -193,16 +193,16 @@ func tail(s string, n int) string {
 }
 
 // conn reads the connection file; ok is false until it exists.
-func (j *job) conn() (agent.Connection, bool) {
-	c, err := agent.ReadConnection(filepath.Join(j.stateDir, agent.ConnectionFile))
+func (j *job) conn() (jobfiles.Connection, bool) {
+	c, err := jobfiles.ReadConnection(filepath.Join(j.stateDir, jobfiles.ConnectionFile))
 	return c, err == nil
 }
 
 // waitState waits for the connection file to show state, failing early on a terminal state
 // that is not the one asked for.
-func (j *job) waitState(state agent.ServiceState, timeout time.Duration) agent.Connection {
+func (j *job) waitState(state jobfiles.ServiceState, timeout time.Duration) jobfiles.Connection {
 	j.t.Helper()
-	var last agent.Connection
+	var last jobfiles.Connection
 	ok := assertEventually(timeout, func() bool {
 		c, ok := j.conn()
 		if !ok {
@@ -250,7 +250,7 @@ func (j *job) outputText() string {
 }
 
 // apiKey reads the key from the file the connection file names.
-func (j *job) apiKey(c agent.Connection) string {
+func (j *job) apiKey(c jobfiles.Connection) string {
 	b, err := os.ReadFile(c.APIKeyFile)
 	require.NoError(j.t, err)
 	return strings.TrimSpace(string(b))

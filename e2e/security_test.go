@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 // The attack suite: alice runs a 3-node job with Ray, the gateway and the stand-in engine;
@@ -131,7 +132,7 @@ func jobListeners(t *testing.T, uid string) []listener {
 
 // secretsOf returns the job's secrets: the client key, the engine's internal key and the Ray
 // token, read as root.
-func secretsOf(t *testing.T, j *job, c agent.Connection) map[string]string {
+func secretsOf(t *testing.T, j *job, c jobfiles.Connection) map[string]string {
 	t.Helper()
 	s := map[string]string{"the API key": j.apiKey(c)}
 	b, err := os.ReadFile(filepath.Join(j.stateDir, agent.RayTokenFile))
@@ -190,7 +191,7 @@ func TestAttacksFail(t *testing.T) {
 	}
 	out, err := exec.Command("runuser", "-u", owner, "--", "scontrol", "release", j.id).CombinedOutput()
 	require.NoError(t, err, "release: %s", out)
-	c := j.waitState(agent.StateReady, readyTimeout)
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
 	key := j.apiKey(c)
 	secrets := secretsOf(t, j, c)
 
@@ -205,7 +206,7 @@ func TestAttacksFail(t *testing.T) {
 			fmt.Sprintf("job ready; mallory's directory holds %d entries %v", len(names), names), len(names) == 0)
 	})
 
-	rv, err := agent.ReadRendezvous(j.stateDir)
+	rv, err := jobfiles.ReadRendezvous(j.stateDir)
 	require.NoError(t, err)
 	head := c.HeadAddress
 	dashboard := strconv.Itoa(rv.Ports.Dashboard)
@@ -302,7 +303,7 @@ func TestAttacksFail(t *testing.T) {
 	})
 
 	t.Run("state directory", func(t *testing.T) {
-		for _, f := range []string{agent.APIKeyFile, agent.RayTokenFile, agent.ConnectionFile, "audit.jsonl", "rendezvous.json"} {
+		for _, f := range []string{jobfiles.APIKeyFile, agent.RayTokenFile, jobfiles.ConnectionFile, "audit.jsonl", "rendezvous.json"} {
 			path := filepath.Join(j.stateDir, f)
 			out, code := as(farNode, attacker, "cat "+path)
 			a.record("reading "+strings.Replace(path, alice.HomeDir, "~alice", 1), nodeName(farNode), "permission denied",
@@ -333,14 +334,14 @@ func TestAttacksFail(t *testing.T) {
 		resp, body := chat(t, c.BaseURL, key, c.ServedModelName, false)
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 		now, _ := j.conn()
-		assert.Equal(t, agent.StateReady, now.State)
+		assert.Equal(t, jobfiles.StateReady, now.State)
 		assert.Equal(t, 0, now.Restarts["vllm"], "no attack restarted the engine")
 		assert.Equal(t, 0, now.Restarts["ray"])
 	})
 
 	t.Run("scancel leaves nothing", func(t *testing.T) {
 		require.NoError(t, exec.Command("scancel", j.id).Run())
-		j.waitState(agent.StateStopped, drainBound)
+		j.waitState(jobfiles.StateStopped, drainBound)
 		requireNoProcesses(t, drainBound)
 		entries, _ := os.ReadDir(loot)
 		assert.Empty(t, entries, "nothing of the job in mallory's directory")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -70,7 +71,7 @@ func vllmJob(t *testing.T, script string, sbatch []string, tp, pp int, extra ...
 	}
 }
 
-func completion(t *testing.T, c agent.Connection, key, path, body string) (int, string) {
+func completion(t *testing.T, c jobfiles.Connection, key, path, body string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, c.BaseURL+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
@@ -86,7 +87,7 @@ func completion(t *testing.T, c agent.Connection, key, path, body string) (int, 
 func TestRealVLLMSingleNode(t *testing.T) {
 	submitted := time.Now()
 	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1))
-	c := j.waitState(agent.StateReady, vllmReadyTimeout)
+	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
 	t.Logf("BENCH real vLLM single node: sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
 	key := j.apiKey(c)
 
@@ -139,8 +140,8 @@ func TestRealVLLMSingleNode(t *testing.T) {
 		pids := pidsByCmdline(t, 1, "VLLM::EngineCore")
 		require.Len(t, pids, 1, "one vLLM engine core")
 		require.NoError(t, exec.Command("kill", "-KILL", pids[0]).Run())
-		j.waitState(agent.StateRestarting, 2*time.Minute)
-		c = j.waitState(agent.StateReady, vllmReadyTimeout)
+		j.waitState(jobfiles.StateRestarting, 2*time.Minute)
+		c = j.waitState(jobfiles.StateReady, vllmReadyTimeout)
 		assert.Equal(t, 1, c.Restarts["vllm"])
 		code, body := completion(t, c, key, "/completions", `{"model":"tiny","prompt":"again","max_tokens":4}`)
 		assert.Equal(t, http.StatusOK, code, body)
@@ -148,7 +149,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 
 	t.Run("scancel leaves nothing", func(t *testing.T) {
 		require.NoError(t, exec.Command("scancel", j.id).Run())
-		j.waitState(agent.StateStopped, drainBound)
+		j.waitState(jobfiles.StateStopped, drainBound)
 		requireNoProcesses(t, drainBound)
 	})
 }
@@ -159,10 +160,10 @@ func TestStandInSingleNodeTimeToReady(t *testing.T) {
 	submitted := time.Now()
 	j := submit(t, jobSpec{script: "singlenode.sbatch", sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
 		agent: []string{"--tensor-parallel-size", "1", "--pipeline-parallel-size", "1"}})
-	c := j.waitState(agent.StateReady, readyTimeout)
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
 	t.Logf("BENCH stand-in engine single node: sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
 	require.NoError(t, exec.Command("scancel", j.id).Run())
-	j.waitState(agent.StateStopped, drainBound)
+	j.waitState(jobfiles.StateStopped, drainBound)
 	requireNoProcesses(t, drainBound)
 }
 
@@ -175,19 +176,19 @@ func TestRealVLLMTwoNodesOverRay(t *testing.T) {
 	submitted := time.Now()
 	j := submit(t, vllmJob(t, "multinode.sbatch", []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1"}, 1, 2,
 		"--max-restarts", "1"))
-	var c agent.Connection
+	var c jobfiles.Connection
 	ok := assertEventually(vllmReadyTimeout, func() bool {
 		var found bool
 		c, found = j.conn()
-		return found && (c.State == agent.StateReady || c.State == agent.StateFailed)
+		return found && (c.State == jobfiles.StateReady || c.State == jobfiles.StateFailed)
 	})
 	require.True(t, ok, "job %s neither ready nor failed; state %q", j.id, c.State)
-	if c.State == agent.StateReady {
+	if c.State == jobfiles.StateReady {
 		t.Logf("BENCH real vLLM two nodes, pipeline 2 over Ray: sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
 		code, body := completion(t, c, j.apiKey(c), "/chat/completions", `{"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":8}`)
 		assert.Equal(t, http.StatusOK, code, body)
 		require.NoError(t, exec.Command("scancel", j.id).Run())
-		j.waitState(agent.StateStopped, drainBound)
+		j.waitState(jobfiles.StateStopped, drainBound)
 	} else {
 		t.Logf("the CPU build cannot run over Ray: %s", c.Reason)
 		assert.Contains(t, c.Reason, "gave up after 1 restarts")

@@ -23,8 +23,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/healthcheck"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -182,7 +182,7 @@ func observeRay(ctx context.Context, cfg config, mode, stateDir string) time.Tim
 	gcs := fmt.Sprintf("10.77.0.1:%d", 6379)
 	if mode == "llm-agent" {
 		for {
-			rv, err := agent.ReadRendezvous(stateDir)
+			rv, err := jobfiles.ReadRendezvous(stateDir)
 			if err == nil {
 				gcs = rv.RayAddress()
 				break
@@ -215,7 +215,7 @@ func observeReady(ctx context.Context, mode, stateDir string) (time.Time, error)
 	var eng vllm.Probe
 	if mode == "llm-agent" {
 		for eng.BaseURL == "" {
-			if c, err := agent.ReadConnection(filepath.Join(stateDir, agent.ConnectionFile)); err == nil {
+			if c, err := jobfiles.ReadConnection(filepath.Join(stateDir, jobfiles.ConnectionFile)); err == nil {
 				key, _ := os.ReadFile(c.APIKeyFile)
 				eng = vllm.Probe{BaseURL: strings.TrimSuffix(c.BaseURL, "/v1"), APIKey: strings.TrimSpace(string(key))}
 				break

@@ -1,4 +1,4 @@
-package agent
+package jobfiles
 
 import (
 	"context"
@@ -155,4 +155,32 @@ func TestNodeInfos(t *testing.T) {
 	require.Len(t, infos, 2)
 	assert.Equal(t, "n1", infos[0].Host)
 	assert.Equal(t, "http://10.0.0.2:9500/metrics", infos[1].MetricsURL())
+}
+
+func TestDashboardTunnelCommand(t *testing.T) {
+	assert.Equal(t, "ssh -N -L 8265:127.0.0.1:8265 -J alice@login alice@gpu01", DashboardTunnelCommand(8265, "gpu01", "alice", "login"))
+	assert.Equal(t, "ssh -N -L 1:127.0.0.1:1 -J USER@LOGIN-HOST USER@h", DashboardTunnelCommand(1, "h", "", ""))
+}
+
+func TestTargets(t *testing.T) {
+	got := Targets("42", []NodeInfo{{Host: "n1", Address: "10.0.0.1", Role: "head", MetricsPort: 9542},
+		{Host: "n2", Address: "fd00::2", Role: "worker", MetricsPort: 9542}})
+	assert.Equal(t, []TargetGroup{
+		{Targets: []string{"10.0.0.1:9542"}, Labels: map[string]string{"job_id": "42", "node": "n1", "role": "head"}},
+		{Targets: []string{"[fd00::2]:9542"}, Labels: map[string]string{"job_id": "42", "node": "n2", "role": "worker"}},
+	}, got)
+	assert.Empty(t, Targets("42", nil))
+}
+
+// TestWritesFailWithReasons: each write names its file when the directory is gone or the value
+// cannot be encoded.
+func TestWritesFailWithReasons(t *testing.T) {
+	gone := filepath.Join(t.TempDir(), "gone")
+	assert.ErrorContains(t, WriteJSONAtomic(filepath.Join(gone, "x.json"), 1, 0o600), "x.json")
+	assert.ErrorContains(t, WriteJSONAtomic(filepath.Join(t.TempDir(), "y.json"), func() {}, 0o600), "y.json")
+	file := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	assert.Error(t, WriteNodeInfo(file, NodeInfo{Host: "n1"}), "a file where the state directory should be")
+	_, err := NewConnectionWriter(file, Connection{JobID: "1"}, "k")
+	assert.Error(t, err)
 }

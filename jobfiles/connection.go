@@ -1,4 +1,4 @@
-package agent
+package jobfiles
 
 import (
 	"encoding/json"
@@ -191,7 +191,7 @@ func (w *ConnectionWriter) Snapshot() Connection {
 
 func (w *ConnectionWriter) write() error {
 	w.conn.UpdatedAt = time.Now().UTC()
-	return writeJSONAtomic(filepath.Join(w.dir, ConnectionFile), w.conn, 0o600)
+	return WriteJSONAtomic(filepath.Join(w.dir, ConnectionFile), w.conn, 0o600)
 }
 
 // shellQuote quotes s for a POSIX shell.

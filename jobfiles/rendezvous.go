@@ -1,4 +1,4 @@
-package agent
+package jobfiles
 
 import (
 	"context"
@@ -43,7 +43,7 @@ func (r Rendezvous) matches(want Rendezvous) bool {
 
 // WriteRendezvous publishes r atomically in dir.
 func WriteRendezvous(dir string, r Rendezvous) error {
-	return writeJSONAtomic(filepath.Join(dir, RendezvousFile), r, 0o644)
+	return WriteJSONAtomic(filepath.Join(dir, RendezvousFile), r, 0o644)
 }
 
 // ReadRendezvous reads the rendezvous file in dir.
@@ -117,7 +117,7 @@ func WriteNodeInfo(dir string, n NodeInfo) error {
 	if err := os.MkdirAll(filepath.Join(dir, "nodes"), 0o755); err != nil {
 		return fmt.Errorf("publish node info: %w", err)
 	}
-	return writeJSONAtomic(nodeInfoPath(dir, n.Host), n, 0o644)
+	return WriteJSONAtomic(nodeInfoPath(dir, n.Host), n, 0o644)
 }
 
 // ReadNodeInfos reads the published node infos of hosts, in their order, skipping hosts that

@@ -1,4 +1,8 @@
-package agent
+// Package jobfiles holds the job's files on the shared filesystem that others read: the
+// connection file (how to reach the service, and its state), the rendezvous (where Ray is and
+// which ports to use), the per-node files, the Prometheus targets, and the atomic writes they
+// all use. docs/files.md is their schema. It knows nothing of how the files' contents are made.
+package jobfiles
 
 import (
 	"encoding/json"
@@ -50,8 +54,8 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// writeJSONAtomic writes v as indented JSON with WriteFileAtomic.
-func writeJSONAtomic(path string, v any, perm os.FileMode) error {
+// WriteJSONAtomic writes v as indented JSON with WriteFileAtomic.
+func WriteJSONAtomic(path string, v any, perm os.FileMode) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
