@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/gateway"
@@ -23,9 +24,10 @@ type front struct {
 	audit   *gateway.Audit
 	metrics *gateway.Metrics
 	srv     *http.Server
-	// stopAudit ends the audit log's syncing; auditDone is closed once the log is on disk.
-	stopAudit context.CancelFunc
-	auditDone chan struct{}
+	// stop ends the gateway's audit log and keys watcher; stopped is closed once both are done,
+	// the audit log on disk.
+	stop    context.CancelFunc
+	stopped chan struct{}
 }
 
 // setupKeys decides the engine's key and the clients' keys. With the gateway, the engine gets a
@@ -107,7 +109,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 	})
 	h.front.srv = &http.Server{
 		Handler:           h.front.gw.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       2 * time.Minute, // the request; responses of any length stream freely
 		IdleTimeout:       2 * time.Minute,
 	}
@@ -117,25 +119,35 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 			errc <- err
 		}
 	}()
-	auditCtx, stopAudit := context.WithCancel(context.Background())
-	h.front.stopAudit, h.front.auditDone = stopAudit, make(chan struct{})
+	// The audit log and the keys watcher live until the gateway stops.
+	gctx, stop := context.WithCancel(ctx)
+	h.front.stop, h.front.stopped = stop, make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer close(h.front.auditDone)
-		if err := h.front.audit.Run(auditCtx, time.Second); err != nil {
+		defer wg.Done()
+		if err := h.front.audit.Run(gctx, auditSyncInterval); err != nil {
 			a.log.Error("audit log", "error", err)
 		}
 	}()
-	go h.front.keys.Watch(ctx, 2*time.Second)
+	go func() {
+		defer wg.Done()
+		h.front.keys.Watch(gctx, keysCheckInterval)
+	}()
+	go func() {
+		wg.Wait()
+		close(h.front.stopped)
+	}()
 	a.log.Info("gateway listening", "port", h.ports.API, "engine", h.engineEndpoint().String())
 	return errc, nil
 }
 
 // drainGateway stops taking new requests and lets those in flight finish within budget.
-func (h *head) drainGateway(budget time.Duration) {
+func (h *head) drainGateway(run context.Context, budget time.Duration) {
 	if h.front.gw == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	ctx, cancel := context.WithTimeout(run, budget)
 	defer cancel()
 	if left := h.front.gw.Drain(ctx); left > 0 {
 		h.log.Warn("drain budget over; cutting requests still in flight", "requests", left)
@@ -143,13 +155,13 @@ func (h *head) drainGateway(budget time.Duration) {
 }
 
 // stopGateway closes the public port at the very end, then writes out the audit log.
-func (h *head) stopGateway() {
+func (h *head) stopGateway(run context.Context) {
 	if h.front.srv == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(run, gatewayCloseTimeout)
 	defer cancel()
 	h.front.srv.Shutdown(ctx)
-	h.front.stopAudit()
-	<-h.front.auditDone
+	h.front.stop()
+	<-h.front.stopped
 }

@@ -78,7 +78,7 @@ type agent struct {
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
 // ends (a clean drain, nil) or the service fails (an error).
 func Run(ctx context.Context, cfg Config, deps Deps) error {
-	a, err := prepare(cfg, deps)
+	a, err := prepare(ctx, cfg, deps)
 	if err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 }
 
 // prepare checks everything that can be checked before any process starts.
-func prepare(cfg Config, deps Deps) (*agent, error) {
+func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 	a := &agent{cfg: cfg, deps: deps, started: time.Now()}
 	var err error
 	if a.alloc, err = slurm.AllocationFromEnv(deps.Getenv, deps.Hostname); err != nil {
@@ -142,7 +142,7 @@ func prepare(cfg Config, deps Deps) (*agent, error) {
 	if a.alloc.IsHead() {
 		role = "head"
 		if a.alloc.EndTime.IsZero() && !a.alloc.Local && deps.JobEndTime != nil {
-			if end, err := deps.JobEndTime(context.Background(), a.alloc.JobID); err != nil {
+			if end, err := deps.JobEndTime(ctx, a.alloc.JobID); err != nil {
 				a.log.Debug("job end time unknown", "error", err)
 			} else {
 				a.alloc.EndTime = end
@@ -298,7 +298,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
 	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
-	rv, err := jobfiles.WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, 200*time.Millisecond)
+	rv, err := jobfiles.WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
 	if err != nil {
 		if ctx.Err() != nil {
 			a.log.Info("stopped while waiting for the rendezvous")
@@ -316,43 +316,19 @@ func (a *agent) runWorker(ctx context.Context) error {
 	for _, m := range moved {
 		a.log.Warn("port busy on this node, using another", "move", m)
 	}
-	serveCtx, stopServe := context.WithCancel(context.Background())
-	defer stopServe()
-	metricsErr, err := a.serveMetrics(serveCtx, ports.Metrics)
-	if err != nil {
-		return err
-	}
-	if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
-		MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
-		return err
-	}
-	a.state.SetReady(false, "joining ray", time.Now())
-	svc, closeOut, err := a.rayService(a.rayStartOptions(ports, rv.RayAddress()), nil, func(e supervisor.Event) {
-		a.trackChild(e)
-		a.state.SetReady(e.State == supervisor.StateRunning, "ray "+string(e.State), time.Now())
-	})
-	if err != nil {
-		return err
-	}
-	defer closeOut()
-	a.log.Info("joining ray", "gcs", rv.RayAddress(), "address", a.addr, "iface", a.ifname)
-	rayCtx, stopRay := context.WithCancel(context.Background())
-	defer stopRay()
-	rayDone := make(chan error, 1)
-	go func() { rayDone <- svc.Run(rayCtx) }()
-	select {
-	case <-ctx.Done():
-		a.log.Info("draining")
+	run := life(ctx)
+	failure := runStages(ctx, []stage{
+		a.metricsStage(run, ports.Metrics),
+		a.workerFilesStage(ports),
+		a.workerRayStage(run, ports, rv.RayAddress()),
+	}, func(failure error) {
+		if failure == nil {
+			a.log.Info("draining")
+		}
 		a.state.SetReady(false, "stopping", time.Now())
-		stopRay()
-		err := <-rayDone
+	})
+	if failure == nil {
 		a.log.Info("stopped")
-		return err
-	case err := <-rayDone:
-		return fmt.Errorf("ray on %s: %w", a.alloc.Hostname(), err)
-	case err := <-metricsErr:
-		stopRay()
-		<-rayDone
-		return fmt.Errorf("metrics server: %w", err)
 	}
+	return failure
 }

@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/llm-agent/llm-agent/healthcheck"
+	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/ray"
+	"github.com/llm-agent/llm-agent/supervisor"
+	"github.com/llm-agent/llm-agent/vllm"
+)
+
+func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Service, func(), error) {
+	a := h.agent
+	out, closeOut, err := a.childOutput("vllm")
+	if err != nil {
+		return nil, nil, err
+	}
+	h.engineOut = out
+	eng := h.engineEndpoint()
+	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
+		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
+	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
+	env = append(env, "VLLM_API_KEY="+h.engineKey)
+	if h.engineOnRay() {
+		env = ray.WithAuth(append(env, "RAY_ADDRESS="+h.rayc.GCSAddress), a.rayTokenPath())
+	}
+	opts := supervisor.ServiceOptions{
+		Name: "vllm",
+		Command: func() (supervisor.Options, error) {
+			if err := removeStaleSocket(spec.Socket); err != nil {
+				return supervisor.Options{}, err
+			}
+			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
+				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
+		},
+		Policy: a.policy(),
+		Logger: a.log.Named("supervisor").With("proc", "vllm"),
+		OnEvent: func(e supervisor.Event) {
+			if e.State == supervisor.StateStarting {
+				out.NewRun()
+			}
+			a.trackChild(e)
+			_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
+			events <- e
+		},
+	}
+	if a.multiNode() {
+		opts.Before = h.waitCluster
+	}
+	return supervisor.NewService(opts), closeOut, nil
+}
+
+// engineOnRay tells whether the engine spans nodes, and so runs on Ray's executor. A model
+
+// whose pipeline stays on the head uses vLLM's own processes there, even in a job of several
+
+// nodes.
+
+// monitorEngine follows the engine's life: it probes each new engine for readiness, then for
+
+// liveness, and keeps the connection file's state in step.
+
+func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event) {
+	var stopProbe context.CancelFunc
+	stop := func() {
+		if stopProbe != nil {
+			stopProbe()
+			stopProbe = nil
+		}
+	}
+	defer stop()
+	for {
+		var e supervisor.Event
+		select {
+		case <-ctx.Done():
+			return
+		case e = <-events:
+		}
+		switch e.State {
+		case supervisor.StateRunning:
+			stop()
+			pctx, cancel := context.WithCancel(ctx)
+			stopProbe = cancel
+			go h.probeEngine(pctx)
+		case supervisor.StateBackoff, supervisor.StateStopping:
+			stop()
+			if !h.draining.Load() {
+				h.setNotReady("engine " + string(e.State) + ": " + h.withEngineError(e.Reason))
+			}
+		case supervisor.StateFailed, supervisor.StateStopped:
+			stop()
+		}
+	}
+}
+
+func (h *head) engineProbe() vllm.Probe {
+	eng := h.engineEndpoint()
+	return vllm.Probe{BaseURL: eng.BaseURL(), APIKey: h.engineKey, Client: &http.Client{Transport: eng.Transport(2)}}
+}
+
+// removeStaleSocket removes the socket an earlier engine left, which would make the next one's
+
+// bind fail. It lives in the agent's private directory, so nothing else can be there.
+
+func removeStaleSocket(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("engine socket %s: not a socket left by an earlier engine (%v)", path, err)
+	}
+	return os.Remove(path)
+}
+
+// probeEngine waits for the engine that just started to become ready, then watches its
+
+// liveness, until ctx ends.
+
+func (h *head) probeEngine(ctx context.Context) {
+	a := h.agent
+	eng := h.engineProbe()
+	served := a.cfg.ServedName()
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.EngineTimeout)
+	err := healthcheck.WaitReady(rctx, readinessPollInterval, func(ctx context.Context) error {
+		pctx, cancel := context.WithTimeout(ctx, readinessProbeTimeout)
+		defer cancel()
+		return eng.Ready(pctx, served)
+	})
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		h.engine.Restart("start_timeout", fmt.Sprintf("engine not ready within %s: %v", a.cfg.EngineTimeout, err))
+		return
+	}
+	h.everReady.Store(true)
+	a.state.SetReady(true, "", time.Now())
+	_ = h.conn.SetState(jobfiles.StateReady, "")
+	a.log.Info("engine ready", "url", h.conn.Snapshot().BaseURL, "since_start", time.Since(a.started).Round(time.Millisecond))
+	healthcheck.Liveness{
+		Probe:    eng.Health,
+		Interval: a.cfg.ProbeInterval,
+		Timeout:  a.cfg.ProbeTimeout,
+		Failures: a.cfg.ProbeFailures,
+		OnUnhealthy: func(err error) {
+			a.log.Warn("engine unhealthy, restarting", "reason", err)
+			h.engine.Restart("unhealthy", err.Error())
+		},
+	}.Run(ctx)
+}
+
+// withEngineError adds the engine's last error line to the reason an engine exited.
+
+func (h *head) withEngineError(reason string) string {
+	if strings.HasPrefix(reason, "exit status") {
+		if said := h.engineOut.FirstError(); said != "" {
+			return reason + "; the engine said: " + said
+		}
+	}
+	return reason
+}
+
+func (h *head) setNotReady(reason string) {
+	h.state.SetReady(false, reason, time.Now())
+	state := jobfiles.StateStarting
+	if h.everReady.Load() {
+		state = jobfiles.StateRestarting
+	}
+	_ = h.conn.SetState(state, reason)
+}
+
+// expected returns the job's hosts and, where known, their addresses.

@@ -1,0 +1,168 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llm-agent/llm-agent/healthcheck"
+	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/ray"
+	"github.com/llm-agent/llm-agent/supervisor"
+)
+
+func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error, error) {
+	a := h.agent
+	python, err := ray.PythonFor(a.rayBin)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadInput, err)
+	}
+	gcs := net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))
+	if err := WriteRayToken(a.stateDir); err != nil {
+		return nil, err
+	}
+	h.rayc = ray.Client{Python: python, GCSAddress: gcs, Timeout: rayQueryTimeout, TokenFile: a.rayTokenPath()}
+	opts := a.rayStartOptions(h.ports, "")
+	svc, closeOut, err := a.rayService(opts, withDefaults(rayHealthEnv, a.deps.Getenv), func(e supervisor.Event) {
+		a.trackChild(e)
+		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["ray"] = e.Restarts })
+	})
+	if err != nil {
+		return nil, err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		defer closeOut()
+		errc <- svc.Run(rctx)
+	}()
+	fail := func(err error) (<-chan error, error) {
+		cancel()
+		<-errc
+		return nil, err
+	}
+	wctx, stopWait := context.WithTimeout(ctx, a.cfg.RayTimeout)
+	defer stopWait()
+	err = healthcheck.WaitReady(wctx, gcsPollInterval, func(ctx context.Context) error {
+		select {
+		case err := <-errc:
+			errc <- err
+			return fmt.Errorf("ray head ended: %w", err)
+		default:
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", gcs)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err != nil {
+		return fail(fmt.Errorf("ray head GCS at %s did not come up: %w", gcs, err))
+	}
+	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC()}
+	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
+		return fail(err)
+	}
+	a.log.Info("ray head up; rendezvous published", "gcs", gcs)
+	return errc, nil
+}
+
+func withDefaults(env []string, getenv func(string) string) []string {
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if getenv(k) == "" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func (h *head) engineOnRay() bool {
+	return h.multiNode() && h.par.Pipeline > 1
+}
+
+func (h *head) waitCluster(ctx context.Context) error {
+	a := h.agent
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.RayTimeout)
+	defer cancel()
+	want := len(a.alloc.Nodes)
+	var missing []string
+	err := healthcheck.WaitReady(wctx, clusterPollInterval, func(ctx context.Context) error {
+		nodes, err := h.rayc.Nodes(ctx)
+		if err != nil {
+			missing = a.alloc.Nodes[1:]
+			return err
+		}
+		hosts, addrs := h.expected()
+		alive := ray.Alive(nodes)
+		missing = ray.Missing(nodes, hosts, addrs)
+		a.state.SetRayNodes(len(alive), want)
+		if len(missing) > 0 || len(alive) != want {
+			return fmt.Errorf("%d of %d ray nodes alive", len(alive), want)
+		}
+		ids := map[string]bool{}
+		for _, n := range alive {
+			ids[n.ID] = true
+		}
+		h.mu.Lock()
+		h.clusterIDs, h.clusterLost = ids, false
+		h.mu.Unlock()
+		return nil
+	})
+	if err == nil {
+		a.log.Info("ray cluster complete", "nodes", want)
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: not every node joined within %s; nodes that never joined: %s (%v); see their logs in %s",
+		ErrRayIncomplete, a.cfg.RayTimeout, strings.Join(missing, ", "), err, filepath.Join(a.stateDir, "logs"))
+}
+
+func (h *head) monitorRay(ctx context.Context) {
+	a := h.agent
+	tick := time.NewTicker(a.cfg.RayPollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		nodes, err := h.rayc.Nodes(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		alive := map[string]bool{}
+		if err != nil {
+			a.log.Debug("ray node poll failed", "error", err)
+		}
+		for _, n := range ray.Alive(nodes) {
+			alive[n.ID] = true
+		}
+		a.state.SetRayNodes(len(alive), len(a.alloc.Nodes))
+		h.mu.Lock()
+		var gone []string
+		if h.clusterIDs != nil && !h.clusterLost {
+			for id := range h.clusterIDs {
+				if !alive[id] {
+					gone = append(gone, id[:min(12, len(id))])
+				}
+			}
+			h.clusterLost = len(gone) > 0
+		}
+		h.mu.Unlock()
+		if len(gone) > 0 && !h.draining.Load() && h.engineOnRay() {
+			reason := fmt.Sprintf("ray lost node(s) %s; the engine restarts once every node is back", strings.Join(gone, ", "))
+			a.log.Warn("ray cluster lost a node", "nodes", gone)
+			h.engine.Restart("ray_node_lost", reason)
+		}
+	}
+}

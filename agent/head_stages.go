@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/supervisor"
+	"github.com/llm-agent/llm-agent/vllm"
+)
+
+// The head's stages, in the order runHead starts them: each returns what it keeps running to
+// the stage runner, which stops them in reverse order.
+
+// metricsCollectors are the head's collectors beside the agent's own: the engine's metrics and
+// the gateway's.
+func (h *head) metricsCollectors() []prometheus.Collector {
+	eng := h.engineEndpoint()
+	extra := []prometheus.Collector{vllm.NewCollector(eng.BaseURL()+"/metrics", eng.Transport(1), "vllm:",
+		h.alloc.Hostname(), h.alloc.JobID, engineScrapeTimeout)}
+	if h.front.metrics != nil {
+		extra = append(extra, h.front.metrics)
+	}
+	return extra
+}
+
+// gatewayStage binds the public port; it closes the port and writes out the audit log last.
+func (h *head) gatewayStage(run context.Context) stage {
+	return stage{name: "gateway", start: func(context.Context) (<-chan error, error) {
+		errc, err := h.startGateway(run)
+		if err != nil || errc == nil {
+			return nil, err
+		}
+		done, _ := ended(errc, func(err error) error { return fmt.Errorf("gateway: %w", err) })
+		return done, nil
+	}, stop: func() { h.stopGateway(run) }}
+}
+
+// filesStage publishes the head's node file and the connection file.
+func (h *head) filesStage() stage {
+	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
+		a := h.agent
+		if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
+			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
+			return nil, err
+		}
+		var err error
+		if h.conn, err = jobfiles.NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {
+			return nil, err
+		}
+		a.log.Info("head starting", "address", a.addr, "iface", a.ifname, "api_port", h.ports.API,
+			"metrics_port", h.ports.Metrics, "tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline,
+			"state_dir", a.stateDir)
+		return nil, nil
+	}}
+}
+
+// watchStage runs a watcher until the stage stops.
+func (h *head) watchStage(run context.Context, name string, watch func(ctx context.Context)) stage {
+	var stop func()
+	return stage{name: name, start: func(context.Context) (<-chan error, error) {
+		stop = background(run, watch)
+		return nil, nil
+	}, stop: func() { stop() }}
+}
+
+// rayStage starts the Ray head in a job of several nodes, and its watcher once it is up.
+func (h *head) rayStage(run context.Context) stage {
+	var stop func()
+	return stage{name: "ray", start: func(ctx context.Context) (<-chan error, error) {
+		if !h.multiNode() {
+			stop = func() {}
+			return nil, nil
+		}
+		rctx, cancel := context.WithCancel(run)
+		errc, err := h.startRay(ctx, rctx, cancel)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		done, finished := ended(errc, func(err error) error { return fmt.Errorf("ray head: %w", err) })
+		stopMonitor := background(run, h.monitorRay)
+		stop = func() {
+			stopMonitor()
+			cancel()
+			<-finished
+		}
+		return done, nil
+	}, stop: func() { stop() }}
+}
+
+// engineStage starts the supervised `vllm serve` and the watcher of its life.
+func (h *head) engineStage(run context.Context) stage {
+	var stop func()
+	return stage{name: "engine", start: func(context.Context) (<-chan error, error) {
+		events := make(chan supervisor.Event, 64)
+		var closeOut func()
+		var err error
+		if h.engine, closeOut, err = h.engineService(events); err != nil {
+			return nil, err
+		}
+		stopMonitor := background(run, func(ctx context.Context) { h.monitorEngine(ctx, events) })
+		ctx, cancel := context.WithCancel(run)
+		errc := make(chan error, 1)
+		go func() { errc <- h.engine.Run(ctx) }()
+		done, finished := ended(errc, func(err error) error {
+			err = fmt.Errorf("engine: %w", err)
+			if said := h.engineOut.FirstError(); said != "" {
+				err = fmt.Errorf("%w; the engine said: %s", err, said)
+			}
+			return err
+		})
+		stop = func() {
+			cancel()
+			<-finished
+			stopMonitor()
+			closeOut()
+		}
+		return done, nil
+	}, stop: func() { stop() }}
+}
+
+// drainStage, last to start and first to stop, lets the requests in flight finish before the
+// engine stops.
+func (h *head) drainStage(run context.Context) stage {
+	return stage{name: "drain", start: func(context.Context) (<-chan error, error) { return nil, nil },
+		stop: func() { h.drainGateway(run, h.cfg.Grace/4) }}
+}
