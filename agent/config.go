@@ -10,7 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/llm-agent/llm-agent/agent/bytesize"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -216,7 +219,7 @@ var Options = []Option{
 	stringOpt("state-dir", "Files", "job state directory on the shared filesystem (default: $HOME/.llm-agent/jobs/$SLURM_JOB_ID)", func(c *Config) *string { return &c.StateDir }),
 	stringOpt("targets-dir", "Files", "directory of per-job Prometheus file_sd files, one glob for a login-node Prometheus (default: $HOME/.llm-agent/targets; none: off)", func(c *Config) *string { return &c.TargetsDir }),
 	stringOpt("api-key-file", "Files", "file (mode 0600) holding the API key; without it a key is generated for the job", func(c *Config) *string { return &c.APIKeyFile }),
-	boolOpt("gateway", "Gateway", "put the agent's authenticated gateway on the public port, with vLLM behind it on loopback; false gives vLLM the public port and the key", func(c *Config) *bool { return &c.Gateway }),
+	boolOpt("gateway", "Gateway", "put the agent's authenticated gateway on the public port, with vLLM behind it on a private Unix socket; false gives vLLM the public port and the key (see docs/security.md)", func(c *Config) *bool { return &c.Gateway }),
 	stringOpt("keys-file", "Gateway", "YAML or JSON file (mode 0600) of client keys: {keys: [{name, project, key or sha256, priority}]}; reloaded on SIGHUP and on change", func(c *Config) *string { return &c.KeysFile }),
 	stringOpt("max-request-body", "Gateway", "largest request body the gateway accepts", func(c *Config) *string { return &c.MaxRequestBody }),
 	intOpt("max-in-flight-per-key", "Gateway", "requests one key may have in flight; past it the client gets 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlightPerKey }),
@@ -329,7 +332,27 @@ func ResolveConfig(file []byte, getenv func(string) string, flags []Setting) (Co
 			return Config{}, err
 		}
 	}
-	return c, nil
+	return c, c.Validate()
+}
+
+// Validate checks what one option alone cannot: settings that depend on each other, and values
+// that need parsing. The agent calls it before anything starts.
+func (c Config) Validate() error {
+	if c.KeysFile != "" && !c.Gateway {
+		return fmt.Errorf("%w: --keys-file needs the gateway (--gateway=true)", ErrConfig)
+	}
+	if _, err := bytesize.Parse(c.MaxRequestBody); err != nil {
+		return fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)
+	}
+	if c.GPUMemory != "" {
+		if _, err := bytesize.Parse(c.GPUMemory); err != nil {
+			return fmt.Errorf("%w: --gpu-memory: %w", ErrConfig, err)
+		}
+	}
+	if c.LogLevel != "" && hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
+		return fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", ErrConfig, c.LogLevel)
+	}
+	return nil
 }
 
 // setAll sets an option from one source; a list option is replaced, not appended to.

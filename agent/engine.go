@@ -25,15 +25,20 @@ var ErrKeyFile = fmt.Errorf("%w: API key file", ErrConfig)
 // maxKeyFile bounds an API key file: one key on one line.
 const maxKeyFile = 4 << 10
 
+// GenerateKey makes a random API key.
+func GenerateKey() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate API key: %w", err)
+	}
+	return "sk-llm-" + hex.EncodeToString(b), nil
+}
+
 // LoadAPIKey reads the key from path, which must not be readable by group or others; with no
 // path it generates a random key for the job.
 func LoadAPIKey(path string) (string, error) {
 	if path == "" {
-		b := make([]byte, 24)
-		if _, err := rand.Read(b); err != nil {
-			return "", fmt.Errorf("generate API key: %w", err)
-		}
-		return "sk-llm-" + hex.EncodeToString(b), nil
+		return GenerateKey()
 	}
 	b, err := securefs.ReadSecret(path, maxKeyFile)
 	if err != nil {

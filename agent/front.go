@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/gateway"
-	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -35,9 +35,6 @@ type front struct {
 // for the job. Without it, the job's key goes to the engine itself.
 func (h *head) setupKeys() error {
 	a := h.agent
-	if a.cfg.KeysFile != "" && !a.cfg.Gateway {
-		return fmt.Errorf("%w: --keys-file needs the gateway (--gateway=true)", ErrConfig)
-	}
 	if a.cfg.KeysFile == "" {
 		var err error
 		if h.apiKey, err = LoadAPIKey(a.cfg.APIKeyFile); err != nil {
@@ -49,7 +46,7 @@ func (h *head) setupKeys() error {
 		return nil
 	}
 	var err error
-	if h.engineKey, err = LoadAPIKey(""); err != nil {
+	if h.engineKey, err = GenerateKey(); err != nil {
 		return err
 	}
 	var fixed *gateway.KeySet
@@ -83,7 +80,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 	if !a.cfg.Gateway {
 		return nil, nil
 	}
-	maxBody, err := plan.ParseSize(a.cfg.MaxRequestBody)
+	maxBody, err := bytesize.Parse(a.cfg.MaxRequestBody)
 	if err != nil {
 		return nil, fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)
 	}

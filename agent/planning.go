@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/gpu"
 	slurmscripts "github.com/llm-agent/llm-agent/slurm-scripts"
@@ -55,8 +56,8 @@ func PlanFor(o PlanOptions, deps Deps) (plan.Plan, error) {
 	}
 	var mem int64
 	if o.GPUMemory != "" {
-		if mem, err = plan.ParseSize(o.GPUMemory); err != nil {
-			return plan.Plan{}, err
+		if mem, err = bytesize.Parse(o.GPUMemory); err != nil {
+			return plan.Plan{}, fmt.Errorf("%w: GPU memory: %w", plan.ErrRequest, err)
 		}
 	} else if deps.NVML != nil {
 		if mem, err = gpu.TotalMemory(deps.NVML, o.Visible, o.InJob, deps.GPUAccessible); err != nil {

@@ -96,6 +96,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 
 // prepare checks everything that can be checked before any process starts.
 func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	a := &agent{cfg: cfg, deps: deps, started: time.Now()}
 	var err error
 	if a.alloc, err = slurm.AllocationFromEnv(deps.Getenv, deps.Hostname); err != nil {

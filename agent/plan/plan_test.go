@@ -252,18 +252,6 @@ func TestWriteAndSUs(t *testing.T) {
 	assert.Contains(t, p.Summary(), "tensor 2 × pipeline 1 on 2 GPU(s)")
 }
 
-func TestParseSizeAndTime(t *testing.T) {
-	for in, want := range map[string]int64{"80GB": 80e9, "80 gb": 80e9, "80GiB": 80 << 30, "81559MiB": 81559 << 20, "80": 80e9, "85520809984": 85520809984, "1TB": 1e12} {
-		got, err := ParseSize(in)
-		require.NoError(t, err, in)
-		assert.Equal(t, want, got, in)
-	}
-	for _, bad := range []string{"", "lots", "-5GB"} {
-		_, err := ParseSize(bad)
-		assert.ErrorIs(t, err, ErrRequest, bad)
-	}
-}
-
 func TestShippedPresets(t *testing.T) {
 	presets, err := ParsePresets(slurmscripts.PresetsYAML)
 	require.NoError(t, err)

@@ -64,7 +64,7 @@ func runCommand() *cli.Command {
 		}
 		switch o.Kind {
 		case agent.KindBool:
-			flags = append(flags, &cli.BoolFlag{Name: o.Name, Category: o.Category, Usage: usage})
+			flags = append(flags, &cli.BoolFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: o.Default()})
 		case agent.KindList:
 			flags = append(flags, &cli.StringSliceFlag{Name: o.Name, Category: o.Category, Usage: usage})
 		default:
@@ -115,10 +115,7 @@ func contextToConfig(c *cli.Context) (agent.Config, error) {
 }
 
 func newLogger(cfg agent.Config) (hclog.Logger, error) {
-	level := hclog.LevelFromString(cfg.LogLevel)
-	if level == hclog.NoLevel {
-		return nil, fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", agent.ErrConfig, cfg.LogLevel)
-	}
+	level := hclog.LevelFromString(cfg.LogLevel) // checked by the configuration
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       "llm-agent",
 		Level:      level,
