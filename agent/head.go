@@ -16,17 +16,13 @@ import (
 )
 
 // ErrRayIncomplete is returned when not every node joined Ray in time.
-
 var ErrRayIncomplete = errors.New("ray cluster incomplete")
 
 // rayHealthEnv makes the GCS notice a dead raylet within seconds instead of the default tens of
-
 // seconds; values already in the environment win.
-
 var rayHealthEnv = []string{"RAY_health_check_period_ms=1000", "RAY_health_check_failure_threshold=5"}
 
 // head is the head node's run: Ray head, engine, probes and the connection file.
-
 type head struct {
 	*agent
 	ports jobfiles.Ports
@@ -50,6 +46,7 @@ type head struct {
 	addresses   []string // node addresses by host index, from the node files
 }
 
+// runHead is the head's run: its stages in order, from the metrics port to the drain.
 func (a *agent) runHead(ctx context.Context) error {
 	h := &head{agent: a}
 	var err error
@@ -77,7 +74,6 @@ func (a *agent) runHead(ctx context.Context) error {
 }
 
 // beginDrain marks the service as stopping, or failing, before the stages stop.
-
 func (h *head) beginDrain(failure error) {
 	h.draining.Store(true)
 	if failure == nil && h.conn != nil {
@@ -88,9 +84,7 @@ func (h *head) beginDrain(failure error) {
 }
 
 // finish marks the service stopped or failed and removes the Prometheus targets of the job. A
-
 // failure before the connection file exists is only returned.
-
 func (h *head) finish(failure error) error {
 	if h.conn == nil {
 		return failure
@@ -157,36 +151,15 @@ func (h *head) initialConnection() jobfiles.Connection {
 	return c
 }
 
-// startRay starts the supervised Ray head in rctx, waits (within ctx) until its GCS accepts
-
-// connections, and then publishes the rendezvous so that workers join a head that is there. It
-
-// returns the channel that reports the service's end. On an error nothing of it is left
-
-// running: cancel ends rctx.
-
-// withDefaults returns the entries of env whose variable getenv does not already set.
-
-// engineService returns the supervised `vllm serve`, gated on a whole Ray cluster.
-
+// expected returns the job's hosts and, where known, their addresses.
 func (h *head) expected() ([]string, []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.alloc.Nodes, append([]string(nil), h.addresses...)
 }
 
-// waitCluster blocks until exactly one live Ray node runs on every host of the job, then
-
-// remembers those nodes: losing one of them later restarts the engine.
-
-// monitorRay polls the GCS and restarts the engine, when it runs on Ray, once a node it was
-
-// started on is gone.
-
 // watchNodes reads the nodes' published info until every node is in, keeping the connection
-
 // file's metrics list and the Prometheus targets current.
-
 func (h *head) watchNodes(ctx context.Context) {
 	tick := time.NewTicker(nodeFilesPollInterval)
 	defer tick.Stop()

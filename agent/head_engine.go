@@ -16,6 +16,7 @@ import (
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
+// engineService returns the supervised `vllm serve`, gated on a whole Ray cluster.
 func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Service, func(), error) {
 	a := h.agent
 	out, closeOut, err := a.childOutput("vllm")
@@ -57,16 +58,8 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	return supervisor.NewService(opts), closeOut, nil
 }
 
-// engineOnRay tells whether the engine spans nodes, and so runs on Ray's executor. A model
-
-// whose pipeline stays on the head uses vLLM's own processes there, even in a job of several
-
-// nodes.
-
 // monitorEngine follows the engine's life: it probes each new engine for readiness, then for
-
 // liveness, and keeps the connection file's state in step.
-
 func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event) {
 	var stopProbe context.CancelFunc
 	stop := func() {
@@ -106,9 +99,7 @@ func (h *head) engineProbe() vllm.Probe {
 }
 
 // removeStaleSocket removes the socket an earlier engine left, which would make the next one's
-
 // bind fail. It lives in the agent's private directory, so nothing else can be there.
-
 func removeStaleSocket(path string) error {
 	if path == "" {
 		return nil
@@ -124,9 +115,7 @@ func removeStaleSocket(path string) error {
 }
 
 // probeEngine waits for the engine that just started to become ready, then watches its
-
 // liveness, until ctx ends.
-
 func (h *head) probeEngine(ctx context.Context) {
 	a := h.agent
 	eng := h.engineProbe()
@@ -162,7 +151,6 @@ func (h *head) probeEngine(ctx context.Context) {
 }
 
 // withEngineError adds the engine's last error line to the reason an engine exited.
-
 func (h *head) withEngineError(reason string) string {
 	if strings.HasPrefix(reason, "exit status") {
 		if said := h.engineOut.FirstError(); said != "" {
@@ -180,5 +168,3 @@ func (h *head) setNotReady(reason string) {
 	}
 	_ = h.conn.SetState(state, reason)
 }
-
-// expected returns the job's hosts and, where known, their addresses.

@@ -15,6 +15,10 @@ import (
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
+// startRay starts the supervised Ray head in rctx, waits (within ctx) until its GCS accepts
+// connections, and then publishes the rendezvous so that workers join a head that is there. It
+// returns the channel that reports the service's end. On an error nothing of it is left
+// running: cancel ends rctx.
 func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error, error) {
 	a := h.agent
 	python, err := ray.PythonFor(a.rayBin)
@@ -72,6 +76,7 @@ func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error,
 	return errc, nil
 }
 
+// withDefaults returns the entries of env whose variable getenv does not already set.
 func withDefaults(env []string, getenv func(string) string) []string {
 	var out []string
 	for _, kv := range env {
@@ -83,10 +88,15 @@ func withDefaults(env []string, getenv func(string) string) []string {
 	return out
 }
 
+// engineOnRay tells whether the engine spans nodes, and so runs on Ray's executor. A model
+// whose pipeline stays on the head uses vLLM's own processes there, even in a job of several
+// nodes.
 func (h *head) engineOnRay() bool {
 	return h.multiNode() && h.par.Pipeline > 1
 }
 
+// waitCluster blocks until exactly one live Ray node runs on every host of the job, then
+// remembers those nodes: losing one of them later restarts the engine.
 func (h *head) waitCluster(ctx context.Context) error {
 	a := h.agent
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.RayTimeout)
@@ -126,6 +136,8 @@ func (h *head) waitCluster(ctx context.Context) error {
 		ErrRayIncomplete, a.cfg.RayTimeout, strings.Join(missing, ", "), err, filepath.Join(a.stateDir, "logs"))
 }
 
+// monitorRay polls the GCS and restarts the engine, when it runs on Ray, once a node it was
+// started on is gone.
 func (h *head) monitorRay(ctx context.Context) {
 	a := h.agent
 	tick := time.NewTicker(a.cfg.RayPollInterval)

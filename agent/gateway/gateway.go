@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -61,9 +60,6 @@ type Gateway struct {
 	draining atomic.Bool
 	active   atomic.Int64
 }
-
-// maxResponse bounds a non-streamed response the gateway reads to count its tokens.
-const maxResponse = 64 << 20
 
 // New returns a gateway.
 func New(o Options) *Gateway {
@@ -227,32 +223,6 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	g.plainResponse(w, resp, x)
 }
 
-// admit counts a request of key in, unless the key or the gateway is at its bound.
-func (g *Gateway) admit(key string) bool {
-	if n := g.admitted.Add(1); g.opts.MaxInFlight > 0 && n > int64(g.opts.MaxInFlight) {
-		g.admitted.Add(-1)
-		return false
-	}
-	if g.opts.MaxInFlightPerKey > 0 {
-		n, _ := g.perKey.LoadOrStore(key, new(atomic.Int64))
-		if n.(*atomic.Int64).Add(1) > int64(g.opts.MaxInFlightPerKey) {
-			n.(*atomic.Int64).Add(-1)
-			g.admitted.Add(-1)
-			return false
-		}
-	}
-	return true
-}
-
-// release counts a request of key out.
-func (g *Gateway) release(key string) {
-	g.admitted.Add(-1)
-	if g.opts.MaxInFlightPerKey > 0 {
-		n, _ := g.perKey.Load(key)
-		n.(*atomic.Int64).Add(-1)
-	}
-}
-
 func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
 	x.status = http.StatusServiceUnavailable
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))
@@ -298,125 +268,6 @@ func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchang
 		body = setMember(body, f.spans, "priority", []byte(strconv.Itoa(*x.key.Priority)))
 	}
 	return body, injected, nil
-}
-
-// usageOf reads the token counts of a response or chunk body, if it has them. The engine puts
-// "usage" last, so the gateway decodes that one object rather than the whole body, which may
-// hold a long completion.
-func usageOf(b []byte) (prompt, completion int, ok bool) {
-	i := bytes.LastIndex(b, []byte(`"usage":`))
-	if i <= 0 || b[i-1] == '\\' {
-		return 0, 0, false
-	}
-	var u *struct {
-		PromptTokens     int `json:"prompt_tokens"`
-		CompletionTokens int `json:"completion_tokens"`
-	}
-	if json.NewDecoder(bytes.NewReader(b[i+len(`"usage":`):])).Decode(&u) != nil || u == nil {
-		return 0, 0, false
-	}
-	return u.PromptTokens, u.CompletionTokens, true
-}
-
-// copyHeaders passes the engine's response headers on, except those the gateway sets.
-func copyHeaders(dst, src http.Header) {
-	for k, vs := range src {
-		switch k {
-		case "Content-Length", "Connection", "Transfer-Encoding", "Keep-Alive":
-			continue
-		}
-		dst[k] = vs
-	}
-}
-
-// plainResponse reads the whole (bounded) response, so that an engine dying mid-body becomes a
-// clean 502 instead of a cut connection, then counts its tokens and passes it on.
-func (g *Gateway) plainResponse(w http.ResponseWriter, resp *http.Response, x *exchange) {
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
-	if err != nil {
-		x.status = http.StatusBadGateway
-		writeError(w, x.status, "server_error", "engine_failed", "the engine stopped while answering; retry")
-		return
-	}
-	x.status = resp.StatusCode
-	x.prompt, x.complete, _ = usageOf(b)
-	copyHeaders(w.Header(), resp.Header)
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(resp.StatusCode)
-	w.Write(b)
-}
-
-// streamResponse passes server-sent events on one at a time, flushing each, and takes the
-// usage from the final chunk. If the engine dies mid-stream the client gets an error event and
-// [DONE] rather than a cut connection.
-func (g *Gateway) streamResponse(w http.ResponseWriter, r *http.Request, resp *http.Response, x *exchange, injected bool) {
-	copyHeaders(w.Header(), resp.Header)
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(resp.StatusCode)
-	x.status = resp.StatusCode
-	flusher, _ := w.(http.Flusher)
-	rd := bufio.NewReaderSize(resp.Body, 64<<10)
-	var event bytes.Buffer
-	done := false
-	for {
-		line, err := rd.ReadBytes('\n')
-		if len(line) > 0 {
-			event.Write(line)
-			if len(bytes.TrimRight(line, "\r\n")) == 0 { // a blank line ends an event
-				if g.forwardEvent(w, event.Bytes(), x, injected) {
-					done = true
-				}
-				event.Reset()
-				if flusher != nil {
-					flusher.Flush()
-				}
-			}
-		}
-		if err != nil {
-			if event.Len() > 0 {
-				w.Write(event.Bytes())
-			}
-			if !done && err != io.EOF && r.Context().Err() == nil {
-				x.status, x.err = http.StatusBadGateway, "engine stopped mid-stream"
-				fmt.Fprint(w, `data: {"error":{"message":"the engine stopped in the middle of the response; retry","type":"server_error","param":null,"code":"engine_failed"}}`+"\n\ndata: [DONE]\n\n")
-				if flusher != nil {
-					flusher.Flush()
-				}
-			} else if r.Context().Err() != nil {
-				x.status, x.err = 499, "client closed the stream"
-			}
-			return
-		}
-	}
-}
-
-// forwardEvent writes one event to the client unless it is the usage chunk the gateway asked
-// for on its own; it reports whether the event was the final [DONE].
-func (g *Gateway) forwardEvent(w io.Writer, ev []byte, x *exchange, injected bool) bool {
-	var data []byte
-	for line := range bytes.Lines(ev) {
-		if d, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:")); ok {
-			data = bytes.TrimSpace(d)
-		}
-	}
-	if bytes.Equal(data, []byte("[DONE]")) {
-		w.Write(ev)
-		return true
-	}
-	if x.ttft == 0 && len(data) > 0 {
-		x.ttft = time.Since(x.start)
-	}
-	if p, c, ok := usageOf(data); ok {
-		x.prompt, x.complete = p, c
-		var chunk struct {
-			Choices []json.RawMessage `json:"choices"`
-		}
-		if injected && json.Unmarshal(data, &chunk) == nil && len(chunk.Choices) == 0 {
-			return false // the client did not ask for usage
-		}
-	}
-	w.Write(ev)
-	return false
 }
 
 // record writes the audit line and the metrics of one request.

@@ -1,0 +1,202 @@
+package agent
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// OptionKind says how an option's text is parsed.
+type OptionKind int
+
+// The kinds of option values.
+const (
+	KindString OptionKind = iota
+	KindInt
+	KindFloat
+	KindDuration
+	KindBool
+	// KindList options repeat on the command line, are a YAML sequence in the file, and are
+	// split on whitespace in the environment.
+	KindList
+)
+
+// Option is one configuration setting, named the same as flag, YAML key and (upper-cased, dashes
+// to underscores, LLM_AGENT_ prefix) environment variable.
+type Option struct {
+	Name     string
+	Category string
+	Usage    string
+	Kind     OptionKind
+	set      func(c *Config, v string) error
+	get      func(c *Config) string
+}
+
+// Env returns the option's environment variable.
+func (o Option) Env() string {
+	return "LLM_AGENT_" + strings.ToUpper(strings.ReplaceAll(o.Name, "-", "_"))
+}
+
+// Default returns the option's default as text.
+func (o Option) Default() string {
+	d := DefaultConfig()
+	return o.get(&d)
+}
+
+func stringOpt(name, cat, usage string, f func(*Config) *string) Option {
+	return Option{Name: name, Category: cat, Usage: usage, Kind: KindString,
+		set: func(c *Config, v string) error { *f(c) = v; return nil },
+		get: func(c *Config) string { return *f(c) }}
+}
+
+func intOpt(name, cat, usage string, min int, f func(*Config) *int) Option {
+	return Option{Name: name, Category: cat, Usage: usage, Kind: KindInt,
+		set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("%q is not a whole number", v)
+			}
+			if n < min {
+				return fmt.Errorf("%d is below the minimum %d", n, min)
+			}
+			*f(c) = n
+			return nil
+		},
+		get: func(c *Config) string { return strconv.Itoa(*f(c)) }}
+}
+
+func portOpt(name, usage string, f func(*Config) *int) Option {
+	o := intOpt(name, "Ports", usage+"; a busy port falls back to a free one", 0, f)
+	inner := o.set
+	o.set = func(c *Config, v string) error {
+		if err := inner(c, v); err != nil {
+			return err
+		}
+		if *f(c) > 65535 {
+			return fmt.Errorf("%d is not a TCP port", *f(c))
+		}
+		return nil
+	}
+	return o
+}
+
+func durationOpt(name, cat, usage string, f func(*Config) *time.Duration) Option {
+	return Option{Name: name, Category: cat, Usage: usage, Kind: KindDuration,
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("%q is not a duration such as 30s or 5m", v)
+			}
+			if d <= 0 {
+				return fmt.Errorf("%s must be positive", d)
+			}
+			*f(c) = d
+			return nil
+		},
+		get: func(c *Config) string { return f(c).String() }}
+}
+
+func boolOpt(name, cat, usage string, f func(*Config) *bool) Option {
+	return Option{Name: name, Category: cat, Usage: usage, Kind: KindBool,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("%q is not true or false", v)
+			}
+			*f(c) = b
+			return nil
+		},
+		get: func(c *Config) string { return strconv.FormatBool(*f(c)) }}
+}
+
+// Options lists every setting of `llm-agent run`.
+var Options = []Option{
+	stringOpt("model", "Model", "model to serve: a local directory or a Hugging Face id (required)", func(c *Config) *string { return &c.Model }),
+	stringOpt("served-model-name", "Model", "name clients use for the model (default: the model's last path element)", func(c *Config) *string { return &c.ServedModelName }),
+	stringOpt("preset", "Model", "named set of vLLM options (llm-agent presets lists them); --vllm-arg wins over it", func(c *Config) *string { return &c.Preset }),
+	stringOpt("presets-file", "Model", "presets file to use instead of the shipped slurm-scripts/presets.yaml", func(c *Config) *string { return &c.PresetsFile }),
+	stringOpt("gpu-memory", "Model", "memory of one GPU for planning, such as 80GB (default: read through NVML)", func(c *Config) *string { return &c.GPUMemory }),
+	intOpt("tensor-parallel-size", "Model", "GPUs per pipeline stage, within one node (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.TensorParallel }),
+	intOpt("pipeline-parallel-size", "Model", "pipeline stages, across nodes (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.PipelineParallel }),
+	{Name: "vllm-arg", Category: "Model", Kind: KindList, Usage: "extra argument passed to vllm serve, repeatable (--vllm-arg=--max-model-len --vllm-arg=8192)",
+		set: func(c *Config, v string) error { c.VLLMArgs = append(c.VLLMArgs, v); return nil },
+		get: func(c *Config) string { return strings.Join(c.VLLMArgs, " ") }},
+	stringOpt("vllm-bin", "Executables", "vllm executable", func(c *Config) *string { return &c.VLLMBin }),
+	stringOpt("ray-bin", "Executables", "ray executable", func(c *Config) *string { return &c.RayBin }),
+	stringOpt("state-dir", "Files", "job state directory on the shared filesystem (default: $HOME/.llm-agent/jobs/$SLURM_JOB_ID)", func(c *Config) *string { return &c.StateDir }),
+	stringOpt("targets-dir", "Files", "directory of per-job Prometheus file_sd files, one glob for a login-node Prometheus (default: $HOME/.llm-agent/targets; none: off)", func(c *Config) *string { return &c.TargetsDir }),
+	stringOpt("api-key-file", "Files", "file (mode 0600) holding the API key; without it a key is generated for the job", func(c *Config) *string { return &c.APIKeyFile }),
+	boolOpt("gateway", "Gateway", "put the agent's authenticated gateway on the public port, with vLLM behind it on a private Unix socket; false gives vLLM the public port and the key (see docs/security.md)", func(c *Config) *bool { return &c.Gateway }),
+	stringOpt("keys-file", "Gateway", "YAML or JSON file (mode 0600) of client keys: {keys: [{name, project, key or sha256, priority}]}; reloaded on SIGHUP and on change", func(c *Config) *string { return &c.KeysFile }),
+	stringOpt("max-request-body", "Gateway", "largest request body the gateway accepts", func(c *Config) *string { return &c.MaxRequestBody }),
+	intOpt("max-in-flight-per-key", "Gateway", "requests one key may have in flight; past it the client gets 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlightPerKey }),
+	intOpt("max-in-flight", "Gateway", "requests all keys together may have in flight; past it clients get 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlight }),
+	stringOpt("iface", "Network", "network interface whose address Ray, vLLM, NCCL and Gloo use (default: the address the host name resolves to)", func(c *Config) *string { return &c.Iface }),
+	stringOpt("login-host", "Network", "login host named in the SSH tunnel command (default: SLURM_SUBMIT_HOST)", func(c *Config) *string { return &c.LoginHost }),
+	portOpt("port", "OpenAI API port on the head (default 8000 + job offset)", func(c *Config) *int { return &c.Port }),
+	portOpt("metrics-port", "Prometheus metrics port on every node (default 9500 + job offset)", func(c *Config) *int { return &c.MetricsPort }),
+	portOpt("ray-port", "Ray GCS port on the head (default 6379 + job offset)", func(c *Config) *int { return &c.RayPort }),
+	portOpt("ray-dashboard-port", "Ray dashboard port (default 8265 + job offset)", func(c *Config) *int { return &c.DashboardPort }),
+	portOpt("ray-client-port", "Ray client server port (default 10001 + job offset)", func(c *Config) *int { return &c.RayClientPort }),
+	portOpt("ray-node-manager-port", "Ray node manager port on every node (default 6500 + job offset)", func(c *Config) *int { return &c.NodeManagerPort }),
+	portOpt("ray-object-manager-port", "Ray object manager port on every node (default 6600 + job offset)", func(c *Config) *int { return &c.ObjectManagerPort }),
+	{Name: "ray-worker-ports", Category: "Ports", Kind: KindString, Usage: "Ray worker port range MIN-MAX (default: 200 ports from 11000 + 200 x job offset)",
+		set: func(c *Config, v string) error {
+			lo, hi, ok := strings.Cut(strings.TrimSpace(v), "-")
+			a, err1 := strconv.Atoi(lo)
+			b, err2 := strconv.Atoi(hi)
+			if !ok || err1 != nil || err2 != nil || a < 1024 || b > 65535 || b-a < 15 {
+				return fmt.Errorf("%q is not a range MIN-MAX of at least 16 ports between 1024 and 65535", v)
+			}
+			c.WorkerPortMin, c.WorkerPortMax = a, b
+			return nil
+		},
+		get: func(c *Config) string {
+			if c.WorkerPortMin == 0 {
+				return ""
+			}
+			return fmt.Sprintf("%d-%d", c.WorkerPortMin, c.WorkerPortMax)
+		}},
+	durationOpt("rendezvous-timeout", "Timeouts", "how long workers wait for the head's rendezvous file", func(c *Config) *time.Duration { return &c.RendezvousTimeout }),
+	durationOpt("ray-timeout", "Timeouts", "how long the head waits for all nodes to join Ray", func(c *Config) *time.Duration { return &c.RayTimeout }),
+	durationOpt("engine-timeout", "Timeouts", "how long the engine may take to become ready (model loading)", func(c *Config) *time.Duration { return &c.EngineTimeout }),
+	durationOpt("grace", "Timeouts", "drain budget on SIGTERM: engine, then Ray; keep it under Slurm's KillWait (30s)", func(c *Config) *time.Duration { return &c.Grace }),
+	durationOpt("probe-interval", "Health", "time between engine liveness probes", func(c *Config) *time.Duration { return &c.ProbeInterval }),
+	durationOpt("probe-timeout", "Health", "timeout of one liveness probe; a busy engine answers slowly", func(c *Config) *time.Duration { return &c.ProbeTimeout }),
+	intOpt("probe-failures", "Health", "failed probes in a row before the engine is restarted", 1, func(c *Config) *int { return &c.ProbeFailures }),
+	durationOpt("ray-poll-interval", "Health", "time between checks that every Ray node is alive", func(c *Config) *time.Duration { return &c.RayPollInterval }),
+	intOpt("max-restarts", "Restarts", "restarts allowed within the restart window before the job fails", 0, func(c *Config) *int { return &c.MaxRestarts }),
+	durationOpt("restart-window", "Restarts", "window that max-restarts counts in", func(c *Config) *time.Duration { return &c.RestartWindow }),
+	durationOpt("backoff-initial", "Restarts", "first restart delay; it doubles after each failure", func(c *Config) *time.Duration { return &c.BackoffInitial }),
+	durationOpt("backoff-max", "Restarts", "longest restart delay", func(c *Config) *time.Duration { return &c.BackoffMax }),
+	durationOpt("stable-after", "Restarts", "run time after which the backoff starts again from backoff-initial", func(c *Config) *time.Duration { return &c.StableAfter }),
+	{Name: "su-factor", Category: "Accounting", Kind: KindFloat, Usage: "service units per GPU-hour",
+		set: func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil || f < 0 {
+				return fmt.Errorf("%q is not a non-negative number", v)
+			}
+			c.SUFactor = f
+			return nil
+		},
+		get: func(c *Config) string { return strconv.FormatFloat(c.SUFactor, 'f', -1, 64) }},
+	durationOpt("gpu-sample-interval", "Metrics", "how often the slow GPU fields (energy, PCIe throughput) are sampled in the background", func(c *Config) *time.Duration { return &c.GPUSampleInterval }),
+	stringOpt("log-level", "Logging", "trace, debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+	boolOpt("log-json", "Logging", "log as JSON lines", func(c *Config) *bool { return &c.LogJSON }),
+}
+
+func lookupOption(name string) (Option, bool) {
+	for _, o := range Options {
+		if o.Name == name {
+			return o, true
+		}
+	}
+	return Option{}, false
+}
+
+// Setting is one value given on the command line. A list option may appear several times.
+type Setting struct {
+	Name  string
+	Value string
+}
