@@ -116,7 +116,14 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 			errc <- err
 		}
 	}()
-	// The audit log and the keys watcher live until the gateway stops.
+	h.startGatewayHelpers(ctx)
+	a.log.Info("gateway listening", "port", h.ports.API, "engine", h.engineEndpoint().String())
+	return errc, nil
+}
+
+// startGatewayHelpers runs the audit log's syncing and the keys file's watcher until the
+// gateway stops.
+func (h *head) startGatewayHelpers(ctx context.Context) {
 	gctx, stop := context.WithCancel(ctx)
 	h.front.stop, h.front.stopped = stop, make(chan struct{})
 	var wg sync.WaitGroup
@@ -124,7 +131,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 	go func() {
 		defer wg.Done()
 		if err := h.front.audit.Run(gctx, auditSyncInterval); err != nil {
-			a.log.Error("audit log", "error", err)
+			h.log.Error("audit log", "error", err)
 		}
 	}()
 	go func() {
@@ -135,8 +142,6 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		wg.Wait()
 		close(h.front.stopped)
 	}()
-	a.log.Info("gateway listening", "port", h.ports.API, "engine", h.engineEndpoint().String())
-	return errc, nil
 }
 
 // drainGateway stops taking new requests and lets those in flight finish within budget.

@@ -217,81 +217,92 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect reads the fast fields of every GPU and sends them with the last slow sample.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
 	if !c.up {
-		gauge(c.upDesc, 0)
+		ch <- prometheus.MustNewConstMetric(c.upDesc, prometheus.GaugeValue, 0)
 		return
 	}
 	start := time.Now()
 	oldest := time.Time{}
 	for _, d := range c.devices {
 		l := []string{strconv.Itoa(d.Index), d.UUID, d.Name}
-		h := d.nvml
-		if u, ret := h.GetUtilizationRates(); c.ok("utilization", ret) {
-			gauge(c.util, float64(u.Gpu)/100, l...)
-			gauge(c.memUtil, float64(u.Memory)/100, l...)
-		}
-		if used, free, total, ok := c.memoryInfo(h); ok {
-			gauge(c.memUsed, float64(used), l...)
-			gauge(c.memFree, float64(free), l...)
-			gauge(c.memTotal, float64(total), l...)
-		}
-		if t, ret := h.GetTemperature(nvml.TEMPERATURE_GPU); c.ok("temperature", ret) {
-			gauge(c.temp, float64(t), l...)
-		}
-		if p, ret := h.GetPowerUsage(); c.ok("power", ret) {
-			gauge(c.power, float64(p)/1000, l...)
-		}
-		if p, ret := h.GetEnforcedPowerLimit(); c.ok("power_limit", ret) {
-			gauge(c.powerLimit, float64(p)/1000, l...)
-		}
-		if f, ret := h.GetClockInfo(nvml.CLOCK_SM); c.ok("sm_clock", ret) {
-			gauge(c.smClock, float64(f)*1e6, l...)
-		}
-		if f, ret := h.GetClockInfo(nvml.CLOCK_MEM); c.ok("memory_clock", ret) {
-			gauge(c.memClock, float64(f)*1e6, l...)
-		}
-		if reasons, ok := c.clockEventReasons(h); ok {
-			for _, r := range throttleReasons {
-				v := 0.0
-				if reasons&r.bit != 0 {
-					v = 1
-				}
-				gauge(c.throttle, v, append(l, r.label)...)
-			}
-		}
-		if n, ret := h.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC); c.ok("ecc", ret) {
-			ch <- prometheus.MustNewConstMetric(c.ecc, prometheus.CounterValue, float64(n), l...)
-		}
-		if procs, ret := h.GetComputeRunningProcesses(); c.ok("compute_processes", ret) {
-			gauge(c.processes, float64(len(procs)), l...)
-		}
-		c.mu.Lock()
-		s := c.slow[d.UUID]
-		c.mu.Unlock()
-		if s.hasEnergy {
-			ch <- prometheus.MustNewConstMetric(c.energy, prometheus.CounterValue, s.energyJoules, l...)
-		}
-		if s.hasPCIe {
-			gauge(c.pcie, s.pcieTx, append(l, "tx")...)
-			gauge(c.pcie, s.pcieRx, append(l, "rx")...)
-		}
-		if s.hasAnySlowSample && (oldest.IsZero() || s.takenAt.Before(oldest)) {
-			oldest = s.takenAt
+		c.collectFast(ch, d, l)
+		if taken, ok := c.collectSlow(ch, d, l); ok && (oldest.IsZero() || taken.Before(oldest)) {
+			oldest = taken
 		}
 	}
-	gauge(c.upDesc, 1)
+	gauge(ch, c.upDesc, 1)
 	if !oldest.IsZero() {
-		gauge(c.sampleAge, c.opts.Now().Sub(oldest).Seconds())
+		gauge(ch, c.sampleAge, c.opts.Now().Sub(oldest).Seconds())
 	}
 	c.errMu.Lock()
 	for field, n := range c.errors {
 		ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, n, field)
 	}
 	c.errMu.Unlock()
-	gauge(c.scrapeDuration, time.Since(start).Seconds())
+	gauge(ch, c.scrapeDuration, time.Since(start).Seconds())
+}
+
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+// collectFast reads one device's fields that take microseconds, on the scrape path.
+func (c *Collector) collectFast(ch chan<- prometheus.Metric, d Device, l []string) {
+	h := d.nvml
+	if u, ret := h.GetUtilizationRates(); c.ok("utilization", ret) {
+		gauge(ch, c.util, float64(u.Gpu)/100, l...)
+		gauge(ch, c.memUtil, float64(u.Memory)/100, l...)
+	}
+	if used, free, total, ok := c.memoryInfo(h); ok {
+		gauge(ch, c.memUsed, float64(used), l...)
+		gauge(ch, c.memFree, float64(free), l...)
+		gauge(ch, c.memTotal, float64(total), l...)
+	}
+	if t, ret := h.GetTemperature(nvml.TEMPERATURE_GPU); c.ok("temperature", ret) {
+		gauge(ch, c.temp, float64(t), l...)
+	}
+	if p, ret := h.GetPowerUsage(); c.ok("power", ret) {
+		gauge(ch, c.power, float64(p)/1000, l...)
+	}
+	if p, ret := h.GetEnforcedPowerLimit(); c.ok("power_limit", ret) {
+		gauge(ch, c.powerLimit, float64(p)/1000, l...)
+	}
+	if f, ret := h.GetClockInfo(nvml.CLOCK_SM); c.ok("sm_clock", ret) {
+		gauge(ch, c.smClock, float64(f)*1e6, l...)
+	}
+	if f, ret := h.GetClockInfo(nvml.CLOCK_MEM); c.ok("memory_clock", ret) {
+		gauge(ch, c.memClock, float64(f)*1e6, l...)
+	}
+	if reasons, ok := c.clockEventReasons(h); ok {
+		for _, r := range throttleReasons {
+			v := 0.0
+			if reasons&r.bit != 0 {
+				v = 1
+			}
+			gauge(ch, c.throttle, v, append(l, r.label)...)
+		}
+	}
+	if n, ret := h.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC); c.ok("ecc", ret) {
+		ch <- prometheus.MustNewConstMetric(c.ecc, prometheus.CounterValue, float64(n), l...)
+	}
+	if procs, ret := h.GetComputeRunningProcesses(); c.ok("compute_processes", ret) {
+		gauge(ch, c.processes, float64(len(procs)), l...)
+	}
+}
+
+// collectSlow sends one device's fields from the background sampler, and when they were taken.
+func (c *Collector) collectSlow(ch chan<- prometheus.Metric, d Device, l []string) (time.Time, bool) {
+	c.mu.Lock()
+	s := c.slow[d.UUID]
+	c.mu.Unlock()
+	if s.hasEnergy {
+		ch <- prometheus.MustNewConstMetric(c.energy, prometheus.CounterValue, s.energyJoules, l...)
+	}
+	if s.hasPCIe {
+		gauge(ch, c.pcie, s.pcieTx, append(l, "tx")...)
+		gauge(ch, c.pcie, s.pcieRx, append(l, "rx")...)
+	}
+	return s.takenAt, s.hasAnySlowSample
 }
 
 // memoryInfo reads device memory, through the older call on drivers that lack the newer one.

@@ -158,20 +158,10 @@ type exchange struct {
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{start: time.Now(), endpoint: endpoint(r.URL.Path)}
 	defer g.record(x)
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
-		x.status = http.StatusUnauthorized
-		writeError(w, x.status, "invalid_request_error", "invalid_api_key",
-			"missing API key: send it as the header Authorization: Bearer <key>")
-		return
-	}
-	key, ok := g.opts.Keys.Current().Lookup(token)
+	key, ok := g.authenticate(w, r, x)
 	if !ok {
-		x.status = http.StatusUnauthorized
-		writeError(w, x.status, "invalid_request_error", "invalid_api_key", "incorrect API key")
-		return
+		return // answered
 	}
-	x.key = key
 	g.inflight.Add(1)
 	g.active.Add(1)
 	defer func() {
@@ -194,18 +184,12 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // answered
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, g.engineURL+r.URL.RequestURI(), bytes.NewReader(body))
+	req, err := g.engineRequest(r, body)
 	if err != nil {
 		x.status = http.StatusBadRequest
 		writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
 		return
 	}
-	for _, h := range []string{"Content-Type", "Accept", "User-Agent", "X-Request-Id", "OpenAI-Organization", "OpenAI-Project"} {
-		if v := r.Header.Get(h); v != "" {
-			req.Header.Set(h, v)
-		}
-	}
-	req.Header.Set("Authorization", "Bearer "+g.opts.EngineKey)
 	resp, err := g.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -221,6 +205,41 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.plainResponse(w, resp, x)
+}
+
+// authenticate finds the key a request presents; without a valid one it answers 401.
+func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, x *exchange) (Key, bool) {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		x.status = http.StatusUnauthorized
+		writeError(w, x.status, "invalid_request_error", "invalid_api_key",
+			"missing API key: send it as the header Authorization: Bearer <key>")
+		return Key{}, false
+	}
+	key, ok := g.opts.Keys.Current().Lookup(token)
+	if !ok {
+		x.status = http.StatusUnauthorized
+		writeError(w, x.status, "invalid_request_error", "invalid_api_key", "incorrect API key")
+		return Key{}, false
+	}
+	x.key = key
+	return key, true
+}
+
+// engineRequest is the client's request as the engine gets it: the body the gateway may have
+// rewritten, the client's content headers, and the engine's own key in place of the client's.
+func (g *Gateway) engineRequest(r *http.Request, body []byte) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, g.engineURL+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range []string{"Content-Type", "Accept", "User-Agent", "X-Request-Id", "OpenAI-Organization", "OpenAI-Project"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.Header.Set("Authorization", "Bearer "+g.opts.EngineKey)
+	return req, nil
 }
 
 func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {

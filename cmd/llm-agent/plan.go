@@ -62,38 +62,8 @@ func planAction(c *cli.Context) error {
 		Tensor: c.Int("tensor-parallel-size"), Pipeline: c.Int("pipeline-parallel-size"),
 		InJob: job.InJob, Visible: job.GPUIDs,
 	}
-	if name := c.String("preset"); name != "" {
-		presets, err := agent.LoadPresets(c.String("presets-file"))
-		if err != nil {
-			return usageError{err}
-		}
-		p, err := plan.Lookup(presets, name)
-		if err != nil {
-			return usageError{err}
-		}
-		fill := func(dst *int, v int) {
-			if *dst == 0 {
-				*dst = v
-			}
-		}
-		fill(&o.Nodes, p.Slurm.Nodes)
-		fill(&o.GPUsPerNode, p.Slurm.GPUsPerNode)
-		fill(&o.MaxModelLen, p.VLLM.MaxModelLen)
-		if !c.IsSet("gpu-memory-utilization") && p.VLLM.GPUMemoryUtilization > 0 {
-			o.MemoryUtil = p.VLLM.GPUMemoryUtilization
-		}
-		if o.GPUMemory == "" && p.Slurm.GPUMemoryGB > 0 {
-			o.GPUMemory = strconv.FormatFloat(p.Slurm.GPUMemoryGB, 'f', -1, 64) + "GB"
-		}
-		if o.Quantization == "" {
-			o.Quantization = p.VLLM.Quantization
-		}
-		if o.KVCacheDtype == "" {
-			o.KVCacheDtype = p.VLLM.KVCacheDtype
-		}
-		if !c.IsSet("time") && p.Slurm.Time != "" {
-			c.Set("time", p.Slurm.Time)
-		}
+	if err := applyPlanPreset(c, &o); err != nil {
+		return err
 	}
 	if o.Nodes == 0 {
 		o.Nodes = max(job.Nodes, 1)
@@ -109,6 +79,11 @@ func planAction(c *cli.Context) error {
 	if err != nil {
 		return usageError{err}
 	}
+	return writePlan(c, p)
+}
+
+// writePlan prints the plan, with its service units when a time limit is given.
+func writePlan(c *cli.Context, p plan.Plan) error {
 	var su *plan.SUEstimate
 	if t := c.String("time"); t != "" {
 		wall, err := slurm.ParseTimeLimit(t)
@@ -128,6 +103,46 @@ func planAction(c *cli.Context) error {
 		}{p, su, p.Summary()})
 	}
 	return p.Write(c.App.Writer, su)
+}
+
+// applyPlanPreset fills the options the user left open from --preset, if one is named.
+func applyPlanPreset(c *cli.Context, o *agent.PlanOptions) error {
+	name := c.String("preset")
+	if name == "" {
+		return nil
+	}
+	presets, err := agent.LoadPresets(c.String("presets-file"))
+	if err != nil {
+		return usageError{err}
+	}
+	p, err := plan.Lookup(presets, name)
+	if err != nil {
+		return usageError{err}
+	}
+	fill := func(dst *int, v int) {
+		if *dst == 0 {
+			*dst = v
+		}
+	}
+	fill(&o.Nodes, p.Slurm.Nodes)
+	fill(&o.GPUsPerNode, p.Slurm.GPUsPerNode)
+	fill(&o.MaxModelLen, p.VLLM.MaxModelLen)
+	if !c.IsSet("gpu-memory-utilization") && p.VLLM.GPUMemoryUtilization > 0 {
+		o.MemoryUtil = p.VLLM.GPUMemoryUtilization
+	}
+	if o.GPUMemory == "" && p.Slurm.GPUMemoryGB > 0 {
+		o.GPUMemory = strconv.FormatFloat(p.Slurm.GPUMemoryGB, 'f', -1, 64) + "GB"
+	}
+	if o.Quantization == "" {
+		o.Quantization = p.VLLM.Quantization
+	}
+	if o.KVCacheDtype == "" {
+		o.KVCacheDtype = p.VLLM.KVCacheDtype
+	}
+	if !c.IsSet("time") && p.Slurm.Time != "" {
+		c.Set("time", p.Slurm.Time)
+	}
+	return nil
 }
 
 func presetsCommand() *cli.Command {
