@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
+	"github.com/llm-agent/llm-agent/supervisor"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -72,6 +73,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults documented in `llm-agent run --help`.
 func DefaultConfig() Config {
+	restarts := supervisor.DefaultPolicy()
 	return Config{
 		VLLMBin:           "vllm",
 		Gateway:           true,
@@ -87,11 +89,11 @@ func DefaultConfig() Config {
 		ProbeTimeout:      30 * time.Second,
 		ProbeFailures:     3,
 		RayPollInterval:   5 * time.Second,
-		MaxRestarts:       5,
-		RestartWindow:     10 * time.Minute,
-		BackoffInitial:    time.Second,
-		BackoffMax:        time.Minute,
-		StableAfter:       5 * time.Minute,
+		MaxRestarts:       restarts.MaxRestarts,
+		RestartWindow:     restarts.Window,
+		BackoffInitial:    restarts.Initial,
+		BackoffMax:        restarts.Max,
+		StableAfter:       restarts.StableAfter,
 		SUFactor:          108.6,
 		GPUSampleInterval: 5 * time.Second,
 		LogLevel:          "info",

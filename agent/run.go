@@ -223,7 +223,7 @@ func (a *agent) childOutput(name string) (*lineLogger, func(), error) {
 }
 
 // policy returns a fresh restart policy from the configuration.
-func (a *agent) policy() *supervisor.Policy {
+func (a *agent) policy() supervisor.Policy {
 	p := supervisor.DefaultPolicy()
 	p.Initial = a.cfg.BackoffInitial
 	p.Max = a.cfg.BackoffMax
@@ -290,7 +290,7 @@ func (a *agent) rayTokenPath() string {
 
 // trackChild mirrors a service's events into the metrics state.
 func (a *agent) trackChild(e supervisor.Event) {
-	a.state.SetChild(e.Service, string(e.State), time.Now())
+	a.state.SetChild(e.Service, e.State, time.Now())
 	if e.State == supervisor.StateBackoff {
 		a.state.AddRestart(e.Service, e.Cause)
 	}

@@ -28,7 +28,8 @@ type Options struct {
 	Dir string
 	// Stdout and Stderr receive the child's output; nil discards it.
 	Stdout, Stderr io.Writer
-	// Grace is the time between SIGTERM and SIGKILL when the child is stopped.
+	// Grace is the time between SIGTERM and SIGKILL when the child is stopped; 0 means
+	// DefaultGrace.
 	Grace time.Duration
 	// Reaper is the binary that runs MaybeRunReaper first thing; empty means this executable.
 	Reaper string
@@ -67,6 +68,20 @@ type Child struct {
 	stopOnce sync.Once
 }
 
+// DefaultGrace is the time between SIGTERM and SIGKILL when Options gives none.
+const DefaultGrace = 10 * time.Second
+
+// grace is the child's time between SIGTERM and SIGKILL.
+func (c *Child) grace() time.Duration {
+	if c.opts.Grace > 0 {
+		return c.opts.Grace
+	}
+	return DefaultGrace
+}
+
+// ErrNotStarted is returned by a Child's methods that need a process before Start succeeded.
+var ErrNotStarted = errors.New("child not started")
+
 // ErrNotFound is returned by Start when the executable does not exist.
 var ErrNotFound = errors.New("executable not found")
 
@@ -91,10 +106,7 @@ func (c *Child) Start() error {
 	if env == nil {
 		env = os.Environ()
 	}
-	grace := c.opts.Grace
-	if grace <= 0 {
-		grace = 10 * time.Second
-	}
+	grace := c.grace()
 	cmd := &exec.Cmd{
 		Path:   reaper,
 		Args:   append([]string{reaper, path}, c.opts.Args...),
@@ -145,31 +157,54 @@ func (c *Child) wait() {
 func (c *Child) Name() string { return c.opts.Name }
 
 // PID returns the process id of the child's reaper, which leads its process group.
-func (c *Child) PID() int { return c.cmd.Process.Pid }
+func (c *Child) PID() int {
+	if !c.started() {
+		return 0
+	}
+	return c.cmd.Process.Pid
+}
 
-// Done is closed when the child has exited.
-func (c *Child) Done() <-chan struct{} { return c.done }
+// started tells whether Start has started the process.
+func (c *Child) started() bool { return c.cmd != nil && c.cmd.Process != nil }
+
+// Done is closed when the child has exited; before a successful Start it is closed already.
+func (c *Child) Done() <-chan struct{} {
+	if !c.started() {
+		return closed
+	}
+	return c.done
+}
+
+// closed is the Done channel of a child that never started.
+var closed = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
 
 // Exit returns how the child ended; valid once Done is closed.
-func (c *Child) Exit() Exit { return c.exit }
+func (c *Child) Exit() Exit {
+	if !c.started() {
+		return Exit{Err: ErrNotStarted}
+	}
+	return c.exit
+}
 
 // Signal sends sig to the child's reaper, which passes it on to the command and its descendants.
 func (c *Child) Signal(sig syscall.Signal) error {
+	if !c.started() {
+		return ErrNotStarted
+	}
 	return c.cmd.Process.Signal(sig)
 }
 
 // Stop sends SIGTERM, waits the grace period, then kills the whole process group. It returns
 // when the child has exited or ctx ends, whichever is first, and is safe to call more than once.
 func (c *Child) Stop(ctx context.Context) Exit {
+	if !c.started() {
+		return c.Exit()
+	}
 	c.stopOnce.Do(func() {
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	})
-	grace := c.opts.Grace
-	if grace <= 0 {
-		grace = 10 * time.Second
-	}
 	// The reaper kills everything itself after grace; the margin covers a reaper that hangs.
-	timer := time.NewTimer(grace + 2*time.Second)
+	timer := time.NewTimer(c.grace() + 2*time.Second)
 	defer timer.Stop()
 	select {
 	case <-c.done:

@@ -203,3 +203,20 @@ func TestDescendantsReadsProc(t *testing.T) {
 	// The setsid escapee is still a descendant by parentage.
 	assert.Contains(t, got, pids[2])
 }
+
+// TestChildBeforeStart: every method of a child that never started answers at once.
+func TestChildBeforeStart(t *testing.T) {
+	c := New(Options{Name: "never", Path: "/no/such/program"})
+	assert.Zero(t, c.PID())
+	assert.ErrorIs(t, c.Signal(syscall.SIGTERM), ErrNotStarted)
+	select {
+	case <-c.Done():
+	default:
+		t.Fatal("Done of a child that never started is not closed")
+	}
+	assert.ErrorIs(t, c.Exit().Err, ErrNotStarted)
+	assert.ErrorIs(t, c.Stop(context.Background()).Err, ErrNotStarted)
+	require.Error(t, c.Start(), "the program does not exist")
+	assert.Zero(t, c.PID(), "still not started")
+	assert.Equal(t, DefaultGrace, c.grace())
+}

@@ -8,12 +8,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func noJitterPolicy() *Policy {
+func noJitterPolicy() *Tracker {
 	p := DefaultPolicy()
 	p.Jitter = 0
 	p.MaxRestarts = 100
-	return p
+	return NewTracker(p, nil)
 }
+
+// exited is the ending of a child that exited with code.
+func exited(code int) Ending { return Ending{Exit: Exit{Code: code}} }
 
 func TestPolicyBackoffDoublesToCap(t *testing.T) {
 	p := noJitterPolicy()
@@ -22,7 +25,7 @@ func TestPolicyBackoffDoublesToCap(t *testing.T) {
 	for i := 0; i < 9; i++ {
 		start := clock.Now()
 		clock.Advance(time.Second) // crashes after one second each time
-		d := p.Decide("exit status 1", start, clock.Now())
+		d := p.Decide(exited(1), start, clock.Now())
 		require.True(t, d.Restart)
 		got = append(got, d.Delay)
 		clock.Advance(d.Delay)
@@ -40,16 +43,16 @@ func TestPolicyResetsAfterStableRun(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		start := clock.Now()
 		clock.Advance(time.Second)
-		p.Decide("crash", start, clock.Now())
+		p.Decide(exited(1), start, clock.Now())
 	}
 	start := clock.Now()
 	clock.Advance(5 * time.Minute)
-	d := p.Decide("crash after a long run", start, clock.Now())
+	d := p.Decide(exited(137), start, clock.Now())
 	assert.Equal(t, time.Second, d.Delay, "a run of StableAfter resets the backoff")
 
 	start = clock.Now()
 	clock.Advance(5*time.Minute - time.Millisecond)
-	d = p.Decide("crash just short of stable", start, clock.Now())
+	d = p.Decide(Ending{Requested: "liveness probes failed"}, start, clock.Now())
 	assert.Equal(t, 2*time.Second, d.Delay)
 }
 
@@ -65,14 +68,15 @@ func TestPolicyGivesUpWithinWindow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := DefaultPolicy()
-			p.Jitter = 0
+			policy := DefaultPolicy()
+			policy.Jitter = 0
+			p := NewTracker(policy, nil)
 			clock := newFakeClock()
 			gave := -1
 			for i := 0; i < tt.attempts; i++ {
 				start := clock.Now()
 				clock.Advance(tt.runFor)
-				d := p.Decide("exit status 1", start, clock.Now())
+				d := p.Decide(exited(1), start, clock.Now())
 				if !d.Restart {
 					gave = i
 					assert.Contains(t, d.Reason, "gave up after 5 restarts in 10m0s; last: exit status 1")
@@ -97,16 +101,22 @@ func TestPolicyJitterStaysWithinBounds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := DefaultPolicy()
-			p.Rand = func() float64 { return tt.r }
+			p := NewTracker(DefaultPolicy(), func() float64 { return tt.r })
 			now := time.Now()
-			d := p.Decide("crash", now, now)
+			d := p.Decide(exited(1), now, now)
 			assert.InDelta(t, float64(tt.want), float64(d.Delay), float64(time.Microsecond))
 		})
 	}
-	p := DefaultPolicy()
-	p.Rand = func() float64 { return 0.999 }
+	p := NewTracker(DefaultPolicy(), func() float64 { return 0.999 })
 	p.consecutive = 10
 	now := time.Now()
-	assert.Equal(t, time.Minute, p.Decide("crash", now, now).Delay, "jitter never passes the cap")
+	assert.Equal(t, time.Minute, p.Decide(exited(1), now, now).Delay, "jitter never passes the cap")
+}
+
+func TestEndingString(t *testing.T) {
+	assert.Equal(t, "exit status 1", exited(1).String())
+	assert.Equal(t, "exit status 137 (killed)", exited(137).String())
+	assert.Equal(t, "liveness probes failed", Ending{Exit: Exit{Code: 143}, Requested: "liveness probes failed"}.String())
+	d := NewTracker(DefaultPolicy(), nil).Decide(exited(137), time.Now(), time.Now())
+	assert.Contains(t, d.Reason, "exit status 137 (killed); restart 1 of 5")
 }

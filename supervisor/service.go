@@ -22,6 +22,9 @@ const (
 	StateFailed   State = "failed"
 )
 
+// States are every state a service can be in, in the order of its life.
+var States = []State{StateStarting, StateRunning, StateBackoff, StateStopping, StateStopped, StateFailed}
+
 // Restart reasons, used as metric labels.
 const (
 	ReasonExited = "exited"
@@ -53,8 +56,10 @@ type ServiceOptions struct {
 	Name string
 	// Command returns the options of the next child to start; it is called before every start.
 	Command func() (Options, error)
-	// Policy decides on restarts; nil means DefaultPolicy.
-	Policy *Policy
+	// Policy decides on restarts; the zero Policy means DefaultPolicy.
+	Policy Policy
+	// Rand spreads the backoff delays (tests fix it); nil means math/rand.
+	Rand func() float64
 	// Clock times the backoff; nil means the wall clock.
 	Clock Clock
 	// Logger receives the service's own log lines.
@@ -70,6 +75,7 @@ type ServiceOptions struct {
 // called, and gives up when the policy says so.
 type Service struct {
 	opts     ServiceOptions
+	tracker  *Tracker
 	restart  chan restartRequest
 	restarts int
 }
@@ -78,7 +84,7 @@ type restartRequest struct{ cause, reason string }
 
 // NewService returns a service that is not running yet.
 func NewService(opts ServiceOptions) *Service {
-	if opts.Policy == nil {
+	if opts.Policy == (Policy{}) {
 		opts.Policy = DefaultPolicy()
 	}
 	if opts.Clock == nil {
@@ -87,7 +93,7 @@ func NewService(opts ServiceOptions) *Service {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	return &Service{opts: opts, restart: make(chan restartRequest, 1)}
+	return &Service{opts: opts, tracker: NewTracker(opts.Policy, opts.Rand), restart: make(chan restartRequest, 1)}
 }
 
 // Restart asks for the running child to be stopped and started again. cause is a short label
@@ -142,7 +148,8 @@ func (s *Service) Run(ctx context.Context) error {
 		log.Info("started", "pid", child.PID(), "path", opts.Path)
 		s.emit(Event{State: StateRunning, PID: child.PID()})
 
-		var cause, reason string
+		var cause string
+		var end Ending
 		select {
 		case <-ctx.Done():
 			s.emit(Event{State: StateStopping, Reason: "shutdown"})
@@ -151,15 +158,15 @@ func (s *Service) Run(ctx context.Context) error {
 			s.emit(Event{State: StateStopped, Reason: "shutdown"})
 			return nil
 		case <-child.Done():
-			cause, reason = ReasonExited, child.Exit().String()
+			cause, end = ReasonExited, Ending{Exit: child.Exit()}
 		case req := <-s.restart:
-			cause, reason = req.cause, req.reason
-			s.emit(Event{State: StateStopping, Reason: reason})
-			exit := child.Stop(ctx)
-			log.Info("stopped for restart", "reason", reason, "exit", exit.String())
+			cause = req.cause
+			s.emit(Event{State: StateStopping, Reason: req.reason})
+			end = Ending{Exit: child.Stop(ctx), Requested: req.reason}
+			log.Info("stopped for restart", "reason", req.reason, "exit", end.Exit.String())
 		}
 
-		d := s.opts.Policy.Decide(reason, started, s.opts.Clock.Now())
+		d := s.tracker.Decide(end, started, s.opts.Clock.Now())
 		if !d.Restart {
 			log.Error("giving up", "reason", d.Reason)
 			s.emit(Event{State: StateFailed, Reason: d.Reason})
@@ -167,7 +174,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		s.restarts++
 		log.Warn("restarting", "reason", d.Reason)
-		s.emit(Event{State: StateBackoff, Reason: reason, Cause: cause, Delay: d.Delay})
+		s.emit(Event{State: StateBackoff, Reason: end.String(), Cause: cause, Delay: d.Delay})
 		select {
 		case <-ctx.Done():
 			s.emit(Event{State: StateStopped, Reason: "shutdown"})

@@ -6,10 +6,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// ChildStates are the states a child can be in, each exported as one 0/1 series.
-var ChildStates = []string{"starting", "running", "backoff", "stopping", "stopped", "failed"}
+	"github.com/llm-agent/llm-agent/supervisor"
+)
 
 // AgentCollector exports the agent's own state, read at scrape time.
 type AgentCollector struct {
@@ -74,10 +73,10 @@ func (c *AgentCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.info, 1, s.Role)
 	for _, name := range slices.Sorted(maps.Keys(s.Children)) {
 		child := s.Children[name]
-		for _, st := range ChildStates {
-			gauge(c.childState, b2f(child.State == st), name, st)
+		for _, st := range supervisor.States {
+			gauge(c.childState, b2f(child.State == st), name, string(st))
 		}
-		gauge(c.childUp, b2f(child.State == "running"), name)
+		gauge(c.childUp, b2f(child.State == supervisor.StateRunning), name)
 		up := 0.0
 		if !child.Since.IsZero() {
 			up = now.Sub(child.Since).Seconds()

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/supervisor"
 )
 
 var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -76,7 +78,7 @@ llm_agent_time_to_ready_seconds{job="42",node="node1"} 90
 	// The state series: exactly one state is 1 per child.
 	n, err := testutil.GatherAndCount(registry(c), "llm_agent_child_state")
 	require.NoError(t, err)
-	assert.Equal(t, 2*len(ChildStates), n)
+	assert.Equal(t, 2*len(supervisor.States), n)
 	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
 # HELP llm_agent_info Always 1; labels describe the agent.
 # TYPE llm_agent_info gauge

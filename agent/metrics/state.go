@@ -6,12 +6,14 @@ import (
 	"maps"
 	"sync"
 	"time"
+
+	"github.com/llm-agent/llm-agent/supervisor"
 )
 
 // ChildState is one supervised child as the metrics see it.
 type ChildState struct {
-	// State is the supervisor's state name ("running", "backoff", ...).
-	State string
+	// State is the supervisor's state of the child.
+	State supervisor.State
 	// Restarts counts restarts by cause ("exited", "unhealthy", "ray_node_lost").
 	Restarts map[string]int
 	// Since is when the child last started; zero while it is not running.
@@ -49,13 +51,13 @@ func NewState(node, job, role string, gpus int, suFactor float64, started, end t
 func (s *State) Labels() (node, job, role string) { return s.node, s.job, s.role }
 
 // SetChild records a child's state; running resets its uptime clock.
-func (s *State) SetChild(name, state string, now time.Time) {
+func (s *State) SetChild(name string, state supervisor.State, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.child(name)
-	if state == "running" && c.State != "running" {
+	if state == supervisor.StateRunning && c.State != supervisor.StateRunning {
 		c.Since = now
-	} else if state != "running" {
+	} else if state != supervisor.StateRunning {
 		c.Since = time.Time{}
 	}
 	c.State = state
