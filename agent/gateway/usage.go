@@ -11,6 +11,8 @@ import (
 	"sort"
 	"text/tabwriter"
 	"time"
+
+	"github.com/llm-agent/llm-agent/slurm"
 )
 
 // UsageRow is one key's or project's share of a job.
@@ -49,7 +51,7 @@ const maxAuditLine = 64 << 10
 func Summarize(r io.Reader, gpus int, wall time.Duration, factor float64) (UsageReport, error) {
 	rep := UsageReport{GPUs: gpus, WallHours: wall.Hours(), Factor: factor}
 	rep.GPUHours = rep.WallHours * float64(gpus)
-	rep.ServiceUnits = rep.GPUHours * factor
+	rep.ServiceUnits = slurm.ServiceUnits(wall, gpus, factor)
 	keys := map[string]*UsageRow{}
 	projects := map[string]*UsageRow{}
 	br := bufio.NewReaderSize(r, maxAuditLine)

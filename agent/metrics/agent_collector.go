@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
@@ -101,7 +102,7 @@ func (c *AgentCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	wall := now.Sub(s.Started)
 	ch <- prometheus.MustNewConstMetric(c.gpuSeconds, prometheus.CounterValue, wall.Seconds()*float64(s.GPUs))
-	ch <- prometheus.MustNewConstMetric(c.serviceUnits, prometheus.CounterValue, wall.Hours()*float64(s.GPUs)*s.SUFactor)
+	ch <- prometheus.MustNewConstMetric(c.serviceUnits, prometheus.CounterValue, slurm.ServiceUnits(wall, s.GPUs, s.SUFactor))
 	gauge(c.suFactor, s.SUFactor)
 	gauge(c.gpus, float64(s.GPUs))
 }

@@ -5,12 +5,9 @@ import (
 	"io"
 	"text/tabwriter"
 	"time"
-)
 
-// ServiceUnits is wall hours × GPUs × the factor of the partition.
-func ServiceUnits(wall time.Duration, gpus int, factor float64) float64 {
-	return wall.Hours() * float64(gpus) * factor
-}
+	"github.com/llm-agent/llm-agent/slurm"
+)
 
 // SUEstimate is what a job of a given length costs.
 type SUEstimate struct {
@@ -25,8 +22,8 @@ func (p Plan) EstimateSUs(wall time.Duration, factor float64) SUEstimate {
 	return SUEstimate{
 		Time:       wall.String(),
 		Factor:     factor,
-		Allocation: ServiceUnits(wall, p.Request.Nodes*p.Request.GPUsPerNode, factor),
-		PlanOnly:   ServiceUnits(wall, p.Chosen.GPUs, factor),
+		Allocation: slurm.ServiceUnits(wall, p.Request.Nodes*p.Request.GPUsPerNode, factor),
+		PlanOnly:   slurm.ServiceUnits(wall, p.Chosen.GPUs, factor),
 	}
 }
 
