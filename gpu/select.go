@@ -1,4 +1,5 @@
-// Package gpu exports NVML metrics of the job's own GPUs in Prometheus format.
+// Package gpu exports NVML metrics of the job's own GPUs in Prometheus format. It knows nothing
+// of the job beyond the GPU ids it is given.
 package gpu
 
 import (

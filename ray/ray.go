@@ -1,5 +1,6 @@
-// Package ray builds the `ray start` command lines of a job and asks the Ray GCS which nodes are
-// alive.
+// Package ray builds the `ray start` command lines of a job, with its token authentication,
+// and asks the Ray GCS which nodes are alive. It knows nothing of vLLM, Slurm or the agent's
+// files.
 package ray
 
 import (

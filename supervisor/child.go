@@ -1,4 +1,6 @@
-// Package supervisor starts, stops and restarts the agent's child processes.
+// Package supervisor starts, stops and restarts the agent's child processes: each in its own
+// process group behind a reaper, with a restart policy and backoff. It knows nothing of what
+// the children are.
 package supervisor
 
 import (

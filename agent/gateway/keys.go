@@ -1,5 +1,6 @@
 // Package gateway is the head agent's front door: an authenticated OpenAI-compatible reverse
-// proxy in front of the engine, with per-key metrics and an audit log of who called.
+// proxy in front of the engine, with per-key metrics, in-flight limits and an audit log of who
+// called. It knows nothing of Slurm, Ray, or how the engine is started.
 package gateway
 
 import (

@@ -1,5 +1,6 @@
 // Package metrics holds the agent's live state and serves it, with the GPU and engine
-// collectors, on each node's metrics port: /metrics, /healthz and /readyz.
+// collectors, on each node's metrics port: /metrics, /healthz and /readyz. It knows nothing of
+// how the state comes about: the run sets it.
 package metrics
 
 import (

@@ -1,6 +1,7 @@
 // Package plan works out tensor and pipeline parallelism from a model's own files and the
 // allocation, and explains its choice. It reads config.json and the safetensors index or
-// headers; it never loads a tensor.
+// headers; it never loads a tensor. It knows nothing of Slurm's environment or of starting
+// anything.
 package plan
 
 import (
