@@ -136,7 +136,7 @@ func (h *head) startGatewayHelpers(ctx context.Context) {
 	}()
 	go func() {
 		defer wg.Done()
-		h.front.keys.Watch(gctx, keysCheckInterval)
+		h.front.keys.Watch(gctx, h.deps.Clock, keysCheckInterval)
 	}()
 	go func() {
 		wg.Wait()

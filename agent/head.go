@@ -161,8 +161,6 @@ func (h *head) expected() ([]string, []string) {
 // watchNodes reads the nodes' published info until every node is in, keeping the connection
 // file's metrics list and the Prometheus targets current.
 func (h *head) watchNodes(ctx context.Context) {
-	tick := time.NewTicker(nodeFilesPollInterval)
-	defer tick.Stop()
 	seen := -1
 	for {
 		infos := jobfiles.ReadNodeInfos(h.stateDir, h.alloc.Nodes)
@@ -176,7 +174,7 @@ func (h *head) watchNodes(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-h.deps.Clock.After(nodeFilesPollInterval):
 		}
 	}
 }

@@ -43,6 +43,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		},
 		Policy: a.policy(),
 		Logger: a.log.Named("supervisor").With("proc", "vllm"),
+		Clock:  a.deps.Clock,
 		OnEvent: func(e supervisor.Event) {
 			if e.State == supervisor.StateStarting {
 				out.NewRun()
@@ -121,7 +122,7 @@ func (h *head) probeEngine(ctx context.Context) {
 	eng := h.engineProbe()
 	served := a.cfg.ServedName()
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.EngineTimeout)
-	err := healthcheck.WaitReady(rctx, readinessPollInterval, func(ctx context.Context) error {
+	err := healthcheck.WaitReady(rctx, a.deps.Clock, readinessPollInterval, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, readinessProbeTimeout)
 		defer cancel()
 		return eng.Ready(pctx, served)
@@ -143,6 +144,7 @@ func (h *head) probeEngine(ctx context.Context) {
 		Interval: a.cfg.ProbeInterval,
 		Timeout:  a.cfg.ProbeTimeout,
 		Failures: a.cfg.ProbeFailures,
+		Clock:    a.deps.Clock,
 		OnUnhealthy: func(err error) {
 			a.log.Warn("engine unhealthy, restarting", "reason", err)
 			h.engine.Restart("unhealthy", err.Error())

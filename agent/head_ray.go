@@ -50,7 +50,7 @@ func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error,
 	}
 	wctx, stopWait := context.WithTimeout(ctx, a.cfg.RayTimeout)
 	defer stopWait()
-	err = healthcheck.WaitReady(wctx, gcsPollInterval, func(ctx context.Context) error {
+	err = healthcheck.WaitReady(wctx, a.deps.Clock, gcsPollInterval, func(ctx context.Context) error {
 		select {
 		case err := <-errc:
 			errc <- err
@@ -103,7 +103,7 @@ func (h *head) waitCluster(ctx context.Context) error {
 	defer cancel()
 	want := len(a.alloc.Nodes)
 	var missing []string
-	err := healthcheck.WaitReady(wctx, clusterPollInterval, func(ctx context.Context) error {
+	err := healthcheck.WaitReady(wctx, a.deps.Clock, clusterPollInterval, func(ctx context.Context) error {
 		nodes, err := h.rayc.Nodes(ctx)
 		if err != nil {
 			missing = a.alloc.Nodes[1:]
@@ -140,13 +140,11 @@ func (h *head) waitCluster(ctx context.Context) error {
 // started on is gone.
 func (h *head) monitorRay(ctx context.Context) {
 	a := h.agent
-	tick := time.NewTicker(a.cfg.RayPollInterval)
-	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-h.deps.Clock.After(a.cfg.RayPollInterval):
 		}
 		nodes, err := h.rayc.Nodes(ctx)
 		if ctx.Err() != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/securefs"
+	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
@@ -48,6 +49,8 @@ type Deps struct {
 	NVML nvml.Interface
 	// GPUAccessible tells whether this process may use a GPU by minor number (gpu.DeviceAccessible).
 	GPUAccessible func(minor int) bool
+	// Clock times every wait and loop of the run; nil means the wall clock.
+	Clock clock.Clock
 }
 
 // DefaultDeps returns the real environment.
@@ -99,7 +102,10 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &agent{cfg: cfg, deps: deps, started: time.Now()}
+	if deps.Clock == nil {
+		deps.Clock = clock.Real{}
+	}
+	a := &agent{cfg: cfg, deps: deps, started: deps.Clock.Now()}
 	var err error
 	if a.alloc, err = slurm.AllocationFromEnv(deps.Getenv, deps.Hostname); err != nil {
 		return nil, err
@@ -249,6 +255,7 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 		},
 		Policy:  a.policy(),
 		Logger:  a.log.Named("supervisor").With("proc", "ray"),
+		Clock:   a.deps.Clock,
 		OnEvent: onEvent,
 	})
 	return svc, closeOut, nil
@@ -301,7 +308,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
 	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
-	rv, err := jobfiles.WaitRendezvous(ctx, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
+	rv, err := jobfiles.WaitRendezvous(ctx, a.deps.Clock, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
 	if err != nil {
 		if ctx.Err() != nil {
 			a.log.Info("stopped while waiting for the rendezvous")

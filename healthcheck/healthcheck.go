@@ -7,13 +7,13 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/llm-agent/llm-agent/clock"
 )
 
 // WaitReady polls check every interval until it returns nil or ctx ends; it returns the last
 // check error with the context's.
-func WaitReady(ctx context.Context, interval time.Duration, check func(ctx context.Context) error) error {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+func WaitReady(ctx context.Context, clk clock.Clock, interval time.Duration, check func(ctx context.Context) error) error {
 	var last error
 	for {
 		if last = check(ctx); last == nil {
@@ -22,7 +22,7 @@ func WaitReady(ctx context.Context, interval time.Duration, check func(ctx conte
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w (last check: %w)", ctx.Err(), last)
-		case <-tick.C:
+		case <-clk.After(interval):
 		}
 	}
 }
@@ -41,18 +41,22 @@ type Liveness struct {
 	OnUnhealthy func(err error)
 	// OnProbe, if set, is told of every probe's outcome.
 	OnProbe func(err error)
+	// Clock times the intervals; nil means the wall clock.
+	Clock clock.Clock
 }
 
 // Run probes until ctx ends.
 func (l Liveness) Run(ctx context.Context) {
+	clk := l.Clock
+	if clk == nil {
+		clk = clock.Real{}
+	}
 	failed := 0
-	timer := time.NewTimer(l.Interval)
-	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-timer.C:
+		case <-clk.After(l.Interval):
 		}
 		pctx, cancel := context.WithTimeout(ctx, l.Timeout)
 		err := l.Probe(pctx)
@@ -69,6 +73,5 @@ func (l Liveness) Run(ctx context.Context) {
 			failed = 0
 			l.OnUnhealthy(fmt.Errorf("%d liveness probes failed in a row; last: %w", l.Failures, err))
 		}
-		timer.Reset(l.Interval)
 	}
 }

@@ -9,11 +9,32 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/clock"
 )
 
+// advance moves clk on by step each time the code under test waits on it, until the test ends.
+func advance(t *testing.T, clk *clock.Fake, step time.Duration) {
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-clk.Timers():
+				clk.Advance(step)
+			}
+		}
+	}()
+}
+
 func TestWaitReady(t *testing.T) {
+	clk := clock.NewFake()
+	advance(t, clk, time.Second)
+	start := clk.Now()
 	calls := 0
-	err := WaitReady(context.Background(), time.Millisecond, func(context.Context) error {
+	err := WaitReady(context.Background(), clk, time.Second, func(context.Context) error {
 		calls++
 		if calls < 3 {
 			return errors.New("not yet")
@@ -22,15 +43,18 @@ func TestWaitReady(t *testing.T) {
 	})
 	require.NoError(t, err)
 	assert.Equal(t, 3, calls)
+	assert.Equal(t, 2*time.Second, clk.Now().Sub(start), "two intervals between three checks")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	err = WaitReady(ctx, time.Millisecond, func(context.Context) error { return errors.New("never") })
+	err = WaitReady(ctx, clock.Real{}, time.Millisecond, func(context.Context) error { return errors.New("never") })
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.ErrorContains(t, err, "last check: never")
 }
 
 func TestLivenessNeedsSeveralFailuresInARow(t *testing.T) {
+	clk := clock.NewFake()
+	advance(t, clk, 10*time.Second)
 	// Probe outcomes in order; the engine is unhealthy only after 3 failures in a row.
 	outcomes := []bool{false, false, true, false, false, false, true, true}
 	var i atomic.Int32
@@ -46,11 +70,12 @@ func TestLivenessNeedsSeveralFailuresInARow(t *testing.T) {
 			}
 			return errors.New("slow")
 		},
-		Interval:    time.Millisecond,
+		Interval:    10 * time.Second,
 		Timeout:     time.Second,
 		Failures:    3,
 		OnUnhealthy: func(err error) { unhealthy <- err },
 		OnProbe:     func(error) { probed <- struct{}{} },
+		Clock:       clk,
 	}.Run(ctx)
 	for n := 0; n < len(outcomes)+2; n++ {
 		<-probed

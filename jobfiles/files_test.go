@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/clock"
 )
 
 // TestConnectionFileNeverHalfWritten has a reader parse the file in a loop while the writer
@@ -108,8 +110,25 @@ func TestRendezvous(t *testing.T) {
 	want := Rendezvous{JobID: "3", StepID: "0", LaunchID: "10.0.0.1:4000", HeadHost: "n1"}
 	ctx := context.Background()
 
+	// Each wait runs on fake time, moved on whenever the waiter sets a timer.
+	fake := func(t *testing.T) *clock.Fake {
+		clk := clock.NewFake()
+		done := make(chan struct{})
+		t.Cleanup(func() { close(done) })
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-clk.Timers():
+					clk.Advance(10 * time.Millisecond)
+				}
+			}
+		}()
+		return clk
+	}
 	t.Run("times out naming the head", func(t *testing.T) {
-		_, err := WaitRendezvous(ctx, dir, want, 100*time.Millisecond, 10*time.Millisecond)
+		_, err := WaitRendezvous(ctx, fake(t), dir, want, 100*time.Millisecond, 10*time.Millisecond)
 		assert.ErrorIs(t, err, ErrRendezvousTimeout)
 		assert.Contains(t, err.Error(), "no rendezvous from head n1")
 	})
@@ -117,32 +136,34 @@ func TestRendezvous(t *testing.T) {
 		stale := want
 		stale.LaunchID = "10.0.0.1:3999"
 		require.NoError(t, WriteRendezvous(dir, stale))
-		_, err := WaitRendezvous(ctx, dir, want, 100*time.Millisecond, 10*time.Millisecond)
+		_, err := WaitRendezvous(ctx, fake(t), dir, want, 100*time.Millisecond, 10*time.Millisecond)
 		assert.ErrorIs(t, err, ErrRendezvousTimeout)
 		assert.Contains(t, err.Error(), "stale rendezvous")
 	})
 	t.Run("takes the head's file when it appears", func(t *testing.T) {
+		clk := clock.NewFake()
 		go func() {
-			time.Sleep(50 * time.Millisecond) // the head publishes a little later
+			<-clk.Timers() // the worker looked and found only the stale file; the head publishes now
 			r := want
 			r.HeadAddress = "10.0.0.1"
 			r.Ports.RayGCS = 6379
 			WriteRendezvous(dir, r)
+			clk.Advance(10 * time.Millisecond)
 		}()
-		r, err := WaitRendezvous(ctx, dir, want, 5*time.Second, 10*time.Millisecond)
+		r, err := WaitRendezvous(ctx, clk, dir, want, 5*time.Second, 10*time.Millisecond)
 		require.NoError(t, err)
 		assert.Equal(t, "10.0.0.1:6379", r.RayAddress())
 	})
 	t.Run("unparseable file", func(t *testing.T) {
 		d := t.TempDir()
 		require.NoError(t, os.WriteFile(filepath.Join(d, RendezvousFile), []byte("{"), 0o644))
-		_, err := WaitRendezvous(ctx, d, want, 50*time.Millisecond, 10*time.Millisecond)
+		_, err := WaitRendezvous(ctx, fake(t), d, want, 50*time.Millisecond, 10*time.Millisecond)
 		assert.ErrorContains(t, err, "parse rendezvous.json")
 	})
 	t.Run("cancelled", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		_, err := WaitRendezvous(cctx, t.TempDir(), want, time.Second, 10*time.Millisecond)
+		_, err := WaitRendezvous(cctx, clock.NewFake(), t.TempDir(), want, time.Second, 10*time.Millisecond)
 		assert.ErrorIs(t, err, context.Canceled)
 	})
 }

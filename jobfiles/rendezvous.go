@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/llm-agent/llm-agent/clock"
 )
 
 // ErrRendezvousTimeout is returned when the head's rendezvous file does not appear in time.
@@ -62,11 +64,8 @@ func ReadRendezvous(dir string) (Rendezvous, error) {
 // WaitRendezvous polls dir until the head has published the rendezvous of this run (same job,
 // requeue count and step as want), or the timeout passes. A shared filesystem gives no reliable
 // change notification, so polling the file is the real condition.
-func WaitRendezvous(ctx context.Context, dir string, want Rendezvous, timeout, interval time.Duration) (Rendezvous, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+func WaitRendezvous(ctx context.Context, clk clock.Clock, dir string, want Rendezvous, timeout, interval time.Duration) (Rendezvous, error) {
+	deadline := clk.Now().Add(timeout)
 	var last error
 	for {
 		r, err := ReadRendezvous(dir)
@@ -78,17 +77,17 @@ func WaitRendezvous(ctx context.Context, dir string, want Rendezvous, timeout, i
 		case !errors.Is(err, os.ErrNotExist):
 			last = err
 		}
+		if !clk.Now().Before(deadline) {
+			msg := fmt.Sprintf("no rendezvous from head %s in %s in %s", want.HeadHost, dir, timeout)
+			if last != nil {
+				msg += " (" + last.Error() + ")"
+			}
+			return Rendezvous{}, fmt.Errorf("%w: %s; check the head's job output and that %s is on a filesystem every node shares", ErrRendezvousTimeout, msg, dir)
+		}
 		select {
 		case <-ctx.Done():
-			if ctx.Err() == context.DeadlineExceeded {
-				msg := fmt.Sprintf("no rendezvous from head %s in %s in %s", want.HeadHost, dir, timeout)
-				if last != nil {
-					msg += " (" + last.Error() + ")"
-				}
-				return Rendezvous{}, fmt.Errorf("%w: %s; check the head's job output and that %s is on a filesystem every node shares", ErrRendezvousTimeout, msg, dir)
-			}
 			return Rendezvous{}, ctx.Err()
-		case <-tick.C:
+		case <-clk.After(min(interval, deadline.Sub(clk.Now()))):
 		}
 	}
 }

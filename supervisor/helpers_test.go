@@ -7,10 +7,11 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/llm-agent/llm-agent/clock"
 )
 
 // Child processes in these tests are this test binary run again in a helper mode chosen by
@@ -96,63 +97,16 @@ func alive(pid int) bool {
 	return ok && state != 'Z'
 }
 
-// fakeClock is a Clock whose time moves only when the test says so.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-	added   chan struct{}
-}
+// fakeClock is the shared fake clock, with a wait for the code under test to set a timer.
+type fakeClock struct{ *clock.Fake }
 
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), added: make(chan struct{}, 100)}
-}
-
-func (f *fakeClock) Now() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fakeClock) After(d time.Duration) <-chan time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	if d <= 0 {
-		ch <- f.now
-		return ch
-	}
-	f.waiters = append(f.waiters, fakeWaiter{at: f.now.Add(d), ch: ch})
-	f.added <- struct{}{}
-	return ch
-}
-
-// Advance moves time on and fires the timers that are due.
-func (f *fakeClock) Advance(d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = f.now.Add(d)
-	kept := f.waiters[:0]
-	for _, w := range f.waiters {
-		if !w.at.After(f.now) {
-			w.ch <- f.now
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	f.waiters = kept
-}
+func newFakeClock() fakeClock { return fakeClock{clock.NewFake()} }
 
 // waitForTimer blocks until some code has asked the clock for a timer.
-func (f *fakeClock) waitForTimer(t *testing.T) {
+func (f fakeClock) waitForTimer(t *testing.T) {
 	t.Helper()
 	select {
-	case <-f.added:
+	case <-f.Timers():
 	case <-time.After(10 * time.Second):
 		t.Fatal("no timer was set")
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/llm-agent/llm-agent/clock"
 )
 
 // State is where a supervised service is in its life.
@@ -61,7 +63,7 @@ type ServiceOptions struct {
 	// Rand spreads the backoff delays (tests fix it); nil means math/rand.
 	Rand func() float64
 	// Clock times the backoff; nil means the wall clock.
-	Clock Clock
+	Clock clock.Clock
 	// Logger receives the service's own log lines.
 	Logger hclog.Logger
 	// Before, if set, runs before every start and must return nil for the start to go ahead; an
@@ -88,7 +90,7 @@ func NewService(opts ServiceOptions) *Service {
 		opts.Policy = DefaultPolicy()
 	}
 	if opts.Clock == nil {
-		opts.Clock = RealClock{}
+		opts.Clock = clock.Real{}
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()

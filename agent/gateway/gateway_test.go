@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -218,7 +219,7 @@ func TestKeysReload(t *testing.T) {
 	// A change of the file is picked up by the watcher.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go f.keys.Watch(ctx, 10*time.Millisecond)
+	go f.keys.Watch(ctx, clock.Real{}, 10*time.Millisecond)
 	writeKeys(t, f.keysFile, "keys:\n  - {name: carol, project: physics, key: "+carolKey+"}\n")
 	require.Eventually(t, func() bool {
 		resp, _ := f.do(t, "GET", "/v1/models", carolKey, "")
@@ -242,7 +243,7 @@ func TestKeysReload(t *testing.T) {
 	cancel()
 	hupCtx, stopHup := context.WithCancel(context.Background())
 	defer stopHup()
-	go f.keys.Watch(hupCtx, time.Hour)
+	go f.keys.Watch(hupCtx, clock.NewFake(), time.Hour) // the file is never looked at again
 	writeKeys(t, f.keysFile, "keys:\n  - {name: erin, project: x, key: sk-erin-0123456789abcdef}\n")
 	require.Eventually(t, func() bool {
 		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))

@@ -22,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/llm-agent/llm-agent/agent/securefs"
+	"github.com/llm-agent/llm-agent/clock"
 )
 
 // ErrKeys is wrapped by errors about the keys file.
@@ -182,22 +183,20 @@ func (k *Keys) Reload() error {
 
 // Watch reloads on SIGHUP and when the file changes (checked every interval; a shared
 // filesystem gives no reliable change notification), until ctx ends.
-func (k *Keys) Watch(ctx context.Context, interval time.Duration) {
+func (k *Keys) Watch(ctx context.Context, clk clock.Clock, interval time.Duration) {
 	if k.path == "" {
 		return
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
 			k.Reload()
-		case <-tick.C:
+		case <-clk.After(interval):
 			if fileStamp(k.path) != k.stamp {
 				k.Reload()
 			}

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -229,7 +230,7 @@ func observeReady(ctx context.Context, mode, stateDir string) (time.Time, error)
 	} else {
 		eng = vllm.Probe{BaseURL: fmt.Sprintf("http://10.77.0.1:%d", baselinePort), APIKey: baselineKey}
 	}
-	err := healthcheck.WaitReady(ctx, 50*time.Millisecond, func(ctx context.Context) error {
+	err := healthcheck.WaitReady(ctx, clock.Real{}, 50*time.Millisecond, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		return eng.Ready(pctx, "tiny")
