@@ -131,15 +131,8 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 	if err := a.chooseParallelism(); err != nil {
 		return nil, err
 	}
-	if a.multiNode() {
-		if a.rayBin, err = exec.LookPath(cfg.RayBin); err != nil {
-			return nil, fmt.Errorf("%w: ray executable %q not found: run slurm-scripts/setup_environment.sh and activate its environment, or pass --ray-bin", ErrBadInput, cfg.RayBin)
-		}
-	}
-	if a.alloc.IsHead() {
-		if a.vllmBin, err = exec.LookPath(cfg.VLLMBin); err != nil {
-			return nil, fmt.Errorf("%w: vllm executable %q not found: install vLLM into the job's environment (slurm-scripts/setup_environment.sh), or pass --vllm-bin", ErrBadInput, cfg.VLLMBin)
-		}
+	if err := a.findExecutables(); err != nil {
+		return nil, err
 	}
 	if a.stateDir, err = prepareStateDir(cfg.StateDir, deps.Getenv, a.alloc.JobID); err != nil {
 		return nil, err
@@ -163,6 +156,22 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 }
 
 func (a *agent) multiNode() bool { return len(a.alloc.Nodes) > 1 }
+
+// findExecutables finds ray, where the job spans nodes, and vllm, on the head.
+func (a *agent) findExecutables() error {
+	var err error
+	if a.multiNode() {
+		if a.rayBin, err = exec.LookPath(a.cfg.RayBin); err != nil {
+			return fmt.Errorf("%w: ray executable %q not found: run slurm-scripts/setup_environment.sh and activate its environment, or pass --ray-bin", ErrBadInput, a.cfg.RayBin)
+		}
+	}
+	if a.alloc.IsHead() {
+		if a.vllmBin, err = exec.LookPath(a.cfg.VLLMBin); err != nil {
+			return fmt.Errorf("%w: vllm executable %q not found: install vLLM into the job's environment (slurm-scripts/setup_environment.sh), or pass --vllm-bin", ErrBadInput, a.cfg.VLLMBin)
+		}
+	}
+	return nil
+}
 
 // prepareStateDir creates the job's state directory and proves it writable. A directory that
 // already exists must be the user's own and closed to writes by others, and so must the
@@ -301,44 +310,4 @@ func (a *agent) trackChild(e supervisor.Event) {
 	if e.State == supervisor.StateBackoff {
 		a.state.AddRestart(e.Service, e.Cause)
 	}
-}
-
-// runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends.
-func (a *agent) runWorker(ctx context.Context) error {
-	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
-	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
-	rv, err := jobfiles.WaitRendezvous(ctx, a.deps.Clock, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
-	if err != nil {
-		if ctx.Err() != nil {
-			a.log.Info("stopped while waiting for the rendezvous")
-			return nil
-		}
-		return err
-	}
-	if _, err := ReadRayToken(a.stateDir); err != nil {
-		return err
-	}
-	ports, moved, err := PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
-	if err != nil {
-		return err
-	}
-	for _, m := range moved {
-		a.log.Warn("port busy on this node, using another", "move", m)
-	}
-	run := life(ctx)
-	failure := runStages(ctx, []stage{
-		a.metricsStage(run, ports.Metrics),
-		a.workerFilesStage(ports),
-		a.workerRayStage(run, ports, rv.RayAddress()),
-	}, func(failure error) {
-		if failure == nil {
-			a.log.Info("draining")
-		}
-		a.state.SetReady(false, "stopping", time.Now())
-	})
-	if failure == nil {
-		a.log.Info("stopped")
-	}
-	return failure
 }

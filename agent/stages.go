@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Timings of the run that are not the user's settings: how often the agent looks for a
@@ -100,4 +103,21 @@ func background(parent context.Context, fn func(ctx context.Context)) (stop func
 		cancel()
 		<-finished
 	}
+}
+
+// metricsStage serves /metrics, /healthz and /readyz on port, with extra collectors beside the
+// agent's own and the GPUs'.
+func (a *agent) metricsStage(run context.Context, port int, extra ...prometheus.Collector) stage {
+	var stop func()
+	return stage{name: "metrics", start: func(context.Context) (<-chan error, error) {
+		ctx, cancel := context.WithCancel(run)
+		errc, err := a.serveMetrics(ctx, port, extra...)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		done, finished := ended(errc, func(err error) error { return fmt.Errorf("metrics server: %w", err) })
+		stop = func() { cancel(); <-finished }
+		return done, nil
+	}, stop: func() { stop() }}
 }

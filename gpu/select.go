@@ -79,27 +79,9 @@ func SelectDevices(lib nvml.Interface, visible []string, inJob bool, accessible 
 	var out []Device
 	seen := map[string]bool{}
 	for _, v := range visible {
-		var d Device
-		switch {
-		case strings.HasPrefix(v, "GPU-") || strings.HasPrefix(v, "MIG-"):
-			found := false
-			for _, c := range candidates {
-				if strings.EqualFold(c.UUID, v) {
-					d, found = c, true
-				}
-			}
-			if !found {
-				return nil, fmt.Errorf("%w: CUDA_VISIBLE_DEVICES names %s, which is not a GPU this job can access", ErrSelect, v)
-			}
-		default:
-			k, err := strconv.Atoi(v)
-			if err != nil || k < 0 {
-				return nil, fmt.Errorf("%w: CUDA_VISIBLE_DEVICES entry %q is neither an index nor a GPU UUID", ErrSelect, v)
-			}
-			if k >= len(candidates) {
-				return nil, fmt.Errorf("%w: CUDA_VISIBLE_DEVICES names GPU %d, but this job can access %d", ErrSelect, k, len(candidates))
-			}
-			d = candidates[k]
+		d, err := pick(candidates, v)
+		if err != nil {
+			return nil, err
 		}
 		if !seen[d.UUID] {
 			seen[d.UUID] = true
@@ -107,6 +89,27 @@ func SelectDevices(lib nvml.Interface, visible []string, inJob bool, accessible 
 		}
 	}
 	return out, nil
+}
+
+// pick finds the device one CUDA_VISIBLE_DEVICES entry names: a UUID, or an index into the
+// devices the job can access, in PCI bus order.
+func pick(candidates []Device, v string) (Device, error) {
+	if strings.HasPrefix(v, "GPU-") || strings.HasPrefix(v, "MIG-") {
+		for _, c := range candidates {
+			if strings.EqualFold(c.UUID, v) {
+				return c, nil
+			}
+		}
+		return Device{}, fmt.Errorf("%w: CUDA_VISIBLE_DEVICES names %s, which is not a GPU this job can access", ErrSelect, v)
+	}
+	k, err := strconv.Atoi(v)
+	if err != nil || k < 0 {
+		return Device{}, fmt.Errorf("%w: CUDA_VISIBLE_DEVICES entry %q is neither an index nor a GPU UUID", ErrSelect, v)
+	}
+	if k >= len(candidates) {
+		return Device{}, fmt.Errorf("%w: CUDA_VISIBLE_DEVICES names GPU %d, but this job can access %d", ErrSelect, k, len(candidates))
+	}
+	return candidates[k], nil
 }
 
 func describe(h nvml.Device) (Device, error) {

@@ -57,27 +57,21 @@ func runReaper(graceText string, argv []string) int {
 		fmt.Fprintf(os.Stderr, "llm-agent reaper: start %s: %v\n", argv[0], err)
 		return 127
 	}
-	r := &reaper{self: os.Getpid(), cmd: proc.Pid, exitCode: -1}
+	r := &reaper{self: os.Getpid(), cmd: proc.Pid, exitCode: -1, grace: grace, parent: parent}
+	return r.run(sigs)
+}
 
+// run forwards a stop signal to the command, reaps, and once the command has ended ends what it
+// left behind; it returns the command's exit code when nothing of it is left.
+func (r *reaper) run(sigs <-chan os.Signal) int {
 	var killAt <-chan time.Time
 	poll := time.NewTicker(100 * time.Millisecond)
 	defer poll.Stop()
 	for {
 		select {
 		case s := <-sigs:
-			if s == syscall.SIGCHLD {
-				break
-			}
-			if !r.terminating {
-				r.terminating = true
-				g := grace
-				if os.Getppid() != parent {
-					g = min(grace, orphanGrace)
-				}
-				// The command gets the signal and the grace period to stop its own children, as
-				// `ray start --block` and vLLM's server do; whatever is left is killed after it.
-				_ = syscall.Kill(r.cmd, s.(syscall.Signal))
-				killAt = time.After(g)
+			if s != syscall.SIGCHLD && !r.terminating {
+				killAt = r.terminate(s.(syscall.Signal))
 			}
 		case <-killAt:
 			r.signalAll(syscall.SIGKILL)
@@ -103,7 +97,23 @@ func runReaper(graceText string, argv []string) int {
 	}
 }
 
+// terminate passes sig on to the command, which gets the grace period to stop its own children
+// (as `ray start --block` and vLLM's server do); whatever is left is killed when the returned
+// channel fires. An orphaned reaper, whose agent is gone, waits less.
+func (r *reaper) terminate(sig syscall.Signal) <-chan time.Time {
+	r.terminating = true
+	g := r.grace
+	if os.Getppid() != r.parent {
+		g = min(r.grace, orphanGrace)
+	}
+	_ = syscall.Kill(r.cmd, sig)
+	return time.After(g)
+}
+
 type reaper struct {
+	// grace is the command's time to stop; parent is the agent that started the reaper.
+	grace       time.Duration
+	parent      int
 	self, cmd   int
 	exitCode    int
 	terminating bool

@@ -125,49 +125,14 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-s.restart:
 		default:
 		}
-		if s.opts.Before != nil {
-			if err := s.opts.Before(ctx); err != nil {
-				if ctx.Err() != nil {
-					s.emit(Event{State: StateStopped, Reason: "stopped before start"})
-					return nil
-				}
-				s.emit(Event{State: StateFailed, Reason: err.Error()})
-				return err
-			}
+		child, started, err := s.start(ctx)
+		if child == nil {
+			return err // nil: stopped before the start
 		}
-		opts, err := s.opts.Command()
-		if err != nil {
-			s.emit(Event{State: StateFailed, Reason: err.Error()})
-			return fmt.Errorf("prepare %s: %w", s.opts.Name, err)
-		}
-		s.emit(Event{State: StateStarting})
-		child := New(opts)
-		started := s.opts.Clock.Now()
-		if err := child.Start(); err != nil {
-			s.emit(Event{State: StateFailed, Reason: err.Error()})
-			return err
-		}
-		log.Info("started", "pid", child.PID(), "path", opts.Path)
-		s.emit(Event{State: StateRunning, PID: child.PID()})
-
-		var cause string
-		var end Ending
-		select {
-		case <-ctx.Done():
-			s.emit(Event{State: StateStopping, Reason: "shutdown"})
-			exit := child.Stop(context.Background())
-			log.Info("stopped", "exit", exit.String())
-			s.emit(Event{State: StateStopped, Reason: "shutdown"})
+		cause, end, stopped := s.await(ctx, child)
+		if stopped {
 			return nil
-		case <-child.Done():
-			cause, end = ReasonExited, Ending{Exit: child.Exit()}
-		case req := <-s.restart:
-			cause = req.cause
-			s.emit(Event{State: StateStopping, Reason: req.reason})
-			end = Ending{Exit: child.Stop(ctx), Requested: req.reason}
-			log.Info("stopped for restart", "reason", req.reason, "exit", end.Exit.String())
 		}
-
 		d := s.tracker.Decide(end, started, s.opts.Clock.Now())
 		if !d.Restart {
 			log.Error("giving up", "reason", d.Reason)
@@ -183,5 +148,56 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		case <-s.opts.Clock.After(d.Delay):
 		}
+	}
+}
+
+// start passes the Before gate and starts the next child. A nil child with a nil error means
+// ctx ended at the gate.
+func (s *Service) start(ctx context.Context) (*Child, time.Time, error) {
+	if s.opts.Before != nil {
+		if err := s.opts.Before(ctx); err != nil {
+			if ctx.Err() != nil {
+				s.emit(Event{State: StateStopped, Reason: "stopped before start"})
+				return nil, time.Time{}, nil
+			}
+			s.emit(Event{State: StateFailed, Reason: err.Error()})
+			return nil, time.Time{}, err
+		}
+	}
+	opts, err := s.opts.Command()
+	if err != nil {
+		s.emit(Event{State: StateFailed, Reason: err.Error()})
+		return nil, time.Time{}, fmt.Errorf("prepare %s: %w", s.opts.Name, err)
+	}
+	s.emit(Event{State: StateStarting})
+	child := New(opts)
+	started := s.opts.Clock.Now()
+	if err := child.Start(); err != nil {
+		s.emit(Event{State: StateFailed, Reason: err.Error()})
+		return nil, time.Time{}, err
+	}
+	s.opts.Logger.Info("started", "pid", child.PID(), "path", opts.Path)
+	s.emit(Event{State: StateRunning, PID: child.PID()})
+	return child, started, nil
+}
+
+// await waits for the child to end, a restart to be asked for, or ctx to end; stopped is true
+// in the last case, once the child is down.
+func (s *Service) await(ctx context.Context, child *Child) (cause string, end Ending, stopped bool) {
+	log := s.opts.Logger
+	select {
+	case <-ctx.Done():
+		s.emit(Event{State: StateStopping, Reason: "shutdown"})
+		exit := child.Stop(context.WithoutCancel(ctx))
+		log.Info("stopped", "exit", exit.String())
+		s.emit(Event{State: StateStopped, Reason: "shutdown"})
+		return "", Ending{}, true
+	case <-child.Done():
+		return ReasonExited, Ending{Exit: child.Exit()}, false
+	case req := <-s.restart:
+		s.emit(Event{State: StateStopping, Reason: req.reason})
+		end = Ending{Exit: child.Stop(ctx), Requested: req.reason}
+		log.Info("stopped for restart", "reason", req.reason, "exit", end.Exit.String())
+		return req.cause, end, false
 	}
 }

@@ -6,27 +6,48 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
-// metricsStage serves /metrics, /healthz and /readyz on port, with extra collectors beside the
-// agent's own and the GPUs'.
-func (a *agent) metricsStage(run context.Context, port int, extra ...prometheus.Collector) stage {
-	var stop func()
-	return stage{name: "metrics", start: func(context.Context) (<-chan error, error) {
-		ctx, cancel := context.WithCancel(run)
-		errc, err := a.serveMetrics(ctx, port, extra...)
-		if err != nil {
-			cancel()
-			return nil, err
+// runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends.
+func (a *agent) runWorker(ctx context.Context) error {
+	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
+	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
+	rv, err := jobfiles.WaitRendezvous(ctx, a.deps.Clock, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
+	if err != nil {
+		if ctx.Err() != nil {
+			a.log.Info("stopped while waiting for the rendezvous")
+			return nil
 		}
-		done, finished := ended(errc, func(err error) error { return fmt.Errorf("metrics server: %w", err) })
-		stop = func() { cancel(); <-finished }
-		return done, nil
-	}, stop: func() { stop() }}
+		return err
+	}
+	if _, err := ReadRayToken(a.stateDir); err != nil {
+		return err
+	}
+	ports, moved, err := PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
+	if err != nil {
+		return err
+	}
+	for _, m := range moved {
+		a.log.Warn("port busy on this node, using another", "move", m)
+	}
+	run := life(ctx)
+	failure := runStages(ctx, []stage{
+		a.metricsStage(run, ports.Metrics),
+		a.workerFilesStage(ports),
+		a.workerRayStage(run, ports, rv.RayAddress()),
+	}, func(failure error) {
+		if failure == nil {
+			a.log.Info("draining")
+		}
+		a.state.SetReady(false, "stopping", time.Now())
+	})
+	if failure == nil {
+		a.log.Info("stopped")
+	}
+	return failure
 }
 
 // workerFilesStage publishes the worker's node file.
