@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -68,8 +69,8 @@ type Plan struct {
 // across nodes) that holds the weights plus at least one sequence of MaxModelLen tokens; on a tie
 // it prefers fewer nodes.
 func Make(m Model, r Request) (Plan, error) {
-	if r.Nodes < 1 || r.GPUsPerNode < 1 {
-		return Plan{}, fmt.Errorf("%w: need at least 1 node and 1 GPU per node, got %d and %d", ErrRequest, r.Nodes, r.GPUsPerNode)
+	if err := r.check(); err != nil {
+		return Plan{}, err
 	}
 	if r.GPUMemory <= 0 {
 		return Plan{}, fmt.Errorf("%w: GPU memory unknown; pass --gpu-memory (such as 80GB)", ErrRequest)
@@ -195,6 +196,38 @@ func (p *Plan) weigh(tp, pp, kvElem int) Option {
 		o.Reason = fmt.Sprintf("fits: %s of weights and %s of KV cache per GPU, %d sequences of %d tokens", gb(o.WeightsPerGPU), gb(o.KVPerGPU), o.Sequences, r.MaxModelLen)
 	}
 	return o
+}
+
+// The values the planner understands, as vLLM spells them.
+var (
+	dtypes        = []string{"auto", "half", "float16", "bfloat16", "float", "float32"}
+	quantizations = []string{"none", "fp8", "int8", "int4", "awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes", "compressed-tensors"}
+	kvCacheDtypes = []string{"auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"}
+)
+
+// check refuses a request the planner cannot answer, naming what it accepts.
+func (r Request) check() error {
+	switch {
+	case r.Nodes < 1 || r.GPUsPerNode < 1:
+		return fmt.Errorf("%w: need at least 1 node and 1 GPU per node, got %d and %d", ErrRequest, r.Nodes, r.GPUsPerNode)
+	case r.Tensor < 0 || r.Pipeline < 0 || r.MaxModelLen < 0:
+		return fmt.Errorf("%w: tensor and pipeline sizes and the model length must not be negative (got %d, %d and %d)",
+			ErrRequest, r.Tensor, r.Pipeline, r.MaxModelLen)
+	case r.Tensor > r.GPUsPerNode:
+		return fmt.Errorf("%w: tensor parallel size %d exceeds the %d GPUs of a node; tensor parallelism stays within a node",
+			ErrRequest, r.Tensor, r.GPUsPerNode)
+	case r.Pipeline > r.Nodes:
+		return fmt.Errorf("%w: pipeline parallel size %d exceeds the %d node(s)", ErrRequest, r.Pipeline, r.Nodes)
+	}
+	for _, f := range []struct {
+		name, value string
+		accepted    []string
+	}{{"dtype", r.Dtype, dtypes}, {"quantization", r.Quantization, quantizations}, {"kv-cache-dtype", r.KVCacheDtype, kvCacheDtypes}} {
+		if f.value != "" && !slices.Contains(f.accepted, f.value) {
+			return fmt.Errorf("%w: --%s %q is not one of %s", ErrRequest, f.name, f.value, strings.Join(f.accepted, ", "))
+		}
+	}
+	return nil
 }
 
 func (p *Plan) noFit() error {

@@ -295,3 +295,39 @@ func TestPresetErrorsAndMerge(t *testing.T) {
 	args := PresetEngine{MaxNumSeqs: 8, MaxModelLen: 2048, EnablePrefixCaching: &off, Quantization: "fp8", KVCacheDtype: "fp8", EnforceEager: true}.Args()
 	assert.Equal(t, "--max-num-seqs 8 --max-model-len 2048 --no-enable-prefix-caching --enforce-eager --quantization fp8 --kv-cache-dtype fp8", strings.Join(args, " "))
 }
+
+// TestRequestChecked: input the planner cannot use is refused with a reason that names what
+// it accepts, not ignored or blamed on the model.
+func TestRequestChecked(t *testing.T) {
+	m := fixture(t, "llama-3.1-8b")
+	base := Request{Nodes: 2, GPUsPerNode: 4, GPUMemory: gb80}
+	tests := []struct {
+		name string
+		edit func(r *Request)
+		want string
+	}{
+		{"unknown quantization", func(r *Request) { r.Quantization = "bogus" }, `--quantization "bogus" is not one of none, fp8`},
+		{"unknown dtype", func(r *Request) { r.Dtype = "int3" }, `--dtype "int3" is not one of auto, half`},
+		{"unknown kv cache dtype", func(r *Request) { r.KVCacheDtype = "int2" }, `--kv-cache-dtype "int2" is not one of auto`},
+		{"tensor over a node", func(r *Request) { r.Tensor = 8 }, "tensor parallel size 8 exceeds the 4 GPUs of a node"},
+		{"pipeline over the nodes", func(r *Request) { r.Pipeline = 3 }, "pipeline parallel size 3 exceeds the 2 node(s)"},
+		{"negative length", func(r *Request) { r.MaxModelLen = -5 }, "must not be negative (got 0, 0 and -5)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := base
+			tt.edit(&r)
+			_, err := Make(m, r)
+			assert.ErrorIs(t, err, ErrRequest)
+			assert.ErrorContains(t, err, tt.want)
+			assert.False(t, strings.HasSuffix(err.Error(), ": "), "the message ends with its reason")
+		})
+	}
+	for _, ok := range []func(r *Request){func(r *Request) { r.Quantization = "fp8" }, func(r *Request) { r.Dtype = "bfloat16" },
+		func(r *Request) { r.KVCacheDtype = "fp8_e4m3" }, func(r *Request) { r.Tensor, r.Pipeline = 4, 2 }} {
+		r := base
+		ok(&r)
+		_, err := Make(m, r)
+		assert.NoError(t, err)
+	}
+}

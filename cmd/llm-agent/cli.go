@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -39,6 +40,7 @@ func newApp() *cli.App {
 		Version:                   version,
 		DisableSliceFlagSeparator: true,
 		OnUsageError:              onUsageError,
+		Action:                    rootAction,
 		Commands: []*cli.Command{
 			runCommand(),
 			statusCommand(),
@@ -247,9 +249,27 @@ func usageCommand() *cli.Command {
 	}
 }
 
+// rootAction shows the help without a command, and answers an unknown one with the list of
+// commands, as a usage error (exit 2).
+func rootAction(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return cli.ShowAppHelp(c)
+	}
+	var names []string
+	for _, cmd := range c.App.Commands {
+		if !cmd.Hidden {
+			names = append(names, cmd.Name)
+		}
+	}
+	return usageErrorf("unknown command %q; the commands are %s (llm-agent help COMMAND)", c.Args().First(), strings.Join(names, ", "))
+}
+
 // jobConnectionPath finds the connection file named by the first argument, or by $SLURM_JOB_ID
 // inside a job.
 func jobConnectionPath(c *cli.Context) (string, error) {
+	if c.NArg() > 1 {
+		return "", usageErrorf("%s takes one job (an id, a state directory or a connection.json), not %d arguments", c.Command.Name, c.NArg())
+	}
 	arg := c.Args().First()
 	if arg == "" {
 		arg = os.Getenv("SLURM_JOB_ID")
