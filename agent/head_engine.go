@@ -41,9 +41,10 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
 				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
 		},
-		Policy: a.policy(),
-		Logger: a.log.Named("supervisor").With("proc", "vllm"),
-		Clock:  a.deps.Clock,
+		Policy:   a.policy(),
+		Logger:   a.log.Named("supervisor").With("proc", "vllm"),
+		Clock:    a.deps.Clock,
+		Stopping: a.stopping,
 		OnEvent: func(e supervisor.Event) {
 			if e.State == supervisor.StateStarting {
 				out.NewRun()

@@ -70,6 +70,8 @@ type agent struct {
 	stateDir string
 	// localDir is this node's private temporary directory, removed when the agent ends.
 	localDir string
+	// stopping tells whether the run was asked to stop: a child that ends then is not restarted.
+	stopping func() bool
 	addr     string
 	ifname   string
 	vllmBin  string
@@ -85,6 +87,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if err != nil {
 		return err
 	}
+	a.stopping = func() bool { return ctx.Err() != nil }
 	// The node-local directory (Ray's temp dir, the engine's socket) is made fresh and private:
 	// a directory another user made or filled with links under a predictable name is never used.
 	if a.localDir, err = securefs.PrivateTemp(os.TempDir(), "llm-agent-"+a.alloc.JobID+"-"); err != nil {
@@ -262,10 +265,11 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 			return supervisor.Options{Name: "ray", Path: a.rayBin, Args: ray.StartArgs(opts), Env: env,
 				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 5, Reaper: a.deps.Reaper}, nil
 		},
-		Policy:  a.policy(),
-		Logger:  a.log.Named("supervisor").With("proc", "ray"),
-		Clock:   a.deps.Clock,
-		OnEvent: onEvent,
+		Policy:   a.policy(),
+		Logger:   a.log.Named("supervisor").With("proc", "ray"),
+		Clock:    a.deps.Clock,
+		Stopping: a.stopping,
+		OnEvent:  onEvent,
 	})
 	return svc, closeOut, nil
 }

@@ -80,11 +80,16 @@ func life(ctx context.Context) context.Context {
 	return context.WithoutCancel(ctx)
 }
 
-// ended forwards the one value of errc, wrapped, to done, and closes finished after it.
+// ended forwards the one value of errc, wrapped unless nil, to done, and closes finished after
+// it.
 func ended(errc <-chan error, wrap func(error) error) (done <-chan error, finished <-chan struct{}) {
 	d, f := make(chan error, 1), make(chan struct{})
 	go func() {
-		d <- wrap(<-errc)
+		if err := <-errc; err != nil {
+			d <- wrap(err)
+		} else {
+			d <- nil
+		}
 		close(f)
 	}()
 	return d, f

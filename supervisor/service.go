@@ -71,6 +71,10 @@ type ServiceOptions struct {
 	Before func(ctx context.Context) error
 	// OnEvent, if set, is told of every state change. It must not block.
 	OnEvent func(Event)
+	// Stopping, if set, tells whether the owner is stopping on purpose. A child that ends then
+	// (Slurm signals every process of a job step at once, so the child may end before Run's
+	// context does) is stopped, not crashed: it is neither restarted nor counted.
+	Stopping func() bool
 }
 
 // Service keeps one child running: it restarts it with backoff when it exits or when Restart is
@@ -131,6 +135,11 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		cause, end, stopped := s.await(ctx, child)
 		if stopped {
+			return nil
+		}
+		if s.opts.Stopping != nil && s.opts.Stopping() {
+			log.Info("ended while stopping", "exit", end.String())
+			s.emit(Event{State: StateStopped, Reason: "ended while stopping: " + end.String()})
 			return nil
 		}
 		d := s.tracker.Decide(end, started, s.opts.Clock.Now())

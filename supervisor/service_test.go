@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,4 +175,37 @@ func TestServiceCommandError(t *testing.T) {
 		Command: func() (Options, error) { return Options{}, errors.New("no ports") },
 	})
 	assert.ErrorContains(t, <-errc, "prepare bad: no ports")
+}
+
+// TestServiceChildEndingWhileStoppingIsNotACrash: when the owner is stopping (Slurm signals
+// every process of the step, so the child may end first), the child's end is neither
+// restarted nor counted.
+func TestServiceChildEndingWhileStoppingIsNotACrash(t *testing.T) {
+	var stopping atomic.Bool
+	var events []Event
+	var mu sync.Mutex
+	svc := NewService(ServiceOptions{
+		Name:     "engine",
+		Command:  func() (Options, error) { return helperOptions(t, "exit"), nil },
+		Stopping: stopping.Load,
+		OnEvent: func(e Event) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+			if e.State == StateRunning {
+				stopping.Store(true) // the stop signal reached the owner as the child ends
+			}
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // bounds a service that would restart
+	defer cancel()
+	require.NoError(t, svc.Run(ctx))
+	mu.Lock()
+	defer mu.Unlock()
+	var states []State
+	for _, e := range events {
+		states = append(states, e.State)
+		assert.Zero(t, e.Restarts)
+	}
+	assert.Equal(t, []State{StateStarting, StateRunning, StateStopped}, states, "no backoff, no restart")
 }
