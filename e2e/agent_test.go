@@ -166,9 +166,16 @@ func TestMultiNodeLifecycle(t *testing.T) {
 	})
 
 	t.Run("scancel", func(t *testing.T) {
+		before, _ := j.conn()
 		start := time.Now()
 		require.NoError(t, exec.Command("scancel", j.id).Run())
-		j.waitState(jobfiles.StateStopped, drainBound)
+		after := j.waitState(jobfiles.StateStopped, drainBound)
+		// A drain is not a crash: the children Slurm stopped are neither restarted nor counted.
+		assert.Equal(t, before.Restarts, after.Restarts, "restart counters after scancel")
+		drain := j.outputText()
+		if i := strings.Index(drain, "draining"); i >= 0 {
+			assert.NotContains(t, drain[i:], "restarting:", "no restart during the drain")
+		}
 		requireNoProcesses(t, drainBound-time.Since(start))
 		t.Logf("scancel to no process left: %s", time.Since(start).Round(time.Millisecond))
 		assert.Equal(t, "CANCELLED", j.waitEnded(time.Minute))
