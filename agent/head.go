@@ -3,9 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os/user"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,14 +76,20 @@ func (a *agent) runHead(ctx context.Context) error {
 	return h.finish(failure)
 }
 
-// beginDrain marks the service as stopping, or failing, before the stages stop.
-func (h *head) beginDrain(failure error) {
+// beginDrain marks the service as stopping, or failing, before the stages stop. A stop signal
+// may come from Slurm ending the step because a worker's agent ended: the worker's reason, or
+// its silence, is then the failure.
+func (h *head) beginDrain(failure error) error {
 	h.draining.Store(true)
+	if failure == nil && h.conn != nil && h.multiNode() {
+		failure = h.workerFailure()
+	}
 	if failure == nil && h.conn != nil {
 		h.log.Info("draining: engine first, then ray", "budget", h.cfg.Grace)
 		_ = h.conn.SetState(jobfiles.StateStopping, "received a stop signal")
 	}
 	h.state.SetReady(false, "stopping", time.Now())
+	return failure
 }
 
 // finish marks the service stopped or failed and removes the Prometheus targets of the job. A
@@ -197,4 +206,41 @@ func (h *head) publishNodes(infos []jobfiles.NodeInfo) {
 	if err := h.writeTargets(infos); err != nil {
 		h.log.Warn("cannot write prometheus targets", "error", err)
 	}
+}
+
+// workerFailure finds the worker whose end made Slurm end the step: one that published why its
+// agent failed, or one whose agent no longer answers on its metrics port (killed, so it could
+// say nothing). It returns nil when every worker's agent is still there, as after scancel or
+// at the time limit.
+func (h *head) workerFailure() error {
+	infos := jobfiles.ReadNodeInfos(h.stateDir, h.alloc.Nodes[1:])
+	for _, n := range infos {
+		if n.Ended != "" {
+			return fmt.Errorf("%s's agent ended: %s; Slurm ended the job step", n.Host, n.Ended)
+		}
+	}
+	var mu sync.Mutex
+	var silent []string
+	var wg sync.WaitGroup
+	for _, n := range infos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(n.Address, strconv.Itoa(n.MetricsPort)), workerProbeTimeout)
+			if err != nil {
+				mu.Lock()
+				silent = append(silent, n.Host)
+				mu.Unlock()
+				return
+			}
+			c.Close()
+		}()
+	}
+	wg.Wait()
+	if len(silent) == 0 {
+		return nil
+	}
+	slices.Sort(silent)
+	return fmt.Errorf("%s's agent ended without a word (killed? its metrics port no longer answers); Slurm ended the job step",
+		strings.Join(silent, ", "))
 }

@@ -11,6 +11,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/slurm"
 )
 
 // tableNet is a fake host network: interfaces, their addresses, and name resolution.
@@ -196,4 +199,35 @@ func TestRemoveStaleSocket(t *testing.T) {
 	assert.NoFileExists(t, sock)
 	require.NoError(t, os.WriteFile(sock, nil, 0o600))
 	assert.ErrorContains(t, removeStaleSocket(sock), "not a socket")
+}
+
+// TestWorkerFailure: on a stop signal the head finds the worker whose end made Slurm end the
+// step, by its published reason or by its silence, and nothing while every worker is there.
+func TestWorkerFailure(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "nodes"), 0o700))
+	alive, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer alive.Close()
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gonePort := gone.Addr().(*net.TCPAddr).Port
+	gone.Close() // a killed agent's port: nothing listens
+	h := &head{agent: &agent{stateDir: dir, alloc: slurm.Allocation{Nodes: []string{"n1", "n2", "n3"}}}}
+	write := func(host string, port int) {
+		require.NoError(t, jobfiles.WriteNodeInfo(dir, jobfiles.NodeInfo{Host: host, Address: "127.0.0.1", MetricsPort: port}))
+	}
+	write("n2", alive.Addr().(*net.TCPAddr).Port)
+	write("n3", alive.Addr().(*net.TCPAddr).Port)
+	assert.NoError(t, h.workerFailure(), "every worker's agent answers: a stop on purpose")
+
+	write("n3", gonePort)
+	err = h.workerFailure()
+	require.Error(t, err)
+	assert.Equal(t, "n3's agent ended without a word (killed? its metrics port no longer answers); Slurm ended the job step", err.Error())
+
+	require.NoError(t, jobfiles.WriteNodeEnd(dir, "n2", "ray on n2: gave up restarting"))
+	err = h.workerFailure()
+	require.Error(t, err)
+	assert.Equal(t, "n2's agent ended: ray on n2: gave up restarting; Slurm ended the job step", err.Error())
 }

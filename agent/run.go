@@ -97,7 +97,15 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if a.alloc.IsHead() {
 		return a.runHead(ctx)
 	}
-	return a.runWorker(ctx)
+	if err := a.runWorker(ctx); err != nil {
+		// The head reads this when Slurm ends the step for it: the reason reaches the
+		// connection file.
+		if werr := jobfiles.WriteNodeEnd(a.stateDir, a.alloc.Hostname(), err.Error()); werr != nil {
+			a.log.Warn("cannot publish why this node ended", "error", werr)
+		}
+		return err
+	}
+	return nil
 }
 
 // prepare checks everything that can be checked before any process starts.

@@ -23,6 +23,7 @@ const (
 	keysCheckInterval      = 2 * time.Second        // the keys file changing
 	readHeaderTimeout      = 10 * time.Second       // a client's request headers, on the public port
 	gatewayCloseTimeout    = time.Second            // closing the public port at the end
+	workerProbeTimeout     = time.Second            // a worker's agent answering, on a stop signal
 )
 
 // stage is one part of a node's run. The stages of a role are started in order, each once the
@@ -39,10 +40,11 @@ type stage struct {
 }
 
 // runStages starts stages in order, then waits until ctx ends or a stage ends by itself. It
-// calls beforeStop with the failure (nil for a requested stop), stops the stages that started in
-// reverse order, and returns the failure: a start's error, unless the stop request came during
-// that start, or the error of the stage that ended.
-func runStages(ctx context.Context, stages []stage, beforeStop func(failure error)) error {
+// calls beforeStop with the failure (nil for a requested stop), which returns the failure to
+// report (it may find one behind a stop request), stops the stages that started in reverse
+// order, and returns that failure: a start's error, unless the stop request came during that
+// start, or the error of the stage that ended.
+func runStages(ctx context.Context, stages []stage, beforeStop func(failure error) error) error {
 	ended := make(chan error, len(stages))
 	var started []stage
 	var failure error
@@ -65,7 +67,7 @@ func runStages(ctx context.Context, stages []stage, beforeStop func(failure erro
 		case failure = <-ended:
 		}
 	}
-	beforeStop(failure)
+	failure = beforeStop(failure)
 	for i := len(started) - 1; i >= 0; i-- {
 		if started[i].stop != nil {
 			started[i].stop()

@@ -38,11 +38,12 @@ func (a *agent) runWorker(ctx context.Context) error {
 		a.metricsStage(run, ports.Metrics),
 		a.workerFilesStage(ports),
 		a.workerRayStage(run, ports, rv.RayAddress()),
-	}, func(failure error) {
+	}, func(failure error) error {
 		if failure == nil {
 			a.log.Info("draining")
 		}
 		a.state.SetReady(false, "stopping", time.Now())
+		return failure
 	})
 	if failure == nil {
 		a.log.Info("stopped")

@@ -262,6 +262,27 @@ func TestCrashLoopFailsJob(t *testing.T) {
 	requireNoProcesses(t, drainBound)
 }
 
+// TestWorkerAgentKilledFailsJob: a worker's agent killed with SIGKILL ends the job as failed,
+// with a reason naming the node, not as stopped; nothing is left running.
+func TestWorkerAgentKilledFailsJob(t *testing.T) {
+	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1"}})
+	j.waitState(jobfiles.StateReady, readyTimeout)
+	var agents []string
+	for _, pid := range pidsByCmdline(t, 2, suite.agentBin) {
+		b, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err == nil && len(strings.Split(string(b), "\x00")) > 1 && strings.Split(string(b), "\x00")[1] == "run" {
+			agents = append(agents, pid)
+		}
+	}
+	require.Len(t, agents, 1, "node2's agent")
+	require.NoError(t, exec.Command("kill", "-KILL", agents[0]).Run())
+	c := j.waitState(jobfiles.StateFailed, drainBound)
+	assert.Contains(t, c.Reason, "node2's agent ended")
+	assert.Contains(t, c.Reason, "Slurm ended the job step")
+	t.Logf("reason: %s", c.Reason)
+	requireNoProcesses(t, drainBound)
+}
+
 // TestTimeLimitDrains gives a job one minute: Slurm's signal drains it and nothing is left.
 //
 // slurmctld checks for warning signals every 30 s and sends one when the end is at most

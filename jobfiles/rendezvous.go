@@ -100,6 +100,8 @@ type NodeInfo struct {
 	MetricsPort int    `json:"metrics_port"`
 	GPUs        int    `json:"gpus"`
 	PID         int    `json:"pid"`
+	// Ended is why the node's agent failed, once it has; empty while it runs or after a stop.
+	Ended string `json:"ended,omitempty"`
 }
 
 // MetricsURL returns the node's metrics endpoint.
@@ -134,4 +136,14 @@ func ReadNodeInfos(dir string, hosts []string) []NodeInfo {
 		}
 	}
 	return out
+}
+
+// WriteNodeEnd records in host's node file why its agent failed, keeping what the file said.
+func WriteNodeEnd(dir, host, reason string) error {
+	var n NodeInfo
+	if b, err := os.ReadFile(nodeInfoPath(dir, host)); err == nil {
+		_ = json.Unmarshal(b, &n)
+	}
+	n.Host, n.Ended = host, reason
+	return WriteNodeInfo(dir, n)
 }
