@@ -223,6 +223,9 @@ func (h *head) workerFailure() error {
 	var silent []string
 	var wg sync.WaitGroup
 	for _, n := range infos {
+		if n.Stopping {
+			continue // asked to stop, as the head was: not a failure
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -231,3 +231,13 @@ func TestWorkerFailure(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, "n2's agent ended: ray on n2: gave up restarting; Slurm ended the job step", err.Error())
 }
+
+func TestWorkerFailureIgnoresAStoppingWorker(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "nodes"), 0o700))
+	h := &head{agent: &agent{stateDir: dir, alloc: slurm.Allocation{Nodes: []string{"n1", "n2"}}}}
+	require.NoError(t, jobfiles.WriteNodeInfo(dir, jobfiles.NodeInfo{Host: "n2", Address: "127.0.0.1", MetricsPort: 1}))
+	require.Error(t, h.workerFailure(), "silent")
+	require.NoError(t, jobfiles.WriteNodeEnd(dir, "n2", ""))
+	assert.NoError(t, h.workerFailure(), "a worker that said it was stopping has closed its port on purpose")
+}

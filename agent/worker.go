@@ -41,6 +41,11 @@ func (a *agent) runWorker(ctx context.Context) error {
 	}, func(failure error) error {
 		if failure == nil {
 			a.log.Info("draining")
+			// Said before the metrics port closes, so that the head does not take this node's
+			// silence for a killed agent.
+			if err := jobfiles.WriteNodeEnd(a.stateDir, a.alloc.Hostname(), ""); err != nil {
+				a.log.Warn("cannot publish the stop", "error", err)
+			}
 		}
 		a.state.SetReady(false, "stopping", time.Now())
 		return failure

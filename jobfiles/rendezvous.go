@@ -102,6 +102,8 @@ type NodeInfo struct {
 	PID         int    `json:"pid"`
 	// Ended is why the node's agent failed, once it has; empty while it runs or after a stop.
 	Ended string `json:"ended,omitempty"`
+	// Stopping is set when the node's agent was asked to stop (scancel, the time limit).
+	Stopping bool `json:"stopping,omitempty"`
 }
 
 // MetricsURL returns the node's metrics endpoint.
@@ -138,12 +140,18 @@ func ReadNodeInfos(dir string, hosts []string) []NodeInfo {
 	return out
 }
 
-// WriteNodeEnd records in host's node file why its agent failed, keeping what the file said.
+// WriteNodeEnd records in host's node file why its agent failed (reason), or, with an empty
+// reason, that it was asked to stop; it keeps what the file said.
 func WriteNodeEnd(dir, host, reason string) error {
 	var n NodeInfo
 	if b, err := os.ReadFile(nodeInfoPath(dir, host)); err == nil {
 		_ = json.Unmarshal(b, &n)
 	}
-	n.Host, n.Ended = host, reason
+	n.Host = host
+	if reason == "" {
+		n.Stopping = true
+	} else {
+		n.Ended = reason
+	}
 	return WriteNodeInfo(dir, n)
 }
