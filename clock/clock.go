@@ -90,3 +90,25 @@ func (f *Fake) Advance(d time.Duration) {
 // Timers receives once for every timer asked for, so that a test can wait (with a deadline of
 // its own) until the code it drives is waiting on the clock.
 func (f *Fake) Timers() <-chan struct{} { return f.timers }
+
+// AdvanceOnWait moves the time on by step each time code waits on the clock, until stop is
+// called: for tests of loops that wait many times.
+func (f *Fake) AdvanceOnWait(step time.Duration) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-f.timers:
+				f.Advance(step)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}

@@ -32,3 +32,14 @@ func TestReal(t *testing.T) {
 	<-c.After(time.Millisecond)
 	assert.True(t, c.Now().After(before))
 }
+
+func TestAdvanceOnWait(t *testing.T) {
+	f := NewFake()
+	stop := f.AdvanceOnWait(time.Minute)
+	start := f.Now()
+	for i := 0; i < 3; i++ {
+		<-f.After(time.Minute)
+	}
+	stop()
+	assert.Equal(t, 3*time.Minute, f.Now().Sub(start))
+}

@@ -13,25 +13,9 @@ import (
 	"github.com/llm-agent/llm-agent/clock"
 )
 
-// advance moves clk on by step each time the code under test waits on it, until the test ends.
-func advance(t *testing.T, clk *clock.Fake, step time.Duration) {
-	done := make(chan struct{})
-	t.Cleanup(func() { close(done) })
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-clk.Timers():
-				clk.Advance(step)
-			}
-		}
-	}()
-}
-
 func TestWaitReady(t *testing.T) {
 	clk := clock.NewFake()
-	advance(t, clk, time.Second)
+	t.Cleanup(clk.AdvanceOnWait(time.Second))
 	start := clk.Now()
 	calls := 0
 	err := WaitReady(context.Background(), clk, time.Second, func(context.Context) error {
@@ -54,7 +38,7 @@ func TestWaitReady(t *testing.T) {
 
 func TestLivenessNeedsSeveralFailuresInARow(t *testing.T) {
 	clk := clock.NewFake()
-	advance(t, clk, 10*time.Second)
+	t.Cleanup(clk.AdvanceOnWait(10 * time.Second))
 	// Probe outcomes in order; the engine is unhealthy only after 3 failures in a row.
 	outcomes := []bool{false, false, true, false, false, false, true, true}
 	var i atomic.Int32

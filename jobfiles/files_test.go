@@ -113,18 +113,7 @@ func TestRendezvous(t *testing.T) {
 	// Each wait runs on fake time, moved on whenever the waiter sets a timer.
 	fake := func(t *testing.T) *clock.Fake {
 		clk := clock.NewFake()
-		done := make(chan struct{})
-		t.Cleanup(func() { close(done) })
-		go func() {
-			for {
-				select {
-				case <-done:
-					return
-				case <-clk.Timers():
-					clk.Advance(10 * time.Millisecond)
-				}
-			}
-		}()
+		t.Cleanup(clk.AdvanceOnWait(10 * time.Millisecond))
 		return clk
 	}
 	t.Run("times out naming the head", func(t *testing.T) {
@@ -204,4 +193,16 @@ func TestWritesFailWithReasons(t *testing.T) {
 	assert.Error(t, WriteNodeInfo(file, NodeInfo{Host: "n1"}), "a file where the state directory should be")
 	_, err := NewConnectionWriter(file, Connection{JobID: "1"}, "k")
 	assert.Error(t, err)
+}
+
+// TestWriteNodeEnd: a node's end is added to what its file said; a stop is marked as one.
+func TestWriteNodeEnd(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, WriteNodeInfo(dir, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
+	require.NoError(t, WriteNodeEnd(dir, "n2", "ray on n2: gave up"))
+	require.NoError(t, WriteNodeEnd(dir, "n3", "")) // a node that never published its file
+	infos := ReadNodeInfos(dir, []string{"n2", "n3"})
+	require.Len(t, infos, 2)
+	assert.Equal(t, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker", Ended: "ray on n2: gave up"}, infos[0])
+	assert.Equal(t, NodeInfo{Host: "n3", Stopping: true}, infos[1])
 }
