@@ -14,9 +14,10 @@ run() { # $1: label; the rest: environment
     local label=$1 engine
     shift
     start_agent 0 "head-$label" "$@" || exit 1
-    engine=$(grep -o 'engine_port=[0-9]*' "$out/head-$label.log" | head -1 | cut -d= -f2)
+    # The engine listens on its Unix socket behind the gateway, as the head reaches it.
+    engine=$(grep -o 'engine=unix:[^ ]*' "$out/head-$label.log" | head -1 | cut -d: -f2)
     "$bin/gpuscrape" -url http://127.0.0.1:9500/metrics -pid "$agent" -n 1000 -smi-runs 1 >"$out/head-$label.json"
-    "$bin/gpuscrape" -url "http://127.0.0.1:$engine/metrics" -pid "$agent" -n 1000 -smi-runs 1 >"$out/engine-$label.json"
+    "$bin/gpuscrape" -unix-socket "$engine" -url http://engine/metrics -pid "$agent" -n 1000 -smi-runs 1 >"$out/engine-$label.json"
     echo "$label: head p50 p99 rss_kib $(p50 "$out/head-$label.json") | engine alone p50 p99 $(p50 "$out/engine-$label.json" | cut -d' ' -f1-2)"
     stop_agent >/dev/null
 }

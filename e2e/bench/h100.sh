@@ -39,6 +39,8 @@ cat >"$wdir/rendezvous.json" <<JSON
   "ray_dashboard_agent":6701,"ray_dashboard_agent_grpc":6801,"ray_metrics_export":6901,
   "ray_runtime_env_agent":7001,"ray_worker_min":20000,"ray_worker_max":20199}}
 JSON
+# A worker joins only a cluster with a token, which it finds beside the rendezvous (mode 0600).
+(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$wdir/ray_token")
 start_worker() { # LOG [NAME=VALUE...]: the worker on metrics port 9501; its pid in $agent.
     local log=$out/$1.log
     shift

@@ -17,15 +17,16 @@ until curl -sf http://127.0.0.1:18601/readyz >/dev/null; do
     [ $SECONDS -lt $deadline ] && kill -0 "$agent" || { echo "not ready"; tail "$work/agent.log"; exit 1; }
     sleep 1
 done
-engine=$(grep -o 'engine_port=[0-9]*' "$work/agent.log" | head -1 | cut -d= -f2)
+# The engine listens on its Unix socket behind the gateway; the head reaches it the same way.
+engine=$(grep -o 'engine=unix:[^ ]*' "$work/agent.log" | head -1 | cut -d: -f2)
 set -a; . "$work/state/connection.env"; set +a
 for _ in 1 2 3; do # some traffic, so that the histograms hold samples; the key reaches curl
     # through a pipe, never on its command line (as in e2e/demo.sh)
     curl -sf -o /dev/null "$OPENAI_BASE_URL/completions" -H @<(printf 'Authorization: Bearer %s\n' "$OPENAI_API_KEY") \
         -H 'Content-Type: application/json' -d '{"model":"tiny","prompt":"hello","max_tokens":8}'
 done
-p50() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total}\n' "$1"; done | sort -n | awk '{a[NR]=$1} END{printf "%.2f ms", a[int(NR/2)+1]*1000}'; }
-echo "exposition: engine $(curl -s "http://127.0.0.1:$engine/metrics" | wc -c) bytes, head $(curl -s http://127.0.0.1:18601/metrics | wc -c) bytes"
+p50() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total}\n' "$@"; done | sort -n | awk '{a[NR]=$1} END{printf "%.2f ms", a[int(NR/2)+1]*1000}'; }
+echo "exposition: engine $(curl -s --unix-socket "$engine" http://engine/metrics | wc -c) bytes, head $(curl -s http://127.0.0.1:18601/metrics | wc -c) bytes"
 for round in 1 2 3; do
-    echo "round $round: engine alone p50 $(p50 "http://127.0.0.1:$engine/metrics"), head p50 $(p50 http://127.0.0.1:18601/metrics)"
+    echo "round $round: engine alone p50 $(p50 --unix-socket "$engine" http://engine/metrics), head p50 $(p50 http://127.0.0.1:18601/metrics)"
 done

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 type stats struct {
@@ -73,8 +75,12 @@ func main() {
 	pid := flag.Int("pid", 0, "agent pid, for its RSS")
 	gpuIndex := flag.String("gpu", "0", "nvidia-smi index of the GPU")
 	loadCmd := flag.String("load", "", "command that keeps the GPU busy for the loaded comparison")
+	socket := flag.String("unix-socket", "", "reach the URL's server through this Unix socket (the engine behind the gateway)")
 	flag.Parse()
 	client := &http.Client{}
+	if *socket != "" {
+		client.Transport = vllm.Endpoint{Socket: *socket}.Transport(1)
+	}
 	var r report
 	r.GPU = strings.TrimSpace(run("nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", *gpuIndex))
 	r.Driver = strings.TrimSpace(run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", *gpuIndex))
