@@ -24,7 +24,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build venv deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -37,9 +37,23 @@ venv:
 	slurm-scripts/setup_environment.sh --venv $(VENV)
 
 # System packages the mini-cluster and the checks need (Debian, as root).
+DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates
+
 deps:
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		slurm-wlm munge iproute2 procps util-linux prometheus gcc python3 python3-venv curl >/dev/null
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null
+
+# ensure-deps installs the system packages that are missing, when it can (root on Debian), and
+# says which; elsewhere it names them. make demo and make test start with it.
+ensure-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done | tr '\n' ' '); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing the missing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "make: missing packages: $$missing; install them (as root on Debian: make deps)"; exit 1; \
+	fi
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -99,9 +113,9 @@ e2e-vllm: build
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-test: lint check-deploy check-make unit e2e e2e-security e2e-vllm
+test: ensure-deps lint check-deploy check-make unit e2e e2e-security e2e-vllm
 
-demo: build venv cluster-up
+demo: ensure-deps build venv cluster-up
 	e2e/demo.sh
 
 # Grow the hostlist fuzz corpus (kept in slurm/testdata/fuzz).
