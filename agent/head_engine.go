@@ -25,6 +25,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	}
 	h.engineOut = out
 	eng := h.engineEndpoint()
+	// Behind the gateway the socket is used and the host ignored; with --gateway=false vLLM holds
+	// the public port on every interface, with the job's key (docs/security.md says what that
+	// leaves open).
 	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
 		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
