@@ -35,27 +35,21 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	if h.engineOnRay() {
 		env = ray.WithAuth(append(env, "RAY_ADDRESS="+h.rayc.GCSAddress), a.rayTokenPath())
 	}
-	opts := supervisor.ServiceOptions{
-		Name: "vllm",
-		Command: func() (supervisor.Options, error) {
-			if err := removeStaleSocket(spec.Socket); err != nil {
-				return supervisor.Options{}, err
-			}
-			return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
-				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
-		},
-		Policy:   a.policy(),
-		Logger:   a.log.Named("supervisor").With("proc", "vllm"),
-		Clock:    a.deps.Clock,
-		Stopping: a.stopping,
-		OnEvent: func(e supervisor.Event) {
-			if e.State == supervisor.StateStarting {
-				out.NewRun()
-			}
-			a.trackChild(e)
-			_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
-			events <- e
-		},
+	opts := a.serviceOptions("vllm")
+	opts.Command = func() (supervisor.Options, error) {
+		if err := removeStaleSocket(spec.Socket); err != nil {
+			return supervisor.Options{}, err
+		}
+		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
+			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
+	}
+	opts.OnEvent = func(e supervisor.Event) {
+		if e.State == supervisor.StateStarting {
+			out.NewRun()
+		}
+		a.trackChild(e)
+		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
+		events <- e
 	}
 	if a.multiNode() {
 		opts.Before = h.waitCluster

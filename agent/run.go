@@ -267,19 +267,21 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 	}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = ray.WithAuth(append(env, extraEnv...), a.rayTokenPath())
-	svc := supervisor.NewService(supervisor.ServiceOptions{
-		Name: "ray",
-		Command: func() (supervisor.Options, error) {
-			return supervisor.Options{Name: "ray", Path: a.rayBin, Args: ray.StartArgs(opts), Env: env,
-				Stdout: out, Stderr: out, Grace: a.cfg.Grace / 5, Reaper: a.deps.Reaper}, nil
-		},
-		Policy:   a.policy(),
-		Logger:   a.log.Named("supervisor").With("proc", "ray"),
-		Clock:    a.deps.Clock,
-		Stopping: a.stopping,
-		OnEvent:  onEvent,
-	})
-	return svc, closeOut, nil
+	svcOpts := a.serviceOptions("ray")
+	svcOpts.Command = func() (supervisor.Options, error) {
+		return supervisor.Options{Name: "ray", Path: a.rayBin, Args: ray.StartArgs(opts), Env: env,
+			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 5, Reaper: a.deps.Reaper}, nil
+	}
+	svcOpts.OnEvent = onEvent
+	return supervisor.NewService(svcOpts), closeOut, nil
+}
+
+// serviceOptions are what every supervised child of the agent shares: the restart policy from
+// the configuration, the log, the clock, and the run's stop, which a child's end during it is
+// not restarted for.
+func (a *agent) serviceOptions(name string) supervisor.ServiceOptions {
+	return supervisor.ServiceOptions{Name: name, Policy: a.policy(), Logger: a.log.Named("supervisor").With("proc", name),
+		Clock: a.deps.Clock, Stopping: a.stopping}
 }
 
 // rayStartOptions returns this node's `ray start` settings for ports.
