@@ -15,6 +15,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/securefs"
@@ -220,7 +221,8 @@ func (a *agent) serveMetrics(ctx context.Context, port int, extra ...prometheus.
 		return nil, fmt.Errorf("%w: metrics port %d: %w", ErrPort, port, err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.NewAgentCollector(a.state, nil))
+	reg.MustRegister(metrics.NewAgentCollector(a.state, nil), metrics.NewProcessCollector(a.state, nil, nil),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if a.deps.NVML != nil {
 		g := gpu.New(a.deps.NVML, gpu.Options{Node: a.alloc.Hostname(), Job: a.alloc.JobID, Visible: a.alloc.GPUIDs,
 			InJob: !a.alloc.Local, SlowInterval: a.cfg.GPUSampleInterval, Accessible: a.deps.GPUAccessible,
@@ -321,6 +323,7 @@ func (a *agent) rayTokenPath() string {
 // trackChild mirrors a service's events into the metrics state.
 func (a *agent) trackChild(e supervisor.Event) {
 	a.state.SetChild(e.Service, e.State, time.Now())
+	a.state.SetPID(e.Service, e.PID)
 	if e.State == supervisor.StateBackoff {
 		a.state.AddRestart(e.Service, e.Cause)
 	}

@@ -49,7 +49,9 @@ func TestSurfaceMetrics(t *testing.T) {
 	noDriver := dgxh100.New()
 	noDriver.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
 	ch := make(chan *prometheus.Desc, 200)
-	metrics.NewAgentCollector(metrics.NewState("n", "j", "head", 1, 1, time.Now(), time.Time{}), nil).Describe(ch)
+	state := metrics.NewState("n", "j", "head", 1, 1, time.Now(), time.Time{})
+	metrics.NewAgentCollector(state, nil).Describe(ch)
+	metrics.NewProcessCollector(state, nil, nil).Describe(ch)
 	gpu.New(noDriver, gpu.Options{Node: "n", Job: "j"}).Describe(ch)
 	gateway.NewMetrics("n", "j").Describe(ch)
 	close(ch)

@@ -220,3 +220,33 @@ func TestChildBeforeStart(t *testing.T) {
 	assert.Zero(t, c.PID(), "still not started")
 	assert.Equal(t, DefaultGrace, c.grace())
 }
+
+// TestUsageOfARealTree reads back what a child and its kid hold: known memory, open files and
+// CPU seconds, through the process table.
+func TestUsageOfARealTree(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pids")
+	c := New(helperOptions(t, "alloc:"+file))
+	require.NoError(t, c.Start())
+	defer c.Stop(context.Background())
+	pids := readPids(t, file)
+	require.Len(t, pids, 2)
+
+	u := Usage(context.Background(), []int{c.PID()})[c.PID()]
+	assert.Equal(t, 2, u.Processes, "the command and its kid; the reaper is left out")
+	const mib = 1 << 20
+	assert.GreaterOrEqual(t, u.RSS, uint64(2*allocMiB*mib), "both processes' touched memory")
+	assert.Less(t, u.RSS, uint64(2*allocMiB*mib+200*mib), "two small Go programs on top")
+	assert.GreaterOrEqual(t, u.FDs, 2*(allocFiles+3))
+	assert.GreaterOrEqual(t, u.Threads, 2)
+	require.Len(t, u.CPU, 2)
+	total := 0.0
+	for k, v := range u.CPU {
+		assert.Contains(t, pids, int(k.PID))
+		assert.NotZero(t, k.Created)
+		total += v
+	}
+	assert.GreaterOrEqual(t, total, 2*allocCPU.Seconds()*0.9, "the CPU both spent (tick rounding allowed)")
+
+	none := Usage(context.Background(), []int{pids[1]})[pids[1]]
+	assert.Zero(t, none.Processes, "the kid has nothing below it")
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/clock"
+	"github.com/shirou/gopsutil/v4/process"
 )
 
 // Child processes in these tests are this test binary run again in a helper mode chosen by
@@ -58,6 +60,21 @@ func helperMain(mode string) int {
 			return 3
 		}
 		select {}
+	case "alloc":
+		// Holds allocMiB of touched memory and a handful of open files, spends CPU, starts
+		// a kid that does the same, then writes both pids and blocks.
+		kid := helperCmd("alloc-kid")
+		if err := kid.Start(); err != nil {
+			return 3
+		}
+		holdMemoryAndFiles()
+		if err := os.WriteFile(arg, fmt.Appendf(nil, "%d %d\n", os.Getpid(), kid.Process.Pid), 0o644); err != nil {
+			return 3
+		}
+		select {}
+	case "alloc-kid":
+		holdMemoryAndFiles()
+		select {}
 	case "agent":
 		// Plays the agent: starts a supervised tree and blocks until killed.
 		self, _ := os.Executable()
@@ -70,6 +87,41 @@ func helperMain(mode string) int {
 		select {}
 	}
 	return 99
+}
+
+// Each process of the "alloc" helper holds allocMiB of memory, allocFiles extra open files,
+// and allocCPU of CPU time spent.
+const (
+	allocMiB   = 48
+	allocFiles = 10
+	allocCPU   = 200 * time.Millisecond
+)
+
+var (
+	held      [][]byte
+	heldFiles []*os.File // kept, or the finalizers close them
+)
+
+func holdMemoryAndFiles() {
+	b := make([]byte, allocMiB<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	held = append(held, b)
+	for range allocFiles {
+		f, _ := os.Open(os.DevNull)
+		heldFiles = append(heldFiles, f)
+	}
+	start := time.Now()
+	var cpu syscall.Rusage
+	for x := 0; ; x++ {
+		if x%100000 == 0 {
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &cpu)
+			if time.Duration(cpu.Utime.Nano()+cpu.Stime.Nano()) >= allocCPU || time.Since(start) > time.Minute {
+				return
+			}
+		}
+	}
 }
 
 func helperEnvList(mode string) []string {
@@ -93,8 +145,8 @@ func helperOptions(t *testing.T, mode string) Options {
 }
 
 func alive(pid int) bool {
-	_, state, ok := readStat(pid)
-	return ok && state != 'Z'
+	st, err := (&process.Process{Pid: int32(pid)}).Status()
+	return err == nil && !slices.Contains(st, process.Zombie)
 }
 
 // fakeClock is the shared fake clock, with a wait for the code under test to set a timer.

@@ -12,6 +12,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
@@ -22,7 +23,7 @@ import (
 
 const deployDir = "../../deploy"
 
-var metricName = regexp.MustCompile(`\b(llm_agent_[a-z0-9_]+|vllm:[a-z0-9_:]+)`)
+var metricName = regexp.MustCompile(`\b(llm_agent_[a-z0-9_]+|vllm:[a-z0-9_:]+|process_[a-z0-9_]+|go_[a-z0-9_]+)`)
 var descName = regexp.MustCompile(`fqName: "([^"]+)"`)
 
 // knownNames lists every metric family the agent exports, and the vLLM ones it relies on.
@@ -31,8 +32,12 @@ func knownNames(t *testing.T) map[string]bool {
 	noDriver := dgxh100.New()
 	noDriver.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
 	names := map[string]bool{"llm_agent_engine_scrape_success": true, "llm_agent_engine_scrape_duration_seconds": true}
-	ch := make(chan *prometheus.Desc, 100)
-	NewAgentCollector(NewState("n", "j", "head", 1, 1, time.Now(), time.Time{}), nil).Describe(ch)
+	ch := make(chan *prometheus.Desc, 200)
+	state := NewState("n", "j", "head", 1, 1, time.Now(), time.Time{})
+	NewAgentCollector(state, nil).Describe(ch)
+	NewProcessCollector(state, nil, nil).Describe(ch)
+	collectors.NewGoCollector().Describe(ch)
+	collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}).Describe(ch)
 	gpu.New(noDriver, gpu.Options{}).Describe(ch)
 	close(ch)
 	for d := range ch {
@@ -89,7 +94,7 @@ func TestDashboardUsesOnlyExportedMetrics(t *testing.T) {
 		titles = append(titles, strings.ToLower(p.Title))
 	}
 	all := strings.Join(titles, "|")
-	for _, want := range []string{"gpu utilization", "tokens per second", "time to first token", "kv cache", "running and waiting", "restarts", "service units"} {
+	for _, want := range []string{"gpu utilization", "tokens per second", "time to first token", "kv cache", "running and waiting", "restarts", "service units", "host memory"} {
 		assert.Contains(t, all, want)
 	}
 }
@@ -123,7 +128,7 @@ func TestAlertRulesUseOnlyExportedMetricsAndHaveRunbooks(t *testing.T) {
 			assert.NoError(t, err, "%s: runbook %s", r.Alert, url[i:])
 		}
 	}
-	for _, want := range []string{"LLMEngineDown", "LLMRestartStorm", "GPUTooHot", "GPUThrottling", "LLMKVCacheNearlyFull", "LLMQueueGrowing", "LLMJobEndingSoon"} {
+	for _, want := range []string{"LLMEngineDown", "LLMRestartStorm", "GPUTooHot", "GPUThrottling", "LLMKVCacheNearlyFull", "LLMQueueGrowing", "LLMJobEndingSoon", "LLMEngineHostMemoryHigh", "LLMEngineHostMemoryGrowing", "LLMNodeSwapping"} {
 		assert.Contains(t, alerts, want)
 	}
 }

@@ -19,6 +19,8 @@ type ChildState struct {
 	Restarts map[string]int
 	// Since is when the child last started; zero while it is not running.
 	Since time.Time
+	// PID is the child's process id (its reaper's) while it runs, else 0.
+	PID int
 }
 
 // State is the agent's live state, shared by the run loop (writer) and the collectors and
@@ -62,6 +64,13 @@ func (s *State) SetChild(name string, state supervisor.State, now time.Time) {
 		c.Since = time.Time{}
 	}
 	c.State = state
+}
+
+// SetPID records the process id of a running child; 0 when it is not running.
+func (s *State) SetPID(name string, pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.child(name).PID = pid
 }
 
 // AddRestart counts one restart of a child for cause.
@@ -128,7 +137,7 @@ func (s *State) Snapshot() Snapshot {
 		Started: s.started, EndTime: s.endTime, RayAlive: s.rayAlive, RayExpected: s.rayExpected,
 		Ready: s.ready, ReadyAt: s.readyAt, FirstReadyAt: s.firstReadyAt, Children: map[string]ChildState{}}
 	for name, c := range s.children {
-		snap.Children[name] = ChildState{State: c.State, Restarts: maps.Clone(c.Restarts), Since: c.Since}
+		snap.Children[name] = ChildState{State: c.State, Restarts: maps.Clone(c.Restarts), Since: c.Since, PID: c.PID}
 	}
 	return snap
 }

@@ -1,0 +1,183 @@
+package metrics
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shirou/gopsutil/v4/docker"
+	"github.com/shirou/gopsutil/v4/mem"
+
+	"github.com/llm-agent/llm-agent/supervisor"
+)
+
+// NodeMemory is the node's memory as the process collector reports it.
+type NodeMemory struct {
+	// Total and Available are the node's memory and what new allocations can get without
+	// swapping (the kernel's MemAvailable).
+	Total, Available uint64
+	// Limit is what this job's processes on the node may use: the job's cgroup limit (Slurm's
+	// ConstrainRAMSpace) when there is one and it is smaller, else Total.
+	Limit uint64
+	// SwapUsed is swap in use; SwapIn and SwapOut count bytes swapped since boot.
+	SwapUsed, SwapIn, SwapOut uint64
+}
+
+// ReadNodeMemory reads the node's memory and the agent's own cgroup limit through gopsutil.
+func ReadNodeMemory(ctx context.Context) (NodeMemory, error) {
+	vm, err := mem.VirtualMemoryWithContext(ctx)
+	if err != nil {
+		return NodeMemory{}, err
+	}
+	n := NodeMemory{Total: vm.Total, Available: vm.Available, Limit: vm.Total}
+	if sw, err := mem.SwapMemoryWithContext(ctx); err == nil {
+		n.SwapUsed, n.SwapIn, n.SwapOut = sw.Used, sw.Sin, sw.Sout
+	}
+	// No cgroup (or no memory controller) leaves the node's total as the limit; "max" reads as
+	// the largest integer, which the min keeps out.
+	if cg, err := docker.CgroupMemOwnWithContext(ctx); err == nil && cg.MemLimitInBytes > 0 {
+		n.Limit = min(n.Limit, cg.MemLimitInBytes)
+	}
+	return n, nil
+}
+
+// ProcessCollector exports what each supervised child uses, the command with every process
+// below it, and the node's memory. It reads the process table at scrape time.
+type ProcessCollector struct {
+	state *State
+	usage func(context.Context, []int) map[int]supervisor.ProcessUsage
+	node  func(context.Context) (NodeMemory, error)
+
+	// cpu keeps each child's CPU seconds a counter: a process that ended keeps its last
+	// reading in retired, so the sum over the tree never goes back.
+	mu  sync.Mutex
+	cpu map[string]*cpuCounter
+
+	rss, cpuSeconds, threads, fds, procs                        *prometheus.Desc
+	memTotal, memAvailable, memLimit, swapUsed, swapIn, swapOut *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*ProcessCollector)(nil)
+
+// NewProcessCollector returns a collector of the children in state; usage and node read the
+// process table and the node's memory (nil: supervisor.Usage and ReadNodeMemory).
+func NewProcessCollector(state *State, usage func(context.Context, []int) map[int]supervisor.ProcessUsage,
+	node func(context.Context) (NodeMemory, error)) *ProcessCollector {
+	if usage == nil {
+		usage = supervisor.Usage
+	}
+	if node == nil {
+		node = ReadNodeMemory
+	}
+	n, j, _ := state.Labels()
+	c := prometheus.Labels{"node": n, "job": j}
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("llm_agent_"+name, help, labels, c)
+	}
+	return &ProcessCollector{
+		state: state, usage: usage, node: node, cpu: map[string]*cpuCounter{},
+		rss: d("child_resident_memory_bytes", "Resident memory of the child and every process below it; "+
+			"pages that forked processes share count once per process.", "child"),
+		cpuSeconds:   d("child_cpu_seconds_total", "User and system CPU seconds of the child and every process below it, ended ones included.", "child"),
+		threads:      d("child_threads", "Threads of the child and every process below it.", "child"),
+		fds:          d("child_open_fds", "Open file descriptors of the child and every process below it.", "child"),
+		procs:        d("child_processes", "Live processes of the child: the command and every process below it.", "child"),
+		memTotal:     d("node_memory_total_bytes", "The node's memory."),
+		memAvailable: d("node_memory_available_bytes", "Memory new allocations can get on the node without swapping (MemAvailable)."),
+		memLimit: d("memory_limit_bytes", "Memory the job's processes on this node may use: the job's cgroup limit "+
+			"or the node's memory, whichever is smaller."),
+		swapUsed: d("node_swap_used_bytes", "Swap in use on the node."),
+		swapIn:   d("node_swap_in_bytes_total", "Bytes the node swapped in since boot."),
+		swapOut:  d("node_swap_out_bytes_total", "Bytes the node swapped out since boot; a rising rate means the node is swapping."),
+	}
+}
+
+// Describe sends the static descriptions.
+func (c *ProcessCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.rss, c.cpuSeconds, c.threads, c.fds, c.procs,
+		c.memTotal, c.memAvailable, c.memLimit, c.swapUsed, c.swapIn, c.swapOut} {
+		ch <- d
+	}
+}
+
+// processScrapeTimeout bounds one reading of the process table.
+const processScrapeTimeout = 5 * time.Second
+
+// Collect reads the process table once and sends every child's and the node's metrics. A
+// child that is not running reports zero use; its CPU counter keeps its value.
+func (c *ProcessCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), processScrapeTimeout)
+	defer cancel()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	children := c.state.Snapshot().Children
+	var roots []int
+	for _, child := range children {
+		if child.PID > 0 {
+			roots = append(roots, child.PID)
+		}
+	}
+	usage := c.usage(ctx, roots)
+	c.mu.Lock()
+	for _, name := range slices.Sorted(maps.Keys(children)) {
+		u := usage[children[name].PID] // the zero usage when not running
+		gauge(c.rss, float64(u.RSS), name)
+		gauge(c.threads, float64(u.Threads), name)
+		gauge(c.fds, float64(u.FDs), name)
+		gauge(c.procs, float64(u.Processes), name)
+		ch <- prometheus.MustNewConstMetric(c.cpuSeconds, prometheus.CounterValue, c.cpuOf(name).update(u.CPU), name)
+	}
+	c.mu.Unlock()
+	n, err := c.node(ctx)
+	if err != nil {
+		return
+	}
+	gauge(c.memTotal, float64(n.Total))
+	gauge(c.memAvailable, float64(n.Available))
+	gauge(c.memLimit, float64(n.Limit))
+	gauge(c.swapUsed, float64(n.SwapUsed))
+	ch <- prometheus.MustNewConstMetric(c.swapIn, prometheus.CounterValue, float64(n.SwapIn))
+	ch <- prometheus.MustNewConstMetric(c.swapOut, prometheus.CounterValue, float64(n.SwapOut))
+}
+
+func (c *ProcessCollector) cpuOf(name string) *cpuCounter {
+	cc, ok := c.cpu[name]
+	if !ok {
+		cc = &cpuCounter{}
+		c.cpu[name] = cc
+	}
+	return cc
+}
+
+// cpuCounter sums CPU seconds over processes that come and go.
+type cpuCounter struct {
+	retired float64
+	live    map[supervisor.ProcessKey]float64
+}
+
+// update takes a new reading of the live processes and returns the total: processes no longer
+// live are retired with their last reading.
+func (c *cpuCounter) update(now map[supervisor.ProcessKey]float64) float64 {
+	next := make(map[supervisor.ProcessKey]float64, len(now))
+	total := 0.0
+	for k, v := range now {
+		// A process's reading never goes back; should one (the kernel's tick rounding), the
+		// higher one stays.
+		if prev, ok := c.live[k]; ok && prev > v {
+			v = prev
+		}
+		next[k] = v
+		total += v
+	}
+	for k, v := range c.live {
+		if _, ok := next[k]; !ok {
+			c.retired += v
+		}
+	}
+	c.live = next
+	return c.retired + total
+}
