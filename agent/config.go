@@ -55,7 +55,7 @@ type Config struct {
 
 	ProbeInterval   time.Duration
 	ProbeTimeout    time.Duration
-	ProbeFailures   int
+	HangAfter       time.Duration
 	RayPollInterval time.Duration
 
 	MaxRestarts    int
@@ -85,9 +85,9 @@ func DefaultConfig() Config {
 		RayTimeout:        5 * time.Minute,
 		EngineTimeout:     30 * time.Minute,
 		Grace:             20 * time.Second,
-		ProbeInterval:     10 * time.Second,
-		ProbeTimeout:      30 * time.Second,
-		ProbeFailures:     3,
+		ProbeInterval:     5 * time.Second,
+		ProbeTimeout:      10 * time.Second,
+		HangAfter:         30 * time.Second,
 		RayPollInterval:   5 * time.Second,
 		MaxRestarts:       restarts.MaxRestarts,
 		RestartWindow:     restarts.Window,
@@ -155,6 +155,9 @@ func (c Config) Validate() error {
 		if _, err := bytesize.Parse(c.GPUMemory); err != nil {
 			return fmt.Errorf("%w: --gpu-memory: %w", ErrConfig, err)
 		}
+	}
+	if c.HangAfter <= c.ProbeInterval {
+		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrConfig, c.HangAfter, c.ProbeInterval)
 	}
 	if c.LogLevel != "" && hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		return fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", ErrConfig, c.LogLevel)

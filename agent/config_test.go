@@ -44,12 +44,13 @@ func TestConfigPrecedence(t *testing.T) {
 				assert.Equal(t, "/file/model", c.Model)
 			}},
 		{"every kind parses", nil, map[string]string{"LLM_AGENT_LOG_JSON": "true", "LLM_AGENT_SU_FACTOR": "52.5",
-			"LLM_AGENT_RAY_WORKER_PORTS": "30000-30099", "LLM_AGENT_PROBE_FAILURES": "5"}, nil, func(t *testing.T, c Config) {
+			"LLM_AGENT_RAY_WORKER_PORTS": "30000-30099", "LLM_AGENT_MAX_IN_FLIGHT_PER_KEY": "5", "LLM_AGENT_HANG_AFTER": "45s"}, nil, func(t *testing.T, c Config) {
 			assert.True(t, c.LogJSON)
 			assert.Equal(t, 52.5, c.SUFactor)
 			assert.Equal(t, 30000, c.WorkerPortMin)
 			assert.Equal(t, 30099, c.WorkerPortMax)
-			assert.Equal(t, 5, c.ProbeFailures)
+			assert.Equal(t, 5, c.MaxInFlightPerKey)
+			assert.Equal(t, 45*time.Second, c.HangAfter)
 		}},
 		{"empty file", []byte("# nothing\n"), nil, nil, func(t *testing.T, c Config) {
 			assert.Equal(t, DefaultConfig(), c)
@@ -81,7 +82,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration in env", "", map[string]string{"LLM_AGENT_GRACE": "20"}, nil, "LLM_AGENT_GRACE: \"20\" is not a duration"},
 		{"negative duration", "", nil, []Setting{{"grace", "-1s"}}, "must be positive"},
 		{"port out of range", "", nil, []Setting{{"port", "70000"}}, "70000 is not a TCP port"},
-		{"below minimum", "", nil, []Setting{{"probe-failures", "0"}}, "below the minimum 1"},
+		{"below minimum", "", nil, []Setting{{"max-restarts", "-1"}}, "below the minimum 0"},
 		{"bad bool", "", map[string]string{"LLM_AGENT_LOG_JSON": "maybe"}, nil, "not true or false"},
 		{"bad float", "", nil, []Setting{{"su-factor", "lots"}}, "not a non-negative number"},
 		{"bad worker range", "", nil, []Setting{{"ray-worker-ports", "30000-30001"}}, "at least 16 ports"},

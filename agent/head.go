@@ -16,6 +16,7 @@ import (
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // ErrRayIncomplete is returned when not every node joined Ray in time.
@@ -65,7 +66,7 @@ func (a *agent) runHead(ctx context.Context) error {
 	}
 	run := life(ctx)
 	failure := runStages(ctx, []stage{
-		a.metricsStage(run, h.ports.Metrics, h.metricsCollectors()...),
+		a.metricsStage(run, h.ports.Metrics, h.metricsServed()),
 		h.gatewayStage(run),
 		h.filesStage(),
 		h.watchStage(run, "node files", h.watchNodes),
@@ -197,7 +198,11 @@ func (h *head) publishNodes(infos []jobfiles.NodeInfo) {
 				addrs[i] = n.Address
 			}
 		}
-		eps = append(eps, jobfiles.NodeEndpoint{Node: n.Host, Role: n.Role, MetricsURL: n.MetricsURL()})
+		ep := jobfiles.NodeEndpoint{Node: n.Host, Role: n.Role, MetricsURL: n.MetricsURL()}
+		if n.Role == "head" {
+			ep.EngineMetricsURL = strings.TrimSuffix(ep.MetricsURL, "/metrics") + vllm.EngineMetricsPath
+		}
+		eps = append(eps, ep)
 	}
 	h.mu.Lock()
 	h.addresses = addrs

@@ -137,17 +137,21 @@ func (h *head) probeEngine(ctx context.Context) {
 	a.state.SetReady(true, "", time.Now())
 	_ = h.conn.SetState(jobfiles.StateReady, "")
 	a.log.Info("engine ready", "url", h.conn.Snapshot().BaseURL, "since_start", time.Since(a.started).Round(time.Millisecond))
-	healthcheck.Liveness{
-		Probe:    eng.Health,
-		Interval: a.cfg.ProbeInterval,
-		Timeout:  a.cfg.ProbeTimeout,
-		Failures: a.cfg.ProbeFailures,
-		Clock:    a.deps.Clock,
+	live := healthcheck.Liveness{
+		Probe:     eng.Health,
+		Interval:  a.cfg.ProbeInterval,
+		Timeout:   a.cfg.ProbeTimeout,
+		HangAfter: a.cfg.HangAfter,
+		Clock:     a.deps.Clock,
 		OnUnhealthy: func(err error) {
 			a.log.Warn("engine unhealthy, restarting", "reason", err)
 			h.engine.Restart("unhealthy", err.Error())
 		},
-	}.Run(ctx)
+	}
+	if h.front.gw != nil {
+		live.Activity = h.front.gw.Activity
+	}
+	live.Run(ctx)
 }
 
 // withEngineError adds the engine's last error line to the reason an engine exited.

@@ -3,9 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -15,16 +14,17 @@ import (
 // The head's stages, in the order runHead starts them: each returns what it keeps running to
 // the stage runner, which stops them in reverse order.
 
-// metricsCollectors are the head's collectors beside the agent's own: the engine's metrics and
-// the gateway's.
-func (h *head) metricsCollectors() []prometheus.Collector {
+// metricsServed is what the head's metrics port serves beside the agent's own metrics: the
+// gateway's metrics, and the engine's own /metrics passed through on a path of its own, which
+// Prometheus scrapes as a separate target (targets.json lists it).
+func (h *head) metricsServed() served {
 	eng := h.engineEndpoint()
-	extra := []prometheus.Collector{vllm.NewCollector(eng.BaseURL()+"/metrics", eng.Transport(1), "vllm:",
-		h.alloc.Hostname(), h.alloc.JobID, engineScrapeTimeout)}
+	s := served{routes: map[string]http.Handler{"GET " + vllm.EngineMetricsPath: vllm.MetricsHandler(
+		eng.BaseURL()+"/metrics", eng.Transport(1), engineScrapeTimeout, h.log.Named("engine-metrics"))}}
 	if h.front.metrics != nil {
-		extra = append(extra, h.front.metrics)
+		s.collectors = append(s.collectors, h.front.metrics)
 	}
-	return extra
+	return s
 }
 
 // gatewayStage binds the public port; it closes the port and writes out the audit log last.

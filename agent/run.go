@@ -214,8 +214,8 @@ func prepareStateDir(dir string, getenv func(string) string, jobID string) (stri
 }
 
 // serveMetrics binds the metrics port now, so that a port that cannot be bound fails the start,
-// and serves the agent's, the GPUs' and any extra collectors' metrics until ctx ends.
-func (a *agent) serveMetrics(ctx context.Context, port int, extra ...prometheus.Collector) (<-chan error, error) {
+// and serves the agent's, the GPUs' and what extra adds until ctx ends.
+func (a *agent) serveMetrics(ctx context.Context, port int, extra served) (<-chan error, error) {
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
 		return nil, fmt.Errorf("%w: metrics port %d: %w", ErrPort, port, err)
@@ -230,11 +230,11 @@ func (a *agent) serveMetrics(ctx context.Context, port int, extra ...prometheus.
 		reg.MustRegister(g)
 		go g.Run(ctx)
 	}
-	for _, c := range append(a.deps.Collectors, extra...) {
+	for _, c := range append(a.deps.Collectors, extra.collectors...) {
 		reg.MustRegister(c)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- metrics.Serve(ctx, ln, metrics.Handler(reg, a.state)) }()
+	go func() { errc <- metrics.Serve(ctx, ln, metrics.Handler(reg, a.state, extra.routes)) }()
 	return errc, nil
 }
 

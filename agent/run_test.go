@@ -68,7 +68,7 @@ func testConfig(t *testing.T, stateDir string) Config {
 	c.Iface = "lo"
 	c.ProbeInterval = 100 * time.Millisecond
 	c.ProbeTimeout = time.Second
-	c.ProbeFailures = 2
+	c.HangAfter = 2 * time.Second
 	c.RayPollInterval = 100 * time.Millisecond
 	c.BackoffInitial = 20 * time.Millisecond
 	c.BackoffMax = 100 * time.Millisecond
@@ -187,8 +187,14 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	assert.Equal(t, http.StatusOK, code)
 	assert.Contains(t, body, `llm_agent_ready{job="`+c.JobID+`",node="laptop"} 1`)
 	assert.Contains(t, body, `llm_agent_gpu_up{job="`+c.JobID+`",node="laptop"} 0`, "no driver: the GPU collector is down, the agent runs on")
-	assert.Contains(t, body, `llm_agent_engine_scrape_success{job="`+c.JobID+`",node="laptop"} 1`)
-	assert.Contains(t, body, `vllm:num_requests_running{engine="0",job="`+c.JobID+`",model_name="tiny",node="laptop"} 0`)
+	assert.NotContains(t, body, "vllm:", "the engine's series are a target of their own")
+	assert.Contains(t, body, `llm_agent_child_processes{child="vllm",job="`+c.JobID+`",node="laptop"} 1`, "the stand-in engine, no reaper")
+	assert.Contains(t, body, "\nprocess_resident_memory_bytes ", "the agent's own process")
+	assert.Contains(t, body, "\ngo_goroutines ")
+	require.Equal(t, strings.TrimSuffix(c.Metrics[0].MetricsURL, "/metrics")+"/metrics/engine", c.Metrics[0].EngineMetricsURL)
+	code, body = get(t, c.Metrics[0].EngineMetricsURL)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `vllm:num_requests_running{engine="0",model_name="tiny"} 0`, "as the engine wrote it")
 	base := strings.TrimSuffix(c.Metrics[0].MetricsURL, "/metrics")
 	code, _ = get(t, base+"/readyz")
 	assert.Equal(t, http.StatusOK, code)
@@ -197,6 +203,7 @@ func TestRunSingleNodeLifecycle(t *testing.T) {
 	targets, err := os.ReadFile(filepath.Join(cfg.TargetsDir, c.JobID+".json"))
 	require.NoError(t, err)
 	assert.Contains(t, string(targets), `"role": "head"`)
+	assert.Contains(t, string(targets), `"__metrics_path__": "/metrics/engine"`)
 
 	require.NoError(t, run.stop(t))
 	c = waitConnState(t, dir, jobfiles.StateStopped, time.Second)
@@ -243,7 +250,7 @@ func TestRunEngineUnhealthyIsRestarted(t *testing.T) {
 	waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	require.NoError(t, os.WriteFile(control, []byte("unhealthy"), 0o644))
 	c := waitConnState(t, dir, jobfiles.StateRestarting, 10*time.Second)
-	assert.Contains(t, c.Reason, "liveness probes failed")
+	assert.Contains(t, c.Reason, "the health probe has not passed for")
 	require.NoError(t, os.WriteFile(control, nil, 0o644))
 	c = waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
 	assert.Equal(t, 1, c.Restarts["vllm"])

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,13 +113,19 @@ func background(parent context.Context, fn func(ctx context.Context)) (stop func
 	}
 }
 
-// metricsStage serves /metrics, /healthz and /readyz on port, with extra collectors beside the
-// agent's own and the GPUs'.
-func (a *agent) metricsStage(run context.Context, port int, extra ...prometheus.Collector) stage {
+// served is what a node's metrics port serves beside the agent's own metrics and the GPUs'.
+type served struct {
+	collectors []prometheus.Collector
+	// routes maps a pattern ("GET /metrics/engine") to its handler.
+	routes map[string]http.Handler
+}
+
+// metricsStage serves /metrics, /healthz and /readyz on port, with what extra adds.
+func (a *agent) metricsStage(run context.Context, port int, extra served) stage {
 	var stop func()
 	return stage{name: "metrics", start: func(context.Context) (<-chan error, error) {
 		ctx, cancel := context.WithCancel(run)
-		errc, err := a.serveMetrics(ctx, port, extra...)
+		errc, err := a.serveMetrics(ctx, port, extra)
 		if err != nil {
 			cancel()
 			return nil, err

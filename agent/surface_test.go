@@ -67,7 +67,6 @@ func TestSurfaceMetrics(t *testing.T) {
 		}
 		got = append(got, m[1]+" const{"+strings.Join(consts, ",")+"} labels{"+strings.ReplaceAll(m[3], " ", "")+"}")
 	}
-	got = append(got, "llm_agent_engine_scrape_success", "llm_agent_engine_scrape_duration_seconds")
 	got = append(got, vllm.MetricNames...)
 	slices.Sort(got)
 	golden(t, "surface-metrics.txt", slices.Compact(got))

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // sharedTargetsPath is the job's file in the directory a login-node Prometheus watches with one
@@ -27,7 +28,7 @@ func (h *head) sharedTargetsPath() string {
 
 // writeTargets lists every published node's metrics endpoint in file_sd format.
 func (h *head) writeTargets(infos []jobfiles.NodeInfo) error {
-	groups := jobfiles.Targets(h.alloc.JobID, infos)
+	groups := jobfiles.Targets(h.alloc.JobID, infos, vllm.EngineMetricsPath)
 	if err := jobfiles.WriteJSONAtomic(filepath.Join(h.stateDir, jobfiles.TargetsFile), groups, 0o644); err != nil {
 		return err
 	}

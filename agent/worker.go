@@ -35,7 +35,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	}
 	run := life(ctx)
 	failure := runStages(ctx, []stage{
-		a.metricsStage(run, ports.Metrics),
+		a.metricsStage(run, ports.Metrics, served{}),
 		a.workerFilesStage(ports),
 		a.workerRayStage(run, ports, rv.RayAddress()),
 	}, func(failure error) error {

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -159,8 +160,6 @@ func submit(t *testing.T, spec jobSpec) *job {
 		"LLM_AGENT_VENV="+suite.venv,
 		"LLM_AGENT_BIN="+suite.agentBin,
 		"LLM_AGENT_VLLM_BIN="+suite.fakeBin,
-		"LLM_AGENT_PROBE_INTERVAL=1s",
-		"LLM_AGENT_PROBE_TIMEOUT=2s",
 		"LLM_AGENT_RAY_POLL_INTERVAL=1s",
 		"LLM_AGENT_GRACE=10s",
 		"LLM_AGENT_LOGIN_HOST=login.example",
@@ -391,6 +390,40 @@ func metricsText(t *testing.T, url string) string {
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// metricFloat returns the value of the sample whose line starts with prefix, as a number; a
+// missing sample fails the test.
+func metricFloat(t *testing.T, text, prefix string) float64 {
+	t.Helper()
+	v, ok := metricValue(text, prefix+" ")
+	require.True(t, ok, "no sample %s", prefix)
+	f, err := strconv.ParseFloat(v, 64)
+	require.NoError(t, err, prefix)
+	return f
+}
+
+// promtoolCheck runs `promtool check metrics` (Debian's prometheus package, which the CI
+// installs) on an exposition and returns the problems it names, one per line.
+func promtoolCheck(t *testing.T, text string) []string {
+	t.Helper()
+	cmd := exec.Command("promtool", "check", "metrics")
+	cmd.Stdin = strings.NewReader(text)
+	out, err := cmd.CombinedOutput()
+	var problems []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" {
+			problems = append(problems, line)
+		}
+	}
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("promtool: %v (apt-get install prometheus)", err)
+	}
+	if err != nil {
+		require.NotEmpty(t, problems, "promtool failed and said nothing")
+	}
+	return problems
 }
 
 // metricValue returns the value of the first sample whose line starts with prefix.

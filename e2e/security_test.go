@@ -276,6 +276,18 @@ func TestAttacksFail(t *testing.T) {
 			a.record("the metrics port's /metrics", nodeName(farNode), "read-only metrics, no secret",
 				fmt.Sprintf("%d bytes; secret in it: %q", len(b), leaks(b, secrets)), leaks(b, secrets) == "" && len(b) > 0)
 		}
+		// The engine's own /metrics passes through the head's metrics port, and nothing else of
+		// the engine does: not another path, not another method.
+		eng := c.Metrics[0].EngineMetricsURL
+		b, _ := as(farNode, attacker, "curl -s -m 5 "+eng)
+		a.record("the head's /metrics/engine", nodeName(farNode), "the engine's read-only metrics, no secret",
+			fmt.Sprintf("%d bytes; secret in it: %q", len(b), leaks(b, secrets)),
+			leaks(b, secrets) == "" && strings.Contains(b, "vllm:num_requests_running"))
+		for _, probe := range []string{eng + "/../../v1/models", eng + "/v1/models", eng + "%2F..%2Fv1%2Fmodels", "-X POST " + eng, strings.TrimSuffix(eng, "/engine") + "/v1/models"} {
+			out, _ := as(farNode, attacker, "curl -s -m 5 --path-as-is -o /dev/null -w '%{http_code}' "+probe)
+			a.record("the metrics port as a way to the engine ("+probe[strings.Index(probe, "/metrics"):]+")", nodeName(farNode),
+				"404 or 405: only the engine's /metrics passes", "HTTP code "+out, out == "404" || out == "405")
+		}
 	})
 
 	t.Run("gateway without a key", func(t *testing.T) {

@@ -36,6 +36,8 @@ type NodeEndpoint struct {
 	Node       string `json:"node"`
 	Role       string `json:"role"`
 	MetricsURL string `json:"metrics_url"`
+	// EngineMetricsURL, on the head, serves the engine's own /metrics as the engine wrote it.
+	EngineMetricsURL string `json:"engine_metrics_url,omitempty"`
 }
 
 // Connection is the content of connection.json: how to reach the service and how it is doing.

@@ -173,13 +173,15 @@ func TestDashboardTunnelCommand(t *testing.T) {
 }
 
 func TestTargets(t *testing.T) {
-	got := Targets("42", []NodeInfo{{Host: "n1", Address: "10.0.0.1", Role: "head", MetricsPort: 9542},
-		{Host: "n2", Address: "fd00::2", Role: "worker", MetricsPort: 9542}})
-	assert.Equal(t, []TargetGroup{
-		{Targets: []string{"10.0.0.1:9542"}, Labels: map[string]string{"job_id": "42", "node": "n1", "role": "head"}},
-		{Targets: []string{"[fd00::2]:9542"}, Labels: map[string]string{"job_id": "42", "node": "n2", "role": "worker"}},
-	}, got)
-	assert.Empty(t, Targets("42", nil))
+	nodes := []NodeInfo{{Host: "n1", Address: "10.0.0.1", Role: "head", MetricsPort: 9542},
+		{Host: "n2", Address: "fd00::2", Role: "worker", MetricsPort: 9542}}
+	head := TargetGroup{Targets: []string{"10.0.0.1:9542"}, Labels: map[string]string{"job_id": "42", "node": "n1", "role": "head"}}
+	worker := TargetGroup{Targets: []string{"[fd00::2]:9542"}, Labels: map[string]string{"job_id": "42", "node": "n2", "role": "worker"}}
+	engine := TargetGroup{Targets: []string{"10.0.0.1:9542"},
+		Labels: map[string]string{"job_id": "42", "node": "n1", "role": "engine", "__metrics_path__": "/metrics/engine"}}
+	assert.Equal(t, []TargetGroup{head, engine, worker}, Targets("42", nodes, "/metrics/engine"))
+	assert.Equal(t, []TargetGroup{head, worker}, Targets("42", nodes, ""), "no engine to scrape")
+	assert.Empty(t, Targets("42", nil, "/metrics/engine"))
 }
 
 // TestWritesFailWithReasons: each write names its file when the directory is gone or the value

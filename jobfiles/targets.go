@@ -14,14 +14,23 @@ type TargetGroup struct {
 	Labels  map[string]string `json:"labels"`
 }
 
-// Targets lists every published node's metrics endpoint of job in file_sd form.
-func Targets(job string, infos []NodeInfo) []TargetGroup {
-	groups := make([]TargetGroup, 0, len(infos))
+// Targets lists every published node's metrics endpoint of job in file_sd form. With enginePath
+// set, the head's engine is a target of its own on that path of the head's metrics port, with
+// role "engine": Prometheus scrapes the engine's series as the engine wrote them.
+func Targets(job string, infos []NodeInfo, enginePath string) []TargetGroup {
+	groups := make([]TargetGroup, 0, len(infos)+1)
 	for _, n := range infos {
+		target := []string{net.JoinHostPort(n.Address, strconv.Itoa(n.MetricsPort))}
 		groups = append(groups, TargetGroup{
-			Targets: []string{net.JoinHostPort(n.Address, strconv.Itoa(n.MetricsPort))},
+			Targets: target,
 			Labels:  map[string]string{"job_id": job, "node": n.Host, "role": n.Role},
 		})
+		if n.Role == "head" && enginePath != "" {
+			groups = append(groups, TargetGroup{
+				Targets: target,
+				Labels:  map[string]string{"job_id": job, "node": n.Host, "role": "engine", "__metrics_path__": enginePath},
+			})
+		}
 	}
 	return groups
 }

@@ -250,3 +250,19 @@ func TestUsageOfARealTree(t *testing.T) {
 	none := Usage(context.Background(), []int{pids[1]})[pids[1]]
 	assert.Zero(t, none.Processes, "the kid has nothing below it")
 }
+
+// TestStopWakesAStoppedChild: a child stopped with SIGSTOP (a hung engine's stand-in) still
+// ends on SIGTERM at once, rather than after the grace and a SIGKILL.
+func TestStopWakesAStoppedChild(t *testing.T) {
+	opts := helperOptions(t, "sleep")
+	opts.Grace = 30 * time.Second
+	c := New(opts)
+	require.NoError(t, c.Start())
+	var cmd []int
+	require.Eventually(t, func() bool { cmd = descendants(c.PID()); return len(cmd) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, syscall.Kill(cmd[0], syscall.SIGSTOP))
+	start := time.Now()
+	exit := c.Stop(context.Background())
+	assert.Less(t, time.Since(start), 10*time.Second, "not the 30 s grace")
+	assert.Equal(t, 128+int(syscall.SIGTERM), exit.Code, "ended by SIGTERM, not SIGKILL")
+}

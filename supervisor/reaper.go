@@ -106,6 +106,9 @@ func (r *reaper) terminate(sig syscall.Signal) <-chan time.Time {
 		g = min(r.grace, orphanGrace)
 	}
 	_ = syscall.Kill(r.cmd, sig)
+	// A stopped command (SIGSTOP, a hung engine's test) acts on the signal only once it runs
+	// again, as systemd does after its stop signal.
+	_ = syscall.Kill(r.cmd, syscall.SIGCONT)
 	return time.After(g)
 }
 
@@ -144,6 +147,9 @@ func (r *reaper) reap() {
 func (r *reaper) signalAll(sig syscall.Signal) {
 	for _, pid := range descendants(r.self) {
 		_ = syscall.Kill(pid, sig)
+		if sig != syscall.SIGKILL {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
 	}
 }
 

@@ -59,6 +59,7 @@ type Gateway struct {
 	inflight sync.WaitGroup
 	draining atomic.Bool
 	active   atomic.Int64
+	progress progress
 }
 
 // New returns a gateway.
@@ -190,6 +191,8 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
 		return
 	}
+	g.progress.begin()
+	defer g.progress.end()
 	resp, err := g.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -200,6 +203,8 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
+	g.progress.saw() // the engine answered
+	resp.Body = progressReader{resp.Body, &g.progress}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		g.streamResponse(w, r, resp, x, injected)
 		return

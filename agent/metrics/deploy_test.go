@@ -31,7 +31,7 @@ func knownNames(t *testing.T) map[string]bool {
 	t.Helper()
 	noDriver := dgxh100.New()
 	noDriver.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
-	names := map[string]bool{"llm_agent_engine_scrape_success": true, "llm_agent_engine_scrape_duration_seconds": true}
+	names := map[string]bool{}
 	ch := make(chan *prometheus.Desc, 200)
 	state := NewState("n", "j", "head", 1, 1, time.Now(), time.Time{})
 	NewAgentCollector(state, nil).Describe(ch)

@@ -130,7 +130,7 @@ func TestHandlerAndServe(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, Handler(reg, s)) }()
+	go func() { done <- Serve(ctx, ln, Handler(reg, s, nil)) }()
 	base := "http://" + ln.Addr().String()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(base + path)
@@ -159,5 +159,5 @@ func TestHandlerAndServe(t *testing.T) {
 	// A listener that fails makes Serve return the error.
 	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
 	ln2.Close()
-	assert.Error(t, Serve(context.Background(), ln2, Handler(reg, s)))
+	assert.Error(t, Serve(context.Background(), ln2, Handler(reg, s, nil)))
 }

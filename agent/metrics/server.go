@@ -11,9 +11,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Handler serves /metrics from reg and /healthz and /readyz from state.
-func Handler(reg *prometheus.Registry, state *State) http.Handler {
+// Handler serves /metrics from reg, /healthz and /readyz from state, and each of routes (a
+// pattern such as "GET /metrics/engine" to its handler).
+func Handler(reg *prometheus.Registry, state *State, routes map[string]http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	for pattern, h := range routes {
+		mux.Handle(pattern, h)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 		// A scrape is tens of kilobytes; gzip would cost more CPU per scrape than everything

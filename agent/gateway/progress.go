@@ -1,0 +1,52 @@
+package gateway
+
+import (
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/llm-agent/llm-agent/healthcheck"
+)
+
+// progress follows the engine's work as the gateway sees it: how many requests wait on the
+// engine, and when it last sent anything for any of them. The liveness watch reads it to tell
+// a hung engine from a busy one.
+type progress struct {
+	waiting atomic.Int64
+	last    atomic.Int64 // unix nanoseconds
+}
+
+// begin counts a request sent to the engine; the first one after a quiet spell starts the
+// clock, so that idle time is not taken for a stall.
+func (p *progress) begin() {
+	if p.waiting.Add(1) == 1 {
+		p.saw()
+	}
+}
+
+// end counts a request finished, which is progress too.
+func (p *progress) end() {
+	p.saw()
+	p.waiting.Add(-1)
+}
+
+func (p *progress) saw() { p.last.Store(time.Now().UnixNano()) }
+
+// Activity is what the gateway sees of the engine now.
+func (g *Gateway) Activity() healthcheck.Activity {
+	return healthcheck.Activity{InFlight: int(g.progress.waiting.Load()), LastProgress: time.Unix(0, g.progress.last.Load())}
+}
+
+// progressReader marks progress on every read that brings bytes from the engine.
+type progressReader struct {
+	io.ReadCloser
+	p *progress
+}
+
+func (r progressReader) Read(b []byte) (int, error) {
+	n, err := r.ReadCloser.Read(b)
+	if n > 0 {
+		r.p.saw()
+	}
+	return n, err
+}
