@@ -266,3 +266,32 @@ func TestStopWakesAStoppedChild(t *testing.T) {
 	assert.Less(t, time.Since(start), 10*time.Second, "not the 30 s grace")
 	assert.Equal(t, 128+int(syscall.SIGTERM), exit.Code, "ended by SIGTERM, not SIGKILL")
 }
+
+// TestTreesKeepMembers: the whole process table is read again only after Rescan or when the
+// roots change; in between, the members' own figures are read fresh.
+func TestTreesKeepMembers(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pids")
+	a := New(helperOptions(t, "tree:"+file))
+	require.NoError(t, a.Start())
+	defer a.Stop(context.Background())
+	readPids(t, file)
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	trees := &Trees{Rescan: 30 * time.Second, Now: func() time.Time { return now }}
+	ctx := context.Background()
+
+	assert.Equal(t, 3, trees.Usage(ctx, []int{a.PID()})[a.PID()].Processes, "the command, its kid and the escapee")
+	now = now.Add(29 * time.Second)
+	assert.Equal(t, 3, trees.Usage(ctx, []int{a.PID()})[a.PID()].Processes)
+	assert.Equal(t, 1, trees.scans, "the members were kept")
+
+	b := New(helperOptions(t, "sleep"))
+	require.NoError(t, b.Start())
+	defer b.Stop(context.Background())
+	require.Eventually(t, func() bool { return len(descendants(b.PID())) == 1 }, 10*time.Second, 10*time.Millisecond)
+	got := trees.Usage(ctx, []int{a.PID(), b.PID()})
+	assert.Equal(t, 2, trees.scans, "a new root reads the table")
+	assert.Equal(t, 1, got[b.PID()].Processes)
+	now = now.Add(30 * time.Second)
+	trees.Usage(ctx, []int{a.PID(), b.PID()})
+	assert.Equal(t, 3, trees.scans, "and so does the passing of Rescan")
+}

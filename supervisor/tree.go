@@ -2,7 +2,10 @@ package supervisor
 
 import (
 	"context"
+	"maps"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/shirou/gopsutil/v4/process"
 )
@@ -89,26 +92,78 @@ type ProcessKey struct {
 // reading of the process table. A root with no live process below it reads as zero. A zombie
 // counts as a process until it is reaped, with no memory and the CPU it used.
 func Usage(ctx context.Context, roots []int) map[int]ProcessUsage {
+	return (&Trees{}).Usage(ctx, roots)
+}
+
+// Trees reads what process trees use, as Usage does, but keeps each tree's members between
+// readings: the whole process table (every process on the node, kernel threads included) is
+// read again only after Rescan, or when the roots change. A process that joins a tree between
+// two table readings is counted from the next one.
+type Trees struct {
+	// Rescan is how long the members are kept; 0 reads the table every time.
+	Rescan time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	mu      sync.Mutex
+	members map[int][]ProcessKey
+	scanned time.Time
+	scans   int // table readings so far
+}
+
+// Usage reads what the tree below each of roots uses.
+func (t *Trees) Usage(ctx context.Context, roots []int) map[int]ProcessUsage {
 	out := make(map[int]ProcessUsage, len(roots))
 	if len(roots) == 0 {
 		return out
 	}
-	t := readProcTable(ctx, true)
+	now := time.Now
+	if t.Now != nil {
+		now = t.Now
+	}
+	t.mu.Lock()
+	if t.stale(roots, now()) {
+		table := readProcTable(ctx, true)
+		t.members = map[int][]ProcessKey{}
+		for _, root := range roots {
+			for _, pid := range table.below(int32(root)) {
+				if created, err := (&process.Process{Pid: pid}).CreateTimeWithContext(ctx); err == nil {
+					t.members[root] = append(t.members[root], ProcessKey{PID: pid, Created: created})
+				}
+			}
+		}
+		t.scanned = now()
+		t.scans++
+	}
+	members := maps.Clone(t.members)
+	t.mu.Unlock()
 	for _, root := range roots {
 		u := ProcessUsage{CPU: map[ProcessKey]float64{}}
-		for _, pid := range t.below(int32(root)) {
-			addProcess(ctx, &u, pid)
+		for _, k := range members[root] {
+			addProcess(ctx, &u, k)
 		}
 		out[root] = u
 	}
 	return out
 }
 
-// addProcess adds one process to u; one that ends while it is read is left out.
-func addProcess(ctx context.Context, u *ProcessUsage, pid int32) {
-	p := &process.Process{Pid: pid}
-	created, err := p.CreateTimeWithContext(ctx)
-	if err != nil {
+func (t *Trees) stale(roots []int, now time.Time) bool {
+	if t.members == nil || now.Sub(t.scanned) >= t.Rescan || len(roots) != len(t.members) {
+		return true
+	}
+	for _, r := range roots {
+		if _, ok := t.members[r]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// addProcess adds one process to u; one that has ended, or whose pid now names another
+// process, is left out.
+func addProcess(ctx context.Context, u *ProcessUsage, k ProcessKey) {
+	p := &process.Process{Pid: k.PID}
+	if created, err := p.CreateTimeWithContext(ctx); err != nil || created != k.Created {
 		return
 	}
 	mem, err := p.MemoryInfoWithContext(ctx)
@@ -126,7 +181,7 @@ func addProcess(ctx context.Context, u *ProcessUsage, pid int32) {
 	u.Processes++
 	u.RSS += mem.RSS
 	u.Threads += int(threads)
-	u.CPU[ProcessKey{PID: pid, Created: created}] = times.User + times.System
+	u.CPU[k] = times.User + times.System
 	// Another user's process (a setuid helper) hides its descriptors; it still counts.
 	if fds, err := p.NumFDsWithContext(ctx); err == nil {
 		u.FDs += int(fds)

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -28,24 +29,47 @@ type NodeMemory struct {
 
 // ReadNodeMemory reads the node's memory and the agent's own cgroup limit through gopsutil.
 func ReadNodeMemory(ctx context.Context) (NodeMemory, error) {
+	return (&nodeReader{}).read(ctx)
+}
+
+// nodeReader reads the node's memory on every call, and the cgroup's limit, which is set when
+// the job starts and hardly changes, at most every treeRescan: reading it costs as much as
+// everything else in a scrape of the agent's own series.
+type nodeReader struct {
+	mu     sync.Mutex
+	limit  uint64
+	readAt time.Time
+}
+
+func (r *nodeReader) read(ctx context.Context) (NodeMemory, error) {
 	vm, err := mem.VirtualMemoryWithContext(ctx)
 	if err != nil {
 		return NodeMemory{}, err
 	}
-	n := NodeMemory{Total: vm.Total, Available: vm.Available, Limit: vm.Total}
+	n := NodeMemory{Total: vm.Total, Available: vm.Available, Limit: min(vm.Total, r.cgroupLimit(ctx))}
 	if sw, err := mem.SwapMemoryWithContext(ctx); err == nil {
 		n.SwapUsed, n.SwapIn, n.SwapOut = sw.Used, sw.Sin, sw.Sout
-	}
-	// No cgroup (or no memory controller) leaves the node's total as the limit; "max" reads as
-	// the largest integer, which the min keeps out.
-	if cg, err := docker.CgroupMemOwnWithContext(ctx); err == nil && cg.MemLimitInBytes > 0 {
-		n.Limit = min(n.Limit, cg.MemLimitInBytes)
 	}
 	return n, nil
 }
 
+// cgroupLimit is the agent's cgroup memory limit; no cgroup (or no memory controller) and
+// "max" read as the largest integer, which the caller's min keeps out.
+func (r *nodeReader) cgroupLimit(ctx context.Context) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.readAt.IsZero() || time.Since(r.readAt) >= treeRescan {
+		r.limit, r.readAt = math.MaxUint64, time.Now()
+		if cg, err := docker.CgroupMemOwnWithContext(ctx); err == nil && cg.MemLimitInBytes > 0 {
+			r.limit = cg.MemLimitInBytes
+		}
+	}
+	return r.limit
+}
+
 // ProcessCollector exports what each supervised child uses, the command with every process
-// below it, and the node's memory. It reads the process table at scrape time.
+// below it, and the node's memory, read at scrape time. A process that joins a child's tree
+// is counted within treeRescan.
 type ProcessCollector struct {
 	state *State
 	usage func(context.Context, []int) map[int]supervisor.ProcessUsage
@@ -62,15 +86,21 @@ type ProcessCollector struct {
 
 var _ prometheus.Collector = (*ProcessCollector)(nil)
 
+// treeRescan is how long the collector keeps each child's tree members before it reads the
+// whole process table again: reading it costs a few milliseconds on a node with hundreds of
+// kernel threads, and a scrape comes every 15 s or so.
+const treeRescan = 60 * time.Second
+
 // NewProcessCollector returns a collector of the children in state; usage and node read the
-// process table and the node's memory (nil: supervisor.Usage and ReadNodeMemory).
+// process tables and the node's memory (nil: supervisor.Trees with treeRescan, and
+// ReadNodeMemory).
 func NewProcessCollector(state *State, usage func(context.Context, []int) map[int]supervisor.ProcessUsage,
 	node func(context.Context) (NodeMemory, error)) *ProcessCollector {
 	if usage == nil {
-		usage = supervisor.Usage
+		usage = (&supervisor.Trees{Rescan: treeRescan}).Usage
 	}
 	if node == nil {
-		node = ReadNodeMemory
+		node = (&nodeReader{}).read
 	}
 	n, j, _ := state.Labels()
 	c := prometheus.Labels{"node": n, "job": j}
