@@ -126,7 +126,7 @@ fuzz:
 bench: build venv cluster-up
 	$(GO) run ./e2e/bench/timetoready -runs $${RUNS:-5}
 
-# Binaries for the GPU machine (e2e/bench/h100.sh runs them there).
+# Binaries for the GPU machine (e2e/bench/gpu-node.sh runs them there).
 device-bins:
 	mkdir -p .device
 	CGO_ENABLED=1 $(GO) build -ldflags "-X main.version=$(VERSION)" -o .device/llm-agent ./cmd/llm-agent

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -142,14 +143,20 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// gather returns the one value of family from c.
-func gather(t *testing.T, c prometheus.Collector, family string) float64 {
+// families scrapes c once.
+func families(t *testing.T, c prometheus.Collector) []*dto.MetricFamily {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(c))
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
-	for _, mf := range mfs {
+	return mfs
+}
+
+// gather returns the one value of family from c.
+func gather(t *testing.T, c prometheus.Collector, family string) float64 {
+	t.Helper()
+	for _, mf := range families(t, c) {
 		if mf.GetName() == family {
 			require.Len(t, mf.GetMetric(), 1)
 			m := mf.GetMetric()[0]
@@ -166,11 +173,7 @@ func gather(t *testing.T, c prometheus.Collector, family string) float64 {
 // cpuOf is the CPU counter of one child, read through a scrape.
 func cpuOf(t *testing.T, c *ProcessCollector, child string) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(c))
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
+	for _, mf := range families(t, c) {
 		if mf.GetName() != "llm_agent_child_cpu_seconds_total" {
 			continue
 		}

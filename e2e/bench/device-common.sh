@@ -1,4 +1,4 @@
-# Sourced by the GPU-machine benchmarks (h100.sh, h100-head.sh): what they share. Needs $out.
+# Sourced by the GPU-machine benchmarks (gpu-node.sh, gpu-head.sh): what they share. Needs $out.
 # A machine without curl gets a stand-in that GETs the last argument and prints the body.
 command -v curl >/dev/null || curl() { python3 -c 'import sys,urllib.request
 try:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on a GPU machine after e2e/bench/h100.sh's set-up (binaries in .device/): the head's two
+# Runs on a GPU machine after e2e/bench/gpu-node.sh's set-up (binaries in .device/): the head's two
 # scrape paths, each next to the engine's own /metrics timed in the same run. /metrics is the
 # agent's own series, the GPU's, the children's and the node's; /metrics/engine passes the
 # engine's own /metrics through, so the engine's time is a floor under it. Writes a summary

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on a GPU machine (the device tool's H100): the agent on its real NVML, against
+# Runs on a GPU machine (the device tool's H100 or H200): the agent on its real NVML, against
 # nvidia-smi. Expects the binaries in .device/ (built on the dev machine: make device-bins) and
 # writes its results to $OUT (default ./out).
 set -uo pipefail
@@ -57,7 +57,7 @@ smaps "$agent" >"$out/smaps-worker.txt"
 cat "$out/smaps-worker.txt"
 stop_agent
 # The same worker with Go's own runtime defaults (GOGC=100, one processor per core) instead of
-# the agent's (GOGC=50, at most 4 processors): what those settings save. h100-head.sh does the
+# the agent's (GOGC=50, at most 4 processors): what those settings save. gpu-head.sh does the
 # same for the head.
 start_worker agent-worker-godefaults GOGC=100 GOMAXPROCS="$(nproc)" || exit 1
 "$bin/gpuscrape" -url http://127.0.0.1:9501/metrics -pid "$agent" -n 1000 -smi-runs 5 >"$out/gpu-bench-worker-godefaults.json"
