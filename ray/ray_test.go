@@ -161,11 +161,20 @@ func TestRealRay(t *testing.T) {
 	}
 	python, err := PythonFor(rayBin)
 	require.NoError(t, err)
+	// Ports the kernel calls free, distinct, and outside the worker range 45000-45099 that Ray
+	// refuses to share with its other components.
+	taken := map[int]bool{}
 	free := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
+		for {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			p := l.Addr().(*net.TCPAddr).Port
+			l.Close()
+			if !taken[p] && (p < 45000 || p > 45099) {
+				taken[p] = true
+				return p
+			}
+		}
 	}
 	ports := make([]int, 9)
 	for i := range ports {
