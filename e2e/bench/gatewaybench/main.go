@@ -7,6 +7,8 @@
 package main
 
 import (
+	"github.com/shirou/gopsutil/v4/process"
+
 	"bytes"
 	"context"
 	"flag"
@@ -17,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -214,45 +215,24 @@ func load(url, key string, concurrency int, d time.Duration) result {
 	return result{concurrency: concurrency, p50: q(0.5), p99: q(0.99), rps: float64(len(lat)) / took.Seconds(), errors: errs}
 }
 
-// cpuTime is the user and system time of pid and its descendants (nginx's workers), read from
-// /proc; 0 for pid 0.
+// cpuTime is the user and system time of pid and its children (nginx's workers), read
+// through gopsutil; 0 for pid 0.
 func cpuTime(pid int) time.Duration {
 	if pid == 0 {
 		return 0
 	}
-	var total time.Duration
-	for _, p := range append([]int{pid}, children(pid)...) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-		var ut, st int64
-		fmt.Sscan(f[11], &ut)
-		fmt.Sscan(f[12], &st)
-		total += time.Duration(ut+st) * time.Second / 100 // clock ticks
+	root, err := process.NewProcess(int32(pid))
+	if err != nil {
+		return 0
 	}
-	return total
-}
-
-func children(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		var p int
-		if _, err := fmt.Sscan(e.Name(), &p); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-		if f[1] == fmt.Sprint(pid) {
-			out = append(out, p)
+	kids, _ := root.Children()
+	var total float64
+	for _, p := range append([]*process.Process{root}, kids...) {
+		if t, err := p.Times(); err == nil {
+			total += t.User + t.System
 		}
 	}
-	return out
+	return time.Duration(total * float64(time.Second))
 }
 
 func median(xs []float64) float64 {

@@ -7,6 +7,8 @@
 package main
 
 import (
+	"github.com/shirou/gopsutil/v4/process"
+
 	"bufio"
 	"encoding/json"
 	"flag"
@@ -216,16 +218,15 @@ func compare(c *http.Client, url, gpu string) []comparison {
 	}
 }
 
+// rss is pid's resident memory in KiB, read through gopsutil; 0 if it cannot be read.
 func rss(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	p, err := process.NewProcess(int32(pid))
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			n, _ := strconv.Atoi(strings.Fields(line)[1])
-			return n
-		}
+	m, err := p.MemoryInfo()
+	if err != nil {
+		return 0
 	}
-	return 0
+	return int(m.RSS / 1024)
 }
