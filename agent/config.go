@@ -22,11 +22,13 @@ var ErrConfig = errors.New("invalid configuration")
 // Config is the agent's whole configuration, resolved from flags, LLM_AGENT_* environment
 // variables, an optional YAML file and defaults, in that order of precedence.
 type Config struct {
-	Model            string
-	ServedModelName  string
-	Preset           string
-	PresetsFile      string
-	GPUMemory        string
+	Model           string
+	ServedModelName string
+	Preset          string
+	PresetsFile     string
+	GPUMemory       string
+	// Launcher is how the engine spans nodes: LauncherRay or LauncherMP.
+	Launcher         string
 	TensorParallel   int
 	PipelineParallel int
 	VLLMArgs         []string
@@ -85,6 +87,7 @@ func DefaultConfig() Config {
 		RayTimeout:        5 * time.Minute,
 		EngineTimeout:     30 * time.Minute,
 		Grace:             20 * time.Second,
+		Launcher:          LauncherRay,
 		ProbeInterval:     5 * time.Second,
 		ProbeTimeout:      10 * time.Second,
 		HangAfter:         30 * time.Second,
@@ -142,6 +145,15 @@ func ResolveConfig(file []byte, getenv func(string) string, flags []Setting) (Co
 	return c, c.Validate()
 }
 
+// The launchers: how the engine spans nodes.
+const (
+	// LauncherRay runs a Ray cluster over the nodes and vLLM's Ray executor on it.
+	LauncherRay = "ray"
+	// LauncherMP runs one rank of vLLM on each node in its own multi-node mode (--nnodes, the
+	// mp executor): rank 0 on the head serves the API, the others run headless. No Ray.
+	LauncherMP = "mp"
+)
+
 // Validate checks what one option alone cannot: settings that depend on each other, and values
 // that need parsing. The agent calls it before anything starts.
 func (c Config) Validate() error {
@@ -155,6 +167,9 @@ func (c Config) Validate() error {
 		if _, err := bytesize.Parse(c.GPUMemory); err != nil {
 			return fmt.Errorf("%w: --gpu-memory: %w", ErrConfig, err)
 		}
+	}
+	if c.Launcher != LauncherRay && c.Launcher != LauncherMP {
+		return fmt.Errorf("%w: --launcher %q: choose ray or mp", ErrConfig, c.Launcher)
 	}
 	if c.HangAfter <= c.ProbeInterval {
 		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrConfig, c.HangAfter, c.ProbeInterval)

@@ -146,3 +146,17 @@ func TestServedName(t *testing.T) {
 }
 
 func envFunc(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestValidateLauncherAndLiveness(t *testing.T) {
+	c := DefaultConfig()
+	assert.NoError(t, c.Validate())
+	c.Launcher = LauncherMP
+	assert.NoError(t, c.Validate())
+	c.Launcher = "slurm"
+	err := c.Validate()
+	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorContains(t, err, `--launcher "slurm": choose ray or mp`)
+	c = DefaultConfig()
+	c.HangAfter = c.ProbeInterval
+	assert.ErrorContains(t, c.Validate(), "--hang-after (5s) must be longer than --probe-interval (5s)")
+}

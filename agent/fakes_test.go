@@ -174,6 +174,9 @@ func fakeVLLM(args []string) int {
 		fmt.Fprintln(os.Stderr, "RuntimeError: injected start failure")
 		return 1
 	}
+	if hasFlag(args, "--headless") {
+		return fakeHeadlessRank(args)
+	}
 	key := os.Getenv("VLLM_API_KEY")
 	served := flagValue(args, "--served-model-name")
 	mux := http.NewServeMux()
@@ -207,6 +210,7 @@ func fakeVLLM(args []string) int {
 	go srv.Serve(ln)
 	if f := os.Getenv("FAKE_VLLM_ARGS"); f != "" {
 		os.WriteFile(f, []byte(strings.Join(args, "\n")), 0o644)
+		os.WriteFile(f+".pid", []byte(strconv.Itoa(os.Getpid())), 0o644)
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -214,6 +218,20 @@ func fakeVLLM(args []string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
+	return 0
+}
+
+// fakeHeadlessRank plays a headless rank of vLLM's multi-node mode: it serves nothing, records
+// its arguments and pid in FAKE_VLLM_ARGS.rankN, and runs until it is stopped.
+func fakeHeadlessRank(args []string) int {
+	if f := os.Getenv("FAKE_VLLM_ARGS"); f != "" {
+		rank := f + ".rank" + flagValue(args, "--node-rank")
+		os.WriteFile(rank, []byte(strings.Join(args, "\n")), 0o644)
+		os.WriteFile(rank+".pid", []byte(strconv.Itoa(os.Getpid())), 0o644)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
 	return 0
 }
 

@@ -43,6 +43,9 @@ type head struct {
 
 	draining  atomic.Bool
 	everReady atomic.Bool
+	// generation counts the starts of the engine's rank 0 with --launcher mp (engine.json);
+	// running is the generation of the rank 0 that runs now, 0 while none does.
+	generation, running atomic.Int64
 
 	mu          sync.Mutex
 	clusterIDs  map[string]bool // Ray nodes alive when the engine last started
@@ -144,8 +147,9 @@ func (h *head) initialConnection() jobfiles.Connection {
 		Restarts:         map[string]int{"vllm": 0},
 		Gateway:          a.cfg.Gateway,
 		KeysFile:         a.cfg.KeysFile,
+		Launcher:         a.cfg.Launcher,
 	}
-	if a.multiNode() {
+	if a.usesRay() {
 		c.RayAddress = net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))
 		// The dashboard listens on the head's loopback only: the owner tunnels to it and
 		// presents the token.

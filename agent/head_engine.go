@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,10 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
+	if h.engineRanks() {
+		spec = h.rankSpec(spec)
+		env = append(env, "VLLM_PORT="+strconv.Itoa(h.ports.EngineRPC))
+	}
 	if h.engineOnRay() {
 		env = ray.WithAuth(append(env, "RAY_ADDRESS="+h.rayc.GCSAddress), a.rayTokenPath())
 	}
@@ -39,6 +44,11 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	opts.Command = func() (supervisor.Options, error) {
 		if err := removeStaleSocket(spec.Socket); err != nil {
 			return supervisor.Options{}, err
+		}
+		if h.engineRanks() {
+			if err := h.nextGeneration(); err != nil {
+				return supervisor.Options{}, err
+			}
 		}
 		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
 			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
@@ -48,10 +58,14 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 			out.NewRun()
 		}
 		a.trackChild(e)
+		h.rankRunning(e.State == supervisor.StateRunning)
 		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
 		events <- e
 	}
-	if a.multiNode() {
+	switch {
+	case h.engineRanks():
+		opts.Before = h.waitRanks
+	case a.usesRay():
 		opts.Before = h.waitCluster
 	}
 	return supervisor.NewService(opts), closeOut, nil

@@ -92,7 +92,7 @@ func withDefaults(env []string, getenv func(string) string) []string {
 // whose pipeline stays on the head uses vLLM's own processes there, even in a job of several
 // nodes.
 func (h *head) engineOnRay() bool {
-	return h.multiNode() && h.par.Pipeline > 1
+	return h.usesRay() && h.par.Pipeline > 1
 }
 
 // waitCluster blocks until exactly one live Ray node runs on every host of the job, then

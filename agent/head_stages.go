@@ -71,8 +71,11 @@ func (h *head) watchStage(run context.Context, name string, watch func(ctx conte
 func (h *head) rayStage(run context.Context) stage {
 	var stop func()
 	return stage{name: "ray", start: func(ctx context.Context) (<-chan error, error) {
-		if !h.multiNode() {
+		if !h.usesRay() {
 			stop = func() {}
+			if h.ranksOnNodes() {
+				return nil, h.publishLayout()
+			}
 			return nil, nil
 		}
 		rctx, cancel := context.WithCancel(run)
@@ -103,6 +106,11 @@ func (h *head) engineStage(run context.Context) stage {
 			return nil, err
 		}
 		stopMonitor := background(run, func(ctx context.Context) { h.monitorEngine(ctx, events) })
+		if h.engineRanks() {
+			stopRanks := background(run, h.watchRanks)
+			prev := stopMonitor
+			stopMonitor = func() { stopRanks(); prev() }
+		}
 		ctx, cancel := context.WithCancel(run)
 		errc := make(chan error, 1)
 		go func() { errc <- h.engine.Run(ctx) }()

@@ -117,6 +117,7 @@ var Options = []Option{
 	stringOpt("preset", "Model", "named set of vLLM options (llm-agent presets lists them); --vllm-arg wins over it", func(c *Config) *string { return &c.Preset }),
 	stringOpt("presets-file", "Model", "presets file to use instead of the shipped slurm-scripts/presets.yaml", func(c *Config) *string { return &c.PresetsFile }),
 	stringOpt("gpu-memory", "Model", "memory of one GPU for planning, such as 80GB (default: read through NVML)", func(c *Config) *string { return &c.GPUMemory }),
+	stringOpt("launcher", "Model", "how the engine spans nodes: ray (a Ray cluster and vLLM's Ray executor) or mp (vLLM's own multi-node mode: one rank per node, no Ray)", func(c *Config) *string { return &c.Launcher }),
 	intOpt("tensor-parallel-size", "Model", "GPUs per pipeline stage, within one node (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.TensorParallel }),
 	intOpt("pipeline-parallel-size", "Model", "pipeline stages, across nodes (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.PipelineParallel }),
 	{Name: "vllm-arg", Category: "Model", Kind: KindList, Usage: "extra argument passed to vllm serve, repeatable (--vllm-arg=--max-model-len --vllm-arg=8192)",

@@ -155,6 +155,12 @@ func PickHeadPorts(cfg Config, jobID string, probe PortProber) (jobfiles.Ports, 
 	pick(&ports.RayGCS, "ray-port", orDefault(cfg.RayPort, 6379+o))
 	pick(&ports.Dashboard, "ray-dashboard-port", orDefault(cfg.DashboardPort, 8265+o))
 	pick(&ports.RayClient, "ray-client-port", orDefault(cfg.RayClientPort, 10001+o))
+	if cfg.Launcher == LauncherMP {
+		// vLLM's ranks meet on the master port; VLLM_PORT is only where each vLLM starts
+		// looking for free ports of its own, so it is not held here.
+		pick(&ports.EngineMaster, "engine master port", 31000+o)
+		ports.EngineRPC = 32000 + 20*o
+	}
 	if err != nil {
 		return jobfiles.Ports{}, nil, err
 	}

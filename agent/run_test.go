@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -511,5 +512,81 @@ func TestRunMultiNodeEngineOnTheHeadOnly(t *testing.T) {
 	for _, r := range runs {
 		require.NoError(t, r.stop(t))
 	}
+	assertNoChildren(t)
+}
+
+// TestRunMultiNodeWithoutRay runs a head and a worker with --launcher mp: no Ray, rank 0 on the
+// head behind the gateway, rank 1 headless on the worker. A rank that ends restarts the whole
+// group, and so does the head's rank.
+func TestRunMultiNodeWithoutRay(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	argsFile := filepath.Join(t.TempDir(), "args")
+	t.Setenv("FAKE_VLLM_ARGS", argsFile)
+	cfg := testConfig(t, dir)
+	cfg.Launcher = LauncherMP
+	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
+	var runs []*agentRun
+	for i := 0; i < 2; i++ {
+		env := map[string]string{"SLURM_JOB_ID": "4444", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
+		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
+	}
+	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	assert.Equal(t, LauncherMP, c.Launcher)
+	assert.Empty(t, c.RayAddress, "no Ray")
+	assert.Empty(t, fakeRayPIDs(t, true))
+	assert.Empty(t, fakeRayPIDs(t, false))
+	rv, err := jobfiles.ReadRendezvous(dir)
+	require.NoError(t, err)
+	require.NotZero(t, rv.Ports.EngineMaster)
+	master := fmt.Sprintf("--master-addr\n127.0.0.1\n--master-port\n%d", rv.Ports.EngineMaster)
+	head, err := os.ReadFile(argsFile)
+	require.NoError(t, err)
+	assert.Contains(t, string(head), "--distributed-executor-backend\nmp\n--nnodes\n2\n--node-rank\n0\n"+master)
+	rank1 := func() (string, int) {
+		var args []byte
+		var pid int
+		require.Eventually(t, func() bool {
+			args, _ = os.ReadFile(argsFile + ".rank1")
+			b, _ := os.ReadFile(argsFile + ".rank1.pid")
+			pid, _ = strconv.Atoi(string(b))
+			return pid > 0 && syscall.Kill(pid, 0) == nil
+		}, 20*time.Second, 20*time.Millisecond, "the worker runs rank 1")
+		return string(args), pid
+	}
+	args, pid := rank1()
+	assert.Contains(t, args, "--node-rank\n1\n"+master+"\n--headless")
+	assert.NotContains(t, args, "--uds", "a headless rank serves no API")
+	gen, _ := jobfiles.ReadEngineGeneration(dir)
+	assert.Equal(t, 1, gen)
+
+	// The worker's rank ends: the head restarts the group, generation 2.
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	c = waitConnState(t, dir, jobfiles.StateRestarting, 10*time.Second)
+	assert.Contains(t, c.Reason, "node2's rank of the engine ended: exit status 137")
+	c = waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	assert.Equal(t, 1, c.Restarts["vllm"])
+	require.Eventually(t, func() bool { g, _ := jobfiles.ReadEngineGeneration(dir); return g == 2 }, 10*time.Second, 20*time.Millisecond)
+	_, pid2 := rank1()
+	require.Eventually(t, func() bool { _, pid2 = rank1(); return pid2 != pid }, 20*time.Second, 20*time.Millisecond, "rank 1 of generation 2")
+
+	// The head's rank ends: it restarts as generation 3, and the worker's rank follows.
+	b, err := os.ReadFile(argsFile + ".pid")
+	require.NoError(t, err)
+	headPID, _ := strconv.Atoi(string(b))
+	require.NoError(t, syscall.Kill(headPID, syscall.SIGKILL))
+	waitConnState(t, dir, jobfiles.StateRestarting, 10*time.Second)
+	c = waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	assert.Equal(t, 2, c.Restarts["vllm"], "the group's restarts count on the head")
+	require.Eventually(t, func() bool { g, _ := jobfiles.ReadEngineGeneration(dir); return g == 3 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { _, p := rank1(); return p != pid2 }, 20*time.Second, 20*time.Millisecond, "rank 1 of generation 3")
+
+	for _, r := range runs {
+		r.cancel()
+	}
+	for _, r := range runs {
+		require.NoError(t, r.stop(t))
+	}
+	waitConnState(t, dir, jobfiles.StateStopped, time.Second)
 	assertNoChildren(t)
 }

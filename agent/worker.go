@@ -4,13 +4,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
-// runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends.
+// runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends; with
+// --launcher mp it runs this node's rank of the engine instead.
 func (a *agent) runWorker(ctx context.Context) error {
 	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
@@ -23,8 +25,11 @@ func (a *agent) runWorker(ctx context.Context) error {
 		}
 		return err
 	}
-	if _, err := ReadRayToken(a.stateDir); err != nil {
-		return err
+	mp := rv.Launcher == LauncherMP
+	if !mp {
+		if _, err := ReadRayToken(a.stateDir); err != nil {
+			return err
+		}
 	}
 	ports, moved, err := PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
 	if err != nil {
@@ -34,11 +39,20 @@ func (a *agent) runWorker(ctx context.Context) error {
 		a.log.Warn("port busy on this node, using another", "move", m)
 	}
 	run := life(ctx)
-	failure := runStages(ctx, []stage{
-		a.metricsStage(run, ports.Metrics, served{}),
-		a.workerFilesStage(ports),
-		a.workerRayStage(run, ports, rv.RayAddress()),
-	}, func(failure error) error {
+	stages := []stage{a.metricsStage(run, ports.Metrics, served{}), a.workerFilesStage(ports)}
+	switch {
+	case !mp:
+		stages = append(stages, a.workerRayStage(run, ports, rv.RayAddress()))
+	case slices.Index(a.alloc.Nodes, a.alloc.Hostname()) < rv.Pipeline:
+		stages = append(stages, a.workerRankStage(run, rv))
+	default:
+		// The engine's pipeline ends before this node: with no Ray, it only reports.
+		stages = append(stages, stage{name: "idle", start: func(context.Context) (<-chan error, error) {
+			a.state.SetReady(true, "", time.Now())
+			return nil, nil
+		}})
+	}
+	failure := runStages(ctx, stages, func(failure error) error {
 		if failure == nil {
 			a.log.Info("draining")
 			// Said before the metrics port closes, so that the head does not take this node's
@@ -59,7 +73,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 // workerFilesStage publishes the worker's node file.
 func (a *agent) workerFilesStage(ports jobfiles.Ports) stage {
 	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
-		a.state.SetReady(false, "joining ray", time.Now())
+		a.state.SetReady(false, "starting", time.Now())
 		return nil, jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
 			MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()})
 	}}

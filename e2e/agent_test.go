@@ -391,3 +391,53 @@ func TestBadInputEndsQuickly(t *testing.T) {
 		})
 	}
 }
+
+// TestLauncherWithoutRay runs the 3-node job with --launcher mp: no Ray on any node, one rank
+// of the engine on each, rank 0 behind the gateway. A worker's rank killed restarts the group;
+// scancel leaves nothing.
+func TestLauncherWithoutRay(t *testing.T) {
+	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", fmt.Sprint(suite.nodes), "--gpus-per-node=1", "--cpus-per-task=1"},
+		agent: []string{"--launcher", "mp", "--tensor-parallel-size", "1", "--pipeline-parallel-size", fmt.Sprint(suite.nodes)}})
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
+	key := j.apiKey(c)
+	assert.Equal(t, "mp", c.Launcher)
+	assert.Empty(t, c.RayAddress)
+	resp, body := chat(t, c.BaseURL, key, c.ServedModelName, false)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	var out struct {
+		Fingerprint string `json:"system_fingerprint"`
+	}
+	require.NoError(t, json.Unmarshal(body, &out))
+	assert.Equal(t, fmt.Sprintf("fakevllm-pp%d", suite.nodes), out.Fingerprint, "the pipeline spans every node's rank")
+	for n := 1; n <= suite.nodes; n++ {
+		assert.Len(t, pidsByComm(t, n, "fakevllm"), 1, "one rank on node%d", n)
+		for _, ray := range []string{"raylet", "gcs_server"} {
+			assert.Empty(t, pidsByComm(t, n, ray), "no %s on node%d", ray, n)
+		}
+	}
+	text := metricsText(t, c.Metrics[1].MetricsURL)
+	assert.Contains(t, text, `llm_agent_child_up{child="vllm",job="`+j.id+`",node="node2"} 1`, "the worker runs its rank")
+	assert.Contains(t, text, `llm_agent_ready{job="`+j.id+`",node="node2"} 1`)
+
+	// A worker's rank killed: the group restarts, generation 2.
+	rank := pidsByComm(t, 2, "fakevllm")
+	require.Len(t, rank, 1)
+	require.NoError(t, exec.Command("kill", "-KILL", rank[0]).Run())
+	// Rank 0 fails with the rank it lost, or the head restarts it on node2's report: either
+	// way the group restarts once.
+	j.waitState(jobfiles.StateRestarting, time.Minute)
+	c = j.waitState(jobfiles.StateReady, readyTimeout)
+	assert.Equal(t, 1, c.Restarts["vllm"])
+	require.Eventually(t, func() bool {
+		r := pidsByComm(t, 2, "fakevllm")
+		return len(r) == 1 && r[0] != rank[0]
+	}, time.Minute, 100*time.Millisecond, "node2 runs the rank of the new generation")
+	resp, body = chat(t, c.BaseURL, key, c.ServedModelName, false)
+	assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+
+	start := time.Now()
+	require.NoError(t, exec.Command("scancel", j.id).Run())
+	after := j.waitState(jobfiles.StateStopped, drainBound)
+	assert.Equal(t, c.Restarts, after.Restarts, "a drain is not a restart")
+	requireNoProcesses(t, drainBound-time.Since(start))
+}

@@ -20,13 +20,20 @@ fi
 engine_args=()
 if [ "$engine" = vllm ]; then
     model=${DEMO_MODEL:-$work/models/tiny-llama}
-    [ -f "$model/config.json" ] || "$venv/bin/python" "$root/e2e/make-tiny-model.py" "$model"
+    # One layer per node: a model made by an older make-tiny-model.py (2 layers) is made again.
+    layers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$model/config.json" 2>/dev/null || echo 0)
+    if [ "$layers" -lt 3 ]; then
+        rm -rf "$model"
+        "$venv/bin/python" "$root/e2e/make-tiny-model.py" "$model"
+    fi
     export LLM_AGENT_VLLM_BIN=$venv/bin/vllm
-    # The CPU build serves from the head alone (it cannot run over Ray); on CPUs
-    # --gpu-memory-utilization is the share of RAM.
-    engine_args=(--served-model-name tiny --tensor-parallel-size 1 --pipeline-parallel-size 1
+    # The CPU build cannot run over Ray, so the engine spans the nodes in vLLM's own multi-node
+    # mode: one pipeline stage and one rank on each node. On CPUs --gpu-memory-utilization is
+    # the share of RAM.
+    engine_args=(--served-model-name tiny --launcher mp --tensor-parallel-size 1 --pipeline-parallel-size 3
         --vllm-arg=--max-model-len --vllm-arg=512 --vllm-arg=--gpu-memory-utilization --vllm-arg=0.15)
     echo "demo: engine: real vLLM ($("$venv/bin/vllm" --version 2>/dev/null | tail -1)), tiny model $model"
+    echo "demo: it spans the 3 nodes: one rank of vLLM on each, pipeline parallel 3, no Ray (--launcher mp)"
     echo "demo: the tiny model has random weights, so its answer is real tokens but no sense"
 else
     model=${DEMO_MODEL:-$work/models/demo-model}
@@ -49,12 +56,14 @@ state_dir=$HOME/.llm-agent/jobs/$jid
 echo "demo: submitted job $jid; waiting for connection.json to say ready"
 
 field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$state_dir/connection.json" "$1" 2>/dev/null || true; }
-deadline=$((SECONDS + 300))
+wait_s=300
+[ "$engine" = vllm ] && wait_s=900 # a real engine on three nodes that share two cores
+deadline=$((SECONDS + wait_s))
 until [ "$(field state)" = ready ]; do
     case $(field state) in
         failed|stopped) echo "demo: job $jid ended: $(field reason)"; tail -20 "$work/llm-agent-$jid.out"; exit 1 ;;
     esac
-    if [ $SECONDS -ge $deadline ]; then echo "demo: not ready after 300 s"; tail -20 "$work/llm-agent-$jid.out"; exit 1; fi
+    if [ $SECONDS -ge $deadline ]; then echo "demo: not ready after $wait_s s"; tail -20 "$work/llm-agent-$jid.out"; exit 1; fi
     sleep 0.5
 done
 echo "demo: ready after $(( $(date +%s) - $(date -d "$(field started_at)" +%s) )) s"
@@ -70,12 +79,17 @@ echo
     curl -sS --max-time 60 "$OPENAI_BASE_URL/chat/completions" \
         -H @<(printf 'Authorization: Bearer %s\n' "$OPENAI_API_KEY") -H 'Content-Type: application/json' \
         -d "{\"model\": \"$(field served_model_name)\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello to the cluster.\"}], \"max_tokens\": 12}" |
-        python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip()); print("usage:", r["usage"])'
+        python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip()); print("usage:", r["usage"]); print("system_fingerprint:", r.get("system_fingerprint"))'
 )
 echo
 metrics=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"][0]["metrics_url"])' "$state_dir/connection.json")
 echo "== a few lines of $metrics"
-curl -sS --max-time 10 "$metrics" | grep -E '^(llm_agent_(ready|ray_nodes_alive|child_up|time_to_ready_seconds|service_units_total)|vllm:(num_requests_running|generation_tokens_total))' | head -12
+curl -sS --max-time 10 "$metrics" | grep -E '^llm_agent_(ready|ray_nodes_alive|child_up|time_to_ready_seconds|service_units_total)' | head -10
+engine_metrics=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"][0].get("engine_metrics_url", ""))' "$state_dir/connection.json")
+if [ -n "$engine_metrics" ]; then
+    echo "== a few lines of $engine_metrics (the engine's own, a Prometheus target of its own)"
+    curl -sS --max-time 10 "$engine_metrics" | grep -E '^vllm:(num_requests_running|generation_tokens_total)' | head -4
+fi
 echo
 echo "demo: job $jid keeps running. Try:  . $state_dir/connection.env && curl \$OPENAI_BASE_URL/models -H @<(printf 'Authorization: Bearer %s' \"\$OPENAI_API_KEY\")"
 echo "demo: end it with: scancel $jid   (make cluster-down ends the cluster too)"

@@ -80,7 +80,7 @@ def main() -> None:
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         # head_dim 64: vLLM's CPU attention kernels support 32, 64, 80, 96, 112, 128 and 256, not 16.
-        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 3,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
         "vocab_size": vocab, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,

@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -130,14 +131,18 @@ func jobListeners(t *testing.T, uid string) []listener {
 	return out
 }
 
-// secretsOf returns the job's secrets: the client key, the engine's internal key and the Ray
-// token, read as root.
+// secretsOf returns the job's secrets: the client key, the engine's internal key and, with Ray,
+// the Ray token, read as root.
 func secretsOf(t *testing.T, j *job, c jobfiles.Connection) map[string]string {
 	t.Helper()
 	s := map[string]string{"the API key": j.apiKey(c)}
-	b, err := os.ReadFile(filepath.Join(j.stateDir, agent.RayTokenFile))
-	require.NoError(t, err)
-	s["the Ray token"] = strings.TrimSpace(string(b))
+	want := 2
+	if c.Launcher != "mp" {
+		b, err := os.ReadFile(filepath.Join(j.stateDir, agent.RayTokenFile))
+		require.NoError(t, err)
+		s["the Ray token"] = strings.TrimSpace(string(b))
+		want = 3
+	}
 	for _, pid := range pidsByCmdline(t, headNode, suite.fakeBin) {
 		env, err := os.ReadFile("/proc/" + pid + "/environ")
 		require.NoError(t, err)
@@ -147,7 +152,7 @@ func secretsOf(t *testing.T, j *job, c jobfiles.Connection) map[string]string {
 			}
 		}
 	}
-	require.Len(t, s, 3, "the engine key was found in the engine's environment")
+	require.Len(t, s, want, "the engine key was found in the engine's environment")
 	return s
 }
 
@@ -389,6 +394,37 @@ func TestAttacksFail(t *testing.T) {
 		a.record("a managed flag through --vllm-arg (--ho 0.0.0.0 --por 9999: vLLM's abbreviations)", "the job's own command line",
 			"refused before anything starts (exit 2)", fmt.Sprintf("job %s; %s", st, grepLine(text, "would set")),
 			st == "FAILED" && strings.Contains(text, "would set --host"))
+	})
+
+	// The launcher without Ray: its listeners are the gateway, the metrics ports and the
+	// engine's master port (a stand-in for torch's store here; docs/security.md names what the
+	// real one allows).
+	t.Run("the launcher without Ray", func(t *testing.T) {
+		mp := submit(t, jobSpec{script: "multinode.sbatch", user: owner, sbatch: []string{"-N", "3", "--gpus-per-node=1", "--cpus-per-task=1"},
+			agent: []string{"--launcher", "mp", "--tensor-parallel-size", "1", "--pipeline-parallel-size", "3"}})
+		mc := mp.waitState(jobfiles.StateReady, readyTimeout)
+		mpSecrets := secretsOf(t, mp, mc)
+		rv, err := jobfiles.ReadRendezvous(mp.stateDir)
+		require.NoError(t, err)
+		listeners := jobListeners(t, alice.Uid)
+		var procs []string
+		for _, l := range listeners {
+			procs = append(procs, l.proc)
+			get, _ := as(farNode, attacker, "curl -s -m 5 -w '\nHTTP %{http_code}' http://"+netJoin(l.addr, l.port)+"/ | tail -c 4000")
+			leaked := leaks(get, mpSecrets)
+			a.record(fmt.Sprintf("--launcher mp: port %s on %s (%s)", l.port, nodeName(l.node), l.proc), nodeName(farNode),
+				"no secret", fmt.Sprintf("GET / → %s; secret in it: %q", describe(get[strings.LastIndex(get, "HTTP ")+5:]), leaked), leaked == "")
+		}
+		ray := slices.ContainsFunc(procs, func(p string) bool { return strings.Contains(p, "ray") || strings.Contains(p, "gcs") })
+		a.record("--launcher mp: Ray's listeners", "every node", "none: no Ray runs",
+			fmt.Sprintf("%d listeners of the job: %s", len(listeners), strings.Join(slices.Compact(slices.Sorted(slices.Values(procs))), ", ")), !ray)
+		master := fmt.Sprint(rv.Ports.EngineMaster)
+		open := slices.ContainsFunc(listeners, func(l listener) bool { return l.node == headNode && l.port == master })
+		a.record("--launcher mp: the engine's master port", nodeName(headNode), "open to the cluster network while the engine runs (a residual risk, docs/security.md)",
+			fmt.Sprintf("port %s listening: %v", master, open), open)
+		require.NoError(t, exec.Command("scancel", mp.id).Run())
+		mp.waitState(jobfiles.StateStopped, drainBound)
+		requireNoProcesses(t, drainBound)
 	})
 }
 

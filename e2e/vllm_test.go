@@ -314,7 +314,12 @@ func TestRealVLLMAcceptsEveryFlagAndVariable(t *testing.T) {
 	lines = append(lines, append(vllm.ServeArgs(vllm.ServeSpec{Model: tiny(t), ServedName: "tiny", Host: "0.0.0.0", Port: 1,
 		Tensor: 1, Pipeline: 1}), "--scheduling-policy", "priority", "--quantization", "fp8",
 		"--kv-cache-dtype", "fp8", "--no-enable-prefix-caching", "--dtype", "bfloat16"))
-	agentEnv := []string{"VLLM_HOST_IP", "VLLM_API_KEY"}
+	// --launcher mp: rank 0 and a headless rank.
+	for r := range 2 {
+		lines = append(lines, vllm.ServeArgs(vllm.ServeSpec{Model: tiny(t), ServedName: "tiny", Socket: "/tmp/engine.sock",
+			Tensor: 1, Pipeline: 2, Nodes: 2, NodeRank: r, MasterAddr: "10.77.0.1", MasterPort: 31000}))
+	}
+	agentEnv := []string{"VLLM_HOST_IP", "VLLM_API_KEY", "VLLM_PORT"}
 	in, _ := json.Marshal(map[string]any{"command_lines": lines, "env": agentEnv})
 	cmd := exec.Command(filepath.Join(suite.venv, "bin", "python"), "-c", checkArgs)
 	cmd.Stdin = bytes.NewReader(in)
@@ -415,4 +420,76 @@ func (j *job) restarts(t *testing.T) int {
 	c, ok := j.conn()
 	require.True(t, ok, "no connection file")
 	return c.Restarts["vllm"]
+}
+
+// TestRealVLLMTwoNodesWithoutRay runs the real CPU engine over two nodes with --launcher mp:
+// rank 0 on the head behind the gateway, rank 1 headless on the worker, pipeline 2 over gloo.
+// Killing the worker's rank restarts the group; scancel leaves nothing on either node.
+func TestRealVLLMTwoNodesWithoutRay(t *testing.T) {
+	submitted := time.Now()
+	j := submit(t, vllmJob(t, "multinode.sbatch", []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1"}, 1, 2, "--launcher", "mp"))
+	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
+	t.Logf("BENCH real vLLM two nodes, pipeline 2 without Ray (--launcher mp): sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
+	key := j.apiKey(c)
+	for _, path := range []string{"/chat/completions", "/completions"} {
+		body := `{"model":"tiny","prompt":"hello","max_tokens":8}`
+		if path == "/chat/completions" {
+			body = `{"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":8}`
+		}
+		code, out := completion(t, c, key, path, body)
+		require.Equal(t, http.StatusOK, code, out)
+		var resp struct {
+			Fingerprint string `json:"system_fingerprint"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &resp))
+		assert.Contains(t, resp.Fingerprint, "-pp2", "the pipeline spans the two ranks: %s", resp.Fingerprint)
+	}
+	assert.Empty(t, pidsByComm(t, 1, "raylet"))
+	assert.Empty(t, pidsByComm(t, 2, "raylet"))
+
+	// The worker's rank killed: the group restarts and serves again.
+	rank := pidsByCmdline(t, 2, "--headless")
+	var ranks []string
+	for _, pid := range rank {
+		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) != "llm-agent" {
+			ranks = append(ranks, pid)
+		}
+	}
+	require.Len(t, ranks, 1, "one headless rank on node2")
+	killed := time.Now()
+	require.NoError(t, exec.Command("kill", "-KILL", ranks[0]).Run())
+	j.waitState(jobfiles.StateRestarting, 2*time.Minute)
+	c = j.waitState(jobfiles.StateReady, vllmReadyTimeout)
+	t.Logf("BENCH real vLLM two nodes without Ray: worker rank killed to ready again %.1f s", time.Since(killed).Seconds())
+	assert.Equal(t, 1, c.Restarts["vllm"])
+	code, out := completion(t, c, key, "/completions", `{"model":"tiny","prompt":"again","max_tokens":4}`)
+	assert.Equal(t, http.StatusOK, code, out)
+
+	require.NoError(t, exec.Command("scancel", j.id).Run())
+	j.waitState(jobfiles.StateStopped, drainBound)
+	requireNoProcesses(t, drainBound)
+}
+
+// TestRealVLLMThreeNodesWithoutRay spreads the tiny model's three layers over the three nodes:
+// one pipeline stage, and one rank, on each.
+func TestRealVLLMThreeNodesWithoutRay(t *testing.T) {
+	submitted := time.Now()
+	j := submit(t, vllmJob(t, "multinode.sbatch", []string{"-N", "3", "--gpus-per-node=1", "--cpus-per-task=1"}, 1, 3, "--launcher", "mp"))
+	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
+	t.Logf("BENCH real vLLM three nodes, pipeline 3 without Ray (--launcher mp): sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
+	code, out := completion(t, c, j.apiKey(c), "/completions", `{"model":"tiny","prompt":"hello","max_tokens":8}`)
+	require.Equal(t, http.StatusOK, code, out)
+	assert.Contains(t, out, `-pp3-`, "the pipeline spans the three ranks")
+	for n := 2; n <= 3; n++ {
+		var ranks []string
+		for _, pid := range pidsByCmdline(t, n, "--headless") {
+			if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) != "llm-agent" {
+				ranks = append(ranks, pid)
+			}
+		}
+		assert.Len(t, ranks, 1, "one headless rank on node%d", n)
+	}
+	require.NoError(t, exec.Command("scancel", j.id).Run())
+	j.waitState(jobfiles.StateStopped, drainBound)
+	requireNoProcesses(t, drainBound)
 }

@@ -51,22 +51,24 @@ type Connection struct {
 	Port        int          `json:"port"`
 	EnginePort  int          `json:"engine_port,omitempty"`
 	// EngineSocket is the engine's Unix socket on the head, behind the gateway.
-	EngineSocket     string         `json:"engine_socket,omitempty"`
-	BaseURL          string         `json:"base_url"`
-	Model            string         `json:"model"`
-	ServedModelName  string         `json:"served_model_name"`
-	TensorParallel   int            `json:"tensor_parallel_size"`
-	PipelineParallel int            `json:"pipeline_parallel_size"`
-	Nodes            int            `json:"nodes"`
-	GPUs             int            `json:"gpus"`
-	APIKeyFile       string         `json:"api_key_file,omitempty"`
-	KeysFile         string         `json:"keys_file,omitempty"`
-	Gateway          bool           `json:"gateway"`
-	EnvFile          string         `json:"env_file"`
-	MetricsPort      int            `json:"metrics_port"`
-	Metrics          []NodeEndpoint `json:"metrics"`
-	RayAddress       string         `json:"ray_address,omitempty"`
-	RayDashboardURL  string         `json:"ray_dashboard_url,omitempty"`
+	EngineSocket     string `json:"engine_socket,omitempty"`
+	BaseURL          string `json:"base_url"`
+	Model            string `json:"model"`
+	ServedModelName  string `json:"served_model_name"`
+	TensorParallel   int    `json:"tensor_parallel_size"`
+	PipelineParallel int    `json:"pipeline_parallel_size"`
+	// Launcher is how the engine spans the nodes: "ray" or "mp" (no Ray; one rank per node).
+	Launcher        string         `json:"launcher,omitempty"`
+	Nodes           int            `json:"nodes"`
+	GPUs            int            `json:"gpus"`
+	APIKeyFile      string         `json:"api_key_file,omitempty"`
+	KeysFile        string         `json:"keys_file,omitempty"`
+	Gateway         bool           `json:"gateway"`
+	EnvFile         string         `json:"env_file"`
+	MetricsPort     int            `json:"metrics_port"`
+	Metrics         []NodeEndpoint `json:"metrics"`
+	RayAddress      string         `json:"ray_address,omitempty"`
+	RayDashboardURL string         `json:"ray_dashboard_url,omitempty"`
 	// RayDashboardTunnel forwards the head's loopback dashboard port to the owner's machine.
 	RayDashboardTunnel string `json:"ray_dashboard_tunnel,omitempty"`
 	// RayTokenFile holds the token every Ray client of the job must present.

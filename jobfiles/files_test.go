@@ -208,3 +208,24 @@ func TestWriteNodeEnd(t *testing.T) {
 	assert.Equal(t, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker", Ended: "ray on n2: gave up"}, infos[0])
 	assert.Equal(t, NodeInfo{Host: "n3", Stopping: true}, infos[1])
 }
+
+func TestEngineGenerationAndRankEnds(t *testing.T) {
+	dir := t.TempDir()
+	g, err := ReadEngineGeneration(dir)
+	require.NoError(t, err)
+	assert.Zero(t, g, "none yet")
+	require.NoError(t, WriteEngineGeneration(dir, 3))
+	g, err = ReadEngineGeneration(dir)
+	require.NoError(t, err)
+	assert.Equal(t, 3, g)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, EngineFile), []byte("{"), 0o644))
+	_, err = ReadEngineGeneration(dir)
+	assert.ErrorContains(t, err, EngineFile)
+
+	require.NoError(t, WriteNodeInfo(dir, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
+	require.NoError(t, WriteEngineEnd(dir, "n2", 3, "exit status 1"))
+	infos := ReadNodeInfos(dir, []string{"n2"})
+	require.Len(t, infos, 1)
+	assert.Equal(t, "10.0.0.2", infos[0].Address, "the rest of the node file is kept")
+	assert.Equal(t, &EngineEnd{Generation: 3, Reason: "exit status 1"}, infos[0].EngineEnded)
+}

@@ -17,4 +17,9 @@ type Ports struct {
 	RuntimeEnvAgent    int `json:"ray_runtime_env_agent"`
 	WorkerMin          int `json:"ray_worker_min"`
 	WorkerMax          int `json:"ray_worker_max"`
+	// EngineMaster is where the ranks of an engine across nodes without Ray meet (vLLM's
+	// --master-port, on the head); EngineRPC is where each node's vLLM starts looking for free
+	// ports for its own connections (VLLM_PORT). Both only with --launcher mp.
+	EngineMaster int `json:"engine_master,omitempty"`
+	EngineRPC    int `json:"engine_rpc,omitempty"`
 }

@@ -30,6 +30,12 @@ type Rendezvous struct {
 	HeadAddress  string    `json:"head_address"`
 	Ports        Ports     `json:"ports"`
 	CreatedAt    time.Time `json:"created_at"`
+	// Launcher is how the engine spans the nodes: "ray" (also when empty) or "mp", vLLM's own
+	// multi-node mode, in which every worker runs a rank of the engine. Tensor and Pipeline are
+	// the engine's sizes, which every rank starts with.
+	Launcher string `json:"launcher,omitempty"`
+	Tensor   int    `json:"tensor_parallel_size,omitempty"`
+	Pipeline int    `json:"pipeline_parallel_size,omitempty"`
 }
 
 // RayAddress returns the GCS address workers join, HOST:PORT.
@@ -104,6 +110,14 @@ type NodeInfo struct {
 	Ended string `json:"ended,omitempty"`
 	// Stopping is set when the node's agent was asked to stop (scancel, the time limit).
 	Stopping bool `json:"stopping,omitempty"`
+	// EngineEnded is set when this node's rank of an engine across nodes ended by itself.
+	EngineEnded *EngineEnd `json:"engine_ended,omitempty"`
+}
+
+// EngineEnd says which generation of the engine a rank belonged to, and how it ended.
+type EngineEnd struct {
+	Generation int    `json:"generation"`
+	Reason     string `json:"reason"`
 }
 
 // MetricsURL returns the node's metrics endpoint.
@@ -138,6 +152,18 @@ func ReadNodeInfos(dir string, hosts []string) []NodeInfo {
 		}
 	}
 	return out
+}
+
+// WriteEngineEnd records in host's node file that its rank of engine generation gen ended, and
+// why; it keeps what the file said.
+func WriteEngineEnd(dir, host string, gen int, reason string) error {
+	var n NodeInfo
+	if b, err := os.ReadFile(nodeInfoPath(dir, host)); err == nil {
+		_ = json.Unmarshal(b, &n)
+	}
+	n.Host = host
+	n.EngineEnded = &EngineEnd{Generation: gen, Reason: reason}
+	return WriteNodeInfo(dir, n)
 }
 
 // WriteNodeEnd records in host's node file why its agent failed (reason), or, with an empty

@@ -13,6 +13,12 @@ type ServeSpec struct {
 	Tensor, Pipeline int
 	// RayExecutor selects vLLM's Ray executor, for a pipeline across nodes.
 	RayExecutor bool
+	// Nodes > 1 spreads the engine over that many nodes without Ray (vLLM's --nnodes mode,
+	// its mp executor): NodeRank is this node's rank, and rank 0's MasterAddr and MasterPort
+	// are where the ranks meet. Every rank but 0 runs headless: no API, so no address.
+	Nodes, NodeRank int
+	MasterAddr      string
+	MasterPort      int
 	// Extra are the user's pass-through arguments, checked with CheckExtraArgs.
 	Extra []string
 }
@@ -21,9 +27,11 @@ type ServeSpec struct {
 func ServeArgs(s ServeSpec) []string {
 	itoa := strconv.Itoa
 	args := []string{"serve", s.Model}
-	if s.Socket != "" {
+	switch {
+	case s.Nodes > 1 && s.NodeRank > 0:
+	case s.Socket != "":
 		args = append(args, "--uds", s.Socket)
-	} else {
+	default:
 		args = append(args, "--host", s.Host, "--port", itoa(s.Port))
 	}
 	args = append(args,
@@ -31,7 +39,14 @@ func ServeArgs(s ServeSpec) []string {
 		"--tensor-parallel-size", itoa(s.Tensor),
 		"--pipeline-parallel-size", itoa(s.Pipeline),
 	)
-	if s.RayExecutor {
+	switch {
+	case s.Nodes > 1:
+		args = append(args, "--distributed-executor-backend", "mp", "--nnodes", itoa(s.Nodes), "--node-rank", itoa(s.NodeRank),
+			"--master-addr", s.MasterAddr, "--master-port", itoa(s.MasterPort))
+		if s.NodeRank > 0 {
+			args = append(args, "--headless")
+		}
+	case s.RayExecutor:
 		args = append(args, "--distributed-executor-backend", "ray")
 	}
 	return append(args, s.Extra...)

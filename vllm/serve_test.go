@@ -16,3 +16,15 @@ func TestServeArgs(t *testing.T) {
 	assert.Equal(t, "serve /m --uds /d/engine.sock --served-model-name m --tensor-parallel-size 1 --pipeline-parallel-size 1",
 		strings.Join(args, " "), "the socket in place of host and port")
 }
+
+func TestServeArgsAcrossNodesWithoutRay(t *testing.T) {
+	spec := ServeSpec{Model: "/m", ServedName: "m", Socket: "/d/engine.sock", Tensor: 2, Pipeline: 3,
+		Nodes: 3, MasterAddr: "10.0.0.1", MasterPort: 31042, Extra: []string{"--max-model-len", "512"}}
+	assert.Equal(t, "serve /m --uds /d/engine.sock --served-model-name m --tensor-parallel-size 2 --pipeline-parallel-size 3 "+
+		"--distributed-executor-backend mp --nnodes 3 --node-rank 0 --master-addr 10.0.0.1 --master-port 31042 --max-model-len 512",
+		strings.Join(ServeArgs(spec), " "), "rank 0 serves the API on the socket")
+	spec.NodeRank = 2
+	assert.Equal(t, "serve /m --served-model-name m --tensor-parallel-size 2 --pipeline-parallel-size 3 "+
+		"--distributed-executor-backend mp --nnodes 3 --node-rank 2 --master-addr 10.0.0.1 --master-port 31042 --headless --max-model-len 512",
+		strings.Join(ServeArgs(spec), " "), "the other ranks run headless, with no address")
+}

@@ -41,6 +41,7 @@ func planCommand() *cli.Command {
 			&cli.StringFlag{Name: "presets-file", Usage: "presets file instead of the shipped one"},
 			&cli.StringFlag{Name: "time", Usage: "job length for the service-unit estimate, as sbatch --time takes it (240, 04:00:00, 1-00:00:00) or 4h"},
 			&cli.Float64Flag{Name: "su-factor", Value: agent.DefaultConfig().SUFactor, Usage: "service units per GPU-hour"},
+			&cli.StringFlag{Name: "launcher", Value: agent.LauncherRay, Usage: "how the engine would span nodes: ray or mp (the plan is the same; it says which)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: planAction,
@@ -50,6 +51,9 @@ func planCommand() *cli.Command {
 func planAction(c *cli.Context) error {
 	if c.String("model") == "" {
 		return usageErrorf("--model is required")
+	}
+	if l := c.String("launcher"); l != agent.LauncherRay && l != agent.LauncherMP {
+		return usageErrorf("--launcher %q: choose ray or mp", l)
 	}
 	job, err := slurm.ShapeFromEnv(os.Getenv)
 	if err != nil {
@@ -100,9 +104,26 @@ func writePlan(c *cli.Context, p plan.Plan) error {
 			plan.Plan
 			ServiceUnits *plan.SUEstimate `json:"service_units,omitempty"`
 			Summary      string           `json:"summary"`
-		}{p, su, p.Summary()})
+			Launcher     string           `json:"launcher"`
+		}{p, su, p.Summary(), c.String("launcher")})
 	}
-	return p.Write(c.App.Writer, su)
+	if err := p.Write(c.App.Writer, su); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(c.App.Writer, launcherLine(c.String("launcher"), p.Chosen.Pipeline))
+	return err
+}
+
+// launcherLine says how the plan's pipeline would run across the nodes.
+func launcherLine(launcher string, pipeline int) string {
+	switch {
+	case pipeline <= 1:
+		return "launcher: " + launcher + " (the engine stays on the head: no rank runs elsewhere)"
+	case launcher == agent.LauncherMP:
+		return fmt.Sprintf("launcher: mp: vLLM's own multi-node mode, one rank on each of %d nodes, no Ray", pipeline)
+	default:
+		return fmt.Sprintf("launcher: ray: a Ray cluster over the job's nodes, the pipeline's %d stages on %d of them", pipeline, pipeline)
+	}
 }
 
 // applyPlanPreset fills the options the user left open from --preset, if one is named.

@@ -37,6 +37,12 @@ type options struct {
 	port, tp, pp, maxModelLen, maxNumSeqs, maxBatchedTokens                                    int
 	gpuMemUtil                                                                                 float64
 	prefixCaching, enforceEager                                                                bool
+	// vLLM's multi-node mode without Ray: this process's rank among nnodes, and rank 0's
+	// address; every rank but 0 is headless.
+	nnodes, nodeRank int
+	masterAddr       string
+	masterPort       int
+	headless         bool
 }
 
 // valueFlags are the flags that take a value, with their parser.
@@ -58,7 +64,9 @@ func (o *options) valueFlags() map[string]func(string) error {
 		"--port":                         num(&o.port),
 		"--served-model-name":            str(&o.servedName),
 		"--tensor-parallel-size":         num(&o.tp),
+		"-tp":                            num(&o.tp),
 		"--pipeline-parallel-size":       num(&o.pp),
+		"-pp":                            num(&o.pp),
 		"--distributed-executor-backend": str(&o.backend),
 		"--max-model-len":                num(&o.maxModelLen),
 		"--max-num-seqs":                 num(&o.maxNumSeqs),
@@ -67,6 +75,12 @@ func (o *options) valueFlags() map[string]func(string) error {
 		"--quantization":                 str(&o.quantization),
 		"--scheduling-policy":            str(&o.schedulingPolicy),
 		"--kv-cache-dtype":               str(&o.kvCacheDtype),
+		"--nnodes":                       num(&o.nnodes),
+		"-n":                             num(&o.nnodes),
+		"--node-rank":                    num(&o.nodeRank),
+		"-r":                             num(&o.nodeRank),
+		"--master-addr":                  str(&o.masterAddr),
+		"--master-port":                  num(&o.masterPort),
 		"--gpu-memory-utilization": func(v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 1 {
@@ -80,7 +94,7 @@ func (o *options) valueFlags() map[string]func(string) error {
 
 // parseArgs parses `serve MODEL [flags]` as vLLM's argparse would, returning its error text.
 func parseArgs(args []string) (*options, error) {
-	o := &options{host: "0.0.0.0", port: 8000, tp: 1, pp: 1}
+	o := &options{host: "0.0.0.0", port: 8000, tp: 1, pp: 1, nnodes: 1, masterAddr: "127.0.0.1", masterPort: 29501}
 	if len(args) == 0 || args[0] != "serve" {
 		return nil, errors.New("vllm: error: argument subparser: invalid choice (choose from 'serve')")
 	}
@@ -98,6 +112,8 @@ func parseArgs(args []string) (*options, error) {
 			o.prefixCaching = false
 		case name == "--enforce-eager" && !hasValue:
 			o.enforceEager = true
+		case name == "--headless" && !hasValue:
+			o.headless = true
 		case flags[name] != nil:
 			if !hasValue {
 				if i+1 >= len(args) {
@@ -125,7 +141,7 @@ func parseArgs(args []string) (*options, error) {
 	if o.backend != "" && o.backend != "ray" && o.backend != "mp" {
 		return nil, fmt.Errorf("vllm serve: error: argument --distributed-executor-backend: invalid choice: '%s'", o.backend)
 	}
-	return o, nil
+	return o, o.checkNodes()
 }
 
 func main() {
@@ -142,6 +158,9 @@ func main() {
 }
 
 func run(o *options) error {
+	if o.headless {
+		return runHeadless(o)
+	}
 	fmt.Fprintf(os.Stderr, "fakevllm (test double, not vLLM): serving %s as %s on %s tp=%d pp=%d\n",
 		o.model, o.servedName, o.listenAddress(), o.tp, o.pp)
 	ctl := os.Getenv("FAKEVLLM_CONTROL")
@@ -159,12 +178,16 @@ func run(o *options) error {
 		tokenDelay = d
 	}
 	srv := newServer(o, splitKeys(os.Getenv("VLLM_API_KEY")), tokenDelay)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	lost, err := o.gatherRanks(ctx)
+	if err != nil {
+		return err
+	}
 	ln, err := o.listen()
 	if err != nil {
 		return fmt.Errorf("OSError: [Errno 98] Address already in use: %w", err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	go watchControl(ctx, ctl, srv)
 	hs := &http.Server{Handler: srv.routes(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -172,6 +195,8 @@ func run(o *options) error {
 	fmt.Fprintln(os.Stderr, "INFO:     Application startup complete.")
 	select {
 	case err := <-errc:
+		return err
+	case err := <-lost:
 		return err
 	case <-ctx.Done():
 	}

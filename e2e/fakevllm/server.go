@@ -301,7 +301,7 @@ func (s *server) complete(chat bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{
 			"id": id, "object": object, "created": start.Unix(), "model": s.o.servedName,
-			"choices": []any{choice}, "usage": usage,
+			"choices": []any{choice}, "usage": usage, "system_fingerprint": s.o.fingerprint(),
 		})
 	}
 }
