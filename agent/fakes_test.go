@@ -224,6 +224,10 @@ func fakeVLLM(args []string) int {
 // fakeHeadlessRank plays a headless rank of vLLM's multi-node mode: it serves nothing, records
 // its arguments and pid in FAKE_VLLM_ARGS.rankN, and runs until it is stopped.
 func fakeHeadlessRank(args []string) int {
+	if os.Getenv("FAKE_VLLM_RANK_FAIL") != "" {
+		fmt.Fprintln(os.Stderr, "RuntimeError: injected rank failure")
+		return 1
+	}
 	if f := os.Getenv("FAKE_VLLM_ARGS"); f != "" {
 		rank := f + ".rank" + flagValue(args, "--node-rank")
 		os.WriteFile(rank, []byte(strings.Join(args, "\n")), 0o644)

@@ -590,3 +590,29 @@ func TestRunMultiNodeWithoutRay(t *testing.T) {
 	waitConnState(t, dir, jobfiles.StateStopped, time.Second)
 	assertNoChildren(t)
 }
+
+// TestRunWithoutRayRankCannotStart: a worker's rank that fails at every start restarts the
+// group until the head's policy gives up, and the worker's words reach the connection file.
+func TestRunWithoutRayRankCannotStart(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_VLLM_RANK_FAIL", "1")
+	cfg := testConfig(t, dir)
+	cfg.Launcher = LauncherMP
+	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
+	cfg.MaxRestarts = 2
+	var runs []*agentRun
+	for i := 0; i < 2; i++ {
+		env := map[string]string{"SLURM_JOB_ID": "4545", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
+		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
+	}
+	c := waitConnState(t, dir, jobfiles.StateFailed, 30*time.Second)
+	assert.Contains(t, c.Reason, "gave up after 2 restarts")
+	assert.Contains(t, c.Reason, "node2's rank of the engine ended: exit status 1; the engine said: RuntimeError: injected rank failure")
+	for _, r := range runs {
+		r.cancel()
+	}
+	for _, r := range runs {
+		_ = r.stop(t)
+	}
+	assertNoChildren(t)
+}
