@@ -289,9 +289,9 @@ func TestAttacksFail(t *testing.T) {
 			fmt.Sprintf("%d bytes; secret in it: %q", len(b), leaks(b, secrets)),
 			leaks(b, secrets) == "" && strings.Contains(b, "vllm:num_requests_running"))
 		for _, probe := range []string{eng + "/../../v1/models", eng + "/v1/models", eng + "%2F..%2Fv1%2Fmodels", "-X POST " + eng, strings.TrimSuffix(eng, "/engine") + "/v1/models"} {
-			out, _ := as(farNode, attacker, "curl -s -m 5 --path-as-is -o /dev/null -w '%{http_code}' "+probe)
+			out, _ := as(farNode, attacker, "curl -s -m 5 -L --path-as-is -o /dev/null -w '%{http_code}' "+probe)
 			a.record("the metrics port as a way to the engine ("+probe[strings.Index(probe, "/metrics"):]+")", nodeName(farNode),
-				"404 or 405: only the engine's /metrics passes", "HTTP code "+out, out == "404" || out == "405")
+				"404 or 405, after any redirect of a path the server cleans: only the engine's /metrics passes", "HTTP code "+out, out == "404" || out == "405")
 		}
 	})
 
@@ -420,8 +420,9 @@ func TestAttacksFail(t *testing.T) {
 			fmt.Sprintf("%d listeners of the job: %s", len(listeners), strings.Join(slices.Compact(slices.Sorted(slices.Values(procs))), ", ")), !ray)
 		master := fmt.Sprint(rv.Ports.EngineMaster)
 		open := slices.ContainsFunc(listeners, func(l listener) bool { return l.node == headNode && l.port == master })
-		a.record("--launcher mp: the engine's master port", nodeName(headNode), "open to the cluster network while the engine runs (a residual risk, docs/security.md)",
-			fmt.Sprintf("port %s listening: %v", master, open), open)
+		// Not an attack that fails: the master port is open to the cluster network while the
+		// engine runs, a residual risk docs/security.md names. The port it names is the one open.
+		assert.True(t, open, "the head listens on the master port %s the rendezvous names", master)
 		require.NoError(t, exec.Command("scancel", mp.id).Run())
 		mp.waitState(jobfiles.StateStopped, drainBound)
 		requireNoProcesses(t, drainBound)
