@@ -73,7 +73,7 @@ func (a *agent) runHead(ctx context.Context) error {
 		h.gatewayStage(run),
 		h.filesStage(),
 		h.watchStage(run, "node files", h.watchNodes),
-		h.rayStage(run),
+		h.clusterStage(run),
 		h.engineStage(run),
 		h.drainStage(run),
 	}, h.beginDrain)

@@ -67,15 +67,21 @@ func (h *head) watchStage(run context.Context, name string, watch func(ctx conte
 	}, stop: func() { stop() }}
 }
 
+// clusterStage brings up what the engine spans the nodes with: a Ray cluster, or, with
+// --launcher mp, only the rendezvous that the workers' ranks read.
+func (h *head) clusterStage(run context.Context) stage {
+	if h.ranksOnNodes() {
+		return stage{name: "rendezvous", start: func(context.Context) (<-chan error, error) { return nil, h.publishLayout() }}
+	}
+	return h.rayStage(run)
+}
+
 // rayStage starts the Ray head in a job of several nodes, and its watcher once it is up.
 func (h *head) rayStage(run context.Context) stage {
 	var stop func()
 	return stage{name: "ray", start: func(ctx context.Context) (<-chan error, error) {
 		if !h.usesRay() {
 			stop = func() {}
-			if h.ranksOnNodes() {
-				return nil, h.publishLayout()
-			}
 			return nil, nil
 		}
 		rctx, cancel := context.WithCancel(run)

@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -183,7 +182,7 @@ func (a *agent) newRank(rv jobfiles.Rendezvous) (*rank, error) {
 	}
 	r := &rank{a: a, out: out, closeOut: closeOut}
 	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Tensor: rv.Tensor, Pipeline: rv.Pipeline,
-		Nodes: rv.Pipeline, NodeRank: slices.Index(a.alloc.Nodes, a.alloc.Hostname()),
+		Nodes: rv.Pipeline, NodeRank: a.alloc.NodeID,
 		MasterAddr: rv.HeadAddress, MasterPort: rv.Ports.EngineMaster, Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_PORT="+strconv.Itoa(rv.Ports.EngineRPC))
@@ -266,10 +265,11 @@ func (r *rank) follow(ctx context.Context) {
 			return
 		case <-a.deps.Clock.After(generationPollInterval):
 		}
-		gen, err := jobfiles.ReadEngineGeneration(a.stateDir)
 		r.mu.Lock()
-		if err == nil && r.running > 0 && gen > r.running {
-			r.svc.Restart("group", fmt.Sprintf("the head started generation %d of the engine", gen))
+		if r.running > 0 {
+			if gen, err := jobfiles.ReadEngineGeneration(a.stateDir); err == nil && gen > r.running {
+				r.svc.Restart("group", fmt.Sprintf("the head started generation %d of the engine", gen))
+			}
 		}
 		r.mu.Unlock()
 	}

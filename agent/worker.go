@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -43,7 +42,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	switch {
 	case !mp:
 		stages = append(stages, a.workerRayStage(run, ports, rv.RayAddress()))
-	case slices.Index(a.alloc.Nodes, a.alloc.Hostname()) < rv.Pipeline:
+	case a.alloc.NodeID < rv.Pipeline:
 		stages = append(stages, a.workerRankStage(run, rv))
 	default:
 		// The engine's pipeline ends before this node: with no Ray, it only reports.

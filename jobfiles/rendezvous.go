@@ -157,27 +157,28 @@ func ReadNodeInfos(dir string, hosts []string) []NodeInfo {
 // WriteEngineEnd records in host's node file that its rank of engine generation gen ended, and
 // why; it keeps what the file said.
 func WriteEngineEnd(dir, host string, gen int, reason string) error {
+	return updateNodeInfo(dir, host, func(n *NodeInfo) { n.EngineEnded = &EngineEnd{Generation: gen, Reason: reason} })
+}
+
+// updateNodeInfo rewrites host's node file with change applied to what it said.
+func updateNodeInfo(dir, host string, change func(*NodeInfo)) error {
 	var n NodeInfo
 	if b, err := os.ReadFile(nodeInfoPath(dir, host)); err == nil {
 		_ = json.Unmarshal(b, &n)
 	}
 	n.Host = host
-	n.EngineEnded = &EngineEnd{Generation: gen, Reason: reason}
+	change(&n)
 	return WriteNodeInfo(dir, n)
 }
 
 // WriteNodeEnd records in host's node file why its agent failed (reason), or, with an empty
 // reason, that it was asked to stop; it keeps what the file said.
 func WriteNodeEnd(dir, host, reason string) error {
-	var n NodeInfo
-	if b, err := os.ReadFile(nodeInfoPath(dir, host)); err == nil {
-		_ = json.Unmarshal(b, &n)
-	}
-	n.Host = host
-	if reason == "" {
-		n.Stopping = true
-	} else {
-		n.Ended = reason
-	}
-	return WriteNodeInfo(dir, n)
+	return updateNodeInfo(dir, host, func(n *NodeInfo) {
+		if reason == "" {
+			n.Stopping = true
+		} else {
+			n.Ended = reason
+		}
+	})
 }

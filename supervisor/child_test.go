@@ -231,7 +231,7 @@ func TestUsageOfARealTree(t *testing.T) {
 	pids := readPids(t, file)
 	require.Len(t, pids, 2)
 
-	u := Usage(context.Background(), []int{c.PID()})[c.PID()]
+	u := (&Trees{}).Usage(context.Background(), []int{c.PID()})[c.PID()]
 	assert.Equal(t, 2, u.Processes, "the command and its kid; the reaper is left out")
 	const mib = 1 << 20
 	assert.GreaterOrEqual(t, u.RSS, uint64(2*allocMiB*mib), "both processes' touched memory")
@@ -249,7 +249,7 @@ func TestUsageOfARealTree(t *testing.T) {
 	// ticks, which on a busy machine reads lower.
 	assert.GreaterOrEqual(t, total, 2*allocCPU.Seconds()*0.5, "the CPU both spent, as /proc samples it")
 
-	none := Usage(context.Background(), []int{pids[1]})[pids[1]]
+	none := (&Trees{}).Usage(context.Background(), []int{pids[1]})[pids[1]]
 	assert.Zero(t, none.Processes, "the kid has nothing below it")
 }
 

@@ -88,17 +88,12 @@ type ProcessKey struct {
 	Created int64
 }
 
-// Usage reads what the process tree below each of roots (the reapers' pids) uses, with one
-// reading of the process table. A root with no live process below it reads as zero. A zombie
-// counts as a process until it is reaped, with no memory and the CPU it used.
-func Usage(ctx context.Context, roots []int) map[int]ProcessUsage {
-	return (&Trees{}).Usage(ctx, roots)
-}
-
-// Trees reads what process trees use, as Usage does, but keeps each tree's members between
-// readings: the whole process table (every process on the node, kernel threads included) is
-// read again only after Rescan, or when the roots change. A process that joins a tree between
-// two table readings is counted from the next one.
+// Trees reads what the process tree below each of some roots (the reapers' pids) uses. It keeps
+// each tree's members between readings: the whole process table (every process on the node,
+// kernel threads included) is read again only after Rescan, or when the roots change. A process
+// that joins a tree between two table readings is counted from the next one. A root with no
+// live process below it reads as zero; a zombie counts as a process until it is reaped, with no
+// memory and the CPU it used.
 type Trees struct {
 	// Rescan is how long the members are kept; 0 reads the table every time.
 	Rescan time.Duration
@@ -126,6 +121,7 @@ func (t *Trees) Usage(ctx context.Context, roots []int) map[int]ProcessUsage {
 		table := readProcTable(ctx, true)
 		t.members = map[int][]ProcessKey{}
 		for _, root := range roots {
+			t.members[root] = nil // known, even with nothing below it, so that it is not rescanned
 			for _, pid := range table.below(int32(root)) {
 				if created, err := (&process.Process{Pid: pid}).CreateTimeWithContext(ctx); err == nil {
 					t.members[root] = append(t.members[root], ProcessKey{PID: pid, Created: created})

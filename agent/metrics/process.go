@@ -27,11 +27,6 @@ type NodeMemory struct {
 	SwapUsed, SwapIn, SwapOut uint64
 }
 
-// ReadNodeMemory reads the node's memory and the agent's own cgroup limit through gopsutil.
-func ReadNodeMemory(ctx context.Context) (NodeMemory, error) {
-	return (&nodeReader{}).read(ctx)
-}
-
 // nodeReader reads the node's memory on every call, and the cgroup's limit, which is set when
 // the job starts and hardly changes, at most every treeRescan: reading it costs as much as
 // everything else in a scrape of the agent's own series.
@@ -92,8 +87,8 @@ var _ prometheus.Collector = (*ProcessCollector)(nil)
 const treeRescan = 60 * time.Second
 
 // NewProcessCollector returns a collector of the children in state; usage and node read the
-// process tables and the node's memory (nil: supervisor.Trees with treeRescan, and
-// ReadNodeMemory).
+// process tables and the node's memory (nil: supervisor.Trees with treeRescan, and the node's
+// memory and the agent's cgroup limit through gopsutil).
 func NewProcessCollector(state *State, usage func(context.Context, []int) map[int]supervisor.ProcessUsage,
 	node func(context.Context) (NodeMemory, error)) *ProcessCollector {
 	if usage == nil {
