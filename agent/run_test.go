@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -104,6 +105,33 @@ func startAgent(cfg Config, deps Deps) *agentRun {
 	r := &agentRun{cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- Run(ctx, cfg, deps) }()
 	return r
+}
+
+// startNodes starts one agent per node of job, node1 to nodeN, in this process: one GPU each,
+// with extra added to every node's Slurm environment.
+func startNodes(t *testing.T, cfg Config, job string, n int, extra map[string]string) []*agentRun {
+	t.Helper()
+	var runs []*agentRun
+	for i := range n {
+		env := map[string]string{"SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": fmt.Sprintf("node[1-%d]", n),
+			"SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
+		maps.Copy(env, extra)
+		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
+	}
+	return runs
+}
+
+// stopNodes stops every agent at once, then waits for each; it returns their errors in order.
+func stopNodes(t *testing.T, runs []*agentRun) []error {
+	t.Helper()
+	for _, r := range runs {
+		r.cancel()
+	}
+	errs := make([]error, len(runs))
+	for i, r := range runs {
+		errs[i] = r.stop(t)
+	}
+	return errs
 }
 
 func (r *agentRun) stop(t *testing.T) error {
@@ -291,16 +319,11 @@ func TestRunMultiNode(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("FAKE_RAY_DIR", t.TempDir())
 	cfg := testConfig(t, dir)
-	var runs []*agentRun
-	for i := 0; i < 3; i++ {
-		env := map[string]string{
-			"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_NODEID": fmt.Sprint(i),
-			"SLURM_GPUS_ON_NODE": "1", "SLURM_STEP_ID": "0", "SLURM_SUBMIT_HOST": "login1",
-			"SLURM_SRUN_COMM_PORT": "4000", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
-			"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix()), "USER": "bob",
-		}
-		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
-	}
+	runs := startNodes(t, cfg, "4242", 3, map[string]string{
+		"SLURM_STEP_ID": "0", "SLURM_SUBMIT_HOST": "login1",
+		"SLURM_SRUN_COMM_PORT": "4000", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
+		"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix()), "USER": "bob",
+	})
 	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	assert.Equal(t, 1, c.TensorParallel)
 	assert.Equal(t, 3, c.PipelineParallel)
@@ -332,11 +355,8 @@ func TestRunMultiNode(t *testing.T) {
 	assert.Equal(t, 1, c.Restarts["vllm"])
 	assert.Len(t, fakeRayPIDs(t, false), 2)
 
-	for _, r := range runs {
-		r.cancel()
-	}
-	for _, r := range runs {
-		require.NoError(t, r.stop(t))
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
 	}
 	waitConnState(t, dir, jobfiles.StateStopped, time.Second)
 	assertNoChildren(t)
@@ -488,11 +508,7 @@ func TestRunMultiNodeEngineOnTheHeadOnly(t *testing.T) {
 	t.Setenv("FAKE_VLLM_ARGS", argsFile)
 	cfg := testConfig(t, dir)
 	cfg.TensorParallel, cfg.PipelineParallel = 1, 1
-	var runs []*agentRun
-	for i := 0; i < 2; i++ {
-		env := map[string]string{"SLURM_JOB_ID": "4343", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
-		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
-	}
+	runs := startNodes(t, cfg, "4343", 2, nil)
 	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	args, err := os.ReadFile(argsFile)
 	require.NoError(t, err)
@@ -506,11 +522,8 @@ func TestRunMultiNodeEngineOnTheHeadOnly(t *testing.T) {
 		c, _ = jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
 		return c.State != jobfiles.StateReady || c.Restarts["vllm"] != 0
 	}, time.Second, 20*time.Millisecond, "the engine keeps running through ten Ray polls")
-	for _, r := range runs {
-		r.cancel()
-	}
-	for _, r := range runs {
-		require.NoError(t, r.stop(t))
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
 	}
 	assertNoChildren(t)
 }
@@ -526,11 +539,7 @@ func TestRunMultiNodeWithoutRay(t *testing.T) {
 	cfg := testConfig(t, dir)
 	cfg.Launcher = LauncherMP
 	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
-	var runs []*agentRun
-	for i := 0; i < 2; i++ {
-		env := map[string]string{"SLURM_JOB_ID": "4444", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
-		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
-	}
+	runs := startNodes(t, cfg, "4444", 2, nil)
 	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	assert.Equal(t, LauncherMP, c.Launcher)
 	assert.Empty(t, c.RayAddress, "no Ray")
@@ -581,11 +590,8 @@ func TestRunMultiNodeWithoutRay(t *testing.T) {
 	require.Eventually(t, func() bool { g, _ := jobfiles.ReadEngineGeneration(dir); return g == 3 }, 10*time.Second, 20*time.Millisecond)
 	require.Eventually(t, func() bool { _, p := rank1(); return p != pid2 }, 20*time.Second, 20*time.Millisecond, "rank 1 of generation 3")
 
-	for _, r := range runs {
-		r.cancel()
-	}
-	for _, r := range runs {
-		require.NoError(t, r.stop(t))
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
 	}
 	waitConnState(t, dir, jobfiles.StateStopped, time.Second)
 	assertNoChildren(t)
@@ -600,19 +606,10 @@ func TestRunWithoutRayRankCannotStart(t *testing.T) {
 	cfg.Launcher = LauncherMP
 	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
 	cfg.MaxRestarts = 2
-	var runs []*agentRun
-	for i := 0; i < 2; i++ {
-		env := map[string]string{"SLURM_JOB_ID": "4545", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NODEID": fmt.Sprint(i), "SLURM_GPUS_ON_NODE": "1"}
-		runs = append(runs, startAgent(cfg, testDeps(t, env, fmt.Sprintf("node%d", i+1))))
-	}
+	runs := startNodes(t, cfg, "4545", 2, nil)
 	c := waitConnState(t, dir, jobfiles.StateFailed, 30*time.Second)
 	assert.Contains(t, c.Reason, "gave up after 2 restarts")
 	assert.Contains(t, c.Reason, "node2's rank of the engine ended: exit status 1; the engine said: RuntimeError: injected rank failure")
-	for _, r := range runs {
-		r.cancel()
-	}
-	for _, r := range runs {
-		_ = r.stop(t)
-	}
+	stopNodes(t, runs)
 	assertNoChildren(t)
 }

@@ -382,11 +382,14 @@ func streamLoad(t *testing.T, c jobfiles.Connection, key string, n int, d time.D
 	return res
 }
 
-// enginePIDs returns the pids of vLLM's API server on node 1 (not its reaper, whose command
-// line holds the same words).
-func enginePIDs(t *testing.T) []string {
+// enginePIDs returns the pids of vLLM's API server on node 1.
+func enginePIDs(t *testing.T) []string { return vllmPIDs(t, 1, "vllm\x00serve") }
+
+// vllmPIDs returns the pids on node whose command line holds substr, leaving out the agent's
+// reaper, whose command line holds the same words.
+func vllmPIDs(t *testing.T, node int, substr string) []string {
 	var out []string
-	for _, pid := range pidsByCmdline(t, 1, "vllm\x00serve") {
+	for _, pid := range pidsByCmdline(t, node, substr) {
 		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) != "llm-agent" {
 			out = append(out, pid)
 		}
@@ -448,13 +451,7 @@ func TestRealVLLMTwoNodesWithoutRay(t *testing.T) {
 	assert.Empty(t, pidsByComm(t, 2, "raylet"))
 
 	// The worker's rank killed: the group restarts and serves again.
-	rank := pidsByCmdline(t, 2, "--headless")
-	var ranks []string
-	for _, pid := range rank {
-		if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) != "llm-agent" {
-			ranks = append(ranks, pid)
-		}
-	}
+	ranks := vllmPIDs(t, 2, "--headless")
 	require.Len(t, ranks, 1, "one headless rank on node2")
 	killed := time.Now()
 	require.NoError(t, exec.Command("kill", "-KILL", ranks[0]).Run())
@@ -481,13 +478,7 @@ func TestRealVLLMThreeNodesWithoutRay(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, out)
 	assert.Contains(t, out, `-pp3-`, "the pipeline spans the three ranks")
 	for n := 2; n <= 3; n++ {
-		var ranks []string
-		for _, pid := range pidsByCmdline(t, n, "--headless") {
-			if comm, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(comm)) != "llm-agent" {
-				ranks = append(ranks, pid)
-			}
-		}
-		assert.Len(t, ranks, 1, "one headless rank on node%d", n)
+		assert.Len(t, vllmPIDs(t, n, "--headless"), 1, "one headless rank on node%d", n)
 	}
 	require.NoError(t, exec.Command("scancel", j.id).Run())
 	j.waitState(jobfiles.StateStopped, drainBound)
