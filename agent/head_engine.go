@@ -65,6 +65,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	switch {
 	case h.engineRanks():
 		opts.Before = h.waitRanks
+		// Slurm stops every node of the job at once: rank 0 ending because a worker's rank was
+		// stopped on purpose is part of that stop, not a crash to restart and count.
+		opts.Stopping = func() bool { return a.stopping() || h.rankStopping() }
 	case a.usesRay():
 		opts.Before = h.waitCluster
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +81,12 @@ func (h *head) rankRunning(up bool) {
 	} else {
 		h.running.Store(0)
 	}
+}
+
+// rankStopping tells whether a worker that runs a rank was asked to stop (its node file says
+// so before its rank stops).
+func (h *head) rankStopping() bool {
+	return slices.ContainsFunc(jobfiles.ReadNodeInfos(h.stateDir, h.rankHosts()), func(n jobfiles.NodeInfo) bool { return n.Stopping })
 }
 
 // waitRanks blocks until every worker's agent has published its node file, and so will start
