@@ -24,7 +24,7 @@ export LLM_AGENT_VENV := $(VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build venv deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build laptop-bins venv deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -32,12 +32,19 @@ build:
 	CGO_ENABLED=1 $(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/llm-agent ./cmd/llm-agent
 	$(GO) build -o bin/fakevllm ./e2e/fakevllm
 
+# The laptop's llm-agent (tunnel, bench): pure Go, no cgo, for Linux and macOS.
+LAPTOP_PLATFORMS = linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+laptop-bins:
+	for p in $(LAPTOP_PLATFORMS); do \
+		CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/llm-agent-$${p%/*}-$${p#*/} ./cmd/llm-agent; \
+	done
+
 # The Python environment with the pinned Ray (slurm-scripts/requirements-ray.txt).
 venv:
 	slurm-scripts/setup_environment.sh --venv $(VENV)
 
 # System packages the mini-cluster and the checks need (Debian, as root).
-DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates
+DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates openssh-client openssh-server
 
 deps:
 	apt-get update -qq
@@ -62,6 +69,7 @@ lint:
 	$(GO) vet -tags e2esecurity ./e2e/
 	$(GO) vet -tags makecheck ./e2e/makecheck/
 	$(GO) vet -tags e2evllm ./vllm/
+	CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) vet ./cmd/llm-agent ./clients/...
 
 # Unit tests with coverage; every package but cmd must reach COVER_MIN percent.
 unit:

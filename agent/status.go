@@ -2,12 +2,10 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,7 +17,7 @@ import (
 )
 
 // ErrNoJob is returned when the connection file of a job cannot be found.
-var ErrNoJob = errors.New("no such job")
+var ErrNoJob = jobfiles.ErrNoJob
 
 // NodeStatus is one node as `llm-agent status` probed it.
 type NodeStatus struct {
@@ -50,21 +48,7 @@ type StatusReport struct {
 }
 
 // ConnectionPath finds a job's connection file from a job id, a state directory or the file.
-func ConnectionPath(arg, home string) (string, error) {
-	if arg == "" {
-		return "", fmt.Errorf("%w: give a job id or the path of its connection.json", ErrNoJob)
-	}
-	candidates := []string{arg, filepath.Join(arg, jobfiles.ConnectionFile)}
-	if !strings.ContainsRune(arg, '/') && home != "" {
-		candidates = append(candidates, filepath.Join(home, ".llm-agent", "jobs", arg, jobfiles.ConnectionFile))
-	}
-	for _, c := range candidates {
-		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
-			return c, nil
-		}
-	}
-	return "", fmt.Errorf("%w: no connection file for %q (looked in %s)", ErrNoJob, arg, strings.Join(candidates[1:], ", "))
-}
+func ConnectionPath(arg, home string) (string, error) { return jobfiles.FindConnection(arg, home) }
 
 // Status reads the connection file at path and probes every node's /healthz and /readyz.
 func Status(ctx context.Context, path string, client *http.Client, now time.Time) (StatusReport, error) {

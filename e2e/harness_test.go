@@ -117,6 +117,9 @@ type jobSpec struct {
 	// user submits the job (runuser); empty is root. The job's state directory is then in the
 	// user's own home.
 	user string
+	// home is the home directory the job runs with (default: one of the test's own); its state
+	// directory is under it.
+	home string
 }
 
 // submit sends the real sbatch script to the cluster with the test double as the engine.
@@ -130,6 +133,9 @@ func submit(t *testing.T, spec jobSpec) *job {
 	require.NoError(t, os.WriteFile(j.control, []byte(spec.control), 0o644))
 	args := append([]string{"--parsable", "-o", filepath.Join(dir, "job-%j.out"), "-D", dir}, spec.sbatch...)
 	home := filepath.Join(dir, "home")
+	if spec.home != "" {
+		home = spec.home
+	}
 	cmd := exec.Command("sbatch")
 	if spec.user != "" {
 		u, err := user.Lookup(spec.user)

@@ -2,24 +2,14 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"os/signal"
-	"runtime"
-	"runtime/debug"
-	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/urfave/cli/v2"
 
-	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/slurm"
 )
 
@@ -41,127 +31,7 @@ func newApp() *cli.App {
 		DisableSliceFlagSeparator: true,
 		OnUsageError:              onUsageError,
 		Action:                    rootAction,
-		Commands: []*cli.Command{
-			runCommand(),
-			statusCommand(),
-			usageCommand(),
-			planCommand(),
-			presetsCommand(),
-			hostnamesCommand(),
-		},
-	}
-}
-
-func runCommand() *cli.Command {
-	flags := []cli.Flag{&cli.StringFlag{
-		Name:     "config",
-		Category: "Files",
-		Usage:    "YAML file of options (keys are the flag names); precedence: flag > environment > file > default [$LLM_AGENT_CONFIG]",
-	}}
-	for _, o := range agent.Options {
-		usage := o.Usage + " [$" + o.Env() + "]"
-		def := o.Default()
-		if def == "0" || def == "false" {
-			def = ""
-		}
-		switch o.Kind {
-		case agent.KindBool:
-			flags = append(flags, &cli.BoolFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: o.Default()})
-		case agent.KindList:
-			flags = append(flags, &cli.StringSliceFlag{Name: o.Name, Category: o.Category, Usage: usage})
-		default:
-			flags = append(flags, &cli.StringFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: def})
-		}
-	}
-	return &cli.Command{
-		Name:         "run",
-		OnUsageError: onUsageError,
-		Usage:        "run this node's agent: one per node, under srun --ntasks-per-node=1",
-		UsageText:    "srun --ntasks-per-node=1 -K1 llm-agent run --model PATH [options]",
-		Description: "The first host of SLURM_JOB_NODELIST is the head: it starts Ray, publishes rendezvous.json, " +
-			"starts vllm serve once every node has joined, and keeps connection.json current. The other nodes join Ray. " +
-			"SIGTERM drains the engine, then Ray, within --grace, and exits 0.",
-		Flags:  flags,
-		Action: runAction,
-	}
-}
-
-// contextToConfig turns the command line into the agent's configuration; nothing else sees the
-// cli context.
-func contextToConfig(c *cli.Context) (agent.Config, error) {
-	path := c.String("config")
-	if path == "" {
-		path = os.Getenv("LLM_AGENT_CONFIG")
-	}
-	file, err := agent.ReadConfigFile(path)
-	if err != nil {
-		return agent.Config{}, err
-	}
-	var set []agent.Setting
-	for _, o := range agent.Options {
-		if !c.IsSet(o.Name) {
-			continue
-		}
-		switch o.Kind {
-		case agent.KindBool:
-			set = append(set, agent.Setting{Name: o.Name, Value: strconv.FormatBool(c.Bool(o.Name))})
-		case agent.KindList:
-			for _, v := range c.StringSlice(o.Name) {
-				set = append(set, agent.Setting{Name: o.Name, Value: v})
-			}
-		default:
-			set = append(set, agent.Setting{Name: o.Name, Value: c.String(o.Name)})
-		}
-	}
-	return agent.ResolveConfig(file, os.Getenv, set)
-}
-
-func newLogger(cfg agent.Config) (hclog.Logger, error) {
-	level := hclog.LevelFromString(cfg.LogLevel) // checked by the configuration
-	return hclog.New(&hclog.LoggerOptions{
-		Name:       "llm-agent",
-		Level:      level,
-		JSONFormat: cfg.LogJSON,
-		Output:     os.Stderr,
-		TimeFormat: "2006-01-02T15:04:05.000Z0700",
-	}), nil
-}
-
-func runAction(c *cli.Context) error {
-	if c.Args().Len() > 0 {
-		return usageErrorf("run takes no arguments, got %q; options go in flags such as --model", c.Args().First())
-	}
-	cfg, err := contextToConfig(c)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg)
-	if err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	setRuntimeDefaults()
-	return agent.Run(ctx, cfg, agent.DefaultDeps(log))
-}
-
-// Go runtime defaults for a long-running agent that shares its node with the engine; GOGC and
-// GOMAXPROCS in the environment override them. docs/benchmarks.md has the measurements.
-const (
-	// agentGCPercent halves the runtime's smallest heap goal (4 MB at the default 100). The
-	// agent's live heap is under 1 MB, so this cuts its resident memory by about 2 MB.
-	agentGCPercent = 50
-	// agentMaxProcs caps the Go processors on many-core GPU nodes, where the default of one per
-	// core adds per-processor memory and threads the agent does not need.
-	agentMaxProcs = 4
-)
-
-func setRuntimeDefaults() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(agentGCPercent)
-	}
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) > agentMaxProcs {
-		runtime.GOMAXPROCS(agentMaxProcs)
+		Commands:                  append(nodeCommands(), clientCommands()...),
 	}
 }
 
@@ -196,59 +66,6 @@ func hostnamesCommand() *cli.Command {
 	}
 }
 
-func statusCommand() *cli.Command {
-	return &cli.Command{
-		Name:         "status",
-		OnUsageError: onUsageError,
-		Usage:        "show a job's state, URL, uptime, restarts, GPUs and time left; exit 0 when ready, 1 when not",
-		ArgsUsage:    "JOBID | STATE_DIR | connection.json  (default: $SLURM_JOB_ID)",
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
-		},
-		Action: func(c *cli.Context) error {
-			path, err := jobConnectionPath(c)
-			if err != nil {
-				return err
-			}
-			report, err := agent.Status(c.Context, path, &http.Client{}, time.Now())
-			if err != nil {
-				return usageError{err}
-			}
-			if err := writeReport(c, report); err != nil {
-				return err
-			}
-			if !report.Ready {
-				return cli.Exit("", 1)
-			}
-			return nil
-		},
-	}
-}
-
-func usageCommand() *cli.Command {
-	return &cli.Command{
-		Name:         "usage",
-		OnUsageError: onUsageError,
-		Usage:        "summarise a job's audit log per key and project: requests, tokens, and GPU-hours and service units shared out by tokens",
-		ArgsUsage:    "JOBID | STATE_DIR | connection.json  (default: $SLURM_JOB_ID)",
-		Flags: []cli.Flag{
-			&cli.Float64Flag{Name: "su-factor", Value: agent.DefaultConfig().SUFactor, Usage: "service units per GPU-hour"},
-			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
-		},
-		Action: func(c *cli.Context) error {
-			path, err := jobConnectionPath(c)
-			if err != nil {
-				return err
-			}
-			rep, err := agent.Usage(path, c.Float64("su-factor"), time.Now())
-			if err != nil {
-				return usageError{err}
-			}
-			return writeReport(c, rep)
-		},
-	}
-}
-
 // rootAction shows the help without a command, and answers an unknown one with the list of
 // commands, as a usage error (exit 2).
 func rootAction(c *cli.Context) error {
@@ -262,23 +79,6 @@ func rootAction(c *cli.Context) error {
 		}
 	}
 	return usageErrorf("unknown command %q; the commands are %s (llm-agent help COMMAND)", c.Args().First(), strings.Join(names, ", "))
-}
-
-// jobConnectionPath finds the connection file named by the first argument, or by $SLURM_JOB_ID
-// inside a job.
-func jobConnectionPath(c *cli.Context) (string, error) {
-	if c.NArg() > 1 {
-		return "", usageErrorf("%s takes one job (an id, a state directory or a connection.json), not %d arguments", c.Command.Name, c.NArg())
-	}
-	arg := c.Args().First()
-	if arg == "" {
-		arg = os.Getenv("SLURM_JOB_ID")
-	}
-	path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
-	if err != nil {
-		return "", usageError{err}
-	}
-	return path, nil
 }
 
 // writeReport prints a report as indented JSON with --json, else as its table.

@@ -8,18 +8,13 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/llm-agent/llm-agent/agent"
-	"github.com/llm-agent/llm-agent/slurm"
-	"github.com/llm-agent/llm-agent/supervisor"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
-	// The agent re-executes itself as the reaper of each child process.
-	supervisor.MaybeRunReaper()
+	beforeMain()
 	if err := newApp().Run(os.Args); err != nil {
 		if msg := err.Error(); msg != "" {
 			fmt.Fprintln(os.Stderr, "llm-agent:", msg)
@@ -37,7 +32,7 @@ func exitCode(err error) int {
 	if errors.As(err, new(usageError)) {
 		return 2
 	}
-	for _, bad := range []error{agent.ErrConfig, slurm.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress} {
+	for _, bad := range append(inputErrors, clientInputErrors...) {
 		if errors.Is(err, bad) {
 			return 2
 		}

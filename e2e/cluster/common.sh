@@ -16,6 +16,16 @@ MC_HOSTS_TAG="# llm-agent-minicluster"
 MC_LOG_DIR=/var/log/slurm
 MC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)  # the checkout
 
+# The login host sits on the cluster's bridge and on a second network, "outside", whose only
+# other host is the laptop: the laptop reaches the login host and nothing else, as from home.
+MC_LOGIN_NS=llmlogin
+MC_LOGIN_HOST=login
+MC_LOGIN_IP=$MC_NET.100
+MC_LAPTOP_NS=llmlaptop
+MC_OUTSIDE_NET=${MC_OUTSIDE_NET:-10.78.0}
+MC_LOGIN_OUTSIDE_IP=$MC_OUTSIDE_NET.1
+MC_LAPTOP_IP=$MC_OUTSIDE_NET.2
+
 mc_node() { echo "node$1"; }
 mc_ns() { echo "llmnode$1"; }
 

@@ -40,7 +40,7 @@ if command -v scancel >/dev/null && [ -f "$MC_CONF_DIR/slurm.conf" ] && mc_alive
 fi
 
 # Everything that runs in a node's namespace belongs to the cluster: job steps, Ray, slurmd.
-for nsfile in /run/netns/llmnode*; do
+for nsfile in /run/netns/llmnode* "/run/netns/$MC_LOGIN_NS" "/run/netns/$MC_LAPTOP_NS"; do
     [ -e "$nsfile" ] || continue
     ns=$(basename "$nsfile")
     pids=$(ip netns pids "$ns" 2>/dev/null)
@@ -58,7 +58,7 @@ if [ -s "$MC_STATE/munged.pid" ]; then  # only the munged that up.sh started
     rm -f "$MC_STATE/munged.pid"
 fi
 
-for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep '^veth-llmnode' | cut -d@ -f1); do
+for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep -e '^veth-llmnode' -e "^veth-$MC_LOGIN_NS" | cut -d@ -f1); do
     ip link del "$link" 2>/dev/null || true
 done
 ip link del "$MC_BRIDGE" 2>/dev/null || true
@@ -75,9 +75,9 @@ for p in $(pgrep -f -- "-f $MC_CONF_DIR/slurm.conf" || true); do
     [ -n "$(live "$p")" ] && left+=("process $p: $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)")
 done
 [ -n "$munged" ] && [ -n "$(live "$munged")" ] && left+=("munged $munged")
-for nsfile in /run/netns/llmnode*; do [ -e "$nsfile" ] && left+=("namespace $nsfile"); done
+for nsfile in /run/netns/llmnode* "/run/netns/$MC_LOGIN_NS" "/run/netns/$MC_LAPTOP_NS"; do [ -e "$nsfile" ] && left+=("namespace $nsfile"); done
 ip link show "$MC_BRIDGE" >/dev/null 2>&1 && left+=("bridge $MC_BRIDGE")
-ip -o link show 2>/dev/null | grep -q 'veth-llmnode' && left+=("veth links")
+ip -o link show 2>/dev/null | grep -q -e 'veth-llmnode' -e "veth-$MC_LOGIN_NS" && left+=("veth links")
 grep -q "$MC_STATE" /proc/self/mountinfo && left+=("mounts under $MC_STATE")
 grep -q "$MC_HOSTS_TAG" /etc/hosts && left+=("/etc/hosts lines")
 if [ ${#left[@]} -gt 0 ]; then

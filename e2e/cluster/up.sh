@@ -87,6 +87,26 @@ for i in $(seq 1 "$MC_NODES"); do
     ip -n "$ns" link set eth0 up
     echo "$MC_NET.$i $(mc_node "$i") $MC_HOSTS_TAG" >>"$hosts_tmp"
 done
+# The login host: on the bridge, and on a link of its own to the laptop. It forwards nothing
+# (a new namespace has ip_forward off), so the laptop reaches the nodes only through ssh.
+[ -e "/run/netns/$MC_LOGIN_NS" ] || ip netns add "$MC_LOGIN_NS"
+[ -e "/run/netns/$MC_LAPTOP_NS" ] || ip netns add "$MC_LAPTOP_NS"
+if ! ip link show "veth-$MC_LOGIN_NS" >/dev/null 2>&1; then
+    ip link add "veth-$MC_LOGIN_NS" type veth peer name eth0 netns "$MC_LOGIN_NS"
+    ip link set "veth-$MC_LOGIN_NS" master "$MC_BRIDGE"
+    ip -n "$MC_LOGIN_NS" addr add "$MC_LOGIN_IP/24" dev eth0
+fi
+if ! ip -n "$MC_LOGIN_NS" link show outside >/dev/null 2>&1; then
+    ip -n "$MC_LOGIN_NS" link add outside type veth peer name eth0 netns "$MC_LAPTOP_NS"
+    ip -n "$MC_LOGIN_NS" addr add "$MC_LOGIN_OUTSIDE_IP/24" dev outside
+    ip -n "$MC_LAPTOP_NS" addr add "$MC_LAPTOP_IP/24" dev eth0
+fi
+ip link set "veth-$MC_LOGIN_NS" up
+for ns in "$MC_LOGIN_NS" "$MC_LAPTOP_NS"; do ip -n "$ns" link set lo up; done
+ip -n "$MC_LOGIN_NS" link set eth0 up
+ip -n "$MC_LOGIN_NS" link set outside up
+ip -n "$MC_LAPTOP_NS" link set eth0 up
+echo "$MC_LOGIN_IP $MC_LOGIN_HOST $MC_HOSTS_TAG" >>"$hosts_tmp"
 cat "$hosts_tmp" >/etc/hosts  # rewrite in place: /etc/hosts may be a bind mount
 rm -f "$hosts_tmp"
 

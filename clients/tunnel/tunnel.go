@@ -1,0 +1,491 @@
+// Package tunnel forwards a job's API port to a stable local port, from a laptop through the
+// login host with the system's OpenSSH client, or from the login host itself; it follows the
+// job's connection file and the endpoint's /readyz, and re-forwards when ssh drops or the job's
+// head or port changes.
+package tunnel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/llm-agent/llm-agent/agent/securefs"
+	"github.com/llm-agent/llm-agent/jobfiles"
+)
+
+// ErrJobFailed is returned when the job ends in the failed state.
+var ErrJobFailed = errors.New("the job failed")
+
+// Options configure a tunnel.
+type Options struct {
+	// Job is a job id, or the path of its state directory or connection file; Service names a
+	// service instead.
+	Job, Service string
+	// Login is the login host ([user@]host) to go through; empty when the tunnel runs there.
+	Login string
+	// SSH is the OpenSSH client program; SSHOptions are passed to it as -o options.
+	SSH        string
+	SSHOptions []string
+	// LocalPort is the port on 127.0.0.1; 0 takes the job's own port number.
+	LocalPort int
+	// FetchKey copies the API key to KeyFile (mode 0600).
+	FetchKey bool
+	KeyFile  string
+	// Interval is the time between /readyz probes.
+	Interval time.Duration
+	// Home is the local home directory (for relative paths in local mode).
+	Home string
+	// Out gets the lines to paste and the status; Terminal redraws one status line in place.
+	Out      io.Writer
+	Terminal bool
+}
+
+// Tunnel is one running tunnel.
+type Tunnel struct {
+	o      Options
+	src    source
+	ssh    *sshCommand // nil in local mode
+	path   string      // the connection file, as the source reads it
+	dir    string      // private directory for the forward's sockets
+	client *http.Client
+
+	mu     sync.Mutex
+	target string   // host:port of the API, as the login host reaches it
+	fwd    *forward // nil when down or in local mode
+
+	state string // what the status line last said
+}
+
+// Run opens the tunnel and keeps it until ctx ends (nil) or the job ends (nil when it stopped,
+// ErrJobFailed when it failed). Errors before the tunnel is up wrap ErrInput when the user must
+// fix something.
+func Run(ctx context.Context, o Options) error {
+	if o.Interval <= 0 {
+		o.Interval = 3 * time.Second
+	}
+	if o.SSH == "" {
+		o.SSH = "ssh"
+	}
+	if o.LocalPort < 0 || o.LocalPort > 65535 {
+		return fmt.Errorf("%w: --local-port %d is not a port", ErrInput, o.LocalPort)
+	}
+	p, err := connectionPath(o.Job, o.Service)
+	if err != nil {
+		return err
+	}
+	t := &Tunnel{o: o, path: p}
+	dir, err := securefs.PrivateTemp(os.TempDir(), "llm-agent-tunnel-")
+	if err != nil {
+		return fmt.Errorf("tunnel directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	t.dir = dir
+	if o.Login != "" {
+		if _, err := exec.LookPath(o.SSH); err != nil {
+			return fmt.Errorf("%w: the OpenSSH client %q is not installed: %v", ErrInput, o.SSH, err)
+		}
+		t.ssh = &sshCommand{program: o.SSH, login: o.Login, options: o.SSHOptions, control: filepath.Join(dir, "control")}
+		t.src = sshSource{ssh: t.ssh}
+	} else {
+		t.src = localSource{home: o.Home}
+	}
+	return t.run(ctx)
+}
+
+func (t *Tunnel) run(ctx context.Context) error {
+	conn, err := t.readConnection(ctx)
+	if err != nil {
+		return err
+	}
+	if ended(conn.State) {
+		return fmt.Errorf("%w: %s has already ended (%s)", ErrInput, t.name(conn), describe(conn))
+	}
+	port := t.o.LocalPort
+	if port == 0 {
+		port = conn.Port
+	}
+	// The tunnel holds its local port for its whole life, through every reconnection: nobody
+	// else on this host can take it over in between and collect the requests and their key.
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("%w: cannot listen on 127.0.0.1:%d (%v); choose another with --local-port", ErrInput, port, err)
+	}
+	defer ln.Close()
+	local := ln.Addr().String()
+	t.client = &http.Client{Timeout: min(t.o.Interval, 5*time.Second), Transport: &http.Transport{DisableKeepAlives: true}}
+	keyLine, err := t.keyLine(ctx, conn)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(t.o.Out, "llm-agent tunnel: %s (model %s) on %s via %s\n", t.name(conn), conn.ServedModelName, target(conn), t.src.where())
+	fmt.Fprintf(t.o.Out, "  export OPENAI_BASE_URL=http://%s/v1\n", local)
+	fmt.Fprintf(t.o.Out, "  %s\n", keyLine)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t.serve(ln)
+	}()
+	defer t.stopForward()
+	return t.monitor(ctx, conn, "http://"+local+"/readyz")
+}
+
+// name is "job 123" or "service NAME".
+func (t *Tunnel) name(c jobfiles.Connection) string {
+	if t.o.Service != "" {
+		return fmt.Sprintf("service %s (job %s)", t.o.Service, c.JobID)
+	}
+	return "job " + c.JobID
+}
+
+func target(c jobfiles.Connection) string {
+	host := c.HeadAddress
+	if host == "" {
+		host = c.HeadHost
+	}
+	return net.JoinHostPort(host, strconv.Itoa(c.Port))
+}
+
+func ended(s jobfiles.ServiceState) bool {
+	return s == jobfiles.StateStopped || s == jobfiles.StateFailed
+}
+
+func describe(c jobfiles.Connection) string {
+	if c.Reason != "" {
+		return string(c.State) + ": " + c.Reason
+	}
+	return string(c.State)
+}
+
+// readConnection reads and parses the connection file; the first read's errors are the user's
+// to fix.
+func (t *Tunnel) readConnection(ctx context.Context) (jobfiles.Connection, error) {
+	var c jobfiles.Connection
+	b, err := t.src.read(ctx, t.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		what := "job " + t.o.Job
+		if t.o.Service != "" {
+			what = "service " + t.o.Service
+		}
+		return c, fmt.Errorf("%w: no %s on %s: %s does not exist there", ErrInput, what, t.src.where(), t.path)
+	case errors.Is(err, errUnreachable):
+		return c, fmt.Errorf("%w: %v", ErrInput, err)
+	case err != nil:
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%w: %s on %s is not a connection file: %v", ErrInput, t.path, t.src.where(), err)
+	}
+	if c.Port <= 0 || (c.HeadAddress == "" && c.HeadHost == "") {
+		return c, fmt.Errorf("%w: %s on %s names no head and port", ErrInput, t.path, t.src.where())
+	}
+	return c, nil
+}
+
+// keyLine copies the key when asked and says where it is; the key itself is never printed.
+func (t *Tunnel) keyLine(ctx context.Context, c jobfiles.Connection) (string, error) {
+	if c.APIKeyFile == "" {
+		return "# the endpoint takes no API key", nil
+	}
+	if !t.o.FetchKey {
+		return fmt.Sprintf("# the API key is in %s on %s; --fetch-key copies it here (mode 0600)", c.APIKeyFile, t.src.where()), nil
+	}
+	key, err := t.src.read(ctx, c.APIKeyFile)
+	if err != nil {
+		return "", fmt.Errorf("fetch the API key: %w", err)
+	}
+	path := t.o.KeyFile
+	if path == "" {
+		if t.o.Home == "" {
+			return "", fmt.Errorf("%w: no home directory for the key; give --key-file", ErrInput)
+		}
+		base := filepath.Join(t.o.Home, ".llm-agent")
+		for _, d := range []string{base, filepath.Join(base, "keys")} {
+			if err := securefs.EnsureDir(d); err != nil {
+				return "", fmt.Errorf("key directory: %w", err)
+			}
+		}
+		path = filepath.Join(base, "keys", c.JobID)
+	} else if err := securefs.CheckDir(filepath.Dir(path)); err != nil {
+		return "", fmt.Errorf("%w: --key-file: %v", ErrInput, err)
+	}
+	if err := jobfiles.WriteFileAtomic(path, key, 0o600); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("export OPENAI_API_KEY=$(cat %s)", path), nil
+}
+
+// serve passes each local connection to the head's API port.
+func (t *Tunnel) serve(ln net.Listener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			up, err := t.dial()
+			if err != nil {
+				return // the client sees the connection closed, and retries
+			}
+			defer up.Close()
+			splice(c, up)
+		}()
+	}
+}
+
+func (t *Tunnel) dial() (net.Conn, error) {
+	t.mu.Lock()
+	fwd, tgt := t.fwd, t.target
+	t.mu.Unlock()
+	if t.ssh == nil {
+		return net.DialTimeout("tcp", tgt, 10*time.Second)
+	}
+	if fwd == nil {
+		return nil, errors.New("the forward is down")
+	}
+	return fwd.dial()
+}
+
+// splice copies both ways until either side ends.
+func splice(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	<-done
+}
+
+// setTarget points new connections at tgt, starting the forward in ssh mode.
+func (t *Tunnel) setTarget(ctx context.Context, tgt string) error {
+	t.stopForward()
+	t.mu.Lock()
+	t.target = tgt
+	t.mu.Unlock()
+	if t.ssh == nil {
+		return nil
+	}
+	f, err := t.ssh.startForward(ctx, t.dir, tgt)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.fwd = f
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *Tunnel) stopForward() {
+	t.mu.Lock()
+	f := t.fwd
+	t.fwd = nil
+	t.mu.Unlock()
+	if f != nil {
+		f.stop()
+	}
+}
+
+// forwardDone is the exit channel of the running forward; nil (never ready) when there is none.
+func (t *Tunnel) forwardDone() (<-chan struct{}, *forward) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.fwd == nil {
+		return nil, nil
+	}
+	return t.fwd.done, t.fwd
+}
+
+// Backoff between reconnections: doubling from backoffMin to backoffMax, with jitter, and back
+// to backoffMin once the endpoint answers.
+const (
+	backoffMin = time.Second
+	backoffMax = 30 * time.Second
+	// rereadEvery is how many probes pass between reads of the connection file while the
+	// endpoint answers (a failed probe reads it at once).
+	rereadEvery = 10
+)
+
+func backoff(attempt int) time.Duration {
+	d := backoffMin << min(attempt, 5)
+	d = min(d, backoffMax)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// monitor keeps the forward up and the status line true until ctx ends or the job ends.
+func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz string) error {
+	if err := t.setTarget(ctx, target(conn)); err != nil {
+		return err
+	}
+	attempt := 0
+	var retry <-chan time.Time // set while the forward is down
+	tick := time.NewTicker(t.o.Interval)
+	defer tick.Stop()
+	probes := 0
+	check := func() error {
+		ok := t.probe(ctx, readyz)
+		probes++
+		if ok && probes%rereadEvery != 0 {
+			attempt = 0
+			t.show("ready", conn, "")
+			return nil
+		}
+		c, err := t.readConnection(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			t.show("unknown", conn, "cannot read the connection file: "+err.Error())
+			return nil
+		}
+		conn = c
+		switch {
+		case ended(c.State):
+			t.end(fmt.Sprintf("%s has ended (%s); the tunnel is closed", t.name(c), describe(c)))
+			if c.State == jobfiles.StateFailed {
+				return fmt.Errorf("%w: %s", ErrJobFailed, describe(c))
+			}
+			return errJobEnded
+		case target(c) != t.currentTarget():
+			t.show("moving", c, "to "+target(c))
+			return t.setTarget(ctx, target(c))
+		case ok:
+			attempt = 0
+			t.show("ready", c, "")
+		case c.State == jobfiles.StateReady:
+			t.show("unreachable", c, "the job says ready but "+readyz+" does not answer")
+		default:
+			t.show(string(c.State), c, c.Reason)
+		}
+		return nil
+	}
+	if err := check(); err != nil {
+		return ignoreEnded(err)
+	}
+	for {
+		done, fwd := t.forwardDone()
+		select {
+		case <-ctx.Done():
+			t.end("tunnel closed")
+			return nil
+		case <-done:
+			reason := fwd.exitReason()
+			t.stopForward()
+			d := backoff(attempt)
+			attempt++
+			t.show("reconnecting", conn, fmt.Sprintf("%s; next try in %s", reason, d.Round(100*time.Millisecond)))
+			retry = time.After(d)
+		case <-retry:
+			retry = nil
+			c, err := t.readConnection(ctx)
+			if err != nil {
+				d := backoff(attempt)
+				attempt++
+				t.show("reconnecting", conn, fmt.Sprintf("%v; next try in %s", err, d.Round(100*time.Millisecond)))
+				retry = time.After(d)
+				continue
+			}
+			conn = c
+			if ended(c.State) {
+				if err := check(); err != nil {
+					return ignoreEnded(err)
+				}
+				continue
+			}
+			if err := t.setTarget(ctx, target(c)); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if retry != nil {
+				continue // down; the retry timer brings it back
+			}
+			if err := check(); err != nil {
+				return ignoreEnded(err)
+			}
+		}
+	}
+}
+
+var errJobEnded = errors.New("job ended")
+
+func ignoreEnded(err error) error {
+	if errors.Is(err, errJobEnded) {
+		return nil
+	}
+	return err
+}
+
+func (t *Tunnel) currentTarget() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.target
+}
+
+// probe asks /readyz through the local port, the way a client's request goes.
+func (t *Tunnel) probe(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// show updates the status line: redrawn in place on a terminal, a new line on each change
+// elsewhere (a log).
+func (t *Tunnel) show(state string, c jobfiles.Connection, detail string) {
+	line := fmt.Sprintf("%s %-12s %s", time.Now().Format("15:04:05"), state, t.name(c))
+	if detail != "" {
+		line += " - " + detail
+	}
+	key := state + "|" + detail
+	if t.o.Terminal {
+		fmt.Fprintf(t.o.Out, "\r\033[K%s", line)
+	} else if key != t.state {
+		fmt.Fprintln(t.o.Out, line)
+	}
+	t.state = key
+}
+
+// end writes the last line.
+func (t *Tunnel) end(msg string) {
+	if t.o.Terminal {
+		fmt.Fprint(t.o.Out, "\r\033[K")
+	}
+	fmt.Fprintf(t.o.Out, "%s %s\n", time.Now().Format("15:04:05"), msg)
+}
