@@ -15,16 +15,19 @@ E2E_TIMEOUT ?= 30m
 # system's Python (an interpreter under root's home, such as pyenv's, is closed to others too).
 SECURITY_VENV ?= /var/tmp/llm-agent-e2e/venv
 SECURITY_PYTHON ?= /usr/bin/python3
+# The Python client (clients/python) and what its tests need: openai, pytest, pytest-cov.
+CLIENT_VENV ?= $(CURDIR)/.venv-client
 COVER_MIN ?= 85
 # Packages whose coverage is held to COVER_MIN: all but the thin command and the benchmark
 # programs under e2e/bench, which are measurement tools proven by running them.
 COVER_PKGS = $(shell $(GO) list ./... | grep -v -e /cmd/ -e /e2e/bench/)
 
 export LLM_AGENT_VENV := $(VENV)
+export LLM_AGENT_CLIENT_VENV := $(CLIENT_VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build laptop-bins venv deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build laptop-bins venv client-venv python-unit deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -78,6 +81,14 @@ unit:
 		if (p + 0 < min) { print "coverage of " pkg " is " p "%, below " min "%"; bad = 1 } } } END { exit bad }' .unit.out
 	@rm -f .unit.out
 
+# The Python client's environment, and its unit tests with coverage.
+client-venv:
+	[ -x $(CLIENT_VENV)/bin/python ] || python3 -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install -q -e 'clients/python[test]'
+
+python-unit: client-venv
+	cd clients/python && $(CLIENT_VENV)/bin/python -m pytest -q -p no:cacheprovider --cov=llm_agent_client --cov-report=term-missing --cov-fail-under=90 tests
+
 # Proof that the unit target fails when a unit test fails (e2e/makecheck runs make unit on a copy).
 check-make:
 	$(GO) test -tags makecheck -count=1 -v ./e2e/makecheck/
@@ -92,7 +103,7 @@ cluster-down:
 # as the engine. The cluster is brought up first and taken down afterwards, pass or fail; a
 # tear-down that leaves anything behind (down.sh checks) fails the target. (The
 # recipe brings it up itself: as a prerequisite, make would bring it up once for both suites.)
-e2e: build venv
+e2e: build venv client-venv
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
@@ -121,7 +132,7 @@ e2e-vllm: build
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-test: ensure-deps lint check-deploy check-make unit e2e e2e-security e2e-vllm
+test: ensure-deps lint check-deploy check-make unit python-unit e2e e2e-security e2e-vllm
 
 demo: ensure-deps build venv cluster-up
 	e2e/demo.sh

@@ -77,7 +77,8 @@ func New(o Options) *Gateway {
 	return &Gateway{opts: o, client: &http.Client{Transport: o.Engine.Transport(256)}, engineURL: o.Engine.BaseURL()}
 }
 
-// Handler serves /v1/* (authenticated, proxied), /healthz and /readyz; nothing else.
+// Handler serves /v1/*, /tokenize and /detokenize (authenticated, proxied), /healthz and /readyz;
+// nothing else.
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -94,6 +95,10 @@ func (g *Gateway) Handler() http.Handler {
 		w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("/v1/", g.proxy)
+	// vLLM's tokenizer endpoints, behind the same keys: llm-agent bench builds prompts of an
+	// exact length in the served model's tokens with them.
+	mux.HandleFunc("POST /tokenize", g.proxy)
+	mux.HandleFunc("POST /detokenize", g.proxy)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "invalid_request_error", "not_found",
 			fmt.Sprintf("%s is not served here; the API is under /v1", r.URL.Path))
@@ -135,7 +140,7 @@ func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
 // endpoint names a /v1 path for metrics, with the set of labels kept small.
 func endpoint(path string) string {
 	switch path {
-	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models":
+	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize":
 		return path
 	}
 	if strings.HasPrefix(path, "/v1/models/") {

@@ -9,16 +9,17 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/llm-agent/llm-agent/clients/bench"
 	"github.com/llm-agent/llm-agent/clients/tunnel"
 )
 
 // clientCommands are the commands for the user's side: they build without cgo, for laptops.
 func clientCommands() []*cli.Command {
-	return []*cli.Command{tunnelCommand(), hostnamesCommand()}
+	return []*cli.Command{tunnelCommand(), benchCommand(), hostnamesCommand()}
 }
 
 // clientInputErrors are the client commands' errors of input the user must fix: they exit 2.
-var clientInputErrors = []error{tunnel.ErrInput}
+var clientInputErrors = []error{tunnel.ErrInput, bench.ErrInput}
 
 func tunnelCommand() *cli.Command {
 	return &cli.Command{

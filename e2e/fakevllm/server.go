@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/http"
 	"strings"
@@ -159,13 +160,29 @@ func (s *server) models(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// tokenize answers as vLLM's /tokenize does; the test double's tokens are its words, each
+// word's id a hash of it.
 func (s *server) tokenize(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Prompt string `json:"prompt"`
 	}
 	json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req)
-	n := len(strings.Fields(req.Prompt))
-	writeJSON(w, http.StatusOK, map[string]any{"count": n, "max_model_len": max(s.o.maxModelLen, 2048)})
+	fields := strings.Fields(req.Prompt)
+	tokens := make([]int, len(fields))
+	for i, f := range fields {
+		h := fnv.New32a()
+		h.Write([]byte(f))
+		tokens[i] = int(h.Sum32() % 50000)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"count": len(tokens), "max_model_len": max(s.o.maxModelLen, 2048), "tokens": tokens, "token_strs": nil})
+}
+
+// promptTokens counts a completion prompt: a text's words, or the token ids of a list.
+func promptTokens(p any) int {
+	if ids, ok := p.([]any); ok {
+		return len(ids)
+	}
+	return len(strings.Fields(fmt.Sprint(p)))
 }
 
 // request is the part of a completion request the fake reads.
@@ -212,7 +229,7 @@ func (s *server) complete(chat bool) http.HandlerFunc {
 				prompt += len(strings.Fields(fmt.Sprint(m.Content)))
 			}
 		} else {
-			prompt = len(strings.Fields(fmt.Sprint(req.Prompt)))
+			prompt = promptTokens(req.Prompt)
 		}
 		n := 16
 		if req.MaxTokens != nil {

@@ -1,0 +1,162 @@
+//go:build e2evllm
+
+package e2e
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
+)
+
+// benchRun is what both benchmarks report of one run.
+type benchRun struct {
+	tool       string
+	throughput float64 // requests per second
+	medianTTFT float64 // ms
+}
+
+// TestBenchAgreesWithVLLMBench runs llm-agent bench and vllm bench serve (from the same vLLM
+// install) on the same endpoint and workload, alternating, three times each: request
+// throughput and median TTFT must agree within 10%. Raw output goes to $LLM_AGENT_BENCH_OUT
+// when set (docs/data keeps a copy).
+func TestBenchAgreesWithVLLMBench(t *testing.T) {
+	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1))
+	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
+	// This machine may have two cores: the engine and its gateway get one, each benchmark the
+	// other, so that neither client's own work slows the engine it measures.
+	cpus := runtime.NumCPU()
+	require.GreaterOrEqual(t, cpus, 2, "the comparison needs a core for the engine and one for the client")
+	pids, err := exec.Command("ip", "netns", "pids", "llmnode1").Output()
+	require.NoError(t, err)
+	for _, pid := range strings.Fields(string(pids)) {
+		exec.Command("taskset", "-a", "-p", "-c", "0", pid).Run() // a process may have ended meanwhile
+	}
+	client := strconv.Itoa(cpus - 1)
+	outDir := os.Getenv("LLM_AGENT_BENCH_OUT")
+	if outDir == "" {
+		outDir = t.TempDir()
+	}
+	require.NoError(t, os.MkdirAll(outDir, 0o755))
+	keyFile := filepath.Join(t.TempDir(), "key")
+	require.NoError(t, os.WriteFile(keyFile, []byte(j.apiKey(c)+"\n"), 0o600))
+	const (
+		prompts     = "192"
+		n           = 192
+		concurrency = "4"
+		inputLen    = "64"
+		outputLen   = "32"
+	)
+	// The same kind of text prompts as vllm bench serve's random dataset, made its way with the
+	// model's tokenizer: random ids, decoded, re-encoded and cut to the length, decoded again.
+	// (llm-agent bench's own random prompts are token ids, which the server does not tokenize;
+	// they are run too, for the exact input length.)
+	texts := filepath.Join(outDir, "random-text-prompts.jsonl")
+	gen := exec.Command(filepath.Join(suite.venv, "bin", "python"), "-c", `
+import json, random, sys
+from transformers import AutoTokenizer
+t = AutoTokenizer.from_pretrained(sys.argv[1])
+r = random.Random(0)
+with open(sys.argv[2], "w") as f:
+    for _ in range(int(sys.argv[3])):
+        ids = t.encode(t.decode([r.randrange(t.vocab_size) for _ in range(int(sys.argv[4]))]), add_special_tokens=False)
+        f.write(json.dumps({"prompt": t.decode(ids[:int(sys.argv[4])])}) + "\n")
+`, tiny(t), texts, prompts, inputLen)
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("text prompts: %v\n%s", err, out)
+	}
+	ours := func(name string, i int, workload ...string) benchRun {
+		base := filepath.Join(outDir, "llm-agent-bench-"+name+"-"+strconv.Itoa(i))
+		args := append([]string{"-c", client, suite.agentBin, "bench", "--url", c.BaseURL, "--api-key-file", keyFile, "--model", c.ServedModelName,
+			"--output-len", outputLen, "--ignore-eos", "--num-prompts", prompts, "--max-concurrency", concurrency,
+			"--seed", strconv.Itoa(i), "--json", base + ".json"}, workload...)
+		out, err := exec.Command("taskset", args...).CombinedOutput()
+		require.NoError(t, err, "llm-agent bench: %s", out)
+		require.NoError(t, os.WriteFile(base+".txt", out, 0o644))
+		var doc struct {
+			Runs []struct {
+				Completed, Failed int
+				RequestThroughput float64 `json:"request_throughput"`
+				TTFT              struct {
+					Median float64 `json:"median"`
+				} `json:"ttft_ms"`
+				InputChecked    int `json:"input_len_checked"`
+				InputMismatched int `json:"input_len_mismatched"`
+			} `json:"runs"`
+		}
+		b, err := os.ReadFile(base + ".json")
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal(b, &doc))
+		require.Len(t, doc.Runs, 1)
+		r := doc.Runs[0]
+		require.Equal(t, n, r.Completed, "%s", out)
+		if name == "ids" {
+			assert.Equal(t, n, r.InputChecked, "every request's prompt_tokens is checked")
+			assert.Zero(t, r.InputMismatched, "the input length is exact")
+		}
+		return benchRun{"llm-agent bench (" + name + ")", r.RequestThroughput, r.TTFT.Median}
+	}
+	theirs := func(i int) benchRun {
+		name := "vllm-bench-serve-" + strconv.Itoa(i) + ".json"
+		cmd := exec.Command("taskset", "-c", client, vllmBin(t), "bench", "serve", "--backend", "vllm", "--base-url", strings.TrimSuffix(c.BaseURL, "/v1"),
+			"--endpoint", "/v1/completions", "--model", tiny(t), "--served-model-name", c.ServedModelName, "--tokenizer", tiny(t),
+			"--dataset-name", "random", "--random-input-len", inputLen, "--random-output-len", outputLen, "--ignore-eos",
+			"--num-prompts", prompts, "--max-concurrency", concurrency, "--seed", strconv.Itoa(i),
+			"--save-result", "--result-dir", outDir, "--result-filename", name, "--disable-tqdm")
+		cmd.Env = append(os.Environ(), "OPENAI_API_KEY="+j.apiKey(c))
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "vllm bench serve: %s", tail(string(out), 30))
+		require.NoError(t, os.WriteFile(filepath.Join(outDir, "vllm-bench-serve-"+strconv.Itoa(i)+".txt"), out, 0o644))
+		var doc struct {
+			Completed         int     `json:"completed"`
+			RequestThroughput float64 `json:"request_throughput"`
+			MedianTTFT        float64 `json:"median_ttft_ms"`
+		}
+		b, err := os.ReadFile(filepath.Join(outDir, name))
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal(b, &doc))
+		require.Equal(t, n, doc.Completed)
+		return benchRun{"vllm bench serve", doc.RequestThroughput, doc.MedianTTFT}
+	}
+	// A first run of each, not counted, warms the engine (and the page cache of vLLM's client).
+	ours("ids", 9, "--input-len", inputLen)
+	theirs(9)
+	var ids, a, b []benchRun
+	start := time.Now()
+	for i := 0; i < 3; i++ {
+		ids = append(ids, ours("ids", i, "--input-len", inputLen))
+		a = append(a, ours("text", i, "--dataset", "jsonl", "--dataset-path", texts))
+		b = append(b, theirs(i))
+	}
+	mean := func(rs []benchRun, f func(benchRun) float64) float64 {
+		s := 0.0
+		for _, r := range rs {
+			s += f(r)
+		}
+		return s / float64(len(rs))
+	}
+	for i := range a {
+		t.Logf("BENCH bench-vs-vllm run %d: llm-agent bench text prompts %.3f req/s, median TTFT %.2f ms; vllm bench serve %.3f req/s, median TTFT %.2f ms; llm-agent bench token-id prompts %.3f req/s, median TTFT %.2f ms",
+			i, a[i].throughput, a[i].medianTTFT, b[i].throughput, b[i].medianTTFT, ids[i].throughput, ids[i].medianTTFT)
+	}
+	tput := func(r benchRun) float64 { return r.throughput }
+	ttft := func(r benchRun) float64 { return r.medianTTFT }
+	ta, tb := mean(a, tput), mean(b, tput)
+	fa, fb := mean(a, ttft), mean(b, ttft)
+	t.Logf("BENCH bench-vs-vllm mean of 3 (%.0f s): request throughput %.3f vs %.3f req/s (ratio %.3f); median TTFT %.2f vs %.2f ms (ratio %.3f)",
+		time.Since(start).Seconds(), ta, tb, ta/tb, fa, fb, fa/fb)
+	t.Logf("BENCH bench-vs-vllm token-id prompts, mean of 3: %.3f req/s, median TTFT %.2f ms (the server tokenizes no text)", mean(ids, tput), mean(ids, ttft))
+	assert.Less(t, math.Abs(ta/tb-1), 0.10, "request throughput agrees within 10%%")
+	assert.Less(t, math.Abs(fa/fb-1), 0.10, "median TTFT agrees within 10%%")
+}
