@@ -143,6 +143,7 @@ func (h *head) initialConnection() jobfiles.Connection {
 		GPUs:             a.alloc.TotalGPUs(),
 		MetricsPort:      h.ports.Metrics,
 		SSHTunnel:        jobfiles.SSHTunnelCommand(h.ports.API, a.alloc.Head(), userName, login),
+		Tunnel:           jobfiles.TunnelCommand(a.alloc.JobID, userName, login),
 		StartedAt:        a.started.UTC(),
 		Restarts:         map[string]int{"vllm": 0},
 		Gateway:          a.cfg.Gateway,

@@ -44,6 +44,7 @@ type StatusReport struct {
 	Restarts  map[string]int        `json:"restarts"`
 	Nodes     []NodeStatus          `json:"nodes"`
 	SSHTunnel string                `json:"ssh_tunnel"`
+	Tunnel    string                `json:"tunnel,omitempty"`
 	File      string                `json:"connection_file"`
 }
 
@@ -58,7 +59,7 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 	}
 	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
-		SSHTunnel: c.SSHTunnel, File: path}
+		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path}
 	live := c.State != jobfiles.StateStopped && c.State != jobfiles.StateFailed
 	// An ended job's uptime runs to its last update (when it stopped), and it has no time left.
 	upTo := now
@@ -158,7 +159,12 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "node %s\t%s, %s\n", n.Node, n.Role, s)
 	}
-	fmt.Fprintf(tw, "tunnel\t%s\n", r.SSHTunnel)
+	if r.Tunnel != "" {
+		fmt.Fprintf(tw, "tunnel\t%s\n", r.Tunnel)
+		fmt.Fprintf(tw, "or ssh\t%s\n", r.SSHTunnel)
+	} else {
+		fmt.Fprintf(tw, "tunnel\t%s\n", r.SSHTunnel)
+	}
 	return tw.Flush()
 }
 

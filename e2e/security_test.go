@@ -301,6 +301,11 @@ func TestAttacksFail(t *testing.T) {
 			out, _ := as(farNode, attacker, fmt.Sprintf(`curl -s -m 10 -o /dev/null -w '%%{http_code}' %s -H 'Content-Type: application/json' `+
 				`-d '{"model":"tiny-test","prompt":"x"}' %s/v1/completions`, tc.auth, base))
 			a.record("the gateway with "+tc.name+" (POST /v1/completions)", nodeName(farNode), "401", "HTTP code "+out, out == "401")
+			for _, path := range []string{"/tokenize", "/detokenize"} { // vLLM's tokenizer, passed through for llm-agent bench
+				out, _ := as(farNode, attacker, fmt.Sprintf(`curl -s -m 10 -o /dev/null -w '%%{http_code}' %s -H 'Content-Type: application/json' `+
+					`-d '{"model":"tiny-test","prompt":"x"}' %s%s`, tc.auth, base, path))
+				a.record("the gateway with "+tc.name+" (POST "+path+")", nodeName(farNode), "401", "HTTP code "+out, out == "401")
+			}
 		}
 		out, _ := as(farNode, attacker, "curl -s -m 10 "+base+"/readyz")
 		a.record("the gateway's public /readyz", nodeName(farNode), "ready or not ready, nothing more", out, out == "ready")

@@ -73,13 +73,15 @@ type Connection struct {
 	// RayDashboardTunnel forwards the head's loopback dashboard port to the owner's machine.
 	RayDashboardTunnel string `json:"ray_dashboard_tunnel,omitempty"`
 	// RayTokenFile holds the token every Ray client of the job must present.
-	RayTokenFile string         `json:"ray_token_file,omitempty"`
-	SSHTunnel    string         `json:"ssh_tunnel"`
-	StartedAt    time.Time      `json:"started_at"`
-	ReadyAt      *time.Time     `json:"ready_at,omitempty"`
-	JobEndTime   *time.Time     `json:"job_end_time,omitempty"`
-	Restarts     map[string]int `json:"restarts"`
-	UpdatedAt    time.Time      `json:"updated_at"`
+	RayTokenFile string `json:"ray_token_file,omitempty"`
+	SSHTunnel    string `json:"ssh_tunnel"`
+	// Tunnel is the llm-agent tunnel command to run on a laptop for this job.
+	Tunnel     string         `json:"tunnel,omitempty"`
+	StartedAt  time.Time      `json:"started_at"`
+	ReadyAt    *time.Time     `json:"ready_at,omitempty"`
+	JobEndTime *time.Time     `json:"job_end_time,omitempty"`
+	Restarts   map[string]int `json:"restarts"`
+	UpdatedAt  time.Time      `json:"updated_at"`
 }
 
 // ReadConnection reads a connection file.
@@ -105,6 +107,17 @@ func SSHTunnelCommand(port int, head, user, login string) string {
 		login = "LOGIN-HOST"
 	}
 	return fmt.Sprintf("ssh -N -L %d:%s:%d %s@%s", port, head, port, user, login)
+}
+
+// TunnelCommand returns the llm-agent tunnel command that a laptop runs for the job.
+func TunnelCommand(jobID, user, login string) string {
+	if user == "" {
+		user = "USER"
+	}
+	if login == "" {
+		login = "LOGIN-HOST"
+	}
+	return fmt.Sprintf("llm-agent tunnel --login %s@%s %s", user, login, jobID)
 }
 
 // DashboardTunnelCommand returns the ssh command that forwards the head's loopback-only Ray
