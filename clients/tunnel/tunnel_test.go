@@ -267,7 +267,8 @@ func TestLocalTunnel(t *testing.T) {
 // when ssh drops, and returns ErrJobFailed when the job fails.
 func TestSSHTunnel(t *testing.T) {
 	home, pids := t.TempDir(), t.TempDir()
-	j := newJob(t, home, "78", head(t, "a"))
+	a, b := head(t, "a"), head(t, "b")
+	j := newJob(t, home, "78", a)
 	port := freePort(t)
 	keyDir := filepath.Join(t.TempDir(), "keys")
 	require.NoError(t, os.Mkdir(keyDir, 0o700))
@@ -300,6 +301,15 @@ func TestSSHTunnel(t *testing.T) {
 	body, err = get(t, port, "/v1/models")
 	require.NoError(t, err)
 	assert.Equal(t, "a /v1/models", body)
+
+	// The head moves (a requeued job): ssh forwards to the new one, on the same local port.
+	j.point(b)
+	a.Close()
+	at = r.out.waitFor(t, at, "moving")
+	at = r.out.waitFor(t, at, "ready")
+	body, err = get(t, port, "/v1/models")
+	require.NoError(t, err)
+	assert.Equal(t, "b /v1/models", body)
 
 	j.setState(jobfiles.StateFailed, "engine crashed 5 times")
 	require.ErrorIs(t, r.wait(t), ErrJobFailed)

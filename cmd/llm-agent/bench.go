@@ -47,7 +47,7 @@ func benchCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Category: "Workload", Usage: "random seed of prompts and arrivals"},
 			&cli.IntFlag{Name: "num-prompts", Category: "Load", Value: 100, Usage: "requests per run"},
 			&cli.DurationFlag{Name: "duration", Category: "Load", Value: 10 * time.Minute, Usage: "time bound of each run; requests still running then are aborted and left out (0: none)"},
-			&cli.IntFlag{Name: "max-concurrency", Category: "Load", Usage: "requests in flight at most (default: no bound)"},
+			&cli.IntFlag{Name: "max-concurrency", Category: "Load", Usage: "requests in flight at most", DefaultText: "no bound"},
 			&cli.StringFlag{Name: "request-rate", Category: "Load", Value: "inf", Usage: "requests per second, or inf for all at once; a comma-separated list sweeps"},
 			&cli.Float64Flag{Name: "burstiness", Category: "Load", Value: 1, Usage: "shape of the gamma-distributed arrival gaps: 1 is Poisson, lower is burstier"},
 			&cli.StringSliceFlag{Name: "goodput", Category: "Targets", Usage: "service-level targets for goodput, such as \"ttft:200 tpot:50 e2el:5000\" (milliseconds)"},

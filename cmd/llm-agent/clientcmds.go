@@ -26,7 +26,7 @@ func tunnelCommand() *cli.Command {
 		Name:         "tunnel",
 		OnUsageError: onUsageError,
 		Usage:        "forward a job's endpoint to a local port, from a laptop through the login host, and watch it",
-		UsageText:    "llm-agent tunnel JOBID|--service NAME [--login USER@HOST] [--local-port P] [--fetch-key]",
+		UsageText:    "llm-agent tunnel [--login USER@HOST] [--local-port P] [--fetch-key] [options] JOBID|STATE_DIR|connection.json\nllm-agent tunnel [--login USER@HOST] [options] --service NAME",
 		ArgsUsage:    "JOBID | STATE_DIR | connection.json",
 		Description: "Reads the job's connection file through the login host (with the system's ssh, as you log in), " +
 			"forwards 127.0.0.1:P to the head's API port and prints the lines to paste. Every few seconds it asks " +
@@ -37,7 +37,7 @@ func tunnelCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "service", Usage: "a service's name instead of a job (~/.llm-agent/services/NAME)"},
 			&cli.StringFlag{Name: "login", Usage: "login host to go through, as ssh takes it ([USER@]HOST or a Host of ~/.ssh/config); empty when running on the login host"},
-			&cli.IntFlag{Name: "local-port", Usage: "port on 127.0.0.1 (default: the job's own API port)"},
+			&cli.IntFlag{Name: "local-port", Usage: "port on 127.0.0.1", DefaultText: "the job's own API port"},
 			&cli.BoolFlag{Name: "fetch-key", Usage: "copy the job's API key to --key-file (mode 0600)"},
 			&cli.StringFlag{Name: "key-file", Usage: "where --fetch-key writes the key (default: ~/.llm-agent/keys/JOBID)"},
 			&cli.StringSliceFlag{Name: "ssh-option", Usage: "an ssh -o option, such as IdentityFile=~/.ssh/id_cluster (repeatable)"},
