@@ -229,3 +229,28 @@ func TestEngineGenerationAndRankEnds(t *testing.T) {
 	assert.Equal(t, "10.0.0.2", infos[0].Address, "the rest of the node file is kept")
 	assert.Equal(t, &EngineEnd{Generation: 3, Reason: "exit status 1"}, infos[0].EngineEnded)
 }
+
+func TestTunnelCommand(t *testing.T) {
+	assert.Equal(t, "llm-agent tunnel --login alice@login 42", TunnelCommand("42", "alice", "login"))
+	assert.Equal(t, "llm-agent tunnel --login USER@LOGIN-HOST 42", TunnelCommand("42", "", ""))
+}
+
+func TestFindConnection(t *testing.T) {
+	home := t.TempDir()
+	jobDir := filepath.Join(home, JobsDir, "77")
+	require.NoError(t, os.MkdirAll(jobDir, 0o700))
+	file := filepath.Join(jobDir, ConnectionFile)
+	require.NoError(t, os.WriteFile(file, []byte("{}"), 0o600))
+	for _, arg := range []string{"77", jobDir, file} {
+		got, err := FindConnection(arg, home)
+		require.NoError(t, err, arg)
+		assert.Equal(t, file, got)
+	}
+	_, err := FindConnection("78", home)
+	assert.ErrorIs(t, err, ErrNoJob)
+	assert.Contains(t, err.Error(), filepath.Join(home, JobsDir, "78", ConnectionFile))
+	_, err = FindConnection("", home)
+	assert.ErrorIs(t, err, ErrNoJob)
+	_, err = FindConnection("77", "")
+	assert.ErrorIs(t, err, ErrNoJob, "no home: only paths")
+}
