@@ -27,7 +27,7 @@ export LLM_AGENT_CLIENT_VENV := $(CLIENT_VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build laptop-bins venv client-venv python-unit deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build laptop-bins ensure-test-deps venv client-venv python-unit deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -46,17 +46,24 @@ laptop-bins:
 venv:
 	slurm-scripts/setup_environment.sh --venv $(VENV)
 
-# System packages the mini-cluster and the checks need (Debian, as root).
-DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates openssh-client openssh-server
+# System packages the mini-cluster and the checks need (Debian, as root). The tests add the
+# OpenSSH server for the mini-cluster's login host; the demo does not install it (on a
+# machine with systemd, Debian's package also starts a server on port 22).
+DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates
+TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server
 
 deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES) >/dev/null
 
 # ensure-deps installs the system packages that are missing, when it can (root on Debian), and
-# says which; elsewhere it names them. make demo and make test start with it.
+# says which; elsewhere it names them. make demo starts with it, make test with ensure-test-deps.
+PACKAGES ?= $(DEBIAN_PACKAGES)
+ensure-test-deps:
+	@$(MAKE) --no-print-directory ensure-deps PACKAGES="$(TEST_PACKAGES)"
+
 ensure-deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done | tr '\n' ' '); \
+	@missing=$$(for p in $(PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done | tr '\n' ' '); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "make: installing the missing Debian packages: $$missing"; \
@@ -132,7 +139,7 @@ e2e-vllm: build
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-test: ensure-deps lint check-deploy check-make unit python-unit e2e e2e-security e2e-vllm
+test: ensure-test-deps lint check-deploy check-make unit python-unit e2e e2e-security e2e-vllm
 
 demo: ensure-deps build venv cluster-up
 	e2e/demo.sh
