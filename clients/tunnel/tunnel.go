@@ -230,10 +230,30 @@ func (t *Tunnel) keyLine(ctx context.Context, c jobfiles.Connection) (string, er
 	return fmt.Sprintf("export OPENAI_API_KEY=$(cat %s)", path), nil
 }
 
-// serve passes each local connection to the head's API port.
+// serve passes each local connection to the head's API port. When the listener closes, it
+// closes the connections still open (a client's idle keep-alive one would otherwise hold the
+// tunnel open) and waits for them.
 func (t *Tunnel) serve(ln net.Listener) {
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	var mu sync.Mutex
+	open := map[net.Conn]struct{}{}
+	track := func(c net.Conn, add bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if add {
+			open[c] = struct{}{}
+		} else {
+			delete(open, c)
+		}
+	}
+	defer func() {
+		mu.Lock()
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -242,14 +262,18 @@ func (t *Tunnel) serve(ln net.Listener) {
 			}
 			continue
 		}
+		track(c, true)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer track(c, false)
 			defer c.Close()
 			up, err := t.dial()
 			if err != nil {
 				return // the client sees the connection closed, and retries
 			}
+			track(up, true)
+			defer track(up, false)
 			defer up.Close()
 			splice(c, up)
 		}()

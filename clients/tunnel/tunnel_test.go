@@ -411,3 +411,22 @@ func TestStatusLineOnATerminal(t *testing.T) {
 	assert.Equal(t, "service chat (job 5)", (&Tunnel{o: Options{Service: "chat"}}).name(jobfiles.Connection{JobID: "5"}))
 	assert.True(t, errors.Is(fmt.Errorf("x: %w", ErrInput), ErrInput))
 }
+
+// TestEndsWithAnIdleClientConnection: a client's keep-alive connection left open does not hold
+// the tunnel open after Ctrl-C.
+func TestEndsWithAnIdleClientConnection(t *testing.T) {
+	home := t.TempDir()
+	newJob(t, home, "83", head(t, "a"))
+	port := freePort(t)
+	r := start(t, Options{Job: "83", Home: home, LocalPort: port})
+	r.out.waitFor(t, 0, "ready")
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	require.NoError(t, err)
+	defer c.Close()
+	fmt.Fprint(c, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+	buf := make([]byte, 512)
+	_, err = c.Read(buf)
+	require.NoError(t, err)
+	r.cancel()
+	require.NoError(t, r.wait(t))
+}
