@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,4 +116,60 @@ func TestGatewayKeysAuditAndEngineRestart(t *testing.T) {
 	assert.Contains(t, string(out), "genomics")
 	assert.NotContains(t, j.outputText(), aliceKey, "no key in the job output")
 	requireNoProcesses(t, drainBound)
+}
+
+// TestKeyModelAccessAndRateLimits: a key limited to other models gets 404 for the served one,
+// as if it did not exist; a key past its requests per minute gets 429 with Retry-After, and
+// is served again once that time has passed.
+func TestKeyModelAccessAndRateLimits(t *testing.T) {
+	const carolKey, daveKey = "sk-carol-e2e-0123456789abcdef", "sk-dave-e2e-0123456789abcdef0"
+	keys := filepath.Join(suite.work, "keys-"+strings.ReplaceAll(t.Name(), "/", "_")+".yaml")
+	require.NoError(t, os.WriteFile(keys, []byte("keys:\n"+
+		"  - {name: carol, project: p, key: "+carolKey+", models: [another-model]}\n"+
+		"  - {name: dave, project: q, key: "+daveKey+", models: [tiny-test], requests_per_minute: 12}\n"), 0o600))
+	j := submit(t, jobSpec{script: "singlenode.sbatch", sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
+		agent: []string{"--keys-file", keys}})
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
+	require.Equal(t, "tiny-test", c.ServedModelName)
+
+	resp, body := chat(t, c.BaseURL, carolKey, c.ServedModelName, false)
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode, string(body))
+	assert.Contains(t, string(body), "The model `tiny-test` does not exist.")
+	req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+	req.Header.Set("Authorization", "Bearer "+carolKey)
+	mresp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var list struct {
+		Data []any `json:"data"`
+	}
+	require.NoError(t, json.NewDecoder(mresp.Body).Decode(&list))
+	mresp.Body.Close()
+	assert.Empty(t, list.Data, "carol sees no model she may not use")
+
+	for i := 0; i < 12; i++ {
+		resp, body := chat(t, c.BaseURL, daveKey, c.ServedModelName, false)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "request %d: %s", i+1, body)
+	}
+	resp, body = chat(t, c.BaseURL, daveKey, c.ServedModelName, false)
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, string(body))
+	assert.Contains(t, string(body), "rate_limit_exceeded")
+	retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	require.NoError(t, err)
+	assert.True(t, retry >= 1 && retry <= 5, "12 a minute: one comes back every 5 s, less what came back meanwhile; Retry-After %d", retry)
+	// Asking again and again is answered 429 (and costs nothing) until Retry-After has passed.
+	throttledAt := time.Now()
+	var servedAfter time.Duration
+	require.True(t, assertEventually(time.Duration(retry+5)*time.Second, func() bool {
+		resp, _ := chat(t, c.BaseURL, daveKey, c.ServedModelName, false)
+		servedAfter = time.Since(throttledAt)
+		return resp.StatusCode == http.StatusOK
+	}), "dave is never served again")
+	assert.InDelta(t, float64(retry), servedAfter.Seconds(), 1.0, "served again when Retry-After said")
+
+	audit, err := os.ReadFile(filepath.Join(j.stateDir, "audit.jsonl"))
+	require.NoError(t, err)
+	assert.Contains(t, string(audit), `"status":429`)
+	assert.Contains(t, string(audit), "rate limit: requests_per_minute")
+	metrics := metricsText(t, c.Metrics[0].MetricsURL)
+	assert.Contains(t, metrics, `llm_agent_gateway_throttled_total{job="`+j.id+`",key="dave",limit="requests_per_minute",node="node1",project="q"} 1`)
 }

@@ -117,6 +117,7 @@ type requestFields struct {
 	model                string
 	stream, includeUsage bool
 	hasPriority          bool
+	maxTokens            int                        // max_tokens or max_completion_tokens; 0 when absent
 	streamOptions        map[string]json.RawMessage // nil when absent or unreadable
 	spans                map[string]span
 }
@@ -124,7 +125,7 @@ type requestFields struct {
 // inspect reads the fields the gateway needs; ok is false for a body that is not a JSON object,
 // which the engine answers itself.
 func inspect(body []byte) (requestFields, bool) {
-	spans, ok := topLevel(body, "model", "stream", "stream_options", "priority")
+	spans, ok := topLevel(body, "model", "stream", "stream_options", "priority", "max_tokens", "max_completion_tokens")
 	if !ok {
 		return requestFields{}, false
 	}
@@ -136,6 +137,14 @@ func inspect(body []byte) (requestFields, bool) {
 		f.model = "(too long)"
 	}
 	_, f.hasPriority = spans["priority"]
+	for _, k := range []string{"max_tokens", "max_completion_tokens"} {
+		if s, ok := spans[k]; ok && s.end-s.start <= 20 {
+			var n int
+			if json.Unmarshal(value(k), &n) == nil && n > f.maxTokens {
+				f.maxTokens = n
+			}
+		}
+	}
 	f.stream = bytes.Equal(value("stream"), []byte("true"))
 	if s, ok := spans["stream_options"]; ok && s.end-s.start <= maxInspected {
 		if json.Unmarshal(value("stream_options"), &f.streamOptions) == nil && f.streamOptions != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -60,6 +61,7 @@ type Gateway struct {
 	draining atomic.Bool
 	active   atomic.Int64
 	progress progress
+	quotas   quotas
 }
 
 // New returns a gateway.
@@ -159,6 +161,8 @@ type exchange struct {
 	prompt, complete int
 	ttft             time.Duration
 	err              string
+	maxTokens        int    // what the request asks for at most
+	throttledBy      string // the key's limit that answered 429
 }
 
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
@@ -189,6 +193,23 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	body, injected, err := g.requestBody(w, r, x)
 	if err != nil {
 		return // answered
+	}
+	if key.Restricted() {
+		if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok {
+			x.model = auditField(id, maxModelField)
+		}
+		if (r.Method == http.MethodPost || x.model != "") && !key.Allows(x.model) {
+			g.modelNotFound(w, x)
+			return
+		}
+	}
+	if q := g.quotas.of(key, time.Now()); q != nil {
+		reserved, limit, retry := q.admit(x.maxTokens, time.Now())
+		if limit != "" {
+			g.throttled(w, x, limit, retry)
+			return
+		}
+		defer func() { q.done(reserved, x.prompt+x.complete) }()
 	}
 	req, err := g.engineRequest(r, body)
 	if err != nil {
@@ -252,6 +273,28 @@ func (g *Gateway) engineRequest(r *http.Request, body []byte) (*http.Request, er
 	return req, nil
 }
 
+// modelNotFound answers a model the key may not use as the engine answers one it does not
+// serve, without the engine's list of the names it does serve: the key learns nothing of the
+// models it may not use.
+func (g *Gateway) modelNotFound(w http.ResponseWriter, x *exchange) {
+	x.status, x.err = http.StatusNotFound, "model not found or not allowed for this key"
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": fmt.Sprintf("The model `%s` does not exist.", x.model),
+		"type": "NotFoundError", "param": "model", "code": http.StatusNotFound}})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(x.status)
+	w.Write(b)
+}
+
+// throttled answers 429 for a key past one of its limits, as OpenAI's API does.
+func (g *Gateway) throttled(w http.ResponseWriter, x *exchange, limit string, retry time.Duration) {
+	secs := max(1, int(math.Ceil(retry.Seconds())))
+	x.status, x.err, x.throttledBy = http.StatusTooManyRequests, "rate limit: "+limit, limit
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeError(w, x.status, "rate_limit_error", "rate_limit_exceeded",
+		fmt.Sprintf("rate limit reached for this key (%s); retry after %d s", limit, secs))
+}
+
 func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
 	x.status = http.StatusServiceUnavailable
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))
@@ -282,7 +325,7 @@ func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchang
 	if !ok {
 		return body, false, nil // the engine answers what is not a JSON object itself
 	}
-	x.model, x.stream = auditField(f.model, maxModelField), f.stream
+	x.model, x.stream, x.maxTokens = auditField(f.model, maxModelField), f.stream, f.maxTokens
 	injected := f.stream && !f.includeUsage
 	if injected {
 		so := f.streamOptions

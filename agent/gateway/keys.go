@@ -35,6 +35,14 @@ type Key struct {
 	Key      string `yaml:"key,omitempty" json:"key,omitempty"`
 	SHA256   string `yaml:"sha256,omitempty" json:"sha256,omitempty"`
 	Priority *int   `yaml:"priority,omitempty" json:"priority,omitempty"`
+	// Models are the served models and adapters the key may use; none listed: all of them.
+	// Any other answers 404 as if it did not exist.
+	Models []string `yaml:"models,omitempty" json:"models,omitempty"`
+	// RequestsPerMinute, TokensPerMinute (prompt and completion) and MaxInFlight limit the key;
+	// 0 is no limit. Past one, the client gets 429 with Retry-After.
+	RequestsPerMinute int `yaml:"requests_per_minute,omitempty" json:"requests_per_minute,omitempty"`
+	TokensPerMinute   int `yaml:"tokens_per_minute,omitempty" json:"tokens_per_minute,omitempty"`
+	MaxInFlight       int `yaml:"max_in_flight,omitempty" json:"max_in_flight,omitempty"`
 
 	hash [sha256.Size]byte
 }
@@ -76,6 +84,14 @@ func NewKeySet(keys []Key) (*KeySet, error) {
 			copy(k.hash[:], b)
 		default:
 			return nil, fmt.Errorf("%w: key %q has neither key nor sha256", ErrKeys, k.Name)
+		}
+		if k.RequestsPerMinute < 0 || k.TokensPerMinute < 0 || k.MaxInFlight < 0 {
+			return nil, fmt.Errorf("%w: key %q: limits cannot be negative", ErrKeys, k.Name)
+		}
+		for _, m := range k.Models {
+			if strings.TrimSpace(m) == "" {
+				return nil, fmt.Errorf("%w: key %q lists an empty model name", ErrKeys, k.Name)
+			}
 		}
 		if hashes[k.hash] {
 			return nil, fmt.Errorf("%w: key %q repeats another key", ErrKeys, k.Name)
@@ -215,4 +231,20 @@ func fileStamp(path string) string {
 		ino = st.Ino
 	}
 	return fmt.Sprintf("%d/%d/%d/%o", fi.ModTime().UnixNano(), fi.Size(), ino, fi.Mode().Perm())
+}
+
+// Restricted says whether the key may use only the models it lists.
+func (k Key) Restricted() bool { return len(k.Models) > 0 }
+
+// Allows says whether the key may use model.
+func (k Key) Allows(model string) bool {
+	if !k.Restricted() {
+		return true
+	}
+	for _, m := range k.Models {
+		if m == model {
+			return true
+		}
+	}
+	return false
 }

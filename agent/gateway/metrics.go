@@ -13,6 +13,8 @@ type Metrics struct {
 	tokens   *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	ttft     *prometheus.HistogramVec
+	// throttled counts the requests a key's own limit answered 429.
+	throttled *prometheus.CounterVec
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -34,6 +36,9 @@ func NewMetrics(node, job string) *Metrics {
 		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "llm_agent_gateway_time_to_first_token_seconds",
 			Help: "Time to the first streamed chunk, by key and project.", ConstLabels: consts, Buckets: buckets},
 			[]string{"key", "project"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llm_agent_gateway_throttled_total",
+			Help: "Requests answered 429 by the key's own limit: requests_per_minute, tokens_per_minute or max_in_flight.", ConstLabels: consts},
+			[]string{"key", "project", "limit"}),
 	}
 	return m
 }
@@ -44,6 +49,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.tokens.Describe(ch)
 	m.latency.Describe(ch)
 	m.ttft.Describe(ch)
+	m.throttled.Describe(ch)
 }
 
 // Collect sends the series.
@@ -52,9 +58,13 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.tokens.Collect(ch)
 	m.latency.Collect(ch)
 	m.ttft.Collect(ch)
+	m.throttled.Collect(ch)
 }
 
 func (m *Metrics) observe(x *exchange, latency time.Duration) {
+	if x.throttledBy != "" {
+		m.throttled.WithLabelValues(x.key.Name, x.key.Project, x.throttledBy).Inc()
+	}
 	key, project := x.key.Name, x.key.Project
 	if key == "" {
 		key = "unauthenticated"

@@ -54,6 +54,15 @@ func (g *Gateway) plainResponse(w http.ResponseWriter, resp *http.Response, x *e
 	}
 	x.status = resp.StatusCode
 	x.prompt, x.complete, _ = usageOf(b)
+	if x.key.Restricted() {
+		switch {
+		case resp.StatusCode == http.StatusNotFound && x.endpoint != "/v1/models":
+			g.modelNotFound(w, x) // the engine's own answer lists the models it serves
+			return
+		case x.endpoint == "/v1/models" && resp.StatusCode == http.StatusOK:
+			b = filterModels(b, x.key)
+		}
+	}
 	copyHeaders(w.Header(), resp.Header)
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(resp.StatusCode)
@@ -131,4 +140,32 @@ func (g *Gateway) forwardEvent(w io.Writer, ev []byte, x *exchange, injected boo
 	}
 	w.Write(ev)
 	return false
+}
+
+// filterModels keeps, of a /v1/models list, the models and adapters the key may use; an answer
+// it cannot read becomes an empty list rather than pass unfiltered.
+func filterModels(b []byte, k Key) []byte {
+	var list map[string]json.RawMessage
+	var data []json.RawMessage
+	if json.Unmarshal(b, &list) != nil || json.Unmarshal(list["data"], &data) != nil {
+		out, _ := json.Marshal(map[string]any{"object": "list", "data": []any{}})
+		return out
+	}
+	kept := []json.RawMessage{}
+	for _, m := range data {
+		var entry map[string]json.RawMessage
+		var id, parent string
+		if json.Unmarshal(m, &entry) != nil || json.Unmarshal(entry["id"], &id) != nil || !k.Allows(id) {
+			continue
+		}
+		// An adapter names its base model as its parent: not to a key that may not use it.
+		if json.Unmarshal(entry["parent"], &parent) == nil && parent != "" && !k.Allows(parent) {
+			entry["parent"] = json.RawMessage("null")
+			m, _ = json.Marshal(entry)
+		}
+		kept = append(kept, m)
+	}
+	list["data"], _ = json.Marshal(kept)
+	out, _ := json.Marshal(list)
+	return out
 }
