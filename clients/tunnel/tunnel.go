@@ -5,6 +5,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -188,6 +189,10 @@ func (t *Tunnel) readConnection(ctx context.Context) (jobfiles.Connection, error
 	case err != nil:
 		return c, err
 	}
+	// A login shell's start-up files may print before the command's output does.
+	if i := bytes.IndexByte(b, '{'); i > 0 {
+		b = b[i:]
+	}
 	if err := json.Unmarshal(b, &c); err != nil {
 		return c, fmt.Errorf("%w: %s on %s is not a connection file: %v", ErrInput, t.path, t.src.where(), err)
 	}
@@ -205,9 +210,13 @@ func (t *Tunnel) keyLine(ctx context.Context, c jobfiles.Connection) (string, er
 	if !t.o.FetchKey {
 		return fmt.Sprintf("# the API key is in %s on %s; --fetch-key copies it here (mode 0600)", c.APIKeyFile, t.src.where()), nil
 	}
-	key, err := t.src.read(ctx, c.APIKeyFile)
+	out, err := t.src.read(ctx, c.APIKeyFile)
 	if err != nil {
 		return "", fmt.Errorf("fetch the API key: %w", err)
+	}
+	key := []byte(lastLine(string(out)) + "\n") // the key is the file's one line, after anything a login shell printed
+	if len(key) < 2 {
+		return "", fmt.Errorf("fetch the API key: %s is empty on %s", c.APIKeyFile, t.src.where())
 	}
 	path := t.o.KeyFile
 	if path == "" {

@@ -56,6 +56,7 @@ func fakeSSH(args []string) int {
 		return 255
 	}
 	if len(remote) > 0 {
+		fmt.Println("Welcome to the login host. Quota: 12 of 50 GiB.") // what a chatty login shell prints first
 		cmd := exec.Command("sh", "-c", strings.Join(remote, " "))
 		cmd.Dir = os.Getenv("FAKE_SSH_HOME")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
