@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,7 +33,13 @@ type benchRun struct {
 // throughput and median TTFT must agree within 10%. Raw output goes to $LLM_AGENT_BENCH_OUT
 // when set (docs/data keeps a copy).
 func TestBenchAgreesWithVLLMBench(t *testing.T) {
-	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1))
+	// Without Ray: its daemons would share the engine's core and add their noise.
+	// The engine's OpenMP threads: one, bound to core 0. By default vLLM's CPU build starts one
+	// per core of its mask; pinned onto one core afterwards, two of them fight over it and a
+	// run's throughput swings by a third.
+	spec := vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1, "--launcher", "mp")
+	spec.env = append(spec.env, "VLLM_CPU_OMP_THREADS_BIND=0")
+	j := submit(t, spec)
 	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
 	// This machine may have two cores: the engine and its gateway get one, each benchmark the
 	// other, so that neither client's own work slows the engine it measures.
@@ -52,8 +59,8 @@ func TestBenchAgreesWithVLLMBench(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "key")
 	require.NoError(t, os.WriteFile(keyFile, []byte(j.apiKey(c)+"\n"), 0o600))
 	const (
-		prompts     = "192"
-		n           = 192
+		prompts     = "256"
+		n           = 256
 		concurrency = "4"
 		inputLen    = "64"
 		outputLen   = "32"
@@ -139,12 +146,15 @@ with open(sys.argv[2], "w") as f:
 		a = append(a, ours("text", i, "--dataset", "jsonl", "--dataset-path", texts))
 		b = append(b, theirs(i))
 	}
+	// The median of the three runs: one run that the machine slowed (a run's TTFT has doubled
+	// now and then on this 2-core machine) does not decide the comparison.
 	mean := func(rs []benchRun, f func(benchRun) float64) float64 {
-		s := 0.0
-		for _, r := range rs {
-			s += f(r)
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
 		}
-		return s / float64(len(rs))
+		sort.Float64s(v)
+		return v[len(v)/2]
 	}
 	for i := range a {
 		t.Logf("BENCH bench-vs-vllm run %d: llm-agent bench text prompts %.3f req/s, median TTFT %.2f ms; vllm bench serve %.3f req/s, median TTFT %.2f ms; llm-agent bench token-id prompts %.3f req/s, median TTFT %.2f ms",
@@ -154,9 +164,9 @@ with open(sys.argv[2], "w") as f:
 	ttft := func(r benchRun) float64 { return r.medianTTFT }
 	ta, tb := mean(a, tput), mean(b, tput)
 	fa, fb := mean(a, ttft), mean(b, ttft)
-	t.Logf("BENCH bench-vs-vllm mean of 3 (%.0f s): request throughput %.3f vs %.3f req/s (ratio %.3f); median TTFT %.2f vs %.2f ms (ratio %.3f)",
+	t.Logf("BENCH bench-vs-vllm median of 3 (%.0f s): request throughput %.3f vs %.3f req/s (ratio %.3f); median TTFT %.2f vs %.2f ms (ratio %.3f)",
 		time.Since(start).Seconds(), ta, tb, ta/tb, fa, fb, fa/fb)
-	t.Logf("BENCH bench-vs-vllm token-id prompts, mean of 3: %.3f req/s, median TTFT %.2f ms (the server tokenizes no text)", mean(ids, tput), mean(ids, ttft))
+	t.Logf("BENCH bench-vs-vllm token-id prompts, median of 3: %.3f req/s, median TTFT %.2f ms (the server tokenizes no text)", mean(ids, tput), mean(ids, ttft))
 	assert.Less(t, math.Abs(ta/tb-1), 0.10, "request throughput agrees within 10%%")
 	assert.Less(t, math.Abs(fa/fb-1), 0.10, "median TTFT agrees within 10%%")
 }
