@@ -171,5 +171,8 @@ func TestKeyModelAccessAndRateLimits(t *testing.T) {
 	assert.Contains(t, string(audit), `"status":429`)
 	assert.Contains(t, string(audit), "rate limit: requests_per_minute")
 	metrics := metricsText(t, c.Metrics[0].MetricsURL)
-	assert.Contains(t, metrics, `llm_agent_gateway_throttled_total{job="`+j.id+`",key="dave",limit="requests_per_minute",node="node1",project="q"} 1`)
+	throttled := metricFloat(t, metrics, `llm_agent_gateway_throttled_total{job="`+j.id+`",key="dave",limit="requests_per_minute",node="node1",project="q"}`)
+	assert.GreaterOrEqual(t, throttled, 1.0)
+	assert.Equal(t, throttled, metricFloat(t, metrics, `llm_agent_gateway_requests_total{code="429",endpoint="/v1/chat/completions",job="`+j.id+`",key="dave",node="node1",project="q"}`),
+		"every 429 of dave's was his own limit")
 }
