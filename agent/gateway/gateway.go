@@ -203,8 +203,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if q := g.quotas.of(key, time.Now()); q != nil {
-		reserved, limit, retry := q.admit(x.maxTokens, time.Now())
+	now := time.Now()
+	if q := g.quotas.of(key, now); q != nil {
+		reserved, limit, retry := q.admit(x.maxTokens, now)
 		if limit != "" {
 			g.throttled(w, x, limit, retry)
 			return
