@@ -14,6 +14,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/supervisor"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // ErrConfig is wrapped by every configuration error.
@@ -32,16 +33,18 @@ type Config struct {
 	TensorParallel   int
 	PipelineParallel int
 	VLLMArgs         []string
-	VLLMBin          string
-	RayBin           string
-	StateDir         string
-	TargetsDir       string
-	Iface            string
-	LoginHost        string
-	APIKeyFile       string
-	Gateway          bool
-	KeysFile         string
-	MaxRequestBody   string
+	// LoRA are the adapters to serve, NAME=PATH each.
+	LoRA           []string
+	VLLMBin        string
+	RayBin         string
+	StateDir       string
+	TargetsDir     string
+	Iface          string
+	LoginHost      string
+	APIKeyFile     string
+	Gateway        bool
+	KeysFile       string
+	MaxRequestBody string
 	// MaxInFlightPerKey and MaxInFlight bound the gateway's requests in flight; 0 means none.
 	MaxInFlightPerKey, MaxInFlight int
 
@@ -174,6 +177,9 @@ func (c Config) Validate() error {
 	if c.HangAfter <= c.ProbeInterval {
 		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrConfig, c.HangAfter, c.ProbeInterval)
 	}
+	if _, err := c.Adapters(); err != nil {
+		return err
+	}
 	if c.LogLevel != "" && hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		return fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", ErrConfig, c.LogLevel)
 	}
@@ -182,8 +188,8 @@ func (c Config) Validate() error {
 
 // setAll sets an option from one source; a list option is replaced, not appended to.
 func (c *Config) setAll(o Option, values []string, source string) error {
-	if o.Kind == KindList {
-		c.VLLMArgs = nil
+	if o.clear != nil {
+		o.clear(c)
 	}
 	for _, v := range values {
 		if err := o.set(c, v); err != nil {
@@ -242,6 +248,25 @@ func ReadConfigFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: read config file: %w", ErrConfig, err)
 	}
 	return b, nil
+}
+
+// Adapters returns the --lora adapters, named and with absolute paths (not yet read: the head
+// reads them before the engine starts). Names must differ from each other and from the model's.
+func (c Config) Adapters() ([]vllm.Adapter, error) {
+	var out []vllm.Adapter
+	seen := map[string]bool{c.ServedName(): true}
+	for _, spec := range c.LoRA {
+		name, path, err := vllm.ParseAdapterSpec(spec)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --lora: %w", ErrConfig, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("%w: --lora: the name %q is taken (by the model or another adapter)", ErrConfig, name)
+		}
+		seen[name] = true
+		out = append(out, vllm.Adapter{Name: name, Path: path})
+	}
+	return out, nil
 }
 
 // ServedName returns the name clients use for the model: the configured one, else a local

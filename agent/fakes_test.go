@@ -195,6 +195,17 @@ func fakeVLLM(args []string) int {
 		}
 		fmt.Fprintf(w, `{"object":"list","data":[{"id":%q}]}`, served)
 	})
+	if os.Getenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == "True" {
+		for _, route := range []string{"/v1/load_lora_adapter", "/v1/unload_lora_adapter"} {
+			mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("Authorization") != "Bearer "+key {
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				fmt.Fprint(w, "Success")
+			})
+		}
+	}
 	var ln net.Listener
 	var err error
 	if sock := flagValue(args, "--uds"); sock != "" {

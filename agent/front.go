@@ -49,6 +49,11 @@ func (h *head) setupKeys() error {
 	if h.engineKey, err = GenerateKey(); err != nil {
 		return err
 	}
+	if a.lora.on() {
+		if h.ownerKey, err = GenerateKey(); err != nil {
+			return err
+		}
+	}
 	var fixed *gateway.KeySet
 	if h.apiKey != "" {
 		if fixed, err = gateway.NewKeySet([]gateway.Key{{Name: "job", Key: h.apiKey}}); err != nil {
@@ -102,6 +107,9 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		MaxInFlightPerKey: a.cfg.MaxInFlightPerKey,
 		MaxInFlight:       a.cfg.MaxInFlight,
 		Priority:          vllm.ReadSettings(a.cfg.VLLMArgs).SchedulingPolicy == "priority",
+		LoRA:              a.lora.on(),
+		OwnerKey:          h.ownerKey,
+		OnAdapter:         h.adapterChanged,
 		Logger:            a.log.Named("gateway"),
 	})
 	h.front.srv = &http.Server{

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,10 +35,13 @@ type head struct {
 	apiKey string
 	// engineKey is the key vLLM requires: internal with the gateway, apiKey without.
 	engineKey string
-	front     front
-	conn      *jobfiles.ConnectionWriter
-	engine    *supervisor.Service
-	rayc      ray.Client
+	// ownerKey opens the gateway's routes for the job's owner (adapters at run time); it is
+	// made when the engine serves LoRA behind the gateway, and written to a 0600 file only.
+	ownerKey string
+	front    front
+	conn     *jobfiles.ConnectionWriter
+	engine   *supervisor.Service
+	rayc     ray.Client
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
 	engineOut *lineLogger
 
@@ -149,6 +153,13 @@ func (h *head) initialConnection() jobfiles.Connection {
 		Gateway:          a.cfg.Gateway,
 		KeysFile:         a.cfg.KeysFile,
 		Launcher:         a.cfg.Launcher,
+	}
+	if a.lora.on() {
+		c.LoRAMaxRank = a.lora.maxRank
+		c.Adapters = connectionAdapters(a.lora.list())
+		if h.ownerKey != "" {
+			c.OwnerKeyFile = filepath.Join(a.stateDir, jobfiles.OwnerKeyFile)
+		}
 	}
 	if a.usesRay() {
 		c.RayAddress = net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))

@@ -33,6 +33,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
+	if a.lora.on() {
+		env = append(env, vllm.RuntimeLoRAEnv)
+	}
 	if h.engineRanks() {
 		spec = h.rankSpec(spec)
 		env = append(env, "VLLM_PORT="+strconv.Itoa(h.ports.EngineRPC))
@@ -50,7 +53,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 				return supervisor.Options{}, err
 			}
 		}
-		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
+		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(a.lora.spec(spec)), Env: env,
 			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
 	}
 	opts.OnEvent = func(e supervisor.Event) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -46,6 +47,11 @@ func (h *head) filesStage() stage {
 		if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
 			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
 			return nil, err
+		}
+		if h.ownerKey != "" {
+			if err := jobfiles.WriteFileAtomic(filepath.Join(a.stateDir, jobfiles.OwnerKeyFile), []byte(h.ownerKey+"\n"), 0o600); err != nil {
+				return nil, err
+			}
 		}
 		var err error
 		if h.conn, err = jobfiles.NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // OptionKind says how an option's text is parsed.
@@ -31,6 +33,8 @@ type Option struct {
 	Kind     OptionKind
 	set      func(c *Config, v string) error
 	get      func(c *Config) string
+	// clear empties a list option, which a later source replaces as a whole.
+	clear func(c *Config)
 }
 
 // Env returns the option's environment variable.
@@ -121,8 +125,19 @@ var Options = []Option{
 	intOpt("tensor-parallel-size", "Model", "GPUs per pipeline stage, within one node (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.TensorParallel }),
 	intOpt("pipeline-parallel-size", "Model", "pipeline stages, across nodes (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.PipelineParallel }),
 	{Name: "vllm-arg", Category: "Model", Kind: KindList, Usage: "extra argument passed to vllm serve, repeatable (--vllm-arg=--max-model-len --vllm-arg=8192)",
-		set: func(c *Config, v string) error { c.VLLMArgs = append(c.VLLMArgs, v); return nil },
-		get: func(c *Config) string { return strings.Join(c.VLLMArgs, " ") }},
+		set:   func(c *Config, v string) error { c.VLLMArgs = append(c.VLLMArgs, v); return nil },
+		get:   func(c *Config) string { return strings.Join(c.VLLMArgs, " ") },
+		clear: func(c *Config) { c.VLLMArgs = nil }},
+	{Name: "lora", Category: "Model", Kind: KindList, Usage: "LoRA adapter NAME=PATH served under NAME, repeatable; enables LoRA and sizes --max-lora-rank from the adapters (llm-agent lora adds more at run time)",
+		set: func(c *Config, v string) error {
+			if _, _, err := vllm.ParseAdapterSpec(v); err != nil {
+				return err
+			}
+			c.LoRA = append(c.LoRA, v)
+			return nil
+		},
+		get:   func(c *Config) string { return strings.Join(c.LoRA, " ") },
+		clear: func(c *Config) { c.LoRA = nil }},
 	stringOpt("vllm-bin", "Executables", "vllm executable", func(c *Config) *string { return &c.VLLMBin }),
 	stringOpt("ray-bin", "Executables", "ray executable", func(c *Config) *string { return &c.RayBin }),
 	stringOpt("state-dir", "Files", "job state directory on the shared filesystem (default: $HOME/.llm-agent/jobs/$SLURM_JOB_ID)", func(c *Config) *string { return &c.StateDir }),

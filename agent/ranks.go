@@ -191,6 +191,9 @@ func (a *agent) newRank(rv jobfiles.Rendezvous) (*rank, error) {
 	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Tensor: rv.Tensor, Pipeline: rv.Pipeline,
 		Nodes: rv.Pipeline, NodeRank: a.alloc.NodeID,
 		MasterAddr: rv.HeadAddress, MasterPort: rv.Ports.EngineMaster, Extra: a.cfg.VLLMArgs}
+	// A headless rank serves no API: the adapters added at run time reach it through rank 0,
+	// and its command line carries those of --lora, with the same --max-lora-rank.
+	spec = a.lora.spec(spec)
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_PORT="+strconv.Itoa(rv.Ports.EngineRPC))
 	opts := a.serviceOptions("vllm")

@@ -79,6 +79,7 @@ type agent struct {
 	rayBin   string
 	started  time.Time
 	state    *metrics.State
+	lora     *loraPlan
 }
 
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
@@ -138,6 +139,9 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 		return nil, err
 	}
 	if err := a.applyPreset(); err != nil {
+		return nil, err
+	}
+	if err := a.prepareLoRA(); err != nil {
 		return nil, err
 	}
 	if err := a.chooseParallelism(); err != nil {

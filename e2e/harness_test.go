@@ -467,3 +467,17 @@ func pidsByCmdline(t *testing.T, node int, substr string) []string {
 	}
 	return pids
 }
+
+// completion posts body to the job's API path with key and returns the status and body.
+func completion(t *testing.T, c jobfiles.Connection, key, path, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, c.BaseURL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}

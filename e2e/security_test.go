@@ -131,8 +131,8 @@ func jobListeners(t *testing.T, uid string) []listener {
 	return out
 }
 
-// secretsOf returns the job's secrets: the client key, the engine's internal key and, with Ray,
-// the Ray token, read as root.
+// secretsOf returns the job's secrets: the client key, the engine's internal key, with Ray the
+// Ray token, and with LoRA the owner's key, read as root.
 func secretsOf(t *testing.T, j *job, c jobfiles.Connection) map[string]string {
 	t.Helper()
 	s := map[string]string{"the API key": j.apiKey(c)}
@@ -141,7 +141,13 @@ func secretsOf(t *testing.T, j *job, c jobfiles.Connection) map[string]string {
 		b, err := os.ReadFile(filepath.Join(j.stateDir, agent.RayTokenFile))
 		require.NoError(t, err)
 		s["the Ray token"] = strings.TrimSpace(string(b))
-		want = 3
+		want++
+	}
+	if c.OwnerKeyFile != "" {
+		b, err := os.ReadFile(c.OwnerKeyFile)
+		require.NoError(t, err)
+		s["the owner's key"] = strings.TrimSpace(string(b))
+		want++
 	}
 	for _, pid := range pidsByCmdline(t, headNode, suite.fakeBin) {
 		env, err := os.ReadFile("/proc/" + pid + "/environ")
@@ -183,8 +189,9 @@ func TestAttacksFail(t *testing.T) {
 	require.NoError(t, os.Mkdir(loot, 0o777))
 	require.NoError(t, os.Chmod(loot, 0o777))
 
+	// LoRA on: the engine has the routes that load adapters, which only the owner may reach.
 	j := submit(t, jobSpec{script: "multinode.sbatch", user: owner,
-		sbatch: []string{"-N", "3", "--gpus-per-node=1", "--cpus-per-task=1", "--hold"}})
+		sbatch: []string{"-N", "3", "--gpus-per-node=1", "--cpus-per-task=1", "--hold"}, agent: []string{"--vllm-arg=--enable-lora"}})
 
 	// Before the job starts, mallory squats the names a job's node-local files used to have,
 	// and Ray's default directory, with links to her loot, on every node.
@@ -309,6 +316,22 @@ func TestAttacksFail(t *testing.T) {
 		}
 		out, _ := as(farNode, attacker, "curl -s -m 10 "+base+"/readyz")
 		a.record("the gateway's public /readyz", nodeName(farNode), "ready or not ready, nothing more", out, out == "ready")
+
+		// A LoRA adapter that mallory made, loaded by the engine, would be code and weights of
+		// her choosing read as alice; the route would also read any path alice can.
+		adapter := "/tmp/mallory-adapter"
+		out, code := as(farNode, attacker, "mkdir -p -m 0755 "+adapter+` && echo '{"peft_type":"LORA","r":8}' > `+adapter+"/adapter_config.json && touch "+adapter+"/adapter_model.safetensors")
+		require.Zero(t, code, out)
+		load := `{"lora_name":"pwn","lora_path":"` + adapter + `"}`
+		out, _ = as(farNode, attacker, fmt.Sprintf(`curl -s -m 10 -o /dev/null -w '%%{http_code}' -H 'Content-Type: application/json' -d '%s' %s/v1/load_lora_adapter`, load, base))
+		a.record("loading a LoRA adapter without a key (POST /v1/load_lora_adapter)", nodeName(farNode), "401", "HTTP code "+out, out == "401")
+		code, body := completion(t, c, key, "/load_lora_adapter", load)
+		a.record("loading a LoRA adapter with a client key (a key holder)", "host", `404 {"detail":"Not Found"}, as for a route that does not exist`,
+			fmt.Sprintf("HTTP %d %s", code, body), code == 404 && body == `{"detail":"Not Found"}`)
+		code, body = completion(t, c, key, "/unload_lora_adapter", `{"lora_name":"pwn"}`)
+		a.record("unloading a LoRA adapter with a client key", "host", "404", fmt.Sprintf("HTTP %d %s", code, body), code == 404)
+		code, body = completion(t, c, key, "/completions", `{"model":"pwn","prompt":"x","max_tokens":1}`)
+		a.record("the adapter serves requests", "host", "404: the engine never loaded it", fmt.Sprintf("HTTP %d", code), code == 404)
 	})
 
 	t.Run("engine socket", func(t *testing.T) {
@@ -325,7 +348,7 @@ func TestAttacksFail(t *testing.T) {
 	})
 
 	t.Run("state directory", func(t *testing.T) {
-		for _, f := range []string{jobfiles.APIKeyFile, agent.RayTokenFile, jobfiles.ConnectionFile, "audit.jsonl", "rendezvous.json"} {
+		for _, f := range []string{jobfiles.APIKeyFile, jobfiles.OwnerKeyFile, agent.RayTokenFile, jobfiles.ConnectionFile, "audit.jsonl", "rendezvous.json"} {
 			path := filepath.Join(j.stateDir, f)
 			out, code := as(farNode, attacker, "cat "+path)
 			a.record("reading "+strings.Replace(path, alice.HomeDir, "~alice", 1), nodeName(farNode), "permission denied",

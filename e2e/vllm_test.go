@@ -74,19 +74,6 @@ func vllmJob(t *testing.T, script string, sbatch []string, tp, pp int, extra ...
 	}
 }
 
-func completion(t *testing.T, c jobfiles.Connection, key, path, body string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, c.BaseURL+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String()
-}
-
 func TestRealVLLMSingleNode(t *testing.T) {
 	submitted := time.Now()
 	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1))
@@ -319,7 +306,10 @@ func TestRealVLLMAcceptsEveryFlagAndVariable(t *testing.T) {
 		lines = append(lines, vllm.ServeArgs(vllm.ServeSpec{Model: tiny(t), ServedName: "tiny", Socket: "/tmp/engine.sock",
 			Tensor: 1, Pipeline: 2, Nodes: 2, NodeRank: r, MasterAddr: "10.77.0.1", MasterPort: 31000}))
 	}
-	agentEnv := []string{"VLLM_HOST_IP", "VLLM_API_KEY", "VLLM_PORT"}
+	// --lora: adapters in vLLM's JSON form (one path with a comma), LoRA on for the runtime routes.
+	lines = append(lines, vllm.ServeArgs(vllm.ServeSpec{Model: tiny(t), ServedName: "tiny", Socket: "/tmp/engine.sock", Tensor: 1, Pipeline: 1,
+		LoRA: true, MaxLoRARank: 16, Adapters: []vllm.Adapter{{Name: "a", Path: "/tmp/a"}, {Name: "b", Path: "/tmp/with,comma"}}}))
+	agentEnv := []string{"VLLM_HOST_IP", "VLLM_API_KEY", "VLLM_PORT", strings.Split(vllm.RuntimeLoRAEnv, "=")[0]}
 	in, _ := json.Marshal(map[string]any{"command_lines": lines, "env": agentEnv})
 	cmd := exec.Command(filepath.Join(suite.venv, "bin", "python"), "-c", checkArgs)
 	cmd.Stdin = bytes.NewReader(in)

@@ -30,7 +30,16 @@ const (
 	ConnectionFile    = "connection.json"
 	ConnectionEnvFile = "connection.env"
 	APIKeyFile        = "api_key"
+	// OwnerKeyFile holds the key of the job's owner, for the owner's own routes (LoRA adapters
+	// at run time); no client key opens them.
+	OwnerKeyFile = "owner_key"
 )
+
+// Adapter is a LoRA adapter the engine serves, as the connection file lists it.
+type Adapter struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+}
 
 // NodeEndpoint is one node's metrics endpoint in the connection file.
 type NodeEndpoint struct {
@@ -74,7 +83,12 @@ type Connection struct {
 	RayDashboardTunnel string `json:"ray_dashboard_tunnel,omitempty"`
 	// RayTokenFile holds the token every Ray client of the job must present.
 	RayTokenFile string `json:"ray_token_file,omitempty"`
-	SSHTunnel    string `json:"ssh_tunnel"`
+	// OwnerKeyFile holds the owner's key for `llm-agent lora`; set when the engine serves LoRA
+	// adapters, which it may load and unload at run time up to LoRAMaxRank.
+	OwnerKeyFile string    `json:"owner_key_file,omitempty"`
+	LoRAMaxRank  int       `json:"lora_max_rank,omitempty"`
+	Adapters     []Adapter `json:"adapters,omitempty"`
+	SSHTunnel    string    `json:"ssh_tunnel"`
 	// Tunnel is the llm-agent tunnel command to run on a laptop for this job.
 	Tunnel     string         `json:"tunnel,omitempty"`
 	StartedAt  time.Time      `json:"started_at"`
@@ -177,6 +191,7 @@ func (w *ConnectionWriter) Update(f func(c *Connection)) error {
 	before := w.conn
 	before.Restarts = maps.Clone(w.conn.Restarts)
 	before.Metrics = append([]NodeEndpoint(nil), w.conn.Metrics...)
+	before.Adapters = append([]Adapter(nil), w.conn.Adapters...)
 	f(&w.conn)
 	a, _ := json.Marshal(before)
 	b, _ := json.Marshal(w.conn)

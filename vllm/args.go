@@ -47,6 +47,9 @@ type Settings struct {
 	// Dtype is empty for vLLM's default ("auto").
 	Dtype, Quantization, KVCacheDtype string
 	SchedulingPolicy                  string
+	// EnableLoRA is --enable-lora; MaxLoRARank is --max-lora-rank, 0 when not given.
+	EnableLoRA  bool
+	MaxLoRARank int
 }
 
 // ReadSettings reads Settings from args; the last of a repeated option wins, as in vLLM.
@@ -66,6 +69,12 @@ func ReadSettings(args []string) Settings {
 			s.KVCacheDtype = o.Value
 		case "--scheduling-policy":
 			s.SchedulingPolicy = o.Value
+		case "--enable-lora":
+			s.EnableLoRA = true
+		case "--no-enable-lora":
+			s.EnableLoRA = false
+		case "--max-lora-rank":
+			s.MaxLoRARank, _ = strconv.Atoi(o.Value)
 		}
 	}
 	if s.Dtype == "auto" {

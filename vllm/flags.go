@@ -36,6 +36,7 @@ var managed = []managedFlag{
 	{long: "--node-rank", short: "-r", why: "the agent lays out the nodes"},
 	{long: "--master-addr", why: "the agent lays out the nodes"},
 	{long: "--master-port", why: "the agent lays out the nodes"},
+	{long: "--lora-modules", why: "use llm-agent's --lora NAME=PATH, which checks the adapter and sizes --max-lora-rank"},
 	{long: "--omni", why: "it hands the whole command line to another program (vllm-omni)"},
 }
 

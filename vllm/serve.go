@@ -19,6 +19,10 @@ type ServeSpec struct {
 	Nodes, NodeRank int
 	MasterAddr      string
 	MasterPort      int
+	// LoRA enables adapters up to MaxLoRARank and serves Adapters, each under its name.
+	LoRA        bool
+	MaxLoRARank int
+	Adapters    []Adapter
 	// Extra are the user's pass-through arguments, checked with CheckExtraArgs.
 	Extra []string
 }
@@ -48,6 +52,9 @@ func ServeArgs(s ServeSpec) []string {
 		}
 	case s.RayExecutor:
 		args = append(args, "--distributed-executor-backend", "ray")
+	}
+	if s.LoRA {
+		args = append(args, LoRAArgs(s.Adapters, s.MaxLoRARank, s.ServedName)...)
 	}
 	return append(args, s.Extra...)
 }

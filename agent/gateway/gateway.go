@@ -44,6 +44,12 @@ type Options struct {
 	// MaxInFlightPerKey and MaxInFlight bound the requests in flight for one key and for all;
 	// past them clients get 429. Zero means no bound.
 	MaxInFlightPerKey, MaxInFlight int
+	// LoRA tells that the engine serves LoRA adapters and may load more at run time; OwnerKey
+	// authenticates the job's owner on the routes that do (empty: nobody may), and OnAdapter
+	// hears of each adapter the engine loaded (with its path) or unloaded (path empty).
+	LoRA      bool
+	OwnerKey  string
+	OnAdapter func(name, path string)
 	// Logger receives the gateway's log lines; never a key or a prompt.
 	Logger hclog.Logger
 }
@@ -97,6 +103,8 @@ func (g *Gateway) Handler() http.Handler {
 		w.Write([]byte("ready\n"))
 	})
 	mux.HandleFunc("/v1/", g.proxy)
+	mux.HandleFunc(loadAdapterPath, g.adapter)
+	mux.HandleFunc(unloadAdapterPath, g.adapter)
 	// vLLM's tokenizer endpoints, behind the same keys: llm-agent bench builds prompts of an
 	// exact length in the served model's tokens with them.
 	mux.HandleFunc("POST /tokenize", g.proxy)
@@ -142,7 +150,8 @@ func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
 // endpoint names a /v1 path for metrics, with the set of labels kept small.
 func endpoint(path string) string {
 	switch path {
-	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize":
+	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize",
+		loadAdapterPath, unloadAdapterPath:
 		return path
 	}
 	if strings.HasPrefix(path, "/v1/models/") {

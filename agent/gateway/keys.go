@@ -64,6 +64,9 @@ func NewKeySet(keys []Key) (*KeySet, error) {
 		if k.Name == "" {
 			return nil, fmt.Errorf("%w: key %d has no name", ErrKeys, i+1)
 		}
+		if k.Name == OwnerKeyName {
+			return nil, fmt.Errorf("%w: the key name %q is kept for the job's owner", ErrKeys, k.Name)
+		}
 		if names[k.Name] {
 			return nil, fmt.Errorf("%w: two keys are named %q", ErrKeys, k.Name)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/signal"
 	"strings"
@@ -10,16 +11,51 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/llm-agent/llm-agent/clients/bench"
+	"github.com/llm-agent/llm-agent/clients/lora"
 	"github.com/llm-agent/llm-agent/clients/tunnel"
 )
 
 // clientCommands are the commands for the user's side: they build without cgo, for laptops.
 func clientCommands() []*cli.Command {
-	return []*cli.Command{tunnelCommand(), benchCommand(), hostnamesCommand()}
+	return []*cli.Command{tunnelCommand(), benchCommand(), loraCommand(), hostnamesCommand()}
 }
 
 // clientInputErrors are the client commands' errors of input the user must fix: they exit 2.
-var clientInputErrors = []error{tunnel.ErrInput, bench.ErrInput}
+var clientInputErrors = []error{tunnel.ErrInput, bench.ErrInput, lora.ErrInput}
+
+func loraCommand() *cli.Command {
+	timeout := &cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "how long the engine may take to answer"}
+	run := func(want int, f func(context.Context, lora.Options) error) cli.ActionFunc {
+		return func(c *cli.Context) error {
+			if c.NArg() != want {
+				return usageErrorf("lora %s takes %d arguments (%s), not %d", c.Command.Name, want, c.Command.ArgsUsage, c.NArg())
+			}
+			args := c.Args().Slice()
+			o := lora.Options{Job: args[0], Name: args[1], Home: os.Getenv("HOME"), Out: c.App.Writer, Timeout: c.Duration("timeout")}
+			if want == 3 {
+				o.Path = args[2]
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return f(ctx, o)
+		}
+	}
+	return &cli.Command{
+		Name:         "lora",
+		OnUsageError: onUsageError,
+		Usage:        "load or unload a LoRA adapter on a running job (the job's owner only)",
+		Description: "The job must serve LoRA: started with --lora NAME=PATH (or --vllm-arg=--enable-lora). " +
+			"The command reads the job's connection file and the owner's key beside it (mode 0600: only you can read it), " +
+			"and asks the job's gateway, which passes the request to the engine; no client key can. " +
+			"An adapter added at run time survives an engine restart, and the connection file lists it.",
+		Subcommands: []*cli.Command{
+			{Name: "add", OnUsageError: onUsageError, Usage: "load the adapter in PATH and serve it as NAME",
+				ArgsUsage: "JOBID NAME PATH", Flags: []cli.Flag{timeout}, Action: run(3, lora.Add)},
+			{Name: "remove", OnUsageError: onUsageError, Usage: "unload the adapter NAME",
+				ArgsUsage: "JOBID NAME", Flags: []cli.Flag{timeout}, Action: run(2, lora.Remove)},
+		},
+	}
+}
 
 func tunnelCommand() *cli.Command {
 	return &cli.Command{

@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,6 +44,10 @@ type options struct {
 	masterAddr       string
 	masterPort       int
 	headless         bool
+	// LoRA: --enable-lora, --max-lora-rank and the --lora-modules served from the start.
+	enableLoRA  bool
+	maxLoRARank int
+	loraModules []loraModule
 }
 
 // valueFlags are the flags that take a value, with their parser.
@@ -81,6 +86,14 @@ func (o *options) valueFlags() map[string]func(string) error {
 		"-r":                             num(&o.nodeRank),
 		"--master-addr":                  str(&o.masterAddr),
 		"--master-port":                  num(&o.masterPort),
+		"--max-lora-rank": func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || !slices.Contains([]int{1, 8, 16, 32, 64, 128, 256, 320, 512}, n) {
+				return fmt.Errorf("invalid choice: '%s' (choose from 1, 8, 16, 32, 64, 128, 256, 320, 512)", v)
+			}
+			o.maxLoRARank = n
+			return nil
+		},
 		"--gpu-memory-utilization": func(v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 1 {
@@ -94,7 +107,7 @@ func (o *options) valueFlags() map[string]func(string) error {
 
 // parseArgs parses `serve MODEL [flags]` as vLLM's argparse would, returning its error text.
 func parseArgs(args []string) (*options, error) {
-	o := &options{host: "0.0.0.0", port: 8000, tp: 1, pp: 1, nnodes: 1, masterAddr: "127.0.0.1", masterPort: 29501}
+	o := &options{host: "0.0.0.0", port: 8000, tp: 1, pp: 1, nnodes: 1, masterAddr: "127.0.0.1", masterPort: 29501, maxLoRARank: 16}
 	if len(args) == 0 || args[0] != "serve" {
 		return nil, errors.New("vllm: error: argument subparser: invalid choice (choose from 'serve')")
 	}
@@ -114,6 +127,29 @@ func parseArgs(args []string) (*options, error) {
 			o.enforceEager = true
 		case name == "--headless" && !hasValue:
 			o.headless = true
+		case name == "--enable-lora" && !hasValue:
+			o.enableLoRA = true
+		case name == "--lora-modules":
+			// nargs='+': one or more values, up to the next option; the last use wins.
+			o.loraModules = nil
+			var values []string
+			if hasValue {
+				values = append(values, value)
+			}
+			for i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+				i++
+				values = append(values, args[i])
+			}
+			if len(values) == 0 {
+				return nil, errors.New("vllm serve: error: argument --lora-modules: expected at least one argument")
+			}
+			for _, v := range values {
+				m, err := parseLoRAModule(v)
+				if err != nil {
+					return nil, err
+				}
+				o.loraModules = append(o.loraModules, m)
+			}
 		case flags[name] != nil:
 			if !hasValue {
 				if i+1 >= len(args) {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +28,8 @@ type server struct {
 	mu     sync.Mutex
 	hung   chan struct{} // non-nil while hanging; closed to release
 	nextID int
+	// adapters are the LoRA adapters served, name to path.
+	adapters map[string]string
 }
 
 // vllmMetrics carries vLLM's metric names and labels (model_name, engine).
@@ -36,7 +40,10 @@ type vllmMetrics struct {
 }
 
 func newServer(o *options, keys []string, tokenDelay time.Duration) *server {
-	s := &server{o: o, keys: keys, tokenDelay: tokenDelay, reg: prometheus.NewRegistry()}
+	s := &server{o: o, keys: keys, tokenDelay: tokenDelay, reg: prometheus.NewRegistry(), adapters: map[string]string{}}
+	for _, m := range o.loraModules {
+		s.adapters[m.Name] = m.Path
+	}
 	labels := []string{"model_name", "engine"}
 	gauge := func(name, help string) *prometheus.GaugeVec {
 		g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
@@ -93,6 +100,10 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/models", s.auth(s.models))
 	mux.HandleFunc("POST /v1/chat/completions", s.auth(s.complete(true)))
 	mux.HandleFunc("POST /v1/completions", s.auth(s.complete(false)))
+	if runtimeLoRA() {
+		mux.HandleFunc("POST /v1/load_lora_adapter", s.auth(s.loadAdapter))
+		mux.HandleFunc("POST /v1/unload_lora_adapter", s.auth(s.unloadAdapter))
+	}
 	return s.hangable(mux)
 }
 
@@ -151,13 +162,18 @@ func (s *server) auth(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (s *server) models(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
-		"object": "list",
-		"data": []map[string]any{{
-			"id": s.o.servedName, "object": "model", "created": time.Now().Unix(),
-			"owned_by": "vllm", "root": s.o.model, "max_model_len": max(s.o.maxModelLen, 2048),
-		}},
-	})
+	data := []map[string]any{{
+		"id": s.o.servedName, "object": "model", "created": time.Now().Unix(),
+		"owned_by": "vllm", "root": s.o.model, "parent": nil, "max_model_len": max(s.o.maxModelLen, 2048),
+	}}
+	s.mu.Lock()
+	names := slices.Sorted(maps.Keys(s.adapters))
+	for _, name := range names {
+		data = append(data, map[string]any{"id": name, "object": "model", "created": time.Now().Unix(),
+			"owned_by": "vllm", "root": s.adapters[name], "parent": s.o.servedName})
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }
 
 // tokenize answers as vLLM's /tokenize does; the test double's tokens are its words, each
@@ -215,7 +231,7 @@ func (s *server) complete(chat bool) http.HandlerFunc {
 			writeJSON(w, http.StatusBadRequest, errorBody("invalid JSON body: "+err.Error(), "BadRequestError", 400))
 			return
 		}
-		if req.Model != s.o.servedName {
+		if !s.serves(req.Model) {
 			writeJSON(w, http.StatusNotFound, errorBody(fmt.Sprintf("The model `%s` does not exist.", req.Model), "NotFoundError", 404))
 			return
 		}

@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/clients/lora"
+	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/vllm"
+)
+
+// testAdapter makes a LoRA adapter directory of rank r.
+func testAdapter(t *testing.T, r int) string {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"LORA","r":`+strconv.Itoa(r)+`}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "adapter_model.safetensors"), []byte("x"), 0o644))
+	return dir
+}
+
+func TestLoRAConfig(t *testing.T) {
+	ok := testAdapter(t, 8)
+	c, err := ResolveConfig([]byte("model: /m/tiny\nlora: [\"a="+ok+"\"]\n"), func(string) string { return "" },
+		[]Setting{{"lora", "b=" + ok}, {"lora", "c=" + ok}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b=" + ok, "c=" + ok}, c.LoRA, "the command line replaces the file's list")
+	ads, err := c.Adapters()
+	require.NoError(t, err)
+	assert.Equal(t, []vllm.Adapter{{Name: "b", Path: ok}, {Name: "c", Path: ok}}, ads)
+	for _, tt := range []struct {
+		flags []Setting
+		want  string
+	}{
+		{[]Setting{{"lora", "nopath"}}, "NAME=PATH"},
+		{[]Setting{{"lora", "a=" + ok}, {"lora", "a=" + ok}}, `"a" is taken`},
+		{[]Setting{{"lora", "tiny=" + ok}}, `"tiny" is taken`},
+	} {
+		_, err := ResolveConfig([]byte("model: /m/tiny\n"), func(string) string { return "" }, tt.flags)
+		assert.ErrorIs(t, err, ErrConfig)
+		assert.ErrorContains(t, err, tt.want)
+	}
+	_, err = ResolveConfig(nil, func(k string) string {
+		return map[string]string{"LLM_AGENT_LORA": "x=" + ok + " y=" + ok, "LLM_AGENT_VLLM_ARG": "--enforce-eager"}[k]
+	}, nil)
+	assert.NoError(t, err, "two list options from the environment")
+}
+
+func TestRunRefusesABadAdapter(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		lora  []string
+		extra []string
+		want  string
+	}{
+		{"missing", []string{"a=/nonexistent/adapter"}, nil, "adapter_config.json"},
+		{"rank above the user's --max-lora-rank", []string{"a=" + testAdapter(t, 32)}, []string{"--max-lora-rank", "16"}, "below the rank of an adapter (32)"},
+		{"--lora-modules given through", nil, []string{"--lora-modules", "a=/p"}, "--lora NAME=PATH"},
+	} {
+		cfg := testConfig(t, t.TempDir())
+		cfg.LoRA, cfg.VLLMArgs = tt.lora, tt.extra
+		err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "laptop"))
+		assert.ErrorContains(t, err, tt.want, tt.name)
+		assert.True(t, errors.Is(err, ErrBadInput) || errors.Is(err, ErrConfig), "%s: exit 2: %v", tt.name, err)
+	}
+	assertNoChildren(t)
+}
+
+func TestRunServesLoRAAdapters(t *testing.T) {
+	dir := t.TempDir()
+	argsFile := filepath.Join(t.TempDir(), "args")
+	t.Setenv("FAKE_VLLM_ARGS", argsFile)
+	sql, chat := testAdapter(t, 12), testAdapter(t, 8)
+	cfg := testConfig(t, dir)
+	cfg.LoRA = []string{"sql=" + sql}
+	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
+	c := waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
+
+	args, _ := os.ReadFile(argsFile)
+	module := `{"name":"sql","path":` + strconv.Quote(sql) + `,"base_model_name":"tiny"}`
+	assert.Contains(t, string(args), "--enable-lora\n--max-lora-rank\n16\n--lora-modules\n"+module, "rank 12 needs vLLM's 16")
+	assert.Equal(t, 16, c.LoRAMaxRank)
+	assert.Equal(t, []jobfiles.Adapter{{Name: "sql", Path: sql}}, c.Adapters)
+	require.NotEmpty(t, c.OwnerKeyFile)
+	fi, err := os.Stat(c.OwnerKeyFile)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	owner, _ := os.ReadFile(c.OwnerKeyFile)
+	client, _ := os.ReadFile(c.APIKeyFile)
+	assert.NotEqual(t, strings.TrimSpace(string(owner)), strings.TrimSpace(string(client)))
+
+	// The owner adds an adapter at run time; a restarted engine starts with it.
+	o := lora.Options{Job: dir, Name: "chat", Path: chat, Out: io.Discard}
+	require.NoError(t, lora.Add(context.Background(), o))
+	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
+	assert.Equal(t, []jobfiles.Adapter{{Name: "sql", Path: sql}, {Name: "chat", Path: chat}}, c.Adapters)
+	b, err := os.ReadFile(argsFile + ".pid")
+	require.NoError(t, err)
+	pid, _ := strconv.Atoi(string(b))
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	waitConnState(t, dir, jobfiles.StateRestarting, 10*time.Second)
+	waitConnState(t, dir, jobfiles.StateReady, 20*time.Second)
+	args, _ = os.ReadFile(argsFile)
+	assert.Contains(t, string(args), `{"name":"chat","path":"`+chat+`","base_model_name":"tiny"}`, "the restarted engine serves the adapter added at run time")
+
+	o.Name = "sql"
+	require.NoError(t, lora.Remove(context.Background(), o))
+	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
+	assert.Equal(t, []jobfiles.Adapter{{Name: "chat", Path: chat}}, c.Adapters)
+	require.NoError(t, run.stop(t))
+	assertNoChildren(t)
+}
+
+func TestLoRAWithoutAdaptersAtStart(t *testing.T) {
+	a := &agent{cfg: Config{Model: "/m/tiny", VLLMArgs: []string{"--enable-lora"}}}
+	require.NoError(t, a.prepareLoRA())
+	assert.True(t, a.lora.on())
+	assert.Equal(t, vllm.DefaultMaxLoRARank, a.lora.maxRank, "vLLM's own default")
+	a.cfg.VLLMArgs = []string{"--enable-lora", "--max-lora-rank", "64"}
+	require.NoError(t, a.prepareLoRA())
+	assert.Equal(t, 64, a.lora.maxRank, "the user's own")
+	a.cfg.VLLMArgs = nil
+	require.NoError(t, a.prepareLoRA())
+	assert.False(t, a.lora.on())
+	assert.Equal(t, vllm.ServeSpec{Model: "m"}, a.lora.spec(vllm.ServeSpec{Model: "m"}), "no LoRA options")
+	var none *loraPlan
+	assert.False(t, none.on())
+	assert.Nil(t, none.list())
+}
