@@ -32,7 +32,9 @@ type Config struct {
 	Launcher         string
 	TensorParallel   int
 	PipelineParallel int
-	VLLMArgs         []string
+	// Replicas > 1 runs that many whole engines, one per node, behind the head's gateway.
+	Replicas int
+	VLLMArgs []string
 	// LoRA are the adapters to serve, NAME=PATH each.
 	LoRA           []string
 	VLLMBin        string
@@ -169,6 +171,15 @@ func (c Config) Validate() error {
 	if c.GPUMemory != "" {
 		if _, err := bytesize.Parse(c.GPUMemory); err != nil {
 			return fmt.Errorf("%w: --gpu-memory: %w", ErrConfig, err)
+		}
+	}
+	if c.Replicas > 1 {
+		switch {
+		case !c.Gateway:
+			return fmt.Errorf("%w: --replicas needs the gateway (--gateway=true), which routes between them", ErrConfig)
+		case c.PipelineParallel > 1:
+			return fmt.Errorf("%w: --replicas runs one whole engine per node; a replica whose model spans nodes (--pipeline-parallel-size %d) is not supported: use --replicas 1 for one engine over the nodes",
+				ErrConfig, c.PipelineParallel)
 		}
 	}
 	if c.Launcher != LauncherRay && c.Launcher != LauncherMP {

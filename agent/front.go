@@ -23,7 +23,9 @@ type front struct {
 	keys    *gateway.Keys
 	audit   *gateway.Audit
 	metrics *gateway.Metrics
-	srv     *http.Server
+	// replicas exports the replicas' states, with --replicas.
+	replicas *gateway.ReplicaCollector
+	srv      *http.Server
 	// stop ends the gateway's audit log and keys watcher; stopped is closed once both are done,
 	// the audit log on disk.
 	stop    context.CancelFunc
@@ -66,6 +68,9 @@ func (h *head) setupKeys() error {
 	}
 	h.front.keys = keys
 	h.front.metrics = gateway.NewMetrics(a.alloc.Hostname(), a.alloc.JobID)
+	if a.replicated() {
+		h.front.replicas = gateway.NewReplicaCollector(a.alloc.Hostname(), a.alloc.JobID)
+	}
 	return nil
 }
 
@@ -107,11 +112,15 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		MaxInFlightPerKey: a.cfg.MaxInFlightPerKey,
 		MaxInFlight:       a.cfg.MaxInFlight,
 		Priority:          vllm.ReadSettings(a.cfg.VLLMArgs).SchedulingPolicy == "priority",
+		Name:              a.alloc.Hostname(),
 		LoRA:              a.lora.on(),
 		OwnerKey:          h.ownerKey,
 		OnAdapter:         h.adapterChanged,
 		Logger:            a.log.Named("gateway"),
 	})
+	if h.front.replicas != nil {
+		h.front.replicas.Bind(h.front.gw)
+	}
 	h.front.srv = &http.Server{
 		Handler:           h.front.gw.Handler(),
 		ReadHeaderTimeout: readHeaderTimeout,

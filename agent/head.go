@@ -38,10 +38,12 @@ type head struct {
 	// ownerKey opens the gateway's routes for the job's owner (adapters at run time); it is
 	// made when the engine serves LoRA behind the gateway, and written to a 0600 file only.
 	ownerKey string
-	front    front
-	conn     *jobfiles.ConnectionWriter
-	engine   *supervisor.Service
-	rayc     ray.Client
+	// replicaKey opens the workers' replica gateways to this one, with --replicas.
+	replicaKey string
+	front      front
+	conn       *jobfiles.ConnectionWriter
+	engine     *supervisor.Service
+	rayc       ray.Client
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
 	engineOut *lineLogger
 
@@ -72,15 +74,18 @@ func (a *agent) runHead(ctx context.Context) error {
 		return err
 	}
 	run := life(ctx)
-	failure := runStages(ctx, []stage{
+	stages := []stage{
 		a.metricsStage(run, h.ports.Metrics, h.metricsServed()),
 		h.gatewayStage(run),
 		h.filesStage(),
 		h.watchStage(run, "node files", h.watchNodes),
 		h.clusterStage(run),
 		h.engineStage(run),
-		h.drainStage(run),
-	}, h.beginDrain)
+	}
+	if a.replicated() {
+		stages = append(stages, h.watchStage(run, "replicas", h.watchReplicas))
+	}
+	failure := runStages(ctx, append(stages, h.drainStage(run)), h.beginDrain)
 	return h.finish(failure)
 }
 

@@ -137,7 +137,22 @@ func removeStaleSocket(path string) error {
 // liveness, until ctx ends.
 func (h *head) probeEngine(ctx context.Context) {
 	a := h.agent
-	eng := h.engineProbe()
+	var activity func() healthcheck.Activity
+	if h.front.gw != nil {
+		activity = h.front.gw.Activity
+	}
+	a.followEngine(ctx, h.engineProbe(), h.engine, activity, func() {
+		h.everReady.Store(true)
+		a.state.SetReady(true, "", time.Now())
+		_ = h.conn.SetState(jobfiles.StateReady, "")
+		a.log.Info("engine ready", "url", h.conn.Snapshot().BaseURL, "since_start", time.Since(a.started).Round(time.Millisecond))
+	})
+}
+
+// followEngine waits for an engine that just started to become ready (else restarts it),
+// calls ready, then watches its liveness and restarts it when it fails, until ctx ends.
+// activity is what the gateway in front of it sees of its requests, if any.
+func (a *agent) followEngine(ctx context.Context, eng vllm.Probe, svc *supervisor.Service, activity func() healthcheck.Activity, ready func()) {
 	served := a.cfg.ServedName()
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.EngineTimeout)
 	err := healthcheck.WaitReady(rctx, a.deps.Clock, readinessPollInterval, func(ctx context.Context) error {
@@ -150,28 +165,22 @@ func (h *head) probeEngine(ctx context.Context) {
 		return
 	}
 	if err != nil {
-		h.engine.Restart("start_timeout", fmt.Sprintf("engine not ready within %s: %v", a.cfg.EngineTimeout, err))
+		svc.Restart("start_timeout", fmt.Sprintf("engine not ready within %s: %v", a.cfg.EngineTimeout, err))
 		return
 	}
-	h.everReady.Store(true)
-	a.state.SetReady(true, "", time.Now())
-	_ = h.conn.SetState(jobfiles.StateReady, "")
-	a.log.Info("engine ready", "url", h.conn.Snapshot().BaseURL, "since_start", time.Since(a.started).Round(time.Millisecond))
-	live := healthcheck.Liveness{
+	ready()
+	healthcheck.Liveness{
 		Probe:     eng.Health,
 		Interval:  a.cfg.ProbeInterval,
 		Timeout:   a.cfg.ProbeTimeout,
 		HangAfter: a.cfg.HangAfter,
 		Clock:     a.deps.Clock,
+		Activity:  activity,
 		OnUnhealthy: func(err error) {
 			a.log.Warn("engine unhealthy, restarting", "reason", err)
-			h.engine.Restart("unhealthy", err.Error())
+			svc.Restart("unhealthy", err.Error())
 		},
-	}
-	if h.front.gw != nil {
-		live.Activity = h.front.gw.Activity
-	}
-	live.Run(ctx)
+	}.Run(ctx)
 }
 
 // withEngineError adds the engine's last error line to the reason an engine exited.

@@ -25,6 +25,9 @@ func (h *head) metricsServed() served {
 	if h.front.metrics != nil {
 		s.collectors = append(s.collectors, h.front.metrics)
 	}
+	if h.front.replicas != nil {
+		s.collectors = append(s.collectors, h.front.replicas)
+	}
 	return s
 }
 
@@ -76,6 +79,9 @@ func (h *head) watchStage(run context.Context, name string, watch func(ctx conte
 // clusterStage brings up what the engine spans the nodes with: a Ray cluster, or, with
 // --launcher mp, only the rendezvous that the workers' ranks read.
 func (h *head) clusterStage(run context.Context) stage {
+	if h.replicated() {
+		return stage{name: "rendezvous", start: func(context.Context) (<-chan error, error) { return nil, h.publishReplicas() }}
+	}
 	if h.ranksOnNodes() {
 		return stage{name: "rendezvous", start: func(context.Context) (<-chan error, error) { return nil, h.publishLayout() }}
 	}

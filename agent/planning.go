@@ -100,6 +100,14 @@ func (a *agent) applyPreset() error {
 func (a *agent) chooseParallelism() error {
 	cfg := a.cfg
 	nodes, gpus := len(a.alloc.Nodes), a.alloc.GPUs
+	if a.replicated() {
+		if cfg.Replicas > nodes {
+			return fmt.Errorf("%w: --replicas %d runs one engine per node, and this job has %d nodes", ErrBadInput, cfg.Replicas, nodes)
+		}
+		// Each replica is a one-node engine: plan it for one node.
+		nodes = 1
+		cfg.PipelineParallel = 1
+	}
 	if (cfg.TensorParallel != 0 && cfg.PipelineParallel != 0) || gpus == 0 || !a.alloc.IsHead() {
 		var err error
 		a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus)

@@ -222,3 +222,10 @@ func PickWorkerPorts(cfg Config, jobID string, published jobfiles.Ports, probe P
 	}
 	return ports, p.moved, nil
 }
+
+// pickReplicaPort picks the port of a worker's replica gateway: the API port the head would
+// use (--port, default 8000 + job offset), or a free one when that is busy on this node.
+func pickReplicaPort(cfg Config, jobID string, probe PortProber) (int, error) {
+	p := &portPicker{probe: probe, used: map[int]bool{}}
+	return p.pick("port", orDefault(cfg.Port, 8000+JobOffset(jobID)))
+}

@@ -175,11 +175,15 @@ func (a *agent) multiNode() bool { return len(a.alloc.Nodes) > 1 }
 
 // usesRay tells whether the job runs a Ray cluster: over several nodes, unless the launcher is
 // vLLM's own multi-node mode.
-func (a *agent) usesRay() bool { return a.multiNode() && a.cfg.Launcher == LauncherRay }
+func (a *agent) usesRay() bool {
+	return a.multiNode() && a.cfg.Launcher == LauncherRay && !a.replicated()
+}
 
 // ranksOnNodes tells whether every node runs a rank of the engine (--launcher mp on several
 // nodes).
-func (a *agent) ranksOnNodes() bool { return a.multiNode() && a.cfg.Launcher == LauncherMP }
+func (a *agent) ranksOnNodes() bool {
+	return a.multiNode() && a.cfg.Launcher == LauncherMP && !a.replicated()
+}
 
 // findExecutables finds ray, where the job runs a Ray cluster, and vllm on every node that
 // runs a rank of the engine.
@@ -190,7 +194,7 @@ func (a *agent) findExecutables() error {
 			return fmt.Errorf("%w: ray executable %q not found: run slurm-scripts/setup_environment.sh and activate its environment, or pass --ray-bin", ErrBadInput, a.cfg.RayBin)
 		}
 	}
-	if a.alloc.IsHead() || a.ranksOnNodes() {
+	if a.alloc.IsHead() || a.ranksOnNodes() || a.replicated() {
 		if a.vllmBin, err = exec.LookPath(a.cfg.VLLMBin); err != nil {
 			return fmt.Errorf("%w: vllm executable %q not found: install vLLM into the job's environment (slurm-scripts/setup_environment.sh), or pass --vllm-bin", ErrBadInput, a.cfg.VLLMBin)
 		}

@@ -30,22 +30,26 @@ type NodeStatus struct {
 
 // StatusReport is what `llm-agent status` prints.
 type StatusReport struct {
-	JobID     string                `json:"job_id"`
-	State     jobfiles.ServiceState `json:"state"`
-	Reason    string                `json:"reason,omitempty"`
-	Ready     bool                  `json:"ready"`
-	URL       string                `json:"url"`
-	Model     string                `json:"model"`
-	Tensor    int                   `json:"tensor_parallel_size"`
-	Pipeline  int                   `json:"pipeline_parallel_size"`
-	GPUs      int                   `json:"gpus"`
-	Uptime    float64               `json:"uptime_seconds"`
-	TimeLeft  *float64              `json:"time_left_seconds,omitempty"`
-	Restarts  map[string]int        `json:"restarts"`
-	Nodes     []NodeStatus          `json:"nodes"`
-	SSHTunnel string                `json:"ssh_tunnel"`
-	Tunnel    string                `json:"tunnel,omitempty"`
-	File      string                `json:"connection_file"`
+	JobID    string                `json:"job_id"`
+	State    jobfiles.ServiceState `json:"state"`
+	Reason   string                `json:"reason,omitempty"`
+	Ready    bool                  `json:"ready"`
+	URL      string                `json:"url"`
+	Model    string                `json:"model"`
+	Tensor   int                   `json:"tensor_parallel_size"`
+	Pipeline int                   `json:"pipeline_parallel_size"`
+	GPUs     int                   `json:"gpus"`
+	Uptime   float64               `json:"uptime_seconds"`
+	TimeLeft *float64              `json:"time_left_seconds,omitempty"`
+	Restarts map[string]int        `json:"restarts"`
+	Nodes    []NodeStatus          `json:"nodes"`
+	// Replicas are the engine's replicas with --replicas, as the head's gateway sees them.
+	Replicas []jobfiles.Replica `json:"replicas,omitempty"`
+	// Adapters are the LoRA adapters served now.
+	Adapters  []jobfiles.Adapter `json:"adapters,omitempty"`
+	SSHTunnel string             `json:"ssh_tunnel"`
+	Tunnel    string             `json:"tunnel,omitempty"`
+	File      string             `json:"connection_file"`
 }
 
 // ConnectionPath finds a job's connection file from a job id, a state directory or the file.
@@ -59,7 +63,7 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 	}
 	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
-		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path}
+		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path, Replicas: c.Replicas, Adapters: c.Adapters}
 	live := c.State != jobfiles.StateStopped && c.State != jobfiles.StateFailed
 	// An ended job's uptime runs to its last update (when it stopped), and it has no time left.
 	upTo := now
@@ -158,6 +162,12 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 			s = "unreachable: " + n.Detail
 		}
 		fmt.Fprintf(tw, "node %s\t%s, %s\n", n.Node, n.Role, s)
+	}
+	for _, rep := range r.Replicas {
+		fmt.Fprintf(tw, "replica %s\t%s, %d GPUs\n", rep.Node, rep.State, rep.GPUs)
+	}
+	for _, ad := range r.Adapters {
+		fmt.Fprintf(tw, "adapter %s\t%s\n", ad.Name, ad.Path)
 	}
 	if r.Tunnel != "" {
 		fmt.Fprintf(tw, "tunnel\t%s\n", r.Tunnel)

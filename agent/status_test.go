@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +36,9 @@ func nodeServer(t *testing.T, ready bool) string {
 	return srv.URL
 }
 
+// spaces collapses the table's padding, which depends on its widest first column.
+var spaces = regexp.MustCompile(" +")
+
 func TestStatus(t *testing.T) {
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	end := now.Add(90 * time.Minute)
@@ -42,6 +46,8 @@ func TestStatus(t *testing.T) {
 	conn := jobfiles.Connection{JobID: "55", State: jobfiles.StateReady, BaseURL: "http://10.0.0.1:8000/v1", ServedModelName: "llama",
 		TensorParallel: 4, PipelineParallel: 2, GPUs: 8, StartedAt: now.Add(-time.Hour), JobEndTime: &end,
 		Restarts: map[string]int{"vllm": 1, "ray": 0}, SSHTunnel: "ssh -N -L 8000:n1:8000 u@login",
+		Replicas: []jobfiles.Replica{{Node: "n1", GPUs: 4, State: "ready"}, {Node: "n2", GPUs: 4, State: "not ready"}},
+		Adapters: []jobfiles.Adapter{{Name: "sql", Path: "/a/sql"}},
 		Metrics: []jobfiles.NodeEndpoint{
 			{Node: "n1", Role: "head", MetricsURL: nodeServer(t, true) + "/metrics"},
 			{Node: "n2", Role: "worker", MetricsURL: nodeServer(t, false) + "/metrics"},
@@ -67,11 +73,12 @@ func TestStatus(t *testing.T) {
 
 	var out bytes.Buffer
 	require.NoError(t, r.WriteTable(&out))
-	for _, want := range []string{"job        55", "state      ready", "ready      yes", "url        http://10.0.0.1:8000/v1",
-		"model      llama (tensor 4 x pipeline 2)", "gpus       8", "uptime     1h0m0s", "time left  1h30m0s",
-		"restarts   ray 0, vllm 1", "node n1    head, ready", "node n2    worker, up, not ready",
-		"node n3    worker, unreachable:", "tunnel     ssh -N -L 8000:n1:8000 u@login"} {
-		assert.Contains(t, out.String(), want)
+	for _, want := range []string{"job 55", "state ready", "ready yes", "url http://10.0.0.1:8000/v1",
+		"model llama (tensor 4 x pipeline 2)", "gpus 8", "uptime 1h0m0s", "time left 1h30m0s",
+		"restarts ray 0, vllm 1", "node n1 head, ready", "node n2 worker, up, not ready",
+		"node n3 worker, unreachable:", "tunnel ssh -N -L 8000:n1:8000 u@login",
+		"replica n1 ready, 4 GPUs", "replica n2 not ready, 4 GPUs", "adapter sql /a/sql"} {
+		assert.Contains(t, spaces.ReplaceAllString(out.String(), " "), want)
 	}
 
 	// A job that ended is reported from its file alone, not ready.
@@ -87,7 +94,7 @@ func TestStatus(t *testing.T) {
 	require.NoError(t, r.WriteTable(&out))
 	assert.Contains(t, out.String(), "failed (engine: gave up)")
 	assert.Contains(t, out.String(), "not probed")
-	assert.Contains(t, out.String(), "time left  none (ended)")
+	assert.Contains(t, spaces.ReplaceAllString(out.String(), " "), "time left none (ended)")
 }
 
 func TestConnectionPath(t *testing.T) {

@@ -24,8 +24,11 @@ func (a *agent) runWorker(ctx context.Context) error {
 		}
 		return err
 	}
-	mp := rv.Launcher == LauncherMP
-	if !mp {
+	mp, replica := rv.Launcher == LauncherMP, rv.Replicas > 1
+	if replica {
+		a.cfg.Replicas = rv.Replicas
+	}
+	if !mp && !replica {
 		if _, err := ReadRayToken(a.stateDir); err != nil {
 			return err
 		}
@@ -34,22 +37,31 @@ func (a *agent) runWorker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	replicaPort := 0
+	if replica && a.alloc.NodeID < rv.Replicas {
+		// The node's replica gateway takes the API port the head would use, on this node.
+		if replicaPort, err = pickReplicaPort(a.cfg, a.alloc.JobID, a.deps.Ports); err != nil {
+			return err
+		}
+	}
 	for _, m := range moved {
 		a.log.Warn("port busy on this node, using another", "move", m)
 	}
 	run := life(ctx)
-	stages := []stage{a.metricsStage(run, ports.Metrics, served{}), a.workerFilesStage(ports)}
+	stages := []stage{a.metricsStage(run, ports.Metrics, served{})}
 	switch {
+	case replicaPort > 0:
+		stages = append(stages, a.workerReplicaStage(run, rv, replicaPort), a.workerFilesStage(ports, replicaPort))
+	case replica:
+		stages = append(stages, a.workerFilesStage(ports, 0), idleStage(a))
 	case !mp:
+		stages = append(stages, a.workerFilesStage(ports, 0))
 		stages = append(stages, a.workerRayStage(run, ports, rv.RayAddress()))
 	case a.alloc.NodeID < rv.Pipeline:
-		stages = append(stages, a.workerRankStage(run, rv))
+		stages = append(stages, a.workerFilesStage(ports, 0), a.workerRankStage(run, rv))
 	default:
 		// The engine's pipeline ends before this node: with no Ray, it only reports.
-		stages = append(stages, stage{name: "idle", start: func(context.Context) (<-chan error, error) {
-			a.state.SetReady(true, "", time.Now())
-			return nil, nil
-		}})
+		stages = append(stages, a.workerFilesStage(ports, 0), idleStage(a))
 	}
 	failure := runStages(ctx, stages, func(failure error) error {
 		if failure == nil {
@@ -69,12 +81,22 @@ func (a *agent) runWorker(ctx context.Context) error {
 	return failure
 }
 
-// workerFilesStage publishes the worker's node file.
-func (a *agent) workerFilesStage(ports jobfiles.Ports) stage {
+// workerFilesStage publishes the worker's node file, with its replica gateway's port if any.
+func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPort int) stage {
 	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
-		a.state.SetReady(false, "starting", time.Now())
+		if replicaPort == 0 {
+			a.state.SetReady(false, "starting", time.Now())
+		}
 		return nil, jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
-			MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()})
+			MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPort: replicaPort})
+	}}
+}
+
+// idleStage is a node the engine does not use: with no Ray, it only reports.
+func idleStage(a *agent) stage {
+	return stage{name: "idle", start: func(context.Context) (<-chan error, error) {
+		a.state.SetReady(true, "", time.Now())
+		return nil, nil
 	}}
 }
 

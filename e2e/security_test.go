@@ -455,6 +455,34 @@ func TestAttacksFail(t *testing.T) {
 		mp.waitState(jobfiles.StateStopped, drainBound)
 		requireNoProcesses(t, drainBound)
 	})
+
+	// --replicas: each worker's engine is behind a gateway of its own on the node's address.
+	t.Run("replica gateways", func(t *testing.T) {
+		rj := submit(t, jobSpec{script: "multinode.sbatch", user: owner, sbatch: []string{"-N", "3", "--gpus-per-node=1", "--cpus-per-task=1"},
+			agent: []string{"--replicas", "3"}})
+		rc := rj.waitState(jobfiles.StateReady, readyTimeout)
+		clientKey := rj.apiKey(rc)
+		var port int
+		var addr string
+		require.True(t, assertEventually(readyTimeout, func() bool {
+			for _, n := range jobfiles.ReadNodeInfos(rj.stateDir, []string{"node2"}) {
+				port, addr = n.ReplicaPort, n.Address
+			}
+			return port != 0
+		}), "node2's replica gateway")
+		base := "http://" + netJoin(addr, fmt.Sprint(port))
+		body := `-H 'Content-Type: application/json' -d '{"model":"tiny-test","prompt":"x"}'`
+		out, _ := as(farNode, attacker, fmt.Sprintf("curl -s -m 10 -o /dev/null -w '%%{http_code}' %s %s/v1/completions", body, base))
+		a.record("--replicas: node2's replica gateway without a key (POST /v1/completions)", nodeName(farNode), "401", "HTTP code "+out, out == "401")
+		code, answer := completion(t, jobfiles.Connection{BaseURL: base + "/v1"}, clientKey, "/completions", `{"model":"tiny-test","prompt":"x"}`)
+		a.record("--replicas: node2's replica gateway with a client key (a key holder bypassing the head's limits and audit)", "host",
+			"401: only the head's gateway holds the replica key", fmt.Sprintf("HTTP %d", code), code == 401 && !strings.Contains(answer, "choices"))
+		out, code = as(farNode, attacker, "cat "+filepath.Join(rj.stateDir, agent.ReplicaKeyFile))
+		a.record("--replicas: reading the replica key", nodeName(farNode), "permission denied", fmt.Sprintf("exit %d: %s", code, out), code != 0)
+		require.NoError(t, exec.Command("scancel", rj.id).Run())
+		rj.waitState(jobfiles.StateStopped, drainBound)
+		requireNoProcesses(t, drainBound)
+	})
 }
 
 func netJoin(addr, port string) string {

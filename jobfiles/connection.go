@@ -35,6 +35,13 @@ const (
 	OwnerKeyFile = "owner_key"
 )
 
+// Replica is one replica of the engine, as the connection file lists it.
+type Replica struct {
+	Node  string `json:"node"`
+	GPUs  int    `json:"gpus"`
+	State string `json:"state"`
+}
+
 // Adapter is a LoRA adapter the engine serves, as the connection file lists it.
 type Adapter struct {
 	Name string `json:"name"`
@@ -88,7 +95,10 @@ type Connection struct {
 	OwnerKeyFile string    `json:"owner_key_file,omitempty"`
 	LoRAMaxRank  int       `json:"lora_max_rank,omitempty"`
 	Adapters     []Adapter `json:"adapters,omitempty"`
-	SSHTunnel    string    `json:"ssh_tunnel"`
+	// Replicas are the engine's replicas when the job runs several: each one's node, GPUs and
+	// state as the head's gateway sees it ("ready" while it is in the rotation).
+	Replicas  []Replica `json:"replicas,omitempty"`
+	SSHTunnel string    `json:"ssh_tunnel"`
 	// Tunnel is the llm-agent tunnel command to run on a laptop for this job.
 	Tunnel     string         `json:"tunnel,omitempty"`
 	StartedAt  time.Time      `json:"started_at"`
@@ -192,6 +202,7 @@ func (w *ConnectionWriter) Update(f func(c *Connection)) error {
 	before.Restarts = maps.Clone(w.conn.Restarts)
 	before.Metrics = append([]NodeEndpoint(nil), w.conn.Metrics...)
 	before.Adapters = append([]Adapter(nil), w.conn.Adapters...)
+	before.Replicas = append([]Replica(nil), w.conn.Replicas...)
 	f(&w.conn)
 	a, _ := json.Marshal(before)
 	b, _ := json.Marshal(w.conn)

@@ -36,6 +36,9 @@ type Rendezvous struct {
 	Launcher string `json:"launcher,omitempty"`
 	Tensor   int    `json:"tensor_parallel_size,omitempty"`
 	Pipeline int    `json:"pipeline_parallel_size,omitempty"`
+	// Replicas > 1: the first Replicas nodes each run a whole engine of their own (Tensor
+	// GPUs, no pipeline), the workers' behind their node's gateway, and the head routes to all.
+	Replicas int `json:"replicas,omitempty"`
 }
 
 // RayAddress returns the GCS address workers join, HOST:PORT.
@@ -112,6 +115,8 @@ type NodeInfo struct {
 	Stopping bool `json:"stopping,omitempty"`
 	// EngineEnded is set when this node's rank of an engine across nodes ended by itself.
 	EngineEnded *EngineEnd `json:"engine_ended,omitempty"`
+	// ReplicaPort is where a worker's replica gateway listens, on Address.
+	ReplicaPort int `json:"replica_port,omitempty"`
 }
 
 // EngineEnd says which generation of the engine a rank belonged to, and how it ended.

@@ -21,8 +21,10 @@ const SocketName = "engine.sock"
 type Endpoint struct {
 	// Socket is the path of the Unix socket (`vllm serve --uds`); empty for TCP.
 	Socket string
-	// Port is the engine's TCP port on this node when there is no socket.
+	// Port is the engine's TCP port when there is no socket; Host its address, loopback when
+	// empty (another node's, for a replica behind that node's gateway).
 	Port int
+	Host string
 }
 
 // BaseURL is the root of the engine's routes. Over a socket the host part is only a name: the
@@ -31,7 +33,11 @@ func (e Endpoint) BaseURL() string {
 	if e.Socket != "" {
 		return "http://engine"
 	}
-	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(e.Port))
+	host := e.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(e.Port))
 }
 
 // String names the endpoint in logs and reasons.

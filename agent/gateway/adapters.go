@@ -93,18 +93,33 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.model = auditField(req.Name, maxModelField)
-	ereq, err := g.engineRequest(r, body)
-	if err != nil {
-		x.status = http.StatusBadRequest
-		writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
+	// Every replica loads or unloads the adapter (another node's through its gateway, which
+	// takes this gateway's key as its owner's); the first refusal is the answer.
+	var resp *http.Response
+	for _, rep := range g.pool.list() {
+		if !rep.Up() {
+			continue
+		}
+		ereq, err := g.engineRequest(r, body, rep)
+		if err != nil {
+			x.status = http.StatusBadRequest
+			writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
+			return
+		}
+		rr, err := rep.client.Do(ereq)
+		if err != nil {
+			g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+			return
+		}
+		defer rr.Body.Close()
+		if resp == nil || (resp.StatusCode == http.StatusOK && rr.StatusCode != http.StatusOK) {
+			resp = rr
+		}
+	}
+	if resp == nil {
+		g.unavailable(w, x, "the model is not ready; retry shortly")
 		return
 	}
-	resp, err := g.client.Do(ereq)
-	if err != nil {
-		g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
-		return
-	}
-	defer resp.Body.Close()
 	g.plainResponse(w, resp, x)
 	if resp.StatusCode == http.StatusOK && g.opts.OnAdapter != nil {
 		path := req.Path

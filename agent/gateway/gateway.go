@@ -50,15 +50,18 @@ type Options struct {
 	LoRA      bool
 	OwnerKey  string
 	OnAdapter func(name, path string)
+	// Name names the local engine's replica (its node) in the ReplicaHeader of answers, once
+	// the gateway routes to several (SetReplicas).
+	Name string
 	// Logger receives the gateway's log lines; never a key or a prompt.
 	Logger hclog.Logger
 }
 
 // Gateway is the authenticated reverse proxy in front of the engine.
 type Gateway struct {
-	opts      Options
-	client    *http.Client
-	engineURL string
+	opts Options
+	// pool holds the engines requests go to: the local one first.
+	pool pool
 	// perKey counts each key's requests in flight (key name -> *atomic.Int64); the names come
 	// from the keys file, so the map stays small.
 	perKey   sync.Map
@@ -82,7 +85,11 @@ func New(o Options) *Gateway {
 		o.Logger = hclog.NewNullLogger()
 	}
 	// Compression stays off: the engine's bytes pass through as they come.
-	return &Gateway{opts: o, client: &http.Client{Transport: o.Engine.Transport(256)}, engineURL: o.Engine.BaseURL()}
+	local := &Replica{Name: o.Name, Endpoint: o.Engine, Key: o.EngineKey, local: true, ready: o.Ready,
+		client: &http.Client{Transport: o.Engine.Transport(256)}, url: o.Engine.BaseURL()}
+	g := &Gateway{opts: o}
+	g.pool.replicas.Store(&[]*Replica{local})
+	return g
 }
 
 // Handler serves /v1/*, /tokenize and /detokenize (authenticated, proxied), /healthz and /readyz;
@@ -119,6 +126,9 @@ func (g *Gateway) Handler() http.Handler {
 func (g *Gateway) ready() (bool, string) {
 	if g.draining.Load() {
 		return false, "draining"
+	}
+	if g.pool.anyUp() {
+		return true, ""
 	}
 	return g.opts.Ready()
 }
@@ -221,31 +231,76 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		}
 		defer func() { q.done(reserved, x.prompt+x.complete) }()
 	}
-	req, err := g.engineRequest(r, body)
-	if err != nil {
-		x.status = http.StatusBadRequest
-		writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
-		return
-	}
-	g.progress.begin()
-	defer g.progress.end()
-	resp, err := g.client.Do(req)
-	if err != nil {
-		if r.Context().Err() != nil {
-			x.status, x.err = 499, "client closed the request"
+	g.forward(w, r, x, body, injected)
+}
+
+// forward sends the request to the least loaded ready replica and passes its answer on. A
+// request that never reached a replica (its node's gateway refused the connection, or answered
+// that its engine is not ready) goes to the next one, and that replica leaves the rotation
+// until its /readyz says ready again.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange, body []byte, injected bool) {
+	var tried []*Replica
+	for {
+		rep := g.pool.pick(tried)
+		if rep == nil {
+			g.unavailable(w, x, "no replica of the model is ready; retry shortly")
 			return
 		}
-		g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+		tried = append(tried, rep)
+		req, err := g.engineRequest(r, body, rep)
+		if err != nil {
+			x.status = http.StatusBadRequest
+			writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
+			return
+		}
+		if !g.send(w, r, x, req, rep, injected) {
+			rep.SetUp(false)
+			continue
+		}
 		return
+	}
+}
+
+// send sends req to rep and passes the answer on; it returns false, having answered nothing,
+// when the request did not reach rep's engine and may go to another replica.
+func (g *Gateway) send(w http.ResponseWriter, r *http.Request, x *exchange, req *http.Request, rep *Replica, injected bool) bool {
+	rep.routed.Add(1)
+	rep.inFlight.Add(1)
+	defer rep.inFlight.Add(-1)
+	if rep.local {
+		// The hang detection follows the local engine only.
+		g.progress.begin()
+		defer g.progress.end()
+	}
+	resp, err := rep.client.Do(req)
+	if err != nil {
+		switch {
+		case r.Context().Err() != nil:
+			x.status, x.err = 499, "client closed the request"
+		case !rep.local && notSent(err):
+			return false
+		default:
+			g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+		}
+		return true
 	}
 	defer resp.Body.Close()
-	g.progress.saw() // the engine answered
-	resp.Body = progressReader{resp.Body, &g.progress}
+	if !rep.local && resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(UnavailableHeader) != "" {
+		return false
+	}
+	if rep.local {
+		g.progress.saw() // the engine answered
+		resp.Body = progressReader{resp.Body, &g.progress}
+	}
+	if len(g.pool.list()) > 1 {
+		w.Header().Set(ReplicaHeader, rep.Name)
+	}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		g.streamResponse(w, r, resp, x, injected)
-		return
+		return true
 	}
 	g.plainResponse(w, resp, x)
+	return true
 }
 
 // authenticate finds the key a request presents; without a valid one it answers 401.
@@ -269,8 +324,8 @@ func (g *Gateway) authenticate(w http.ResponseWriter, r *http.Request, x *exchan
 
 // engineRequest is the client's request as the engine gets it: the body the gateway may have
 // rewritten, the client's content headers, and the engine's own key in place of the client's.
-func (g *Gateway) engineRequest(r *http.Request, body []byte) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, g.engineURL+r.URL.RequestURI(), bytes.NewReader(body))
+func (g *Gateway) engineRequest(r *http.Request, body []byte, rep *Replica) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, rep.url+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -279,7 +334,7 @@ func (g *Gateway) engineRequest(r *http.Request, body []byte) (*http.Request, er
 			req.Header.Set(h, v)
 		}
 	}
-	req.Header.Set("Authorization", "Bearer "+g.opts.EngineKey)
+	req.Header.Set("Authorization", "Bearer "+rep.Key)
 	return req, nil
 }
 
@@ -307,6 +362,7 @@ func (g *Gateway) throttled(w http.ResponseWriter, x *exchange, limit string, re
 
 func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
 	x.status = http.StatusServiceUnavailable
+	w.Header().Set(UnavailableHeader, "1")
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))
 	writeError(w, x.status, "service_unavailable", "engine_unavailable", msg)
 }

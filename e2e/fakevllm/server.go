@@ -30,6 +30,8 @@ type server struct {
 	nextID int
 	// adapters are the LoRA adapters served, name to path.
 	adapters map[string]string
+	// seqs holds a place for each sequence running, with --max-num-seqs; nil for no bound.
+	seqs chan struct{}
 }
 
 // vllmMetrics carries vLLM's metric names and labels (model_name, engine).
@@ -43,6 +45,9 @@ func newServer(o *options, keys []string, tokenDelay time.Duration) *server {
 	s := &server{o: o, keys: keys, tokenDelay: tokenDelay, reg: prometheus.NewRegistry(), adapters: map[string]string{}}
 	for _, m := range o.loraModules {
 		s.adapters[m.Name] = m.Path
+	}
+	if o.maxNumSeqs > 0 {
+		s.seqs = make(chan struct{}, o.maxNumSeqs)
 	}
 	labels := []string{"model_name", "engine"}
 	gauge := func(name, help string) *prometheus.GaugeVec {
@@ -252,9 +257,23 @@ func (s *server) complete(chat bool) http.HandlerFunc {
 			n = *req.MaxTokens
 		}
 		lbl := []string{s.o.servedName, "0"}
+		// With --max-num-seqs, that many sequences run at once and the others wait, as in
+		// vLLM's scheduler: an engine's capacity, for the replica benchmarks.
+		queued := time.Now()
+		if s.seqs != nil {
+			s.m.waiting.WithLabelValues(lbl...).Inc()
+			select {
+			case s.seqs <- struct{}{}:
+				s.m.waiting.WithLabelValues(lbl...).Dec()
+				defer func() { <-s.seqs }()
+			case <-r.Context().Done():
+				s.m.waiting.WithLabelValues(lbl...).Dec()
+				return
+			}
+		}
 		s.m.running.WithLabelValues(lbl...).Inc()
 		defer s.m.running.WithLabelValues(lbl...).Dec()
-		s.m.queue.WithLabelValues(lbl...).Observe(0)
+		s.m.queue.WithLabelValues(lbl...).Observe(time.Since(queued).Seconds())
 		s.mu.Lock()
 		s.nextID++
 		id := fmt.Sprintf("%s-fake%d", map[bool]string{true: "chatcmpl", false: "cmpl"}[chat], s.nextID)

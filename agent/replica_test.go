@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/jobfiles"
+)
+
+// engineNotOn returns the pid of a fake engine, started by this test process (or its
+// children), on a socket other than skip. Processes of anyone else are never looked at.
+func engineNotOn(t *testing.T, skip string) int {
+	t.Helper()
+	for _, pid := range descendantsOf(os.Getpid()) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			continue
+		}
+		cmd := string(b)
+		if strings.Contains(cmd, "vllm\x00serve\x00") && strings.Contains(cmd, "--uds") && !strings.Contains(cmd, skip) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// descendantsOf returns the processes below pid.
+func descendantsOf(pid int) []int {
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		kids := childrenOf(queue[0])
+		queue = append(queue[1:], kids...)
+		out = append(out, kids...)
+	}
+	return out
+}
+
+// TestRunReplicas runs two replicas, one per node, with no Ray: the head's gateway routes to
+// both, and the worker's engine, killed, leaves the rotation, is restarted by its own node's
+// agent and comes back.
+func TestRunReplicas(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	cfg := testConfig(t, dir)
+	cfg.Replicas = 2
+	cfg.BackoffInitial, cfg.BackoffMax = 3*time.Second, 3*time.Second // a restart slow enough for the head to see, as real engines' are
+	runs := startNodes(t, cfg, "4545", 2, nil)
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped { // a failed check: nothing may be left running
+			stopNodes(t, runs)
+		}
+	})
+	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	assert.Empty(t, c.RayAddress, "no Ray")
+	assert.Empty(t, fakeRayPIDs(t, true))
+	assert.Empty(t, fakeRayPIDs(t, false))
+	states := func() string {
+		c, _ := jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+		var s []string
+		for _, r := range c.Replicas {
+			s = append(s, r.Node+"="+r.State)
+		}
+		return strings.Join(s, " ")
+	}
+	require.Eventually(t, func() bool { return states() == "node1=ready node2=ready" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
+	key, err := os.ReadFile(c.APIKeyFile)
+	require.NoError(t, err)
+	served := map[string]int{}
+	for range 20 {
+		req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		served[resp.Header.Get(gateway.ReplicaHeader)]++
+	}
+	assert.Greater(t, served["node1"], 0, "%v", served)
+	assert.Greater(t, served["node2"], 0, "%v", served)
+	rk, err := os.Stat(filepath.Join(dir, ReplicaKeyFile))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), rk.Mode().Perm())
+
+	pid := engineNotOn(t, c.EngineSocket)
+	require.NotZero(t, pid, "the worker's engine")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return states() == "node1=ready node2=not ready" }, 5*time.Second, 20*time.Millisecond, "replicas: %s", states())
+	require.Eventually(t, func() bool { return states() == "node1=ready node2=ready" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
+	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
+	assert.Equal(t, 0, c.Restarts["vllm"], "the head's engine did not restart")
+	stopped = true
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
+	}
+	assertNoChildren(t)
+}
+
+func TestReplicasConfig(t *testing.T) {
+	for _, tt := range []struct {
+		file, want string
+	}{
+		{"replicas: 2\ngateway: false\n", "needs the gateway"},
+		{"replicas: 2\npipeline-parallel-size: 2\n", "not supported"},
+	} {
+		_, err := ResolveConfig([]byte("model: /m/tiny\n"+tt.file), func(string) string { return "" }, nil)
+		assert.ErrorIs(t, err, ErrConfig)
+		assert.ErrorContains(t, err, tt.want)
+	}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Replicas = 3
+	err := Run(t.Context(), cfg, testDeps(t, map[string]string{"SLURM_JOB_ID": "4646", "SLURM_JOB_NODELIST": "node[1-2]",
+		"SLURM_NODEID": "0", "SLURM_GPUS_ON_NODE": "1"}, "node1"))
+	assert.ErrorIs(t, err, ErrBadInput)
+	assert.ErrorContains(t, err, "--replicas 3 runs one engine per node, and this job has 2 nodes")
+}
