@@ -18,27 +18,40 @@ const RayTokenFile = "ray_token"
 // to the state directory, where every node's Ray and the engine read it. Each run of the head
 // makes a new one, so a token from an earlier run opens nothing.
 func WriteRayToken(stateDir string) error {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return fmt.Errorf("generate ray token: %w", err)
-	}
-	if err := jobfiles.WriteFileAtomic(filepath.Join(stateDir, RayTokenFile), []byte(hex.EncodeToString(b)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("ray token: %w", err)
-	}
-	_, err := ReadRayToken(stateDir)
+	_, err := writeRunSecret(stateDir, RayTokenFile, "ray token", "")
 	return err
 }
 
 // ReadRayToken reads the job's Ray token through the checked secret reader: the file must be
 // the user's and closed to others.
 func ReadRayToken(stateDir string) (string, error) {
-	b, err := securefs.ReadSecret(filepath.Join(stateDir, RayTokenFile), maxKeyFile)
+	return readRunSecret(stateDir, RayTokenFile, "ray token")
+}
+
+// writeRunSecret makes a new random secret of this run (prefix and 64 hex digits), writes it
+// to name in the state directory with mode 0600, and reads it back through the checked reader.
+func writeRunSecret(stateDir, name, what, prefix string) (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate %s: %w", what, err)
+	}
+	if err := jobfiles.WriteFileAtomic(filepath.Join(stateDir, name), []byte(prefix+hex.EncodeToString(b)+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	return readRunSecret(stateDir, name, what)
+}
+
+// readRunSecret reads a secret of this run from the state directory: the file must be the
+// user's and closed to others, and hold one.
+func readRunSecret(stateDir, name, what string) (string, error) {
+	path := filepath.Join(stateDir, name)
+	b, err := securefs.ReadSecret(path, maxKeyFile)
 	if err != nil {
-		return "", fmt.Errorf("ray token: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
-	token := strings.TrimSpace(string(b))
-	if len(token) < 32 {
-		return "", fmt.Errorf("ray token: %s holds no token", filepath.Join(stateDir, RayTokenFile))
+	secret := strings.TrimSpace(string(b))
+	if len(secret) < 32 {
+		return "", fmt.Errorf("%s: %s holds no %s", what, path, what)
 	}
-	return token, nil
+	return secret, nil
 }

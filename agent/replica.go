@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -11,13 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/gateway"
-	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -39,28 +35,12 @@ func (a *agent) replicated() bool { return a.cfg.Replicas > 1 }
 
 // writeReplicaKey makes the run's replica key.
 func writeReplicaKey(stateDir string) (string, error) {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("generate replica key: %w", err)
-	}
-	key := "sk-llm-replica-" + hex.EncodeToString(b)
-	if err := jobfiles.WriteFileAtomic(filepath.Join(stateDir, ReplicaKeyFile), []byte(key+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("replica key: %w", err)
-	}
-	return key, nil
+	return writeRunSecret(stateDir, ReplicaKeyFile, "replica key", "sk-llm-replica-")
 }
 
 // readReplicaKey reads the run's replica key through the checked secret reader.
 func readReplicaKey(stateDir string) (string, error) {
-	b, err := securefs.ReadSecret(filepath.Join(stateDir, ReplicaKeyFile), maxKeyFile)
-	if err != nil {
-		return "", fmt.Errorf("replica key: %w", err)
-	}
-	key := strings.TrimSpace(string(b))
-	if len(key) < 32 {
-		return "", fmt.Errorf("replica key: %s holds no key", filepath.Join(stateDir, ReplicaKeyFile))
-	}
-	return key, nil
+	return readRunSecret(stateDir, ReplicaKeyFile, "replica key")
 }
 
 // publishReplicas writes the replica key and the rendezvous that tells the workers to run their
