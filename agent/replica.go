@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -66,15 +67,20 @@ func (h *head) publishReplicas() error {
 func (h *head) watchReplicas(ctx context.Context) {
 	a := h.agent
 	hosts := a.alloc.Nodes[1:min(len(a.alloc.Nodes), a.cfg.Replicas)]
+	var known []jobfiles.NodeInfo // the node files the pool was last built from
 	for {
-		var reps []*gateway.Replica
-		for _, n := range jobfiles.ReadNodeInfos(a.stateDir, hosts) {
-			if n.ReplicaPort > 0 {
-				ep := vllm.Endpoint{Host: n.Address, Port: n.ReplicaPort}
-				reps = append(reps, gateway.NewReplica(n.Host, ep, h.replicaKey))
+		infos := jobfiles.ReadNodeInfos(a.stateDir, hosts)
+		if !slices.EqualFunc(infos, known, sameReplica) {
+			known = infos
+			var reps []*gateway.Replica
+			for _, n := range infos {
+				if n.ReplicaPort > 0 {
+					ep := vllm.Endpoint{Host: n.Address, Port: n.ReplicaPort}
+					reps = append(reps, gateway.NewReplica(n.Host, ep, h.replicaKey))
+				}
 			}
+			h.front.gw.SetReplicas(reps)
 		}
-		h.front.gw.SetReplicas(reps)
 		h.front.gw.CheckReplicas(ctx, replicaCheckTimeout, func(r *gateway.Replica, up bool) {
 			a.log.Info("replica "+map[bool]string{true: "joins the rotation", false: "leaves the rotation"}[up], "replica", r.Name)
 		})
@@ -85,6 +91,11 @@ func (h *head) watchReplicas(ctx context.Context) {
 		case <-a.deps.Clock.After(replicaCheckInterval):
 		}
 	}
+}
+
+// sameReplica tells whether two node files name the same replica gateway.
+func sameReplica(a, b jobfiles.NodeInfo) bool {
+	return a.Host == b.Host && a.Address == b.Address && a.ReplicaPort == b.ReplicaPort
 }
 
 // publishReplicaStates writes every replica's state to the connection file.
