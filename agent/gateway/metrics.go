@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,5 +83,55 @@ func (m *Metrics) observe(x *exchange, latency time.Duration) {
 	}
 	if x.stream && x.ttft > 0 {
 		m.ttft.WithLabelValues(key, project).Observe(x.ttft.Seconds())
+	}
+}
+
+// ReplicaCollector exports each replica's state: in the rotation or not, requests in flight,
+// and requests routed to it.
+type ReplicaCollector struct {
+	g                    atomic.Pointer[Gateway]
+	up, inFlight, routed *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*ReplicaCollector)(nil)
+
+// NewReplicaCollector returns the replica series, labelled with node and job, of the gateway
+// Bind gives it; none before.
+func NewReplicaCollector(node, job string) *ReplicaCollector {
+	consts := prometheus.Labels{"node": node, "job": job}
+	desc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, []string{"replica"}, consts)
+	}
+	return &ReplicaCollector{
+		up:       desc("llm_agent_gateway_replica_up", "1 while the replica (an engine, named by its node) is in the gateway's rotation."),
+		inFlight: desc("llm_agent_gateway_replica_in_flight", "Requests the gateway has in flight on the replica."),
+		routed:   desc("llm_agent_gateway_replica_requests_total", "Requests the gateway sent to the replica."),
+	}
+}
+
+// Bind makes the collector export g's replicas.
+func (c *ReplicaCollector) Bind(g *Gateway) { c.g.Store(g) }
+
+// Describe sends the series' descriptions.
+func (c *ReplicaCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.inFlight
+	ch <- c.routed
+}
+
+// Collect sends the series.
+func (c *ReplicaCollector) Collect(ch chan<- prometheus.Metric) {
+	g := c.g.Load()
+	if g == nil {
+		return
+	}
+	for _, r := range g.Replicas() {
+		up := 0.0
+		if r.Up() {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, r.Name)
+		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.InFlight()), r.Name)
+		ch <- prometheus.MustNewConstMetric(c.routed, prometheus.CounterValue, float64(r.Routed()), r.Name)
 	}
 }

@@ -6,12 +6,12 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/llm-agent/llm-agent/vllm"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // UnavailableHeader marks a 503 that the gateway itself answered: the request never reached an
@@ -151,6 +151,76 @@ func (g *Gateway) Replicas() []*Replica {
 	return rs
 }
 
+// forward sends the request to the least loaded ready replica and passes its answer on. A
+// request that never reached a replica (its node's gateway refused the connection, or answered
+// that its engine is not ready) goes to the next one, and that replica leaves the rotation
+// until its /readyz says ready again.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange, body []byte, injected bool) {
+	var buf [4]*Replica // the replicas tried, without an allocation for a few
+	tried := buf[:0]
+	for {
+		rep := g.pool.pick(tried)
+		if rep == nil {
+			g.unavailable(w, x, "no replica of the model is ready; retry shortly")
+			return
+		}
+		tried = append(tried, rep)
+		req, err := g.engineRequest(r, body, rep)
+		if err != nil {
+			x.status = http.StatusBadRequest
+			writeError(w, x.status, "invalid_request_error", "bad_request", "bad request: "+err.Error())
+			return
+		}
+		if !g.send(w, r, x, req, rep, injected) {
+			rep.SetUp(false)
+			continue
+		}
+		return
+	}
+}
+
+// send sends req to rep and passes the answer on; it returns false, having answered nothing,
+// when the request did not reach rep's engine and may go to another replica.
+func (g *Gateway) send(w http.ResponseWriter, r *http.Request, x *exchange, req *http.Request, rep *Replica, injected bool) bool {
+	rep.routed.Add(1)
+	rep.inFlight.Add(1)
+	defer rep.inFlight.Add(-1)
+	if rep.local {
+		// The hang detection follows the local engine only.
+		g.progress.begin()
+		defer g.progress.end()
+	}
+	resp, err := rep.client.Do(req)
+	if err != nil {
+		switch {
+		case r.Context().Err() != nil:
+			x.status, x.err = 499, "client closed the request"
+		case !rep.local && notSent(err):
+			return false
+		default:
+			g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+		}
+		return true
+	}
+	defer resp.Body.Close()
+	if !rep.local && resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(UnavailableHeader) != "" {
+		return false
+	}
+	if rep.local {
+		g.progress.saw() // the engine answered
+		resp.Body = progressReader{resp.Body, &g.progress}
+	}
+	if len(g.pool.list()) > 1 {
+		w.Header().Set(ReplicaHeader, rep.Name)
+	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		g.streamResponse(w, r, resp, x, injected)
+		return true
+	}
+	g.plainResponse(w, resp, x)
+	return true
+}
+
 // notSent tells an error of a request that never reached the replica: the connection was
 // refused or could not be made, so another replica may take it.
 func notSent(err error) bool {
@@ -205,54 +275,4 @@ func probeReady(ctx context.Context, r *Replica, timeout time.Duration) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
-}
-
-// ReplicaCollector exports each replica's state: in the rotation or not, requests in flight,
-// and requests routed to it.
-type ReplicaCollector struct {
-	g                    atomic.Pointer[Gateway]
-	up, inFlight, routed *prometheus.Desc
-}
-
-var _ prometheus.Collector = (*ReplicaCollector)(nil)
-
-// NewReplicaCollector returns the replica series, labelled with node and job, of the gateway
-// Bind gives it; none before.
-func NewReplicaCollector(node, job string) *ReplicaCollector {
-	consts := prometheus.Labels{"node": node, "job": job}
-	desc := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc(name, help, []string{"replica"}, consts)
-	}
-	return &ReplicaCollector{
-		up:       desc("llm_agent_gateway_replica_up", "1 while the replica (an engine, named by its node) is in the gateway's rotation."),
-		inFlight: desc("llm_agent_gateway_replica_in_flight", "Requests the gateway has in flight on the replica."),
-		routed:   desc("llm_agent_gateway_replica_requests_total", "Requests the gateway sent to the replica."),
-	}
-}
-
-// Bind makes the collector export g's replicas.
-func (c *ReplicaCollector) Bind(g *Gateway) { c.g.Store(g) }
-
-// Describe sends the series' descriptions.
-func (c *ReplicaCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.up
-	ch <- c.inFlight
-	ch <- c.routed
-}
-
-// Collect sends the series.
-func (c *ReplicaCollector) Collect(ch chan<- prometheus.Metric) {
-	g := c.g.Load()
-	if g == nil {
-		return
-	}
-	for _, r := range g.Replicas() {
-		up := 0.0
-		if r.Up() {
-			up = 1
-		}
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, r.Name)
-		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.InFlight()), r.Name)
-		ch <- prometheus.MustNewConstMetric(c.routed, prometheus.CounterValue, float64(r.Routed()), r.Name)
-	}
 }

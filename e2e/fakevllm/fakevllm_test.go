@@ -256,3 +256,29 @@ func TestRunOnUnixSocket(t *testing.T) {
 	require.NoError(t, os.WriteFile(sock, nil, 0o600))
 	assert.ErrorContains(t, run(o), "Address already in use")
 }
+
+func TestMaxNumSeqsBoundsTheEngine(t *testing.T) {
+	o, err := parseArgs([]string{"serve", "/models/tiny", "--served-model-name", "tiny", "--max-num-seqs", "2"})
+	require.NoError(t, err)
+	srv := httptest.NewServer(newServer(o, nil, 20*time.Millisecond).routes())
+	defer srv.Close()
+	start := time.Now()
+	done := make(chan time.Duration, 4)
+	for range 4 {
+		go func() {
+			resp, err := http.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"model":"tiny","prompt":"x","max_tokens":5}`))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			done <- time.Since(start)
+		}()
+	}
+	var last time.Duration
+	for range 4 {
+		last = max(last, <-done)
+	}
+	// Two at a time, 100 ms each: the four take two rounds.
+	assert.GreaterOrEqual(t, last, 200*time.Millisecond)
+	assert.Less(t, last, 2*time.Second)
+}
