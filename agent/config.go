@@ -23,7 +23,11 @@ var ErrConfig = errors.New("invalid configuration")
 // Config is the agent's whole configuration, resolved from flags, LLM_AGENT_* environment
 // variables, an optional YAML file and defaults, in that order of precedence.
 type Config struct {
-	Model           string
+	Model string
+	// MoreModels are the models of --model given again: the job serves each (see ModelEntries).
+	MoreModels []string
+	// ModelsFile lists the models of a job that serves several.
+	ModelsFile      string
 	ServedModelName string
 	Preset          string
 	PresetsFile     string
@@ -230,7 +234,7 @@ func (c *Config) applyYAML(data []byte) error {
 		}
 		var values []string
 		switch {
-		case o.Kind == KindList && val.Kind == yaml.SequenceNode:
+		case (o.Kind == KindList || o.Repeat) && val.Kind == yaml.SequenceNode:
 			for _, item := range val.Content {
 				if item.Kind != yaml.ScalarNode {
 					return fmt.Errorf("%w: config file: line %d: %s items must be plain values", ErrConfig, item.Line, o.Name)

@@ -195,6 +195,20 @@ func fakeVLLM(args []string) int {
 		}
 		fmt.Fprintf(w, `{"object":"list","data":[{"id":%q}]}`, served)
 	})
+	mux.HandleFunc("POST /v1/completions", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Model string `json:"model"`
+		}
+		if r.Header.Get("Authorization") != "Bearer "+key || json.NewDecoder(r.Body).Decode(&req) != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if req.Model != served {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		fmt.Fprintf(w, `{"model":%q,"choices":[{"text":"hi"}]}`, served)
+	})
 	if os.Getenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == "True" {
 		for _, route := range []string{"/v1/load_lora_adapter", "/v1/unload_lora_adapter"} {
 			mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {

@@ -111,8 +111,9 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		MaxBody:           maxBody,
 		MaxInFlightPerKey: a.cfg.MaxInFlightPerKey,
 		MaxInFlight:       a.cfg.MaxInFlight,
-		Priority:          vllm.ReadSettings(a.cfg.VLLMArgs).SchedulingPolicy == "priority",
+		Priority:          a.priorityScheduling(),
 		Name:              a.alloc.Hostname(),
+		Model:             a.cfg.ServedName(),
 		LoRA:              a.lora.on(),
 		OwnerKey:          h.ownerKey,
 		OnAdapter:         h.adapterChanged,
@@ -183,4 +184,18 @@ func (h *head) stopGateway(run context.Context) {
 	h.front.srv.Shutdown(ctx)
 	h.front.stop()
 	<-h.front.stopped
+}
+
+// priorityScheduling tells whether every engine of the job schedules by priority, so that the
+// gateway may add each key's priority to its requests.
+func (a *agent) priorityScheduling() bool {
+	if len(a.models) == 0 {
+		return vllm.ReadSettings(a.cfg.VLLMArgs).SchedulingPolicy == "priority"
+	}
+	for _, p := range a.models {
+		if vllm.ReadSettings(p.cfg.VLLMArgs).SchedulingPolicy != "priority" {
+			return false
+		}
+	}
+	return true
 }

@@ -158,6 +158,7 @@ func (h *head) initialConnection() jobfiles.Connection {
 		Gateway:          a.cfg.Gateway,
 		KeysFile:         a.cfg.KeysFile,
 		Launcher:         a.cfg.Launcher,
+		Models:           modelPlacements(a.models, a.tensors),
 	}
 	if a.lora.on() {
 		c.LoRAMaxRank = a.lora.maxRank

@@ -35,6 +35,9 @@ type Option struct {
 	get      func(c *Config) string
 	// clear empties a list option, which a later source replaces as a whole.
 	clear func(c *Config)
+	// Repeat marks a string option that may be given more than once on the command line or as
+	// a YAML sequence; its environment variable holds one value.
+	Repeat bool
 }
 
 // Env returns the option's environment variable.
@@ -116,7 +119,19 @@ func boolOpt(name, cat, usage string, f func(*Config) *bool) Option {
 
 // Options lists every setting of `llm-agent run`.
 var Options = []Option{
-	stringOpt("model", "Model", "model to serve: a local directory or a Hugging Face id (required)", func(c *Config) *string { return &c.Model }),
+	{Name: "model", Category: "Model", Kind: KindString, Repeat: true,
+		Usage: "model to serve: a local directory or a Hugging Face id (required); given again, the job serves each model on its share of the nodes",
+		set: func(c *Config, v string) error {
+			if c.Model == "" {
+				c.Model = v
+			} else {
+				c.MoreModels = append(c.MoreModels, v)
+			}
+			return nil
+		},
+		get:   func(c *Config) string { return strings.Join(append([]string{c.Model}, c.MoreModels...), " ") },
+		clear: func(c *Config) { c.Model, c.MoreModels = "", nil }},
+	stringOpt("models-file", "Model", "YAML file of the models to serve, each with its served name, replicas, vLLM arguments and adapters (README: Several models)", func(c *Config) *string { return &c.ModelsFile }),
 	stringOpt("served-model-name", "Model", "name clients use for the model (default: the model's last path element)", func(c *Config) *string { return &c.ServedModelName }),
 	stringOpt("preset", "Model", "named set of vLLM options (llm-agent presets lists them); --vllm-arg wins over it", func(c *Config) *string { return &c.Preset }),
 	stringOpt("presets-file", "Model", "presets file to use instead of the shipped slurm-scripts/presets.yaml", func(c *Config) *string { return &c.PresetsFile }),

@@ -96,22 +96,73 @@ func (a *agent) applyPreset() error {
 
 // chooseParallelism plans tensor and pipeline sizes from the model when the user left either
 // open. A model that cannot fit ends the job here, before Ray starts. When the model or the GPU
-// memory cannot be read, it falls back to GPUs per node × nodes and says so.
+// memory cannot be read, it falls back to GPUs per node × nodes and says so. A model that fits
+// on one node of several, with --replicas and --pipeline-parallel-size left open, runs as one
+// replica per node behind the gateway.
 func (a *agent) chooseParallelism() error {
 	cfg := a.cfg
-	nodes, gpus := len(a.alloc.Nodes), a.alloc.GPUs
+	nodes := len(a.alloc.Nodes)
 	if a.replicated() {
 		if cfg.Replicas > nodes {
 			return fmt.Errorf("%w: --replicas %d runs one engine per node, and this job has %d nodes", ErrBadInput, cfg.Replicas, nodes)
 		}
 		// Each replica is a one-node engine: plan it for one node.
-		nodes = 1
+		var err error
+		if a.par, _, err = a.planModel(cfg, 1); err != nil {
+			return err
+		}
+		if !a.alloc.IsHead() {
+			return nil
+		}
+		a.tensors = map[string]int{}
+		for _, p := range a.models {
+			par, _, err := a.planModel(p.cfg, 1)
+			if err != nil {
+				return fmt.Errorf("model %s: %w", p.Name, err)
+			}
+			a.tensors[p.Name] = par.Tensor
+		}
+		return nil
+	}
+	par, p, err := a.planModel(cfg, nodes)
+	if err != nil {
+		return err
+	}
+	a.par = par
+	if tp, ok := replicaPlan(cfg, p, nodes); ok && a.alloc.IsHead() {
+		a.cfg.Replicas, a.par = nodes, Parallelism{Tensor: tp, Pipeline: 1}
+		a.log.Info("the model fits on one node: one replica per node, behind the gateway (--replicas 1 runs one engine instead)",
+			"replicas", nodes, "tensor_parallel", tp)
+	}
+	return nil
+}
+
+// replicaPlan tells whether a planned model runs as one replica per node, and on how many of
+// a node's GPUs: the most on which it fits whole, so that no GPU of a replica's node stays idle
+// where the model allows.
+func replicaPlan(cfg Config, p *plan.Plan, nodes int) (int, bool) {
+	if p == nil || nodes < 2 || p.Chosen.Pipeline != 1 || cfg.Replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
+		return 0, false
+	}
+	tp := p.Chosen.Tensor
+	for _, o := range p.Considered {
+		if o.Fits && o.Pipeline == 1 && o.Tensor > tp && p.Request.GPUsPerNode%o.Tensor == 0 {
+			tp = o.Tensor
+		}
+	}
+	return tp, true
+}
+
+// planModel plans one model over nodes; the plan is nil where the sizes were given or could
+// not be planned.
+func (a *agent) planModel(cfg Config, nodes int) (Parallelism, *plan.Plan, error) {
+	gpus := a.alloc.GPUs
+	if nodes == 1 {
 		cfg.PipelineParallel = 1
 	}
 	if (cfg.TensorParallel != 0 && cfg.PipelineParallel != 0) || gpus == 0 || !a.alloc.IsHead() {
-		var err error
-		a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus)
-		return err
+		par, err := ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus)
+		return par, nil, err
 	}
 	s := vllm.ReadSettings(cfg.VLLMArgs)
 	p, planErr := PlanFor(PlanOptions{Model: cfg.Model, Nodes: nodes, GPUsPerNode: gpus, GPUMemory: cfg.GPUMemory,
@@ -119,17 +170,22 @@ func (a *agent) chooseParallelism() error {
 		Tensor: cfg.TensorParallel, Pipeline: cfg.PipelineParallel, Visible: a.alloc.GPUIDs, InJob: !a.alloc.Local}, a.deps)
 	switch {
 	case planErr == nil:
-		a.par = Parallelism{Tensor: p.Chosen.Tensor, Pipeline: p.Chosen.Pipeline}
-		a.log.Info("plan", "summary", p.Summary())
-		return nil
+		a.log.Info("plan", "model", cfg.ServedName(), "summary", p.Summary())
+		return Parallelism{Tensor: p.Chosen.Tensor, Pipeline: p.Chosen.Pipeline}, &p, nil
+	case errors.Is(planErr, plan.ErrDoesNotFit) && nodes == 1 && len(a.alloc.Nodes) > 1:
+		hint := "run one engine over the nodes (--replicas 1)"
+		if a.multiModel() {
+			hint = "serve this model from a job of its own, one engine over its nodes"
+		}
+		return Parallelism{}, nil, fmt.Errorf("%w: %w; a replica runs on one node, and replicas whose model spans nodes are not supported: %s", ErrBadInput, planErr, hint)
 	case errors.Is(planErr, plan.ErrDoesNotFit):
-		return fmt.Errorf("%w: %w", ErrBadInput, planErr)
+		return Parallelism{}, nil, fmt.Errorf("%w: %w", ErrBadInput, planErr)
 	}
-	var err error
-	if a.par, err = ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus); err != nil {
-		return err
+	par, err := ChooseParallelism(cfg.TensorParallel, cfg.PipelineParallel, nodes, gpus)
+	if err != nil {
+		return par, nil, err
 	}
-	a.log.Warn("no plan from the model; using GPUs per node × nodes", "reason", planErr,
-		"tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline)
-	return nil
+	a.log.Warn("no plan from the model; using GPUs per node × nodes", "model", cfg.ServedName(), "reason", planErr,
+		"tensor_parallel", par.Tensor, "pipeline_parallel", par.Pipeline)
+	return par, nil, nil
 }

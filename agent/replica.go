@@ -54,7 +54,7 @@ func (h *head) publishReplicas() error {
 	}
 	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC(),
-		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas}
+		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas, Models: modelPlacements(a.models, a.tensors)}
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}
@@ -76,7 +76,9 @@ func (h *head) watchReplicas(ctx context.Context) {
 			for _, n := range infos {
 				if n.ReplicaPort > 0 {
 					ep := vllm.Endpoint{Host: n.Address, Port: n.ReplicaPort}
-					reps = append(reps, gateway.NewReplica(n.Host, ep, h.replicaKey))
+					r := gateway.NewReplica(n.Host, ep, h.replicaKey)
+					r.Model, r.LoRA = a.modelOf(n.Host)
+					reps = append(reps, r)
 				}
 			}
 			h.front.gw.SetReplicas(reps)
@@ -106,7 +108,11 @@ func (h *head) publishReplicaStates() {
 		if r.Up() {
 			state = "ready"
 		}
-		out = append(out, jobfiles.Replica{Node: r.Name, GPUs: h.par.Tensor, State: state})
+		rep := jobfiles.Replica{Node: r.Name, GPUs: h.par.Tensor, State: state}
+		if h.multiModel() {
+			rep.Model, rep.GPUs = r.Model, h.tensors[r.Model]
+		}
+		out = append(out, rep)
 	}
 	if err := h.conn.Update(func(c *jobfiles.Connection) { c.Replicas = out }); err != nil {
 		h.log.Warn("cannot update the connection file", "error", err)
@@ -199,7 +205,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 		return nil, err
 	}
 	r.closeOut = closeOut
-	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket, Tensor: rv.Tensor, Pipeline: 1,
+	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket, Tensor: replicaTensor(rv, a.alloc.Hostname()), Pipeline: 1,
 		Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), "VLLM_API_KEY="+r.engineKey, "VLLM_HOST_IP="+a.addr)
 	if a.lora.on() {
@@ -250,4 +256,14 @@ func (r *replica) probe(ctx context.Context) {
 		a.state.SetReady(true, "", time.Now())
 		a.log.Info("replica ready", "since_start", time.Since(a.started).Round(time.Millisecond))
 	})
+}
+
+// replicaTensor is the GPUs of a host's replica: its model's, in a job that serves several.
+func replicaTensor(rv jobfiles.Rendezvous, host string) int {
+	for _, m := range rv.Models {
+		if slices.Contains(m.Nodes, host) && m.Tensor > 0 {
+			return m.Tensor
+		}
+	}
+	return rv.Tensor
 }

@@ -80,6 +80,11 @@ type agent struct {
 	started  time.Time
 	state    *metrics.State
 	lora     *loraPlan
+	// models are where each model runs, in a job that serves several (or one from a models
+	// file); empty for one model given by the options.
+	models []ModelPlace
+	// tensors are each model's GPUs per replica, as the head planned them.
+	tensors map[string]int
 }
 
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
@@ -127,12 +132,26 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 		fmt.Fprintf(deps.Notice, "llm-agent: no Slurm job found (SLURM_JOB_ID is unset); running as a one-node allocation on %s\n", deps.Hostname)
 	}
 	a.log = deps.Logger.With("node", a.alloc.Hostname(), "job", a.alloc.JobID)
-	if cfg.Model == "" {
+	if cfg.Model == "" && cfg.ModelsFile == "" {
 		return nil, fmt.Errorf("%w: --model is required (a model directory or a Hugging Face id)", ErrConfig)
 	}
-	if looksLikePath(cfg.Model) {
-		if fi, err := os.Stat(cfg.Model); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("%w: model directory %q does not exist; give the path of a downloaded model or a Hugging Face id", ErrBadInput, cfg.Model)
+	if err := a.placeModels(); err != nil {
+		return nil, err
+	}
+	cfg = a.cfg // this node's model's
+	models := []string{cfg.Model}
+	if a.alloc.IsHead() && len(a.models) > 0 {
+		models = nil
+		for _, p := range a.models {
+			models = append(models, p.Model)
+		}
+	}
+	for _, m := range models {
+		if !looksLikePath(m) {
+			continue
+		}
+		if fi, err := os.Stat(m); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%w: model directory %q does not exist; give the path of a downloaded model or a Hugging Face id", ErrBadInput, m)
 		}
 	}
 	if err := CheckExtraArgs(cfg.VLLMArgs); err != nil {

@@ -45,6 +45,8 @@ type StatusReport struct {
 	Nodes    []NodeStatus          `json:"nodes"`
 	// Replicas are the engine's replicas with --replicas, as the head's gateway sees them.
 	Replicas []jobfiles.Replica `json:"replicas,omitempty"`
+	// Models are the models of a job that serves several, and where each runs.
+	Models []jobfiles.ModelPlacement `json:"models,omitempty"`
 	// Adapters are the LoRA adapters served now.
 	Adapters  []jobfiles.Adapter `json:"adapters,omitempty"`
 	SSHTunnel string             `json:"ssh_tunnel"`
@@ -63,7 +65,7 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 	}
 	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
-		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path, Replicas: c.Replicas, Adapters: c.Adapters}
+		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path, Replicas: c.Replicas, Models: c.Models, Adapters: c.Adapters}
 	live := c.State != jobfiles.StateStopped && c.State != jobfiles.StateFailed
 	// An ended job's uptime runs to its last update (when it stopped), and it has no time left.
 	upTo := now
@@ -133,7 +135,13 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "state\t%s\n", state)
 	fmt.Fprintf(tw, "ready\t%s\n", ready)
 	fmt.Fprintf(tw, "url\t%s\n", r.URL)
-	fmt.Fprintf(tw, "model\t%s (tensor %d x pipeline %d)\n", r.Model, r.Tensor, r.Pipeline)
+	if len(r.Models) > 1 {
+		for _, m := range r.Models {
+			fmt.Fprintf(tw, "model %s\t%s, %d replica(s) of tensor %d on %s\n", m.Name, m.Model, len(m.Nodes), m.Tensor, strings.Join(m.Nodes, ", "))
+		}
+	} else {
+		fmt.Fprintf(tw, "model\t%s (tensor %d x pipeline %d)\n", r.Model, r.Tensor, r.Pipeline)
+	}
 	fmt.Fprintf(tw, "gpus\t%d\n", r.GPUs)
 	fmt.Fprintf(tw, "uptime\t%s\n", roundDuration(r.Uptime))
 	switch {
@@ -164,7 +172,11 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "node %s\t%s, %s\n", n.Node, n.Role, s)
 	}
 	for _, rep := range r.Replicas {
-		fmt.Fprintf(tw, "replica %s\t%s, %d GPUs\n", rep.Node, rep.State, rep.GPUs)
+		model := ""
+		if rep.Model != "" {
+			model = rep.Model + ", "
+		}
+		fmt.Fprintf(tw, "replica %s\t%s%s, %d GPUs\n", rep.Node, model, rep.State, rep.GPUs)
 	}
 	for _, ad := range r.Adapters {
 		fmt.Fprintf(tw, "adapter %s\t%s\n", ad.Name, ad.Path)

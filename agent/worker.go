@@ -27,6 +27,9 @@ func (a *agent) runWorker(ctx context.Context) error {
 	mp, replica := rv.Launcher == LauncherMP, rv.Replicas > 1
 	if replica {
 		a.cfg.Replicas = rv.Replicas
+		if err := a.findExecutables(); err != nil { // the head may have chosen replicas itself
+			return err
+		}
 	}
 	if !mp && !replica {
 		if _, err := ReadRayToken(a.stateDir); err != nil {

@@ -120,6 +120,8 @@ type jobSpec struct {
 	// home is the home directory the job runs with (default: one of the test's own); its state
 	// directory is under it.
 	home string
+	// noModel leaves out the --model of the test's own tiny model: agent names the models.
+	noModel bool
 }
 
 // submit sends the real sbatch script to the cluster with the test double as the engine.
@@ -158,7 +160,10 @@ func submit(t *testing.T, spec jobSpec) *job {
 	} else {
 		spec.script = filepath.Join(suite.root, "slurm-scripts", spec.script)
 	}
-	args = append(args, spec.script, "--model", model)
+	args = append(args, spec.script)
+	if !spec.noModel {
+		args = append(args, "--model", model)
+	}
 	args = append(args, spec.agent...)
 	cmd.Args = append(cmd.Args, args...)
 	cmd.Env = append(os.Environ(),

@@ -37,9 +37,21 @@ const (
 
 // Replica is one replica of the engine, as the connection file lists it.
 type Replica struct {
-	Node  string `json:"node"`
+	Node string `json:"node"`
+	// Model is the served name of the replica's model, in a job that serves several.
+	Model string `json:"model,omitempty"`
 	GPUs  int    `json:"gpus"`
 	State string `json:"state"`
+}
+
+// ModelPlacement is one model of a job that serves several: its served name, what the engine
+// loads, its replicas' nodes and each replica's GPUs, and whether it serves LoRA adapters.
+type ModelPlacement struct {
+	Name   string   `json:"name"`
+	Model  string   `json:"model"`
+	Nodes  []string `json:"nodes"`
+	Tensor int      `json:"tensor_parallel_size,omitempty"`
+	LoRA   bool     `json:"lora,omitempty"`
 }
 
 // Adapter is a LoRA adapter the engine serves, as the connection file lists it.
@@ -97,8 +109,11 @@ type Connection struct {
 	Adapters     []Adapter `json:"adapters,omitempty"`
 	// Replicas are the engine's replicas when the job runs several: each one's node, GPUs and
 	// state as the head's gateway sees it ("ready" while it is in the rotation).
-	Replicas  []Replica `json:"replicas,omitempty"`
-	SSHTunnel string    `json:"ssh_tunnel"`
+	Replicas []Replica `json:"replicas,omitempty"`
+	// Models are the models of a job that serves several (or one from a models file); Model
+	// and ServedModelName are then the head's.
+	Models    []ModelPlacement `json:"models,omitempty"`
+	SSHTunnel string           `json:"ssh_tunnel"`
 	// Tunnel is the llm-agent tunnel command to run on a laptop for this job.
 	Tunnel     string         `json:"tunnel,omitempty"`
 	StartedAt  time.Time      `json:"started_at"`

@@ -39,6 +39,9 @@ type Rendezvous struct {
 	// Replicas > 1: the first Replicas nodes each run a whole engine of their own (Tensor
 	// GPUs, no pipeline), the workers' behind their node's gateway, and the head routes to all.
 	Replicas int `json:"replicas,omitempty"`
+	// Models place the models of a job that serves several: a worker runs a replica of the
+	// model whose nodes name it, on that model's Tensor GPUs.
+	Models []ModelPlacement `json:"models,omitempty"`
 }
 
 // RayAddress returns the GCS address workers join, HOST:PORT.

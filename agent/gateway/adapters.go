@@ -66,7 +66,7 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		writeError(w, x.status, "invalid_request_error", "method_not_allowed", "use POST")
 		return
 	}
-	if !g.opts.LoRA {
+	if !g.pool.routes.Load().loraOn {
 		x.status = http.StatusConflict
 		writeError(w, x.status, "invalid_request_error", "lora_disabled",
 			"this job's engine runs without LoRA: start the job with --lora NAME=PATH or --vllm-arg=--enable-lora")
@@ -93,11 +93,11 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.model = auditField(req.Name, maxModelField)
-	// Every replica loads or unloads the adapter (another node's through its gateway, which
+	// Every replica of the model that serves adapters loads or unloads the adapter (another node's through its gateway, which
 	// takes this gateway's key as its owner's); the first refusal is the answer.
 	var resp *http.Response
 	for _, rep := range g.pool.list() {
-		if !rep.Up() {
+		if !rep.Up() || !rep.LoRA {
 			continue
 		}
 		ereq, err := g.engineRequest(r, body, rep)

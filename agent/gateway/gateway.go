@@ -51,8 +51,9 @@ type Options struct {
 	OwnerKey  string
 	OnAdapter func(name, path string)
 	// Name names the local engine's replica (its node) in the ReplicaHeader of answers, once
-	// the gateway routes to several (SetReplicas).
-	Name string
+	// the gateway routes to several (SetReplicas); Model is its served model's name, by which
+	// requests are routed once the replicas serve several models.
+	Name, Model string
 	// Logger receives the gateway's log lines; never a key or a prompt.
 	Logger hclog.Logger
 }
@@ -85,10 +86,10 @@ func New(o Options) *Gateway {
 		o.Logger = hclog.NewNullLogger()
 	}
 	// Compression stays off: the engine's bytes pass through as they come.
-	local := &Replica{Name: o.Name, Endpoint: o.Engine, Key: o.EngineKey, local: true, ready: o.Ready,
-		client: &http.Client{Transport: o.Engine.Transport(256)}, url: o.Engine.BaseURL()}
+	local := &Replica{Name: o.Name, Endpoint: o.Engine, Key: o.EngineKey, Model: o.Model, LoRA: o.LoRA, local: true,
+		ready: o.Ready, client: &http.Client{Transport: o.Engine.Transport(256)}, url: o.Engine.BaseURL()}
 	g := &Gateway{opts: o}
-	g.pool.replicas.Store(&[]*Replica{local})
+	g.pool.set([]*Replica{local})
 	return g
 }
 
@@ -213,14 +214,21 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // answered
 	}
-	if key.Restricted() {
-		if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok {
-			x.model = auditField(id, maxModelField)
-		}
-		if (r.Method == http.MethodPost || x.model != "") && !key.Allows(x.model) {
-			g.modelNotFound(w, x)
-			return
-		}
+	if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok {
+		x.model = auditField(id, maxModelField)
+	}
+	if key.Restricted() && (r.Method == http.MethodPost || x.model != "") && !key.Allows(x.model) {
+		g.modelNotFound(w, x)
+		return
+	}
+	model, ok := g.pool.route(x.model)
+	if !ok {
+		g.modelNotFound(w, x)
+		return
+	}
+	if model != "" && r.Method == http.MethodGet && r.URL.Path == "/v1/models" {
+		g.listModels(w, r, x)
+		return
 	}
 	now := time.Now()
 	if q := g.quotas.of(key, now); q != nil {
@@ -231,7 +239,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		}
 		defer func() { q.done(reserved, x.prompt+x.complete) }()
 	}
-	g.forward(w, r, x, body, injected)
+	g.forward(w, r, x, body, injected, model)
 }
 
 // authenticate finds the key a request presents; without a valid one it answers 401.

@@ -96,11 +96,11 @@ type ReplicaCollector struct {
 var _ prometheus.Collector = (*ReplicaCollector)(nil)
 
 // NewReplicaCollector returns the replica series, labelled with node and job, of the gateway
-// Bind gives it; none before.
+// Bind gives it; none before. Each series names the replica (its node) and its served model.
 func NewReplicaCollector(node, job string) *ReplicaCollector {
 	consts := prometheus.Labels{"node": node, "job": job}
 	desc := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc(name, help, []string{"replica"}, consts)
+		return prometheus.NewDesc(name, help, []string{"replica", "model"}, consts)
 	}
 	return &ReplicaCollector{
 		up:       desc("llm_agent_gateway_replica_up", "1 while the replica (an engine, named by its node) is in the gateway's rotation."),
@@ -130,8 +130,8 @@ func (c *ReplicaCollector) Collect(ch chan<- prometheus.Metric) {
 		if r.Up() {
 			up = 1
 		}
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, r.Name)
-		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.InFlight()), r.Name)
-		ch <- prometheus.MustNewConstMetric(c.routed, prometheus.CounterValue, float64(r.Routed()), r.Name)
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, r.Name, r.Model)
+		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(r.InFlight()), r.Name, r.Model)
+		ch <- prometheus.MustNewConstMetric(c.routed, prometheus.CounterValue, float64(r.Routed()), r.Name, r.Model)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -29,6 +30,10 @@ type Replica struct {
 	// Endpoint is where the engine, or the node's gateway, listens; Key is what it requires.
 	Endpoint vllm.Endpoint
 	Key      string
+	// Model is the served name of the replica's model, by which requests are routed when the
+	// replicas serve several; LoRA tells that it serves adapters, whose names route to it.
+	Model string
+	LoRA  bool
 	// local marks the engine on this node, whose progress the hang detection follows.
 	local bool
 	// ready tells the local engine's readiness; remote replicas have up instead.
@@ -66,8 +71,10 @@ func (r *Replica) Routed() int64 { return r.routed.Load() }
 
 // pool is the gateway's replicas: the local engine first, then the others as they join.
 type pool struct {
-	// replicas is read on every request without a lock; SetReplicas swaps it whole, under mu.
+	// replicas is read on every request without a lock; SetReplicas swaps it whole, under mu,
+	// and routes with it.
 	replicas atomic.Pointer[[]*Replica]
+	routes   atomic.Pointer[routes]
 	mu       sync.Mutex
 	next     atomic.Uint64 // breaks ties between equally loaded replicas in turn
 	// roundRobin takes the replicas in turn, whatever their load: only the benchmark that
@@ -77,9 +84,51 @@ type pool struct {
 
 func (p *pool) list() []*Replica { return *p.replicas.Load() }
 
-// pick returns the ready replica with the fewest requests in flight that tried does not hold,
-// or nil.
-func (p *pool) pick(tried []*Replica) *Replica {
+// routes are the models the replicas serve, when they serve more than one.
+type routes struct {
+	// models are the served names, the local replica's first; lora is the model that serves
+	// adapters, when some replica does (loraOn).
+	models []string
+	lora   string
+	loraOn bool
+}
+
+// set keeps the replicas, and the models they serve.
+func (p *pool) set(rs []*Replica) {
+	rt := &routes{}
+	for _, r := range rs {
+		if r.Model != "" && !slices.Contains(rt.models, r.Model) {
+			rt.models = append(rt.models, r.Model)
+		}
+		if r.LoRA && !rt.loraOn {
+			rt.lora, rt.loraOn = r.Model, true
+		}
+	}
+	p.replicas.Store(&rs)
+	p.routes.Store(rt)
+}
+
+// route returns the model a request for name goes to: "" (any replica) when the replicas serve
+// one model, the local replica's for a request that names none, an adapter's base model for a
+// name no model has, and false when no model serves it.
+func (p *pool) route(name string) (string, bool) {
+	rt := p.routes.Load()
+	switch {
+	case len(rt.models) < 2:
+		return "", true
+	case name == "":
+		return rt.models[0], true
+	case slices.Contains(rt.models, name):
+		return name, true
+	case rt.loraOn:
+		return rt.lora, true
+	}
+	return "", false
+}
+
+// pick returns the ready replica of model ("": any) with the fewest requests in flight that
+// tried does not hold, or nil.
+func (p *pool) pick(tried []*Replica, model string) *Replica {
 	rs := p.list()
 	n := len(rs)
 	if n == 1 { // one engine: nothing to choose
@@ -93,7 +142,7 @@ func (p *pool) pick(tried []*Replica) *Replica {
 	var bestLoad int64
 	for i := range n {
 		r := rs[(start+i)%n]
-		if !r.Up() || contains(tried, r) {
+		if !r.Up() || contains(tried, r) || (model != "" && r.Model != model) {
 			continue
 		}
 		if p.roundRobin {
@@ -141,7 +190,7 @@ func (g *Gateway) SetReplicas(others []*Replica) {
 		}
 		out = append(out, r)
 	}
-	g.pool.replicas.Store(&out)
+	g.pool.set(out)
 }
 
 // Replicas returns the replicas, the local engine first.
@@ -155,11 +204,11 @@ func (g *Gateway) Replicas() []*Replica {
 // request that never reached a replica (its node's gateway refused the connection, or answered
 // that its engine is not ready) goes to the next one, and that replica leaves the rotation
 // until its /readyz says ready again.
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange, body []byte, injected bool) {
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange, body []byte, injected bool, model string) {
 	var buf [4]*Replica // the replicas tried, without an allocation for a few
 	tried := buf[:0]
 	for {
-		rep := g.pool.pick(tried)
+		rep := g.pool.pick(tried, model)
 		if rep == nil {
 			g.unavailable(w, x, "no replica of the model is ready; retry shortly")
 			return

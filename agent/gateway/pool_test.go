@@ -66,7 +66,9 @@ func newRemote(t *testing.T, name string) *remote {
 func (r *remote) replica() *Replica {
 	u, _ := url.Parse(r.srv.URL)
 	port, _ := strconv.Atoi(u.Port())
-	return NewReplica(r.name, vllm.Endpoint{Host: u.Hostname(), Port: port}, "replica-key")
+	rep := NewReplica(r.name, vllm.Endpoint{Host: u.Hostname(), Port: port}, "replica-key")
+	rep.Model = "m"
+	return rep
 }
 
 func (r *remote) count() int {
@@ -83,7 +85,7 @@ func localEngine(name string) http.HandlerFunc {
 }
 
 func TestReplicasLeastInFlight(t *testing.T) {
-	f := newFixture(t, localEngine("node1"), false, func(o *Options) { o.Name = "node1" })
+	f := newFixture(t, localEngine("node1"), false, func(o *Options) { o.Name, o.Model = "node1", "m" })
 	a, b := newRemote(t, "node2"), newRemote(t, "node3")
 	f.gw.SetReplicas([]*Replica{a.replica(), b.replica()})
 	changes := map[string]bool{}
@@ -122,9 +124,9 @@ func TestReplicasLeastInFlight(t *testing.T) {
 	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
 # HELP llm_agent_gateway_replica_up 1 while the replica (an engine, named by its node) is in the gateway's rotation.
 # TYPE llm_agent_gateway_replica_up gauge
-llm_agent_gateway_replica_up{job="9",node="node1",replica="node1"} 1
-llm_agent_gateway_replica_up{job="9",node="node1",replica="node2"} 1
-llm_agent_gateway_replica_up{job="9",node="node1",replica="node3"} 1
+llm_agent_gateway_replica_up{job="9",model="m",node="node1",replica="node1"} 1
+llm_agent_gateway_replica_up{job="9",model="m",node="node1",replica="node2"} 1
+llm_agent_gateway_replica_up{job="9",model="m",node="node1",replica="node3"} 1
 `), "llm_agent_gateway_replica_up"))
 }
 

@@ -46,10 +46,10 @@ func runCommand() *cli.Command {
 		if def == "0" || def == "false" {
 			def = ""
 		}
-		switch o.Kind {
-		case agent.KindBool:
+		switch {
+		case o.Kind == agent.KindBool:
 			flags = append(flags, &cli.BoolFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: o.Default()})
-		case agent.KindList:
+		case o.Kind == agent.KindList || o.Repeat:
 			flags = append(flags, &cli.StringSliceFlag{Name: o.Name, Category: o.Category, Usage: usage})
 		default:
 			flags = append(flags, &cli.StringFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: def})
@@ -84,10 +84,10 @@ func contextToConfig(c *cli.Context) (agent.Config, error) {
 		if !c.IsSet(o.Name) {
 			continue
 		}
-		switch o.Kind {
-		case agent.KindBool:
+		switch {
+		case o.Kind == agent.KindBool:
 			set = append(set, agent.Setting{Name: o.Name, Value: strconv.FormatBool(c.Bool(o.Name))})
-		case agent.KindList:
+		case o.Kind == agent.KindList || o.Repeat:
 			for _, v := range c.StringSlice(o.Name) {
 				set = append(set, agent.Setting{Name: o.Name, Value: v})
 			}

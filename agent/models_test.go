@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/jobfiles"
+)
+
+func writeModelsFile(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "models.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+	return path
+}
+
+func TestModelEntriesRefusals(t *testing.T) {
+	base := DefaultConfig()
+	for _, tt := range []struct {
+		name string
+		set  func(c *Config)
+		want string
+	}{
+		{"file and --model", func(c *Config) {
+			c.ModelsFile, c.Model = writeModelsFile(t, "models: [{model: /m/a}]\n"), "/m/b"
+		}, "leave out --model"},
+		{"several --model and --lora", func(c *Config) {
+			c.Model, c.MoreModels, c.LoRA = "/m/a", []string{"/m/b"}, []string{"x=/l/x"}
+		}, "write a models file"},
+		{"--replicas", func(c *Config) { c.Model, c.MoreModels, c.Replicas = "/m/a", []string{"/m/b"}, 2 }, "rather than --replicas"},
+		{"no gateway", func(c *Config) { c.Model, c.MoreModels, c.Gateway = "/m/a", []string{"/m/b"}, false }, "need the gateway"},
+		{"same name", func(c *Config) { c.Model, c.MoreModels = "/m/a", []string{"/n/a"} }, `two models are served as "a"`},
+		{"no model", func(c *Config) { c.ModelsFile = writeModelsFile(t, "models:\n  - {replicas: 1}\n") }, "entry 1 has no model"},
+		{"unknown key", func(c *Config) { c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, replica: 1}\n") }, "field replica not found"},
+		{"empty", func(c *Config) { c.ModelsFile = writeModelsFile(t, "# nothing\n") }, "lists no models"},
+		{"missing", func(c *Config) { c.ModelsFile = "/nonexistent/models.yaml" }, "no such file"},
+		{"negative", func(c *Config) {
+			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, replicas: -1}\n  - {model: /m/b}\n")
+		}, "cannot be negative"},
+		{"two LoRA models", func(c *Config) {
+			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, lora: [x=/l/x]}\n  - {model: /m/b, vllm_args: [--enable-lora]}\n")
+		}, `both "a" and "b" serve LoRA adapters`},
+		{"adapter named as a model", func(c *Config) {
+			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, lora: [b=/l/x]}\n  - {model: /m/b}\n")
+		}, `adapter name "b" is taken`},
+		{"vLLM argument the agent manages", func(c *Config) {
+			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, vllm_args: [--port, '9']}\n  - {model: /m/b}\n")
+		}, "--port"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base
+			tt.set(&c)
+			_, err := c.ModelEntries()
+			require.Error(t, err)
+			assert.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestPlaceModels(t *testing.T) {
+	c := DefaultConfig()
+	c.VLLMArgs = []string{"--max-model-len", "4096", "--seed", "1"}
+	c.ModelsFile = writeModelsFile(t, `models:
+  - model: /m/llama
+    served_model_name: chat
+    replicas: 2
+    vllm_args: [--max-model-len, "8192"]
+  - model: /m/embed
+  - model: org/coder
+    lora: [sql=/l/sql]
+`)
+	entries, err := c.ModelEntries()
+	require.NoError(t, err)
+	nodes := []string{"n1", "n2", "n3", "n4", "n5"}
+	places, err := PlaceModels(c, entries, nodes)
+	require.NoError(t, err)
+	require.Len(t, places, 3)
+	assert.Equal(t, "chat", places[0].Name)
+	assert.Equal(t, []string{"n1", "n2"}, places[0].Nodes)
+	assert.Equal(t, []string{"--seed", "1", "--max-model-len", "8192"}, places[0].cfg.VLLMArgs, "the entry's arguments win")
+	assert.Equal(t, "embed", places[1].Name)
+	assert.Equal(t, []string{"n3", "n4"}, places[1].Nodes, "the nodes left are shared, the first model one more")
+	assert.Equal(t, "org/coder", places[2].Name)
+	assert.Equal(t, []string{"n5"}, places[2].Nodes)
+	assert.True(t, places[2].LoRA)
+	assert.Equal(t, []string{"sql=/l/sql"}, places[2].cfg.LoRA)
+
+	_, err = PlaceModels(c, entries, nodes[:3])
+	assert.ErrorIs(t, err, ErrBadInput)
+	assert.ErrorContains(t, err, "the models need 4 nodes, one per replica (chat: 2, embed: at least 1, org/coder: at least 1), and this job has 3")
+}
+
+// TestPrepareServesThisNodesModel: each node takes the configuration of the model placed on it.
+func TestPrepareServesThisNodesModel(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	a, b := t.TempDir(), t.TempDir()
+	cfg.Model, cfg.ServedModelName = "", ""
+	cfg.VLLMArgs = []string{"--seed", "7"}
+	cfg.ModelsFile = writeModelsFile(t, "models:\n  - {model: "+a+", served_model_name: alpha, replicas: 2}\n  - {model: "+b+", served_model_name: beta, vllm_args: [--max-num-seqs, '4']}\n")
+	env := func(id string) map[string]string {
+		return map[string]string{"SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_NODEID": id}
+	}
+	w, err := prepare(t.Context(), cfg, testDeps(t, env("2"), "node3"))
+	require.NoError(t, err)
+	assert.Equal(t, b, w.cfg.Model)
+	assert.Equal(t, "beta", w.cfg.ServedName())
+	assert.Equal(t, []string{"--seed", "7", "--max-num-seqs", "4"}, w.cfg.VLLMArgs)
+	assert.Equal(t, 3, w.cfg.Replicas)
+	assert.True(t, w.replicated())
+
+	h, err := prepare(t.Context(), cfg, testDeps(t, env("0"), "node1"))
+	require.NoError(t, err)
+	assert.Equal(t, "alpha", h.cfg.ServedName())
+	assert.Equal(t, map[string]int{"alpha": 1, "beta": 1}, h.tensors)
+	name, lora := h.modelOf("node3")
+	assert.Equal(t, "beta", name)
+	assert.False(t, lora)
+
+	cfg.ModelsFile = writeModelsFile(t, "models:\n  - {model: /nonexistent/alpha}\n  - {model: "+b+"}\n")
+	_, err = prepare(t.Context(), cfg, testDeps(t, env("0"), "node1"))
+	assert.ErrorIs(t, err, ErrBadInput, "the head checks every model's directory")
+	assert.ErrorContains(t, err, "/nonexistent/alpha")
+}
+
+// TestPrepareChoosesReplicas: a model that fits on one node of several runs as one replica per
+// node, on as many of its GPUs as it fits on; --replicas 1 keeps one engine.
+func TestPrepareChoosesReplicas(t *testing.T) {
+	cfg := testConfig(t, t.TempDir())
+	cfg.Model = "plan/testdata/models/llama-3.1-8b"
+	cfg.GPUMemory = "80GB"
+	env := map[string]string{"SLURM_JOB_ID": "78", "SLURM_JOB_NODELIST": "g[1-2]", "SLURM_NODEID": "0",
+		"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+	a, err := prepare(t.Context(), cfg, testDeps(t, env, "g1"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, a.cfg.Replicas)
+	assert.Equal(t, Parallelism{Tensor: 4, Pipeline: 1}, a.par)
+
+	cfg.Replicas = 1
+	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
+	require.NoError(t, err)
+	assert.Equal(t, 1, a.cfg.Replicas)
+	assert.Equal(t, Parallelism{Tensor: 1, Pipeline: 1}, a.par)
+
+	// A model that does not fit on one node is refused as a replica, with the reason.
+	cfg.Replicas, cfg.GPUMemory = 2, "4GB"
+	_, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
+	assert.ErrorIs(t, err, ErrBadInput)
+	assert.ErrorContains(t, err, "replicas whose model spans nodes are not supported")
+}
+
+// TestRunTwoModels serves two models from two nodes: the head's gateway routes each request by
+// its model, and lists both.
+func TestRunTwoModels(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	cfg := testConfig(t, dir)
+	cfg.Model, cfg.ServedModelName = "", ""
+	cfg.ModelsFile = writeModelsFile(t, "models:\n  - {model: "+t.TempDir()+", served_model_name: alpha}\n  - {model: "+t.TempDir()+", served_model_name: beta}\n")
+	runs := startNodes(t, cfg, "4747", 2, nil)
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			stopNodes(t, runs)
+		}
+	})
+	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	require.Len(t, c.Models, 2)
+	assert.Equal(t, []string{"node2"}, c.Models[1].Nodes)
+	require.Eventually(t, func() bool {
+		c, _ := jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+		return len(c.Replicas) == 2 && c.Replicas[1].State == "ready" && c.Replicas[1].Model == "beta"
+	}, 30*time.Second, 20*time.Millisecond)
+	key, err := os.ReadFile(c.APIKeyFile)
+	require.NoError(t, err)
+	ask := func(model string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, c.BaseURL+"/completions", strings.NewReader(`{"model":"`+model+`","prompt":"hi","max_tokens":2}`))
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get(gateway.ReplicaHeader)
+	}
+	for range 5 {
+		code, node := ask("alpha")
+		assert.Equal(t, http.StatusOK, code)
+		assert.Equal(t, "node1", node)
+		code, node = ask("beta")
+		assert.Equal(t, http.StatusOK, code)
+		assert.Equal(t, "node2", node)
+	}
+	code, _ := ask("gamma")
+	assert.Equal(t, http.StatusNotFound, code)
+	req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.JSONEq(t, `{"object":"list","data":[{"id":"alpha"},{"id":"beta"}]}`, string(b))
+	stopped = true
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
+	}
+	assertNoChildren(t)
+}
