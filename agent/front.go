@@ -105,7 +105,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		Engine:            h.engineEndpoint(),
 		EngineKey:         h.engineKey,
 		Keys:              h.front.keys,
-		Ready:             a.state.Ready,
+		Ready:             h.answering.ready(a.state.Ready),
 		Audit:             h.front.audit,
 		Metrics:           h.front.metrics,
 		MaxBody:           maxBody,

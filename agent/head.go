@@ -43,7 +43,10 @@ type head struct {
 	front      front
 	conn       *jobfiles.ConnectionWriter
 	engine     *supervisor.Service
-	rayc       ray.Client
+	// answering takes the head's own engine out of the rotation while it does not answer,
+	// in a job with replicas.
+	answering answering
+	rayc      ray.Client
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
 	engineOut *lineLogger
 

@@ -141,6 +141,9 @@ func (h *head) probeEngine(ctx context.Context) {
 	if h.front.gw != nil {
 		activity = h.front.gw.Activity
 	}
+	if a.replicated() {
+		h.answering.follow(ctx, a, h.engineProbe(), activity)
+	}
 	a.followEngine(ctx, h.engineProbe(), h.engine, activity, func() {
 		h.everReady.Store(true)
 		a.state.SetReady(true, "", time.Now())

@@ -11,10 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -30,6 +32,40 @@ const (
 	replicaCheckInterval = time.Second
 	replicaCheckTimeout  = 2 * time.Second
 )
+
+// How fast an engine that stops answering leaves the rotation of a job with replicas: it is
+// probed every interval, and out once silent for answeringAfter with no request making
+// progress; the head's check each replicaCheckInterval then sees it, within 5 s in all.
+const (
+	answeringInterval = time.Second
+	answeringTimeout  = 2 * time.Second
+	answeringAfter    = 3 * time.Second
+)
+
+// answering follows whether the engine of a replica answers now (healthcheck.Responsiveness),
+// a new watch for each engine started.
+type answering struct {
+	watch atomic.Pointer[healthcheck.Responsiveness]
+}
+
+// follow watches a new engine until ctx ends.
+func (w *answering) follow(ctx context.Context, a *agent, eng vllm.Probe, activity func() healthcheck.Activity) {
+	r := &healthcheck.Responsiveness{Probe: eng.Health, Interval: answeringInterval, Timeout: answeringTimeout,
+		After: answeringAfter, Activity: activity, Clock: a.deps.Clock}
+	w.watch.Store(r)
+	go r.Run(ctx)
+}
+
+// ready is ready, less the time the engine does not answer.
+func (w *answering) ready(ready func() (bool, string)) func() (bool, string) {
+	return func() (bool, string) {
+		ok, why := ready()
+		if r := w.watch.Load(); ok && r != nil && !r.Responsive() {
+			return false, "the engine does not answer"
+		}
+		return ok, why
+	}
+}
 
 // replicated tells whether the job runs several replicas of the engine, one per node.
 func (a *agent) replicated() bool { return a.cfg.Replicas > 1 }
@@ -165,6 +201,7 @@ type replica struct {
 	closeOut  func()
 	engineKey string
 	eng       vllm.Endpoint
+	answering answering
 
 	mu        sync.Mutex
 	stopProbe context.CancelFunc
@@ -193,7 +230,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 	}
 	// The head's gateway has already checked the client's key, limits and model access; this
 	// one admits the head alone, and keeps no audit of its own.
-	r.gw = gateway.New(gateway.Options{Engine: r.eng, EngineKey: r.engineKey, Keys: keys, Ready: a.state.Ready,
+	r.gw = gateway.New(gateway.Options{Engine: r.eng, EngineKey: r.engineKey, Keys: keys, Ready: r.answering.ready(a.state.Ready),
 		MaxBody: maxBody, LoRA: a.lora.on(), OwnerKey: key, Name: a.alloc.Hostname(), Logger: a.log.Named("gateway")})
 	if r.ln, err = net.Listen("tcp", net.JoinHostPort(a.addr, strconv.Itoa(port))); err != nil {
 		return nil, fmt.Errorf("%w: replica port %d: %w", ErrPort, port, err)
@@ -251,7 +288,8 @@ func (r *replica) follow(e supervisor.Event) {
 
 func (r *replica) probe(ctx context.Context) {
 	a := r.a
-	eng := vllm.Probe{BaseURL: r.eng.BaseURL(), APIKey: r.engineKey, Client: &http.Client{Transport: r.eng.Transport(2)}}
+	eng := vllm.Probe{BaseURL: r.eng.BaseURL(), APIKey: r.engineKey, Client: &http.Client{Transport: r.eng.Transport(3)}}
+	r.answering.follow(ctx, a, eng, r.gw.Activity)
 	a.followEngine(ctx, eng, r.svc, r.gw.Activity, func() {
 		a.state.SetReady(true, "", time.Now())
 		a.log.Info("replica ready", "since_start", time.Since(a.started).Round(time.Millisecond))

@@ -42,7 +42,8 @@ func replicaStates(j *job) map[string]string {
 
 // TestReplicas: three replicas on three nodes serve behind the head's gateway; one's engine is
 // killed under load: it leaves the rotation within 5 s, no request fails but those it had in
-// flight, and it comes back.
+// flight, and it comes back. Another's hangs: it leaves within 5 s too, and its requests are
+// delayed, not failed.
 func TestReplicas(t *testing.T) {
 	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "3", "--gpus-per-node=1", "--cpus-per-task=1"},
 		agent: []string{"--replicas", "3"},
@@ -114,8 +115,29 @@ func TestReplicas(t *testing.T) {
 	require.True(t, assertEventually(readyTimeout, func() bool { return replicaStates(j)["node2"] == "ready" }), "node2's agent restarts its engine")
 	back := time.Now()
 	require.True(t, assertEventually(30*time.Second, func() bool { return served(back)["node2"] > 5 }), "node2 serves again: %v", served(back))
+
+	// node3's engine hangs (stopped, its socket still open): it leaves the rotation within 5 s,
+	// the others serve meanwhile, and it comes back once it answers again.
+	pids = pidsByComm(t, 3, "fakevllm")
+	require.Len(t, pids, 1)
+	hung := time.Now()
+	require.NoError(t, exec.Command("kill", "-STOP", pids[0]).Run())
+	require.True(t, assertEventually(10*time.Second, func() bool { return replicaStates(j)["node3"] == "not ready" }))
+	hangLeft := time.Since(hung)
+	out := time.Now()
+	assert.Less(t, hangLeft, 5*time.Second, "a hung replica leaves the rotation within 5 s")
+	require.True(t, assertEventually(30*time.Second, func() bool { n := served(out); return n["node1"] > 5 && n["node2"] > 5 }),
+		"the others serve while node3 hangs: %v", served(out))
+	resumed := time.Now()
+	require.NoError(t, exec.Command("kill", "-CONT", pids[0]).Run())
+	require.True(t, assertEventually(15*time.Second, func() bool { return replicaStates(j)["node3"] == "ready" }), "node3 back once it answers")
+	require.True(t, assertEventually(30*time.Second, func() bool { return served(resumed)["node3"] > 5 }), "node3 serves again: %v", served(resumed))
 	close(stop)
 	wg.Wait()
+	for _, s := range log {
+		assert.False(t, s.ok && s.replica == "node3" && s.start.After(out) && s.start.Before(resumed),
+			"a request sent while node3 was out of the rotation went to it: %+v", s)
+	}
 
 	var failed []sent
 	for _, s := range log {
@@ -129,11 +151,11 @@ func TestReplicas(t *testing.T) {
 	assert.LessOrEqual(t, len(failed), clients)
 	text := metricsText(t, c.Metrics[0].MetricsURL)
 	for _, node := range []string{"node1", "node2", "node3"} {
-		v, ok := metricValue(text, `llm_agent_gateway_replica_up{job="`+j.id+`",node="node1",replica="`+node+`"}`)
+		v, ok := metricValue(text, `llm_agent_gateway_replica_up{job="`+j.id+`",model="`+c.ServedModelName+`",node="node1",replica="`+node+`"}`)
 		assert.True(t, ok && v == "1", "%s up in the metrics: %q", node, v)
 	}
-	t.Logf("BENCH replicas: %d requests under load, %d failed (in flight on the killed replica); node2 left the rotation %.1f s after its engine died, served again %.1f s after",
-		len(log), len(failed), left.Seconds(), back.Sub(killed).Seconds())
+	t.Logf("BENCH replicas: %d requests under load, %d failed (in flight on the killed replica); node2 left the rotation %.1f s after its engine died, served again %.1f s after; node3 left %.1f s after its engine hung",
+		len(log), len(failed), left.Seconds(), back.Sub(killed).Seconds(), hangLeft.Seconds())
 
 	require.NoError(t, exec.Command("scancel", j.id).Run())
 	j.waitState(jobfiles.StateStopped, drainBound)
