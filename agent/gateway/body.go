@@ -117,6 +117,7 @@ type requestFields struct {
 	model                string
 	stream, includeUsage bool
 	hasPriority          bool
+	priority             *float64 // the client's priority, when a number
 	maxTokens            int                        // max_tokens or max_completion_tokens; 0 when absent
 	streamOptions        map[string]json.RawMessage // nil when absent or unreadable
 	spans                map[string]span
@@ -136,7 +137,13 @@ func inspect(body []byte) (requestFields, bool) {
 	} else if ok {
 		f.model = "(too long)"
 	}
-	_, f.hasPriority = spans["priority"]
+	if s, ok := spans["priority"]; ok {
+		f.hasPriority = true
+		var p float64
+		if s.end-s.start <= 32 && json.Unmarshal(value("priority"), &p) == nil {
+			f.priority = &p
+		}
+	}
 	for _, k := range []string{"max_tokens", "max_completion_tokens"} {
 		if s, ok := spans[k]; ok && s.end-s.start <= 20 {
 			var n int

@@ -37,7 +37,7 @@ type Options struct {
 	// MaxBody bounds a request body.
 	MaxBody int64
 	// Priority adds the key's priority to requests, for an engine started with
-	// --scheduling-policy priority.
+	// --scheduling-policy priority, and keeps a client from claiming a better one.
 	Priority bool
 	// RetryAfter is what 503 answers tell clients to wait.
 	RetryAfter time.Duration
@@ -341,8 +341,16 @@ func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchang
 		b, _ := json.Marshal(so)
 		body = setMember(body, f.spans, "stream_options", b)
 	}
-	if g.opts.Priority && x.key.Priority != nil && !f.hasPriority {
-		body = setMember(body, f.spans, "priority", []byte(strconv.Itoa(*x.key.Priority)))
+	if g.opts.Priority {
+		// The key's priority (vLLM's default, 0, for a key without one) is the most a client
+		// may claim: lower runs first, so a client may lower its own requests, never raise them.
+		floor := 0
+		if x.key.Priority != nil {
+			floor = *x.key.Priority
+		}
+		if (!f.hasPriority && floor != 0) || (f.priority != nil && *f.priority < float64(floor)) {
+			body = setMember(body, f.spans, "priority", []byte(strconv.Itoa(floor)))
+		}
 	}
 	return body, injected, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -144,4 +145,46 @@ func modelIDs(t *testing.T, body string) []string {
 		ids = append(ids, m.ID)
 	}
 	return ids
+}
+
+// TestPriorityReachesOtherReplicas: the key's priority is added before the request is routed,
+// so another node's engine schedules it by priority as the local one would; a client cannot
+// claim a better priority than its key's.
+func TestPriorityReachesOtherReplicas(t *testing.T) {
+	f := newFixture(t, localEngine("node1"), true, func(o *Options) { o.Name = "node1" })
+	bodies := make(chan string, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" {
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		bodies <- string(b)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"served_by":"node2"}`))
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	port, _ := strconv.Atoi(u.Port())
+	f.gw.SetReplicas([]*Replica{NewReplica("node2", vllm.Endpoint{Host: u.Hostname(), Port: port}, "replica-key")})
+	f.gw.CheckReplicas(context.Background(), time.Second, nil)
+	f.ready.Store(false) // the local engine is out: node2 takes the requests
+	resp, b := f.do(t, "POST", "/v1/completions", aliceKey, `{"model":"m","prompt":"x"}`)
+	require.Equal(t, http.StatusOK, resp.StatusCode, b)
+	assert.Equal(t, "node2", resp.Header.Get(ReplicaHeader))
+	assert.JSONEq(t, `{"model":"m","prompt":"x","priority":3}`, <-bodies, "alice's priority reaches node2's engine")
+	for _, c := range []struct{ key, asked, sent string }{
+		{aliceKey, `5`, `5`},           // lower than the key's: kept
+		{aliceKey, `-1`, `3`},          // better than the key's: the key's
+		{aliceKey, `-1.0`, `3`},        // the same, as a float
+		{aliceKey, `"high"`, `"high"`}, // not a number: the engine refuses it
+		{bobKey, `-5`, `0`},            // a key without a priority claims at most vLLM's default
+		{bobKey, `2`, `2`},
+	} {
+		resp, _ = f.do(t, "POST", "/v1/completions", c.key, `{"model":"m","prompt":"x","priority":`+c.asked+`}`)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.JSONEq(t, `{"model":"m","prompt":"x","priority":`+c.sent+`}`, <-bodies, "asked %s", c.asked)
+	}
+	resp, _ = f.do(t, "POST", "/v1/completions", bobKey, `{"model":"m","prompt":"x"}`)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.JSONEq(t, `{"model":"m","prompt":"x"}`, <-bodies, "nothing to add for a key without a priority")
 }
