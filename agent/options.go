@@ -138,7 +138,7 @@ var Options = []Option{
 	stringOpt("gpu-memory", "Model", "memory of one GPU for planning, such as 80GB (default: read through NVML)", func(c *Config) *string { return &c.GPUMemory }),
 	stringOpt("launcher", "Model", "how the engine spans nodes: ray (a Ray cluster and vLLM's Ray executor) or mp (vLLM's own multi-node mode: one rank per node, no Ray)", func(c *Config) *string { return &c.Launcher }),
 	intOpt("tensor-parallel-size", "Model", "GPUs per pipeline stage, within one node (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.TensorParallel }),
-	intOpt("replicas", "Model", "whole engines of the model, one per node, behind the head's gateway, which sends each request to the one with the fewest in flight (0 or 1: one engine over the allocation)", 0, func(c *Config) *int { return &c.Replicas }),
+	intOpt("replicas", "Model", "whole engines of the model, one per node, behind the head's gateway, which sends each request to the one with the fewest in flight (0: one per node when the plan finds the model fits on one node, else one engine over the allocation; 1: one engine)", 0, func(c *Config) *int { return &c.Replicas }),
 	intOpt("pipeline-parallel-size", "Model", "pipeline stages, across nodes (0: planned from the model and the allocation)", 0, func(c *Config) *int { return &c.PipelineParallel }),
 	{Name: "vllm-arg", Category: "Model", Kind: KindList, Usage: "extra argument passed to vllm serve, repeatable (--vllm-arg=--max-model-len --vllm-arg=8192)",
 		set:   func(c *Config, v string) error { c.VLLMArgs = append(c.VLLMArgs, v); return nil },

@@ -131,26 +131,18 @@ func (a *agent) chooseParallelism() error {
 	a.par = par
 	if tp, ok := replicaPlan(cfg, p, nodes); ok && a.alloc.IsHead() {
 		a.cfg.Replicas, a.par = nodes, Parallelism{Tensor: tp, Pipeline: 1}
-		a.log.Info("the model fits on one node: one replica per node, behind the gateway (--replicas 1 runs one engine instead)",
-			"replicas", nodes, "tensor_parallel", tp)
+		a.log.Info("the model fits on one node: one replica per node, behind the gateway", "why", p.Run.Why)
 	}
 	return nil
 }
 
-// replicaPlan tells whether a planned model runs as one replica per node, and on how many of
-// a node's GPUs: the most on which it fits whole, so that no GPU of a replica's node stays idle
-// where the model allows.
+// replicaPlan tells whether a planned model runs as one replica per node (plan.RunShape), and
+// on how many of a node's GPUs, when the user left the count and the pipeline to the plan.
 func replicaPlan(cfg Config, p *plan.Plan, nodes int) (int, bool) {
-	if p == nil || nodes < 2 || p.Chosen.Pipeline != 1 || cfg.Replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
+	if p == nil || nodes < 2 || p.Run.Replicas < 2 || cfg.Replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
 		return 0, false
 	}
-	tp := p.Chosen.Tensor
-	for _, o := range p.Considered {
-		if o.Fits && o.Pipeline == 1 && o.Tensor > tp && p.Request.GPUsPerNode%o.Tensor == 0 {
-			tp = o.Tensor
-		}
-	}
-	return tp, true
+	return p.Run.Tensor, true
 }
 
 // planModel plans one model over nodes; the plan is nil where the sizes were given or could

@@ -49,6 +49,7 @@ func (p Plan) Write(w io.Writer, su *SUEstimate) error {
 	fmt.Fprintf(tw, "\t%s of weights and %s of KV cache per GPU: %d concurrent sequence(s) of %d tokens\n",
 		gb(c.WeightsPerGPU), gb(c.KVPerGPU), c.Sequences, r.MaxModelLen)
 	fmt.Fprintf(tw, "replicas\t%d data-parallel replica(s) of this plan fit the allocation\n", p.Replicas)
+	fmt.Fprintf(tw, "run as\t%s\n", p.Run.Why)
 	for i, why := range p.Why {
 		label := ""
 		if i == 0 {

@@ -61,6 +61,9 @@ type Plan struct {
 	SequenceBytes   int64    `json:"bytes_per_full_sequence"`
 	Chosen          Option   `json:"chosen"`
 	Replicas        int      `json:"data_parallel_replicas"`
+	// Run is how llm-agent run serves the model on this allocation when neither --replicas
+	// nor --pipeline-parallel-size is given.
+	Run RunShape `json:"run"`
 	Considered      []Option `json:"considered"`
 	Why             []string `json:"why"`
 }
@@ -112,7 +115,42 @@ func Make(m Model, r Request) (Plan, error) {
 	p.Chosen = *best
 	p.Replicas = (r.Nodes / best.Pipeline) * (r.GPUsPerNode / best.Tensor)
 	p.explain()
+	p.Run = p.runShape()
 	return p, nil
+}
+
+// RunShape is how the job runs the plan: Replicas engines (one per node) of Tensor GPUs, or one
+// engine (Replicas 1) of the chosen split.
+type RunShape struct {
+	Replicas int    `json:"replicas"`
+	Tensor   int    `json:"tensor_parallel_size"`
+	Pipeline int    `json:"pipeline_parallel_size"`
+	Why      string `json:"why"`
+}
+
+// runShape runs a model that fits on one node of several as one replica per node, each on as
+// many of its node's GPUs as the model fits on (and that divide them), so that no GPU of a
+// replica's node stays idle where the model allows; any other model as one engine.
+func (p Plan) runShape() RunShape {
+	c, r := p.Chosen, p.Request
+	switch {
+	case r.Nodes < 2:
+		return RunShape{Replicas: 1, Tensor: c.Tensor, Pipeline: c.Pipeline, Why: "one engine on the one node"}
+	case c.Pipeline > 1:
+		return RunShape{Replicas: 1, Tensor: c.Tensor, Pipeline: c.Pipeline,
+			Why: fmt.Sprintf("one engine over %d nodes: the model spans nodes, so it cannot run as replicas of one node each", c.Pipeline)}
+	}
+	tp := c.Tensor
+	for _, o := range p.Considered {
+		if o.Fits && o.Pipeline == 1 && o.Tensor > tp && r.GPUsPerNode%o.Tensor == 0 {
+			tp = o.Tensor
+		}
+	}
+	why := fmt.Sprintf("the model fits on one node: %d replicas, one per node, each of tensor parallel %d", r.Nodes, tp)
+	if idle := r.GPUsPerNode - tp; idle > 0 {
+		why += fmt.Sprintf(" (%d GPU(s) of each node idle: several replicas on one node are not supported)", idle)
+	}
+	return RunShape{Replicas: r.Nodes, Tensor: tp, Pipeline: 1, Why: why + "; --replicas 1 runs one engine instead"}
 }
 
 // WeightsFor returns the weight bytes when loaded with a quantization or dtype override; a

@@ -331,3 +331,27 @@ func TestRequestChecked(t *testing.T) {
 		assert.NoError(t, err)
 	}
 }
+
+// TestRunShape: a model that fits on one node of several runs as one replica per node on as
+// many GPUs as fit; one that spans nodes, or a job of one node, as one engine.
+func TestRunShape(t *testing.T) {
+	p, err := Make(fixture(t, "llama-3.1-8b"), Request{Nodes: 4, GPUsPerNode: 4, GPUMemory: gb80, MaxModelLen: 8192})
+	require.NoError(t, err)
+	assert.Equal(t, RunShape{Replicas: 4, Tensor: 4, Pipeline: 1,
+		Why: "the model fits on one node: 4 replicas, one per node, each of tensor parallel 4; --replicas 1 runs one engine instead"}, p.Run)
+
+	// 10 KV heads: tensor 4 splits them unevenly, so 2 of each node's 4 GPUs stay idle.
+	p, err = Make(fixture(t, "phi-3-medium-gqa"), Request{Nodes: 2, GPUsPerNode: 4, GPUMemory: gb80, MaxModelLen: 4096})
+	require.NoError(t, err)
+	assert.Equal(t, RunShape{Replicas: 2, Tensor: 2, Pipeline: 1, Why: p.Run.Why}, p.Run)
+	assert.Contains(t, p.Run.Why, "GPU(s) of each node idle: several replicas on one node are not supported")
+
+	p, err = Make(fixture(t, "llama-3.1-405b"), Request{Nodes: 2, GPUsPerNode: 8, GPUMemory: gb80, MaxModelLen: 16384})
+	require.NoError(t, err)
+	assert.Equal(t, 1, p.Run.Replicas)
+	assert.Contains(t, p.Run.Why, "one engine over 2 nodes: the model spans nodes, so it cannot run as replicas")
+
+	p, err = Make(fixture(t, "llama-3.1-8b"), fourGPUs)
+	require.NoError(t, err)
+	assert.Equal(t, RunShape{Replicas: 1, Tensor: 1, Pipeline: 1, Why: "one engine on the one node"}, p.Run)
+}
