@@ -198,6 +198,10 @@ func (h *head) withEngineError(reason string) string {
 
 func (h *head) setNotReady(reason string) {
 	h.state.SetReady(false, reason, time.Now())
+	if h.replicated() && h.front.gw != nil && h.remoteUp() {
+		h.log.Info("the head's engine is out; the other replicas serve", "reason", reason)
+		return // the service stays ready (followReplicas)
+	}
 	state := jobfiles.StateStarting
 	if h.everReady.Load() {
 		state = jobfiles.StateRestarting

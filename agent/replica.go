@@ -122,7 +122,7 @@ func (h *head) watchReplicas(ctx context.Context) {
 		h.front.gw.CheckReplicas(ctx, replicaCheckTimeout, func(r *gateway.Replica, up bool) {
 			a.log.Info("replica "+map[bool]string{true: "joins the rotation", false: "leaves the rotation"}[up], "replica", r.Name)
 		})
-		h.publishReplicaStates()
+		h.publishReplicaStates(infos)
 		select {
 		case <-ctx.Done():
 			return
@@ -136,15 +136,20 @@ func sameReplica(a, b jobfiles.NodeInfo) bool {
 	return a.Host == b.Host && a.Address == b.Address && a.ReplicaPort == b.ReplicaPort
 }
 
-// publishReplicaStates writes every replica's state to the connection file.
-func (h *head) publishReplicaStates() {
+// publishReplicaStates writes every replica's state to the connection file: the workers'
+// engine restarts come from their node files.
+func (h *head) publishReplicaStates(infos []jobfiles.NodeInfo) {
+	restarts := map[string]int{h.alloc.Hostname(): h.conn.Snapshot().Restarts["vllm"]}
+	for _, n := range infos {
+		restarts[n.Host] = n.EngineRestarts
+	}
 	var out []jobfiles.Replica
 	for _, r := range h.front.gw.Replicas() {
 		state := "not ready"
 		if r.Up() {
 			state = "ready"
 		}
-		rep := jobfiles.Replica{Node: r.Name, GPUs: h.par.Tensor, State: state}
+		rep := jobfiles.Replica{Node: r.Name, GPUs: h.par.Tensor, State: state, Restarts: restarts[r.Name], InFlight: r.InFlight()}
 		if h.multiModel() {
 			rep.Model, rep.GPUs = r.Model, h.tensors[r.Model]
 		}
@@ -153,6 +158,40 @@ func (h *head) publishReplicaStates() {
 	if err := h.conn.Update(func(c *jobfiles.Connection) { c.Replicas = out }); err != nil {
 		h.log.Warn("cannot update the connection file", "error", err)
 	}
+	h.followReplicas()
+}
+
+// followReplicas keeps the service's state that of its replicas: ready while any serves, even
+// with the head's own engine down, and starting or restarting while none does.
+func (h *head) followReplicas() {
+	if h.draining.Load() {
+		return
+	}
+	up := h.remoteUp()
+	if ok, _ := h.state.Ready(); ok {
+		up = true
+	}
+	switch cur := h.conn.Snapshot().State; {
+	case up && (cur == jobfiles.StateStarting || cur == jobfiles.StateRestarting):
+		h.everReady.Store(true)
+		_ = h.conn.SetState(jobfiles.StateReady, "")
+	case !up && cur == jobfiles.StateReady:
+		state := jobfiles.StateStarting
+		if h.everReady.Load() {
+			state = jobfiles.StateRestarting
+		}
+		_ = h.conn.SetState(state, "no replica is ready")
+	}
+}
+
+// remoteUp tells whether another node's replica is in the rotation.
+func (h *head) remoteUp() bool {
+	for _, r := range h.front.gw.Replicas()[1:] {
+		if r.Up() {
+			return true
+		}
+	}
+	return false
 }
 
 // workerReplicaStage runs this node's replica: the engine on its private socket, supervised and
@@ -259,6 +298,11 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 	opts.OnEvent = func(e supervisor.Event) {
 		if e.State == supervisor.StateStarting {
 			out.NewRun()
+			if e.Restarts > 0 { // the head shows it with the replica
+				if err := jobfiles.WriteEngineRestarts(a.stateDir, a.alloc.Hostname(), e.Restarts); err != nil {
+					a.log.Warn("cannot publish the engine's restarts", "error", err)
+				}
+			}
 		}
 		a.trackChild(e)
 		r.follow(e)

@@ -100,11 +100,42 @@ func TestRunReplicas(t *testing.T) {
 	require.Eventually(t, func() bool { return states() == "node1=ready node2=ready" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
 	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
 	assert.Equal(t, 0, c.Restarts["vllm"], "the head's engine did not restart")
+	require.Eventually(t, func() bool {
+		c, _ := jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+		return len(c.Replicas) == 2 && c.Replicas[0].Restarts == 0 && c.Replicas[1].Restarts == 1
+	}, 5*time.Second, 20*time.Millisecond, "the connection file counts node2's restart")
+
+	// The head's own engine dies: the service stays ready on node2 meanwhile.
+	pid = engineOn(t, c.EngineSocket)
+	require.NotZero(t, pid, "the head's engine")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return states() == "node1=not ready node2=ready" }, 5*time.Second, 20*time.Millisecond, "replicas: %s", states())
+	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
+	req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "node2", resp.Header.Get(gateway.ReplicaHeader))
+	require.Eventually(t, func() bool { return states() == "node1=ready node2=ready" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
 	stopped = true
 	for _, err := range stopNodes(t, runs) {
 		require.NoError(t, err)
 	}
 	assertNoChildren(t)
+}
+
+// engineOn returns the pid of the fake engine on socket, started by this test process.
+func engineOn(t *testing.T, socket string) int {
+	t.Helper()
+	for _, pid := range descendantsOf(os.Getpid()) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err == nil && strings.Contains(string(b), "vllm\x00serve\x00") && strings.Contains(string(b), socket) {
+			return pid
+		}
+	}
+	return 0
 }
 
 func TestReplicasConfig(t *testing.T) {

@@ -176,7 +176,7 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 		if rep.Model != "" {
 			model = rep.Model + ", "
 		}
-		fmt.Fprintf(tw, "replica %s\t%s%s, %d GPUs\n", rep.Node, model, rep.State, rep.GPUs)
+		fmt.Fprintf(tw, "replica %s\t%s%s, %d GPUs, %d restarts, %d in flight\n", rep.Node, model, rep.State, rep.GPUs, rep.Restarts, rep.InFlight)
 	}
 	for _, ad := range r.Adapters {
 		fmt.Fprintf(tw, "adapter %s\t%s\n", ad.Name, ad.Path)

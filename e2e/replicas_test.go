@@ -115,6 +115,15 @@ func TestReplicas(t *testing.T) {
 	require.True(t, assertEventually(readyTimeout, func() bool { return replicaStates(j)["node2"] == "ready" }), "node2's agent restarts its engine")
 	back := time.Now()
 	require.True(t, assertEventually(30*time.Second, func() bool { return served(back)["node2"] > 5 }), "node2 serves again: %v", served(back))
+	require.True(t, assertEventually(10*time.Second, func() bool {
+		c, _ := j.conn()
+		for _, r := range c.Replicas {
+			if r.Node == "node2" {
+				return r.Restarts == 1
+			}
+		}
+		return false
+	}), "the connection file counts node2's restart")
 
 	// node3's engine hangs (stopped, its socket still open): it leaves the rotation within 5 s,
 	// the others serve meanwhile, and it comes back once it answers again.

@@ -42,6 +42,9 @@ type Replica struct {
 	Model string `json:"model,omitempty"`
 	GPUs  int    `json:"gpus"`
 	State string `json:"state"`
+	// Restarts counts the restarts of the replica's engine; InFlight its requests now.
+	Restarts int   `json:"restarts"`
+	InFlight int64 `json:"in_flight"`
 }
 
 // ModelPlacement is one model of a job that serves several: its served name, what the engine

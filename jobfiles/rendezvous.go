@@ -120,6 +120,8 @@ type NodeInfo struct {
 	EngineEnded *EngineEnd `json:"engine_ended,omitempty"`
 	// ReplicaPort is where a worker's replica gateway listens, on Address.
 	ReplicaPort int `json:"replica_port,omitempty"`
+	// EngineRestarts counts the restarts of a worker's replica engine.
+	EngineRestarts int `json:"engine_restarts,omitempty"`
 }
 
 // EngineEnd says which generation of the engine a rank belonged to, and how it ended.
@@ -166,6 +168,11 @@ func ReadNodeInfos(dir string, hosts []string) []NodeInfo {
 // why; it keeps what the file said.
 func WriteEngineEnd(dir, host string, gen int, reason string) error {
 	return updateNodeInfo(dir, host, func(n *NodeInfo) { n.EngineEnded = &EngineEnd{Generation: gen, Reason: reason} })
+}
+
+// WriteEngineRestarts records in host's node file how often its replica's engine restarted.
+func WriteEngineRestarts(dir, host string, restarts int) error {
+	return updateNodeInfo(dir, host, func(n *NodeInfo) { n.EngineRestarts = restarts })
 }
 
 // updateNodeInfo rewrites host's node file with change applied to what it said.
