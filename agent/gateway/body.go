@@ -117,7 +117,7 @@ type requestFields struct {
 	model                string
 	stream, includeUsage bool
 	hasPriority          bool
-	priority             *float64 // the client's priority, when a number
+	priority             *float64                   // the client's priority, when a number
 	maxTokens            int                        // max_tokens or max_completion_tokens; 0 when absent
 	streamOptions        map[string]json.RawMessage // nil when absent or unreadable
 	spans                map[string]span

@@ -54,18 +54,18 @@ type Option struct {
 
 // Plan is the planner's answer.
 type Plan struct {
-	Model           Model    `json:"model"`
-	Request         Request  `json:"request"`
-	WeightBytes     int64    `json:"weight_bytes"`
-	KVBytesPerToken int64    `json:"kv_cache_bytes_per_token"`
-	SequenceBytes   int64    `json:"bytes_per_full_sequence"`
-	Chosen          Option   `json:"chosen"`
-	Replicas        int      `json:"data_parallel_replicas"`
+	Model           Model   `json:"model"`
+	Request         Request `json:"request"`
+	WeightBytes     int64   `json:"weight_bytes"`
+	KVBytesPerToken int64   `json:"kv_cache_bytes_per_token"`
+	SequenceBytes   int64   `json:"bytes_per_full_sequence"`
+	Chosen          Option  `json:"chosen"`
+	Replicas        int     `json:"data_parallel_replicas"`
 	// Run is how llm-agent run serves the model on this allocation when neither --replicas
 	// nor --pipeline-parallel-size is given.
-	Run RunShape `json:"run"`
-	Considered      []Option `json:"considered"`
-	Why             []string `json:"why"`
+	Run        RunShape `json:"run"`
+	Considered []Option `json:"considered"`
+	Why        []string `json:"why"`
 }
 
 // Make chooses the smallest footprint of GPUs (tensor parallel within a node, pipeline parallel
