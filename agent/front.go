@@ -51,7 +51,7 @@ func (h *head) setupKeys() error {
 	if h.engineKey, err = GenerateKey(); err != nil {
 		return err
 	}
-	if a.lora.on() {
+	if a.loraJob.on() {
 		if h.ownerKey, err = GenerateKey(); err != nil {
 			return err
 		}

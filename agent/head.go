@@ -163,9 +163,9 @@ func (h *head) initialConnection() jobfiles.Connection {
 		Launcher:         a.cfg.Launcher,
 		Models:           modelPlacements(a.models, a.tensors),
 	}
-	if a.lora.on() {
-		c.LoRAMaxRank = a.lora.maxRank
-		c.Adapters = connectionAdapters(a.lora.list())
+	if a.loraJob.on() {
+		c.LoRAMaxRank = a.loraJob.maxRank
+		c.Adapters = connectionAdapters(a.loraJob.list())
 		if h.ownerKey != "" {
 			c.OwnerKeyFile = filepath.Join(a.stateDir, jobfiles.OwnerKeyFile)
 		}

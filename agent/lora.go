@@ -23,24 +23,45 @@ type loraPlan struct {
 // starts) and sizes --max-lora-rank: the user's own when given, which must hold every adapter,
 // else the smallest vLLM accepts for the largest adapter, else vLLM's default.
 func (a *agent) prepareLoRA() error {
-	specs, err := a.cfg.Adapters()
-	if err != nil {
+	var err error
+	if a.lora, err = loraPlanFor(a.cfg); err != nil {
 		return err
 	}
-	s := vllm.ReadSettings(a.cfg.VLLMArgs)
+	a.loraJob = a.lora
+	if !a.lora.on() && a.alloc.IsHead() {
+		// The model that serves adapters runs on other nodes: the head's gateway and
+		// connection file still speak for it.
+		for _, p := range a.models {
+			if p.LoRA {
+				if a.loraJob, err = loraPlanFor(p.cfg); err != nil {
+					return fmt.Errorf("model %s: %w", p.Name, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// loraPlanFor plans LoRA for the model of cfg.
+func loraPlanFor(cfg Config) (*loraPlan, error) {
+	specs, err := cfg.Adapters()
+	if err != nil {
+		return nil, err
+	}
+	s := vllm.ReadSettings(cfg.VLLMArgs)
 	p := &loraPlan{enabled: len(specs) > 0 || s.EnableLoRA}
 	top := 0
 	for _, spec := range specs {
 		ad, err := vllm.ReadAdapter(spec.Name, spec.Path)
 		if err != nil {
-			return fmt.Errorf("%w: --lora: %w", ErrBadInput, err)
+			return nil, fmt.Errorf("%w: --lora: %w", ErrBadInput, err)
 		}
 		top = max(top, ad.Rank)
 		p.adapters = append(p.adapters, ad)
 	}
 	switch {
 	case s.MaxLoRARank > 0 && s.MaxLoRARank < top:
-		return fmt.Errorf("%w: --vllm-arg=--max-lora-rank %d is below the rank of an adapter (%d); leave it out and the agent sizes it", ErrBadInput, s.MaxLoRARank, top)
+		return nil, fmt.Errorf("%w: --vllm-arg=--max-lora-rank %d is below the rank of an adapter (%d); leave it out and the agent sizes it", ErrBadInput, s.MaxLoRARank, top)
 	case s.MaxLoRARank > 0:
 		p.maxRank = s.MaxLoRARank
 	case top == 0:
@@ -48,8 +69,7 @@ func (a *agent) prepareLoRA() error {
 	default:
 		p.maxRank = vllm.RankFor(top)
 	}
-	a.lora = p
-	return nil
+	return p, nil
 }
 
 // on tells whether the engine serves adapters.
@@ -84,6 +104,16 @@ func (p *loraPlan) loaded(ad vllm.Adapter) {
 	p.adapters = append(p.adapters, ad)
 }
 
+// changed records what the gateway says the engine loaded (path set) or unloaded at run time,
+// so that a restarted engine serves the same adapters.
+func (p *loraPlan) changed(name, path string) {
+	if path != "" {
+		p.loaded(vllm.Adapter{Name: name, Path: path})
+	} else {
+		p.unloaded(name)
+	}
+}
+
 // unloaded records an adapter the engine unloaded at run time.
 func (p *loraPlan) unloaded(name string) {
 	p.mu.Lock()
@@ -105,14 +135,13 @@ func connectionAdapters(ads []vllm.Adapter) []jobfiles.Adapter {
 // connection file lists them.
 func (h *head) adapterChanged(name, path string) {
 	a := h.agent
+	a.loraJob.changed(name, path)
 	if path != "" {
-		a.lora.loaded(vllm.Adapter{Name: name, Path: path})
 		h.log.Info("LoRA adapter loaded", "adapter", name, "path", path)
 	} else {
-		a.lora.unloaded(name)
 		h.log.Info("LoRA adapter unloaded", "adapter", name)
 	}
-	if err := h.conn.Update(func(c *jobfiles.Connection) { c.Adapters = connectionAdapters(a.lora.list()) }); err != nil {
+	if err := h.conn.Update(func(c *jobfiles.Connection) { c.Adapters = connectionAdapters(a.loraJob.list()) }); err != nil {
 		h.log.Warn("cannot update the connection file", "error", err)
 	}
 }

@@ -137,3 +137,37 @@ func TestLoRAWithoutAdaptersAtStart(t *testing.T) {
 	assert.False(t, none.on())
 	assert.Nil(t, none.list())
 }
+
+// TestReplicaKeepsRuntimeAdapters: an adapter the owner adds at run time reaches every replica,
+// and a worker's replica restarted afterwards starts with it.
+func TestReplicaKeepsRuntimeAdapters(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("FAKE_RAY_DIR", t.TempDir())
+	chat := testAdapter(t, 8)
+	cfg := testConfig(t, dir)
+	cfg.Replicas = 2
+	cfg.VLLMArgs = []string{"--enable-lora"}
+	cfg.BackoffInitial, cfg.BackoffMax = time.Second, time.Second
+	runs := startNodes(t, cfg, "4848", 2, nil)
+	t.Cleanup(func() { stopNodes(t, runs) })
+	waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	replicas := func() []jobfiles.Replica {
+		c, _ := jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+		return c.Replicas
+	}
+	require.Eventually(t, func() bool { r := replicas(); return len(r) == 2 && r[1].State == "ready" }, 30*time.Second, 20*time.Millisecond)
+	require.NoError(t, lora.Add(context.Background(), lora.Options{Job: dir, Name: "chat", Path: chat, Out: io.Discard}))
+
+	c, _ := jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+	pid := engineNotOn(t, c.EngineSocket)
+	require.NotZero(t, pid, "node2's engine")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { r := replicas(); return len(r) == 2 && r[1].Restarts == 1 && r[1].State == "ready" },
+		30*time.Second, 20*time.Millisecond, "node2's engine restarted: %+v", replicas())
+	pid = engineNotOn(t, c.EngineSocket)
+	require.NotZero(t, pid)
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	require.NoError(t, err)
+	assert.Contains(t, string(cmdline), `{"name":"chat","path":"`+chat+`","base_model_name":"tiny"}`,
+		"node2's restarted engine serves the adapter added at run time")
+}

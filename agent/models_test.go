@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/clients/lora"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
@@ -165,7 +167,8 @@ func TestRunTwoModels(t *testing.T) {
 	t.Setenv("FAKE_RAY_DIR", t.TempDir())
 	cfg := testConfig(t, dir)
 	cfg.Model, cfg.ServedModelName = "", ""
-	cfg.ModelsFile = writeModelsFile(t, "models:\n  - {model: "+t.TempDir()+", served_model_name: alpha}\n  - {model: "+t.TempDir()+", served_model_name: beta}\n")
+	sql, chat := testAdapter(t, 8), testAdapter(t, 8)
+	cfg.ModelsFile = writeModelsFile(t, "models:\n  - {model: "+t.TempDir()+", served_model_name: alpha}\n  - {model: "+t.TempDir()+", served_model_name: beta, lora: [sql="+sql+"]}\n")
 	runs := startNodes(t, cfg, "4747", 2, nil)
 	stopped := false
 	t.Cleanup(func() {
@@ -199,7 +202,15 @@ func TestRunTwoModels(t *testing.T) {
 		assert.Equal(t, "node2", node)
 	}
 	code, _ := ask("gamma")
-	assert.Equal(t, http.StatusNotFound, code)
+	assert.Equal(t, http.StatusNotFound, code, "no such model: beta's engine, which serves the adapters, says so")
+
+	// beta serves adapters from node2: the head's gateway and connection file speak for it.
+	assert.Equal(t, 8, c.LoRAMaxRank)
+	assert.Equal(t, []jobfiles.Adapter{{Name: "sql", Path: sql}}, c.Adapters)
+	require.NotEmpty(t, c.OwnerKeyFile)
+	require.NoError(t, lora.Add(context.Background(), lora.Options{Job: dir, Name: "chat", Path: chat, Out: io.Discard}))
+	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
+	assert.Equal(t, []jobfiles.Adapter{{Name: "sql", Path: sql}, {Name: "chat", Path: chat}}, c.Adapters)
 	req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
 	resp, err := http.DefaultClient.Do(req)

@@ -270,7 +270,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 	// The head's gateway has already checked the client's key, limits and model access; this
 	// one admits the head alone, and keeps no audit of its own.
 	r.gw = gateway.New(gateway.Options{Engine: r.eng, EngineKey: r.engineKey, Keys: keys, Ready: r.answering.ready(a.state.Ready),
-		MaxBody: maxBody, LoRA: a.lora.on(), OwnerKey: key, Name: a.alloc.Hostname(), Logger: a.log.Named("gateway")})
+		MaxBody: maxBody, LoRA: a.lora.on(), OwnerKey: key, OnAdapter: a.lora.changed, Name: a.alloc.Hostname(), Logger: a.log.Named("gateway")})
 	if r.ln, err = net.Listen("tcp", net.JoinHostPort(a.addr, strconv.Itoa(port))); err != nil {
 		return nil, fmt.Errorf("%w: replica port %d: %w", ErrPort, port, err)
 	}

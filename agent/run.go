@@ -80,6 +80,9 @@ type agent struct {
 	started  time.Time
 	state    *metrics.State
 	lora     *loraPlan
+	// loraJob is the LoRA plan of the job's model that serves adapters: lora where this
+	// node's does; on the head, that of another node's model otherwise.
+	loraJob *loraPlan
 	// models are where each model runs, in a job that serves several (or one from a models
 	// file); empty for one model given by the options.
 	models []ModelPlace
