@@ -224,7 +224,7 @@ func (h *head) publishNodes(infos []jobfiles.NodeInfo) {
 			}
 		}
 		ep := jobfiles.NodeEndpoint{Node: n.Host, Role: n.Role, MetricsURL: n.MetricsURL()}
-		if n.Role == "head" {
+		if n.Role == "head" || n.ReplicaPort > 0 {
 			ep.EngineMetricsURL = strings.TrimSuffix(ep.MetricsURL, "/metrics") + vllm.EngineMetricsPath
 		}
 		eps = append(eps, ep)

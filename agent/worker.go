@@ -3,11 +3,14 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
+	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends; with
@@ -51,7 +54,14 @@ func (a *agent) runWorker(ctx context.Context) error {
 		a.log.Warn("port busy on this node, using another", "move", m)
 	}
 	run := life(ctx)
-	stages := []stage{a.metricsStage(run, ports.Metrics, served{})}
+	extra := served{}
+	if replicaPort > 0 {
+		// The replica's engine's own metrics, passed through as on the head.
+		eng := vllm.Endpoint{Socket: filepath.Join(a.localDir, vllm.SocketName)}
+		extra.routes = map[string]http.Handler{"GET " + vllm.EngineMetricsPath: vllm.MetricsHandler(
+			eng.BaseURL()+"/metrics", eng.Transport(1), engineScrapeTimeout, a.log.Named("engine-metrics"))}
+	}
+	stages := []stage{a.metricsStage(run, ports.Metrics, extra)}
 	switch {
 	case replicaPort > 0:
 		stages = append(stages, a.workerReplicaStage(run, rv, replicaPort), a.workerFilesStage(ports, replicaPort))

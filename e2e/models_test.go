@@ -103,6 +103,13 @@ func TestTwoModels(t *testing.T) {
 	v, ok = metricValue(text, `llm_agent_gateway_replica_up{job="`+j.id+`",model="beta",node="node1",replica="node3"}`)
 	assert.True(t, ok && v == "1", "beta's replica up in the metrics: %q", v)
 
+	// Each replica's engine metrics, on its own node, named by its model.
+	require.Len(t, c.Metrics, 3)
+	for _, m := range c.Metrics {
+		require.NotEmpty(t, m.EngineMetricsURL, "node %s", m.Node)
+		want := map[string]string{"node1": "alpha", "node2": "alpha", "node3": "beta"}[m.Node]
+		assert.Contains(t, metricsText(t, m.EngineMetricsURL), `model_name="`+want+`"`, "node %s", m.Node)
+	}
 	require.NoError(t, exec.Command("scancel", j.id).Run())
 	j.waitState(jobfiles.StateStopped, drainBound)
 	requireNoProcesses(t, drainBound)

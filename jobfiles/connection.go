@@ -68,7 +68,8 @@ type NodeEndpoint struct {
 	Node       string `json:"node"`
 	Role       string `json:"role"`
 	MetricsURL string `json:"metrics_url"`
-	// EngineMetricsURL, on the head, serves the engine's own /metrics as the engine wrote it.
+	// EngineMetricsURL, on the head and on each worker that runs a replica, serves the node's
+	// engine's own /metrics as the engine wrote it.
 	EngineMetricsURL string `json:"engine_metrics_url,omitempty"`
 }
 

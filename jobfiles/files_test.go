@@ -182,6 +182,12 @@ func TestTargets(t *testing.T) {
 	assert.Equal(t, []TargetGroup{head, engine, worker}, Targets("42", nodes, "/metrics/engine"))
 	assert.Equal(t, []TargetGroup{head, worker}, Targets("42", nodes, ""), "no engine to scrape")
 	assert.Empty(t, Targets("42", nil, "/metrics/engine"))
+
+	// A worker that runs a replica has its engine's target too.
+	nodes[1].ReplicaPort = 8042
+	replica := TargetGroup{Targets: []string{"[fd00::2]:9542"},
+		Labels: map[string]string{"job_id": "42", "node": "n2", "role": "engine", "__metrics_path__": "/metrics/engine"}}
+	assert.Equal(t, []TargetGroup{head, engine, worker, replica}, Targets("42", nodes, "/metrics/engine"))
 }
 
 // TestWritesFailWithReasons: each write names its file when the directory is gone or the value

@@ -15,8 +15,9 @@ type TargetGroup struct {
 }
 
 // Targets lists every published node's metrics endpoint of job in file_sd form. With enginePath
-// set, the head's engine is a target of its own on that path of the head's metrics port, with
-// role "engine": Prometheus scrapes the engine's series as the engine wrote them.
+// set, the head's engine, and each worker's replica engine, is a target of its own on that path
+// of its node's metrics port, with role "engine": Prometheus scrapes the engine's series as the
+// engine wrote them.
 func Targets(job string, infos []NodeInfo, enginePath string) []TargetGroup {
 	groups := make([]TargetGroup, 0, len(infos)+1)
 	for _, n := range infos {
@@ -25,7 +26,7 @@ func Targets(job string, infos []NodeInfo, enginePath string) []TargetGroup {
 			Targets: target,
 			Labels:  map[string]string{"job_id": job, "node": n.Host, "role": n.Role},
 		})
-		if n.Role == "head" && enginePath != "" {
+		if (n.Role == "head" || n.ReplicaPort > 0) && enginePath != "" {
 			groups = append(groups, TargetGroup{
 				Targets: target,
 				Labels:  map[string]string{"job_id": job, "node": n.Host, "role": "engine", "__metrics_path__": enginePath},
