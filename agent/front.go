@@ -112,7 +112,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 		MaxInFlightPerKey: a.cfg.MaxInFlightPerKey,
 		MaxInFlight:       a.cfg.MaxInFlight,
 		Priority:          a.priorityScheduling(),
-		Name:              a.alloc.Hostname(),
+		Name:              a.replicaName(a.alloc.Hostname(), 0),
 		Model:             a.cfg.ServedName(),
 		LoRA:              a.lora.on(),
 		OwnerKey:          h.ownerKey,

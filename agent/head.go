@@ -40,9 +40,12 @@ type head struct {
 	ownerKey string
 	// replicaKey opens the workers' replica gateways to this one, with --replicas.
 	replicaKey string
-	front      front
-	conn       *jobfiles.ConnectionWriter
-	engine     *supervisor.Service
+	// slotPorts are the ports of the head's own replica gateways when each node runs several
+	// replicas (the first, 0, is the head's own engine behind its gateway).
+	slotPorts []int
+	front     front
+	conn      *jobfiles.ConnectionWriter
+	engine    *supervisor.Service
 	// answering takes the head's own engine out of the rotation while it does not answer,
 	// in a job with replicas.
 	answering answering
@@ -76,6 +79,12 @@ func (a *agent) runHead(ctx context.Context) error {
 	if err := h.setupKeys(); err != nil {
 		return err
 	}
+	if a.perNode() > 1 {
+		// The head's further replicas, each behind a gateway of its own as on the workers.
+		if h.slotPorts, err = pickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), true, h.ports.API, h.ports.Metrics); err != nil {
+			return err
+		}
+	}
 	run := life(ctx)
 	stages := []stage{
 		a.metricsStage(run, h.ports.Metrics, h.metricsServed()),
@@ -86,6 +95,10 @@ func (a *agent) runHead(ctx context.Context) error {
 		h.engineStage(run),
 	}
 	if a.replicated() {
+		for slot := 1; slot < a.perNode(); slot++ {
+			rv := jobfiles.Rendezvous{Tensor: a.par.Tensor}
+			stages = append(stages, a.replicaStage(run, rv, h.slotPorts[slot], slot))
+		}
 		stages = append(stages, h.watchStage(run, "replicas", h.watchReplicas))
 	}
 	failure := runStages(ctx, append(stages, h.drainStage(run)), h.beginDrain)
@@ -224,7 +237,7 @@ func (h *head) publishNodes(infos []jobfiles.NodeInfo) {
 			}
 		}
 		ep := jobfiles.NodeEndpoint{Node: n.Host, Role: n.Role, MetricsURL: n.MetricsURL()}
-		if n.Role == "head" || n.ReplicaPort > 0 {
+		if n.Role == "head" || len(n.ReplicaPorts) > 0 {
 			ep.EngineMetricsURL = strings.TrimSuffix(ep.MetricsURL, "/metrics") + vllm.EngineMetricsPath
 		}
 		eps = append(eps, ep)

@@ -33,6 +33,9 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
+	if gpus := a.slotGPUs(0); gpus != nil { // the head's share when nodes run several replicas
+		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(gpus, ","))
+	}
 	if a.lora.on() {
 		env = append(env, vllm.RuntimeLoRAEnv)
 	}

@@ -48,7 +48,7 @@ func (h *head) filesStage() stage {
 	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
 		a := h.agent
 		if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
-			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid()}); err != nil {
+			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPorts: h.slotPorts}); err != nil {
 			return nil, err
 		}
 		if h.ownerKey != "" {

@@ -147,6 +147,17 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 	assert.Equal(t, 2, a.cfg.Replicas)
 	assert.Equal(t, Parallelism{Tensor: 4, Pipeline: 1}, a.par)
 
+	// 10 KV heads: tensor 4 would split them, so two replicas of two GPUs share each node.
+	cfg.Model = "plan/testdata/models/phi-3-medium-gqa"
+	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
+	require.NoError(t, err)
+	assert.Equal(t, 4, a.cfg.Replicas)
+	assert.Equal(t, 2, a.perNode())
+	assert.Equal(t, Parallelism{Tensor: 2, Pipeline: 1}, a.par)
+	assert.Equal(t, []string{"2", "3"}, a.slotGPUs(1))
+	assert.Equal(t, "g2/1", a.replicaName("g2", 1))
+
+	cfg.Model = "plan/testdata/models/llama-3.1-8b"
 	cfg.Replicas = 1
 	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)

@@ -103,12 +103,18 @@ func (a *agent) chooseParallelism() error {
 	cfg := a.cfg
 	nodes := len(a.alloc.Nodes)
 	if a.replicated() {
+		gpus := a.alloc.GPUs
 		if cfg.Replicas > nodes {
-			return fmt.Errorf("%w: --replicas %d runs one engine per node, and this job has %d nodes", ErrBadInput, cfg.Replicas, nodes)
+			k := cfg.Replicas / nodes
+			if cfg.Replicas%nodes != 0 || (gpus > 0 && gpus%k != 0) {
+				return fmt.Errorf("%w: --replicas %d on %d nodes of %d GPUs: give at most %d (one per node), or a multiple of %d whose replicas per node divide the node's GPUs (several per node, each on its own share)",
+					ErrBadInput, cfg.Replicas, nodes, gpus, nodes, nodes)
+			}
+			a.slots, gpus = k, gpus/k
 		}
-		// Each replica is a one-node engine: plan it for one node.
+		// Each replica is a one-node engine on its share of the node: plan it so.
 		var err error
-		if a.par, _, err = a.planModel(cfg, 1); err != nil {
+		if a.par, _, err = a.planModel(cfg, 1, gpus); err != nil {
 			return err
 		}
 		if !a.alloc.IsHead() {
@@ -116,7 +122,7 @@ func (a *agent) chooseParallelism() error {
 		}
 		a.tensors = map[string]int{}
 		for _, p := range a.models {
-			par, _, err := a.planModel(p.cfg, 1)
+			par, _, err := a.planModel(p.cfg, 1, a.alloc.GPUs)
 			if err != nil {
 				return fmt.Errorf("model %s: %w", p.Name, err)
 			}
@@ -124,31 +130,30 @@ func (a *agent) chooseParallelism() error {
 		}
 		return nil
 	}
-	par, p, err := a.planModel(cfg, nodes)
+	par, p, err := a.planModel(cfg, nodes, a.alloc.GPUs)
 	if err != nil {
 		return err
 	}
 	a.par = par
-	if tp, ok := replicaPlan(cfg, p, nodes); ok && a.alloc.IsHead() {
-		a.cfg.Replicas, a.par = nodes, Parallelism{Tensor: tp, Pipeline: 1}
-		a.log.Info("the model fits on one node: one replica per node, behind the gateway", "why", p.Run.Why)
+	if run, ok := replicaPlan(cfg, p, nodes); ok && a.alloc.IsHead() {
+		a.cfg.Replicas, a.slots, a.par = run.Replicas, run.PerNode, Parallelism{Tensor: run.Tensor, Pipeline: 1}
+		a.log.Info("the model fits on one node: replicas behind the gateway", "why", p.Run.Why)
 	}
 	return nil
 }
 
-// replicaPlan tells whether a planned model runs as one replica per node (plan.RunShape), and
-// on how many of a node's GPUs, when the user left the count and the pipeline to the plan.
-func replicaPlan(cfg Config, p *plan.Plan, nodes int) (int, bool) {
+// replicaPlan tells whether a planned model runs as replicas (plan.RunShape), and how, when the
+// user left the count and the pipeline to the plan.
+func replicaPlan(cfg Config, p *plan.Plan, nodes int) (plan.RunShape, bool) {
 	if p == nil || nodes < 2 || p.Run.Replicas < 2 || cfg.Replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
-		return 0, false
+		return plan.RunShape{}, false
 	}
-	return p.Run.Tensor, true
+	return p.Run, true
 }
 
-// planModel plans one model over nodes; the plan is nil where the sizes were given or could
-// not be planned.
-func (a *agent) planModel(cfg Config, nodes int) (Parallelism, *plan.Plan, error) {
-	gpus := a.alloc.GPUs
+// planModel plans one model over nodes of gpus GPUs each; the plan is nil where the sizes were
+// given or could not be planned.
+func (a *agent) planModel(cfg Config, nodes, gpus int) (Parallelism, *plan.Plan, error) {
 	if nodes == 1 {
 		cfg.PipelineParallel = 1
 	}

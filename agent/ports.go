@@ -69,7 +69,7 @@ type portPicker struct {
 }
 
 func (p *portPicker) pick(name string, preferred int) (int, error) {
-	if !p.used[preferred] {
+	if preferred > 0 && !p.used[preferred] {
 		err := p.probe.Probe(preferred)
 		if err == nil {
 			p.used[preferred] = true
@@ -223,9 +223,31 @@ func PickWorkerPorts(cfg Config, jobID string, published jobfiles.Ports, probe P
 	return ports, p.moved, nil
 }
 
-// pickReplicaPort picks the port of a worker's replica gateway: the API port the head would
-// use (--port, default 8000 + job offset), or a free one when that is busy on this node.
-func pickReplicaPort(cfg Config, jobID string, probe PortProber) (int, error) {
+// pickReplicaPorts picks the ports of a node's n replica gateways, one per slot: a worker's first
+// takes the API port the head would use (--port, default 8000 + job offset), or a free one when
+// that is busy on this node; the head's first is 0, its own engine behind its gateway; the
+// others are free ones that taken does not hold.
+func pickReplicaPorts(cfg Config, jobID string, probe PortProber, n int, head bool, taken ...int) ([]int, error) {
 	p := &portPicker{probe: probe, used: map[int]bool{}}
-	return p.pick("port", orDefault(cfg.Port, 8000+JobOffset(jobID)))
+	for _, t := range taken {
+		p.used[t] = true
+	}
+	var out []int
+	if head {
+		out = append(out, 0) // the head's own engine is behind its gateway
+	} else {
+		port, err := p.pick("port", orDefault(cfg.Port, 8000+JobOffset(jobID)))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, port)
+	}
+	for len(out) < n {
+		port, err := p.pick("replica port", 0)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, port)
+	}
+	return out, nil
 }

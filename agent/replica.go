@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,8 +68,48 @@ func (w *answering) ready(ready func() (bool, string)) func() (bool, string) {
 	}
 }
 
-// replicated tells whether the job runs several replicas of the engine, one per node.
+// replicated tells whether the job runs several replicas of the engine.
 func (a *agent) replicated() bool { return a.cfg.Replicas > 1 }
+
+// perNode is how many replicas each node runs: more than one when --replicas exceeds the
+// nodes, each on its own share of the node's GPUs.
+func (a *agent) perNode() int { return max(1, a.slots) }
+
+// replicaName names a replica in the gateway's header, metrics and the connection file: its
+// node, and its slot on the node when nodes run several.
+func (a *agent) replicaName(host string, slot int) string {
+	if a.perNode() == 1 {
+		return host
+	}
+	return host + "/" + strconv.Itoa(slot)
+}
+
+// slotGPUs returns the GPUs of the replica in slot, a share of the node's visible ones, when
+// the node runs several; nil leaves the engine the node's whole view.
+func (a *agent) slotGPUs(slot int) []string {
+	k, ids := a.perNode(), a.alloc.GPUIDs
+	if k == 1 || len(ids) < k || len(ids)%k != 0 {
+		return nil
+	}
+	per := len(ids) / k
+	return ids[slot*per : (slot+1)*per]
+}
+
+// socketName is the engine socket of a slot, in the node's private directory.
+func socketName(slot int) string {
+	if slot == 0 {
+		return vllm.SocketName
+	}
+	return "engine-" + strconv.Itoa(slot) + ".sock"
+}
+
+// childName names the engine of a slot among the node's children (logs, metrics).
+func childName(slot int) string {
+	if slot == 0 {
+		return "vllm"
+	}
+	return "vllm-" + strconv.Itoa(slot)
+}
 
 // writeReplicaKey makes the run's replica key.
 func writeReplicaKey(stateDir string) (string, error) {
@@ -90,11 +131,11 @@ func (h *head) publishReplicas() error {
 	}
 	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC(),
-		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas, Models: modelPlacements(a.models, a.tensors)}
+		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas, PerNode: a.perNode(), Models: modelPlacements(a.models, a.tensors)}
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}
-	a.log.Info("rendezvous published; one replica of the engine per node, no Ray", "replicas", a.cfg.Replicas)
+	a.log.Info("rendezvous published; whole replicas of the engine, no Ray", "replicas", a.cfg.Replicas, "per_node", a.perNode())
 	return nil
 }
 
@@ -102,7 +143,11 @@ func (h *head) publishReplicas() error {
 // and takes each out of the rotation, or back in, as its /readyz says.
 func (h *head) watchReplicas(ctx context.Context) {
 	a := h.agent
+	// The other nodes that run replicas, and the head itself for its own further slots.
 	hosts := a.alloc.Nodes[1:min(len(a.alloc.Nodes), a.cfg.Replicas)]
+	if a.perNode() > 1 {
+		hosts = a.alloc.Nodes
+	}
 	var known []jobfiles.NodeInfo // the node files the pool was last built from
 	for {
 		infos := jobfiles.ReadNodeInfos(a.stateDir, hosts)
@@ -110,9 +155,12 @@ func (h *head) watchReplicas(ctx context.Context) {
 			known = infos
 			var reps []*gateway.Replica
 			for _, n := range infos {
-				if n.ReplicaPort > 0 {
-					ep := vllm.Endpoint{Host: n.Address, Port: n.ReplicaPort}
-					r := gateway.NewReplica(n.Host, ep, h.replicaKey)
+				for slot, port := range n.ReplicaPorts {
+					if port == 0 {
+						continue // the head's own engine
+					}
+					ep := vllm.Endpoint{Host: n.Address, Port: port}
+					r := gateway.NewReplica(a.replicaName(n.Host, slot), ep, h.replicaKey)
 					r.Model, r.LoRA = a.modelOf(n.Host)
 					reps = append(reps, r)
 				}
@@ -133,15 +181,19 @@ func (h *head) watchReplicas(ctx context.Context) {
 
 // sameReplica tells whether two node files name the same replica gateway.
 func sameReplica(a, b jobfiles.NodeInfo) bool {
-	return a.Host == b.Host && a.Address == b.Address && a.ReplicaPort == b.ReplicaPort
+	return a.Host == b.Host && a.Address == b.Address && slices.Equal(a.ReplicaPorts, b.ReplicaPorts)
 }
 
 // publishReplicaStates writes every replica's state to the connection file: the workers'
 // engine restarts come from their node files.
 func (h *head) publishReplicaStates(infos []jobfiles.NodeInfo) {
-	restarts := map[string]int{h.alloc.Hostname(): h.conn.Snapshot().Restarts["vllm"]}
+	restarts := map[string]int{h.replicaName(h.alloc.Hostname(), 0): h.conn.Snapshot().Restarts["vllm"]}
 	for _, n := range infos {
-		restarts[n.Host] = n.EngineRestarts
+		for slot, count := range n.EngineRestarts {
+			if n.Host != h.alloc.Hostname() || slot > 0 {
+				restarts[h.replicaName(n.Host, slot)] = count
+			}
+		}
 	}
 	var out []jobfiles.Replica
 	for _, r := range h.front.gw.Replicas() {
@@ -194,13 +246,13 @@ func (h *head) remoteUp() bool {
 	return false
 }
 
-// workerReplicaStage runs this node's replica: the engine on its private socket, supervised and
-// probed as the head's is, behind a gateway on the node's address that opens to the job's
-// replica key only.
-func (a *agent) workerReplicaStage(run context.Context, rv jobfiles.Rendezvous, port int) stage {
+// replicaStage runs one replica of this node, in slot: the engine on its private socket,
+// supervised and probed as the head's is, behind a gateway on the node's address that opens to
+// the job's replica key only. Workers run one per slot; the head, its slots after the first.
+func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, slot int) stage {
 	var stop func()
-	return stage{name: "replica", start: func(context.Context) (<-chan error, error) {
-		r, err := a.newReplica(rv, port)
+	return stage{name: "replica " + a.replicaName(a.alloc.Hostname(), slot), start: func(context.Context) (<-chan error, error) {
+		r, err := a.newReplica(rv, port, slot)
 		if err != nil {
 			return nil, err
 		}
@@ -215,7 +267,7 @@ func (a *agent) workerReplicaStage(run context.Context, rv jobfiles.Rendezvous, 
 			defer r.closeOut()
 			errc <- r.svc.Run(ctx)
 		}()
-		done, finished := ended(errc, func(err error) error { return fmt.Errorf("replica on %s: %w", a.alloc.Hostname(), err) })
+		done, finished := ended(errc, func(err error) error { return fmt.Errorf("replica %s: %w", r.name, err) })
 		stop = func() {
 			dctx, dcancel := context.WithTimeout(run, a.cfg.Grace/2)
 			r.gw.Drain(dctx)
@@ -230,9 +282,11 @@ func (a *agent) workerReplicaStage(run context.Context, rv jobfiles.Rendezvous, 
 	}, stop: func() { stop() }}
 }
 
-// replica is a worker's engine and its gateway.
+// replica is one engine of a node and its gateway.
 type replica struct {
 	a         *agent
+	slot      int
+	name      string
 	svc       *supervisor.Service
 	gw        *gateway.Gateway
 	srv       *http.Server
@@ -244,14 +298,32 @@ type replica struct {
 
 	mu        sync.Mutex
 	stopProbe context.CancelFunc
+	ready     bool
+	why       string
 }
 
-func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
+// readiness is the replica's engine's: ready between its readiness probe and its end.
+func (r *replica) readiness() (bool, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ready, r.why
+}
+
+// setReady records the engine's readiness; a worker's first replica is the node's too.
+func (r *replica) setReady(ok bool, why string) {
+	r.ready, r.why = ok, why
+	if r.slot == 0 && !r.a.alloc.IsHead() {
+		r.a.state.SetReady(ok, why, time.Now())
+	}
+}
+
+func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, error) {
 	key, err := readReplicaKey(a.stateDir)
 	if err != nil {
 		return nil, err
 	}
-	r := &replica{a: a, eng: vllm.Endpoint{Socket: filepath.Join(a.localDir, vllm.SocketName)}}
+	r := &replica{a: a, slot: slot, name: a.replicaName(a.alloc.Hostname(), slot), why: "starting",
+		eng: vllm.Endpoint{Socket: filepath.Join(a.localDir, socketName(slot))}}
 	if r.engineKey, err = GenerateKey(); err != nil {
 		return nil, err
 	}
@@ -269,13 +341,14 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 	}
 	// The head's gateway has already checked the client's key, limits and model access; this
 	// one admits the head alone, and keeps no audit of its own.
-	r.gw = gateway.New(gateway.Options{Engine: r.eng, EngineKey: r.engineKey, Keys: keys, Ready: r.answering.ready(a.state.Ready),
-		MaxBody: maxBody, LoRA: a.lora.on(), OwnerKey: key, OnAdapter: a.lora.changed, Name: a.alloc.Hostname(), Logger: a.log.Named("gateway")})
+	r.gw = gateway.New(gateway.Options{Engine: r.eng, EngineKey: r.engineKey, Keys: keys, Ready: r.answering.ready(r.readiness),
+		MaxBody: maxBody, LoRA: a.lora.on(), OwnerKey: key, OnAdapter: a.lora.changed, Name: r.name, Logger: a.log.Named("gateway")})
 	if r.ln, err = net.Listen("tcp", net.JoinHostPort(a.addr, strconv.Itoa(port))); err != nil {
 		return nil, fmt.Errorf("%w: replica port %d: %w", ErrPort, port, err)
 	}
 	r.srv = &http.Server{Handler: r.gw.Handler(), ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: 2 * time.Minute}
-	out, closeOut, err := a.childOutput("vllm")
+	child := childName(slot)
+	out, closeOut, err := a.childOutput(child)
 	if err != nil {
 		r.ln.Close()
 		return nil, err
@@ -284,22 +357,25 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket, Tensor: replicaTensor(rv, a.alloc.Hostname()), Pipeline: 1,
 		Extra: a.cfg.VLLMArgs}
 	env := append(os.Environ(), "VLLM_API_KEY="+r.engineKey, "VLLM_HOST_IP="+a.addr)
+	if gpus := a.slotGPUs(slot); gpus != nil {
+		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(gpus, ","))
+	}
 	if a.lora.on() {
 		env = append(env, vllm.RuntimeLoRAEnv)
 	}
-	opts := a.serviceOptions("vllm")
+	opts := a.serviceOptions(child)
 	opts.Command = func() (supervisor.Options, error) {
 		if err := removeStaleSocket(spec.Socket); err != nil {
 			return supervisor.Options{}, err
 		}
-		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(a.lora.spec(spec)), Env: env,
+		return supervisor.Options{Name: child, Path: a.vllmBin, Args: vllm.ServeArgs(a.lora.spec(spec)), Env: env,
 			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
 	}
 	opts.OnEvent = func(e supervisor.Event) {
 		if e.State == supervisor.StateStarting {
 			out.NewRun()
 			if e.Restarts > 0 { // the head shows it with the replica
-				if err := jobfiles.WriteEngineRestarts(a.stateDir, a.alloc.Hostname(), e.Restarts); err != nil {
+				if err := jobfiles.WriteEngineRestarts(a.stateDir, a.alloc.Hostname(), slot, e.Restarts); err != nil {
 					a.log.Warn("cannot publish the engine's restarts", "error", err)
 				}
 			}
@@ -314,7 +390,6 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port int) (*replica, error) {
 // follow probes each new engine until it is ready, then for liveness; the replica's gateway
 // answers ready only in between.
 func (r *replica) follow(e supervisor.Event) {
-	a := r.a
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopProbe != nil {
@@ -322,7 +397,7 @@ func (r *replica) follow(e supervisor.Event) {
 		r.stopProbe = nil
 	}
 	if e.State != supervisor.StateRunning {
-		a.state.SetReady(false, "engine "+string(e.State), time.Now())
+		r.setReady(false, "engine "+string(e.State))
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -335,8 +410,10 @@ func (r *replica) probe(ctx context.Context) {
 	eng := vllm.Probe{BaseURL: r.eng.BaseURL(), APIKey: r.engineKey, Client: &http.Client{Transport: r.eng.Transport(3)}}
 	r.answering.follow(ctx, a, eng, r.gw.Activity)
 	a.followEngine(ctx, eng, r.svc, r.gw.Activity, func() {
-		a.state.SetReady(true, "", time.Now())
-		a.log.Info("replica ready", "since_start", time.Since(a.started).Round(time.Millisecond))
+		r.mu.Lock()
+		r.setReady(true, "")
+		r.mu.Unlock()
+		a.log.Info("replica ready", "replica", r.name, "since_start", time.Since(a.started).Round(time.Millisecond))
 	})
 }
 

@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -154,5 +157,81 @@ func TestReplicasConfig(t *testing.T) {
 	err := Run(t.Context(), cfg, testDeps(t, map[string]string{"SLURM_JOB_ID": "4646", "SLURM_JOB_NODELIST": "node[1-2]",
 		"SLURM_NODEID": "0", "SLURM_GPUS_ON_NODE": "1"}, "node1"))
 	assert.ErrorIs(t, err, ErrBadInput)
-	assert.ErrorContains(t, err, "--replicas 3 runs one engine per node, and this job has 2 nodes")
+	assert.ErrorContains(t, err, "--replicas 3 on 2 nodes of 1 GPUs: give at most 2 (one per node), or a multiple of 2 whose replicas per node divide the node's GPUs")
+	cfg.Replicas = 4 // 2 per node, but a node has 1 GPU
+	err = Run(t.Context(), cfg, testDeps(t, map[string]string{"SLURM_JOB_ID": "4646", "SLURM_JOB_NODELIST": "node[1-2]",
+		"SLURM_NODEID": "0", "SLURM_GPUS_ON_NODE": "1"}, "node1"))
+	assert.ErrorIs(t, err, ErrBadInput)
+}
+
+// TestRunReplicasPerNode runs two replicas on one node of two GPUs: each engine sees its own
+// GPU, the gateway routes to both, and one killed leaves the rotation and comes back.
+func TestRunReplicasPerNode(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.Replicas = 2
+	cfg.BackoffInitial, cfg.BackoffMax = time.Second, time.Second
+	runs := startNodes(t, cfg, "4949", 1, map[string]string{"SLURM_GPUS_ON_NODE": "2", "CUDA_VISIBLE_DEVICES": "0,1"})
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			stopNodes(t, runs)
+		}
+	})
+	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	states := func() string {
+		c, _ := jobfiles.ReadConnection(filepath.Join(dir, jobfiles.ConnectionFile))
+		var s []string
+		for _, r := range c.Replicas {
+			s = append(s, fmt.Sprintf("%s=%s/%d", r.Node, r.State, r.GPUs))
+		}
+		return strings.Join(s, " ")
+	}
+	require.Eventually(t, func() bool { return states() == "node1/0=ready/1 node1/1=ready/1" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
+
+	// Each engine has its own GPU.
+	gpus := map[string]int{}
+	for _, pid := range descendantsOf(os.Getpid()) {
+		cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if !strings.Contains(string(cmd), "vllm\x00serve\x00") {
+			continue
+		}
+		env, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "CUDA_VISIBLE_DEVICES="); ok {
+				gpus[v]++
+			}
+		}
+	}
+	// (An engine and its reaper show the same command line and environment.)
+	assert.ElementsMatch(t, []string{"0", "1"}, slices.Collect(maps.Keys(gpus)), "one GPU each: %v", gpus)
+	assert.Equal(t, gpus["0"], gpus["1"])
+
+	key, err := os.ReadFile(c.APIKeyFile)
+	require.NoError(t, err)
+	served := map[string]int{}
+	for range 20 {
+		req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		served[resp.Header.Get(gateway.ReplicaHeader)]++
+	}
+	assert.Greater(t, served["node1/0"], 0, "%v", served)
+	assert.Greater(t, served["node1/1"], 0, "%v", served)
+
+	pid := engineNotOn(t, c.EngineSocket)
+	require.NotZero(t, pid, "the second engine")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool { return states() == "node1/0=ready/1 node1/1=not ready/1" }, 5*time.Second, 20*time.Millisecond, "replicas: %s", states())
+	require.Eventually(t, func() bool { return states() == "node1/0=ready/1 node1/1=ready/1" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
+	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
+	assert.Equal(t, 1, c.Replicas[1].Restarts)
+	stopped = true
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
+	}
+	assertNoChildren(t)
 }

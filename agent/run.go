@@ -88,6 +88,8 @@ type agent struct {
 	models []ModelPlace
 	// tensors are each model's GPUs per replica, as the head planned them.
 	tensors map[string]int
+	// slots is how many replicas each node runs (0 or 1: one).
+	slots int
 }
 
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx

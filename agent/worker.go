@@ -29,7 +29,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	}
 	mp, replica := rv.Launcher == LauncherMP, rv.Replicas > 1
 	if replica {
-		a.cfg.Replicas = rv.Replicas
+		a.cfg.Replicas, a.slots = rv.Replicas, rv.PerNode
 		if err := a.findExecutables(); err != nil { // the head may have chosen replicas itself
 			return err
 		}
@@ -43,10 +43,11 @@ func (a *agent) runWorker(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	replicaPort := 0
-	if replica && a.alloc.NodeID < rv.Replicas {
-		// The node's replica gateway takes the API port the head would use, on this node.
-		if replicaPort, err = pickReplicaPort(a.cfg, a.alloc.JobID, a.deps.Ports); err != nil {
+	var replicaPorts []int
+	if replica && a.alloc.NodeID*a.perNode() < rv.Replicas {
+		// The node's first replica gateway takes the API port the head would use, on this
+		// node; the others, free ones.
+		if replicaPorts, err = pickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), false); err != nil {
 			return err
 		}
 	}
@@ -55,7 +56,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	}
 	run := life(ctx)
 	extra := served{}
-	if replicaPort > 0 {
+	if len(replicaPorts) > 0 {
 		// The replica's engine's own metrics, passed through as on the head.
 		eng := vllm.Endpoint{Socket: filepath.Join(a.localDir, vllm.SocketName)}
 		extra.routes = map[string]http.Handler{"GET " + vllm.EngineMetricsPath: vllm.MetricsHandler(
@@ -63,18 +64,21 @@ func (a *agent) runWorker(ctx context.Context) error {
 	}
 	stages := []stage{a.metricsStage(run, ports.Metrics, extra)}
 	switch {
-	case replicaPort > 0:
-		stages = append(stages, a.workerReplicaStage(run, rv, replicaPort), a.workerFilesStage(ports, replicaPort))
+	case len(replicaPorts) > 0:
+		for slot, port := range replicaPorts {
+			stages = append(stages, a.replicaStage(run, rv, port, slot))
+		}
+		stages = append(stages, a.workerFilesStage(ports, replicaPorts))
 	case replica:
-		stages = append(stages, a.workerFilesStage(ports, 0), idleStage(a))
+		stages = append(stages, a.workerFilesStage(ports, nil), idleStage(a))
 	case !mp:
-		stages = append(stages, a.workerFilesStage(ports, 0))
+		stages = append(stages, a.workerFilesStage(ports, nil))
 		stages = append(stages, a.workerRayStage(run, ports, rv.RayAddress()))
 	case a.alloc.NodeID < rv.Pipeline:
-		stages = append(stages, a.workerFilesStage(ports, 0), a.workerRankStage(run, rv))
+		stages = append(stages, a.workerFilesStage(ports, nil), a.workerRankStage(run, rv))
 	default:
 		// The engine's pipeline ends before this node: with no Ray, it only reports.
-		stages = append(stages, a.workerFilesStage(ports, 0), idleStage(a))
+		stages = append(stages, a.workerFilesStage(ports, nil), idleStage(a))
 	}
 	failure := runStages(ctx, stages, func(failure error) error {
 		if failure == nil {
@@ -94,14 +98,14 @@ func (a *agent) runWorker(ctx context.Context) error {
 	return failure
 }
 
-// workerFilesStage publishes the worker's node file, with its replica gateway's port if any.
-func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPort int) stage {
+// workerFilesStage publishes the worker's node file, with its replica gateways' ports if any.
+func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPorts []int) stage {
 	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
-		if replicaPort == 0 {
+		if len(replicaPorts) == 0 {
 			a.state.SetReady(false, "starting", time.Now())
 		}
 		return nil, jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
-			MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPort: replicaPort})
+			MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPorts: replicaPorts})
 	}}
 }
 

@@ -219,3 +219,41 @@ func TestReplicaThroughputScales(t *testing.T) {
 		assert.GreaterOrEqual(t, rates[r], 0.9*float64(r)*rates[1], "%d replicas serve at least 0.9 x %d times what one does", r, r)
 	}
 }
+
+// TestReplicasPerNode runs four replicas on two nodes of two GPUs: two per node, each engine on
+// its own GPU behind its own gateway; the head routes to all four.
+func TestReplicasPerNode(t *testing.T) {
+	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=2", "--cpus-per-task=1"},
+		agent: []string{"--replicas", "4"}})
+	c := j.waitState(jobfiles.StateReady, readyTimeout)
+	all := map[string]string{"node1/0": "ready", "node1/1": "ready", "node2/0": "ready", "node2/1": "ready"}
+	require.True(t, assertEventually(readyTimeout, func() bool { return fmt.Sprint(replicaStates(j)) == fmt.Sprint(all) }),
+		"every replica ready: %v", replicaStates(j))
+	for node := 1; node <= 2; node++ {
+		var gpus []string
+		for _, pid := range pidsByComm(t, node, "fakevllm") {
+			env, err := os.ReadFile("/proc/" + pid + "/environ")
+			require.NoError(t, err)
+			for _, kv := range strings.Split(string(env), "\x00") {
+				if v, ok := strings.CutPrefix(kv, "CUDA_VISIBLE_DEVICES="); ok {
+					gpus = append(gpus, v)
+				}
+			}
+		}
+		assert.ElementsMatch(t, []string{"0", "1"}, gpus, "node%d: one GPU per engine", node)
+	}
+	key := j.apiKey(c)
+	served := map[string]int{}
+	for range 40 {
+		resp, body := chat(t, c.BaseURL, key, c.ServedModelName, false)
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		served[resp.Header.Get("X-Llm-Agent-Replica")]++
+	}
+	assert.Len(t, served, 4, "every replica serves: %v", served)
+	out, err := exec.Command(suite.agentBin, "status", j.stateDir).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "replica node2/1")
+	require.NoError(t, exec.Command("scancel", j.id).Run())
+	j.waitState(jobfiles.StateStopped, drainBound)
+	requireNoProcesses(t, drainBound)
+}

@@ -466,7 +466,9 @@ func TestAttacksFail(t *testing.T) {
 		var addr string
 		require.True(t, assertEventually(readyTimeout, func() bool {
 			for _, n := range jobfiles.ReadNodeInfos(rj.stateDir, []string{"node2"}) {
-				port, addr = n.ReplicaPort, n.Address
+				if len(n.ReplicaPorts) > 0 {
+					port, addr = n.ReplicaPorts[0], n.Address
+				}
 			}
 			return port != 0
 		}), "node2's replica gateway")
@@ -479,6 +481,35 @@ func TestAttacksFail(t *testing.T) {
 			"401: only the head's gateway holds the replica key", fmt.Sprintf("HTTP %d", code), code == 401 && !strings.Contains(answer, "choices"))
 		out, code = as(farNode, attacker, "cat "+filepath.Join(rj.stateDir, agent.ReplicaKeyFile))
 		a.record("--replicas: reading the replica key", nodeName(farNode), "permission denied", fmt.Sprintf("exit %d: %s", code, out), code != 0)
+		require.NoError(t, exec.Command("scancel", rj.id).Run())
+		rj.waitState(jobfiles.StateStopped, drainBound)
+		requireNoProcesses(t, drainBound)
+	})
+
+	// Two replicas on one node: the head's second engine is behind a gateway of its own on the
+	// head's address, which must open to the replica key only, as a worker's does.
+	t.Run("replica gateway on the head", func(t *testing.T) {
+		rj := submit(t, jobSpec{script: "singlenode.sbatch", user: owner, sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
+			agent: []string{"--replicas", "2"}})
+		rc := rj.waitState(jobfiles.StateReady, readyTimeout)
+		clientKey := rj.apiKey(rc)
+		var port int
+		var addr string
+		require.True(t, assertEventually(readyTimeout, func() bool {
+			for _, n := range jobfiles.ReadNodeInfos(rj.stateDir, []string{"node1"}) {
+				if len(n.ReplicaPorts) > 1 {
+					port, addr = n.ReplicaPorts[1], n.Address
+				}
+			}
+			return port != 0
+		}), "the head's second replica gateway")
+		base := "http://" + netJoin(addr, fmt.Sprint(port))
+		body := `-H 'Content-Type: application/json' -d '{"model":"tiny-test","prompt":"x"}'`
+		out, _ := as(farNode, attacker, fmt.Sprintf("curl -s -m 10 -o /dev/null -w '%%{http_code}' %s %s/v1/completions", body, base))
+		a.record("--replicas 2 on one node: the head's second replica gateway without a key", nodeName(farNode), "401", "HTTP code "+out, out == "401")
+		code, answer := completion(t, jobfiles.Connection{BaseURL: base + "/v1"}, clientKey, "/completions", `{"model":"tiny-test","prompt":"x"}`)
+		a.record("--replicas 2 on one node: the head's second replica gateway with a client key", "host",
+			"401: only the head's gateway holds the replica key", fmt.Sprintf("HTTP %d", code), code == 401 && !strings.Contains(answer, "choices"))
 		require.NoError(t, exec.Command("scancel", rj.id).Run())
 		rj.waitState(jobfiles.StateStopped, drainBound)
 		requireNoProcesses(t, drainBound)

@@ -184,7 +184,7 @@ func TestTargets(t *testing.T) {
 	assert.Empty(t, Targets("42", nil, "/metrics/engine"))
 
 	// A worker that runs a replica has its engine's target too.
-	nodes[1].ReplicaPort = 8042
+	nodes[1].ReplicaPorts = []int{8042}
 	replica := TargetGroup{Targets: []string{"[fd00::2]:9542"},
 		Labels: map[string]string{"job_id": "42", "node": "n2", "role": "engine", "__metrics_path__": "/metrics/engine"}}
 	assert.Equal(t, []TargetGroup{head, engine, worker, replica}, Targets("42", nodes, "/metrics/engine"))

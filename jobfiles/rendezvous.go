@@ -37,8 +37,10 @@ type Rendezvous struct {
 	Tensor   int    `json:"tensor_parallel_size,omitempty"`
 	Pipeline int    `json:"pipeline_parallel_size,omitempty"`
 	// Replicas > 1: the first Replicas nodes each run a whole engine of their own (Tensor
-	// GPUs, no pipeline), the workers' behind their node's gateway, and the head routes to all.
+	// GPUs, no pipeline), the workers' behind their node's gateway, and the head routes to all;
+	// with PerNode > 1, every node runs PerNode of them, each on its own Tensor GPUs.
 	Replicas int `json:"replicas,omitempty"`
+	PerNode  int `json:"replicas_per_node,omitempty"`
 	// Models place the models of a job that serves several: a worker runs a replica of the
 	// model whose nodes name it, on that model's Tensor GPUs.
 	Models []ModelPlacement `json:"models,omitempty"`
@@ -118,10 +120,11 @@ type NodeInfo struct {
 	Stopping bool `json:"stopping,omitempty"`
 	// EngineEnded is set when this node's rank of an engine across nodes ended by itself.
 	EngineEnded *EngineEnd `json:"engine_ended,omitempty"`
-	// ReplicaPort is where a worker's replica gateway listens, on Address.
-	ReplicaPort int `json:"replica_port,omitempty"`
-	// EngineRestarts counts the restarts of a worker's replica engine.
-	EngineRestarts int `json:"engine_restarts,omitempty"`
+	// ReplicaPorts are where the node's replica gateways listen, on Address, one per replica
+	// the node runs (by slot; 0 for the head's own engine, which its gateway serves).
+	ReplicaPorts []int `json:"replica_ports,omitempty"`
+	// EngineRestarts counts the restarts of each replica's engine, by slot.
+	EngineRestarts []int `json:"engine_restarts,omitempty"`
 }
 
 // EngineEnd says which generation of the engine a rank belonged to, and how it ended.
@@ -170,9 +173,15 @@ func WriteEngineEnd(dir, host string, gen int, reason string) error {
 	return updateNodeInfo(dir, host, func(n *NodeInfo) { n.EngineEnded = &EngineEnd{Generation: gen, Reason: reason} })
 }
 
-// WriteEngineRestarts records in host's node file how often its replica's engine restarted.
-func WriteEngineRestarts(dir, host string, restarts int) error {
-	return updateNodeInfo(dir, host, func(n *NodeInfo) { n.EngineRestarts = restarts })
+// WriteEngineRestarts records in host's node file how often the engine of its replica in slot
+// restarted.
+func WriteEngineRestarts(dir, host string, slot, restarts int) error {
+	return updateNodeInfo(dir, host, func(n *NodeInfo) {
+		for len(n.EngineRestarts) <= slot {
+			n.EngineRestarts = append(n.EngineRestarts, 0)
+		}
+		n.EngineRestarts[slot] = restarts
+	})
 }
 
 // updateNodeInfo rewrites host's node file with change applied to what it said.

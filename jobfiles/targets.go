@@ -26,7 +26,7 @@ func Targets(job string, infos []NodeInfo, enginePath string) []TargetGroup {
 			Targets: target,
 			Labels:  map[string]string{"job_id": job, "node": n.Host, "role": n.Role},
 		})
-		if (n.Role == "head" || n.ReplicaPort > 0) && enginePath != "" {
+		if (n.Role == "head" || len(n.ReplicaPorts) > 0) && enginePath != "" {
 			groups = append(groups, TargetGroup{
 				Targets: target,
 				Labels:  map[string]string{"job_id": job, "node": n.Host, "role": "engine", "__metrics_path__": enginePath},

@@ -119,25 +119,26 @@ func Make(m Model, r Request) (Plan, error) {
 	return p, nil
 }
 
-// RunShape is how the job runs the plan: Replicas engines (one per node) of Tensor GPUs, or one
-// engine (Replicas 1) of the chosen split.
+// RunShape is how the job runs the plan: Replicas engines (PerNode on each node) of Tensor GPUs
+// each, or one engine (Replicas 1) of the chosen split.
 type RunShape struct {
 	Replicas int    `json:"replicas"`
+	PerNode  int    `json:"replicas_per_node"`
 	Tensor   int    `json:"tensor_parallel_size"`
 	Pipeline int    `json:"pipeline_parallel_size"`
 	Why      string `json:"why"`
 }
 
-// runShape runs a model that fits on one node of several as one replica per node, each on as
-// many of its node's GPUs as the model fits on (and that divide them), so that no GPU of a
-// replica's node stays idle where the model allows; any other model as one engine.
+// runShape runs a model that fits on one node of several as replicas: each on as many GPUs as
+// the model fits on and that divide a node's, as many per node as the node's GPUs hold, so that
+// no GPU stays idle where the model allows; any other model as one engine.
 func (p Plan) runShape() RunShape {
 	c, r := p.Chosen, p.Request
 	switch {
 	case r.Nodes < 2:
-		return RunShape{Replicas: 1, Tensor: c.Tensor, Pipeline: c.Pipeline, Why: "one engine on the one node"}
+		return RunShape{Replicas: 1, PerNode: 1, Tensor: c.Tensor, Pipeline: c.Pipeline, Why: "one engine on the one node"}
 	case c.Pipeline > 1:
-		return RunShape{Replicas: 1, Tensor: c.Tensor, Pipeline: c.Pipeline,
+		return RunShape{Replicas: 1, PerNode: 1, Tensor: c.Tensor, Pipeline: c.Pipeline,
 			Why: fmt.Sprintf("one engine over %d nodes: the model spans nodes, so it cannot run as replicas of one node each", c.Pipeline)}
 	}
 	tp := c.Tensor
@@ -146,11 +147,15 @@ func (p Plan) runShape() RunShape {
 			tp = o.Tensor
 		}
 	}
-	why := fmt.Sprintf("the model fits on one node: %d replicas, one per node, each of tensor parallel %d", r.Nodes, tp)
-	if idle := r.GPUsPerNode - tp; idle > 0 {
-		why += fmt.Sprintf(" (%d GPU(s) of each node idle: several replicas on one node are not supported)", idle)
+	k := 1
+	if r.GPUsPerNode%tp == 0 {
+		k = r.GPUsPerNode / tp
 	}
-	return RunShape{Replicas: r.Nodes, Tensor: tp, Pipeline: 1, Why: why + "; --replicas 1 runs one engine instead"}
+	why := fmt.Sprintf("the model fits on one node: %d replicas, %d per node, each of tensor parallel %d", r.Nodes*k, k, tp)
+	if idle := r.GPUsPerNode - k*tp; idle > 0 {
+		why += fmt.Sprintf(" (%d GPU(s) of each node idle: the model's split does not divide them)", idle)
+	}
+	return RunShape{Replicas: r.Nodes * k, PerNode: k, Tensor: tp, Pipeline: 1, Why: why + "; --replicas 1 runs one engine instead"}
 }
 
 // WeightsFor returns the weight bytes when loaded with a quantization or dtype override; a

@@ -337,14 +337,19 @@ func TestRequestChecked(t *testing.T) {
 func TestRunShape(t *testing.T) {
 	p, err := Make(fixture(t, "llama-3.1-8b"), Request{Nodes: 4, GPUsPerNode: 4, GPUMemory: gb80, MaxModelLen: 8192})
 	require.NoError(t, err)
-	assert.Equal(t, RunShape{Replicas: 4, Tensor: 4, Pipeline: 1,
-		Why: "the model fits on one node: 4 replicas, one per node, each of tensor parallel 4; --replicas 1 runs one engine instead"}, p.Run)
+	assert.Equal(t, RunShape{Replicas: 4, PerNode: 1, Tensor: 4, Pipeline: 1,
+		Why: "the model fits on one node: 4 replicas, 1 per node, each of tensor parallel 4; --replicas 1 runs one engine instead"}, p.Run)
 
-	// 10 KV heads: tensor 4 splits them unevenly, so 2 of each node's 4 GPUs stay idle.
+	// 10 KV heads: tensor 4 splits them unevenly, so two replicas of tensor 2 share each node.
 	p, err = Make(fixture(t, "phi-3-medium-gqa"), Request{Nodes: 2, GPUsPerNode: 4, GPUMemory: gb80, MaxModelLen: 4096})
 	require.NoError(t, err)
-	assert.Equal(t, RunShape{Replicas: 2, Tensor: 2, Pipeline: 1, Why: p.Run.Why}, p.Run)
-	assert.Contains(t, p.Run.Why, "GPU(s) of each node idle: several replicas on one node are not supported")
+	assert.Equal(t, RunShape{Replicas: 4, PerNode: 2, Tensor: 2, Pipeline: 1, Why: p.Run.Why}, p.Run)
+	assert.Contains(t, p.Run.Why, "4 replicas, 2 per node, each of tensor parallel 2")
+
+	// 6 GPUs a node: tensor 4 does not divide them, tensor 2 does, three to a node.
+	p, err = Make(fixture(t, "phi-3-medium-gqa"), Request{Nodes: 2, GPUsPerNode: 6, GPUMemory: gb80, MaxModelLen: 4096})
+	require.NoError(t, err)
+	assert.Equal(t, 3, p.Run.PerNode)
 
 	p, err = Make(fixture(t, "llama-3.1-405b"), Request{Nodes: 2, GPUsPerNode: 8, GPUMemory: gb80, MaxModelLen: 16384})
 	require.NoError(t, err)
@@ -353,5 +358,5 @@ func TestRunShape(t *testing.T) {
 
 	p, err = Make(fixture(t, "llama-3.1-8b"), fourGPUs)
 	require.NoError(t, err)
-	assert.Equal(t, RunShape{Replicas: 1, Tensor: 1, Pipeline: 1, Why: "one engine on the one node"}, p.Run)
+	assert.Equal(t, RunShape{Replicas: 1, PerNode: 1, Tensor: 1, Pipeline: 1, Why: "one engine on the one node"}, p.Run)
 }
