@@ -376,7 +376,9 @@ func TestBadInputEndsQuickly(t *testing.T) {
 		message string
 	}{
 		{"missing model path", jobSpec{script: "singlenode.sbatch", sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
-			agent: []string{"--model", "/nonexistent/model-dir"}}, `model directory "/nonexistent/model-dir" does not exist`},
+			noModel: true, agent: []string{"--model", "/nonexistent/model-dir"}}, `model directory "/nonexistent/model-dir" does not exist`},
+		{"more models than nodes", jobSpec{script: "singlenode.sbatch", sbatch: []string{"--gpus-per-node=2", "--cpus-per-task=1"},
+			agent: []string{"--model", "/nonexistent/model-dir"}}, "the models need 2 nodes, one per replica (tiny-test: at least 1, model-dir: at least 1), and this job has 1"},
 		{"impossible parallelism", jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=2", "--cpus-per-task=1"},
 			agent: []string{"--tensor-parallel-size", "4"}}, "tensor parallel 4 exceeds the 2 GPUs of a node"},
 	}
