@@ -1,0 +1,346 @@
+// Package model checks that a model's files are the ones that were published, before an engine
+// loads them: against the Hugging Face cache's own content addresses, or against a SHA256SUMS
+// manifest in the standard sha256sum format. Files hash in parallel, and a record of what was
+// verified (each file's size, modification time and inode) lets an unchanged model pass
+// without being read again.
+package model
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sync"
+	"syscall"
+)
+
+// ErrMismatch is wrapped by a verification that found a file whose content is not the one
+// expected; ErrNoSource by one that found nothing to verify against.
+var (
+	ErrMismatch = errors.New("model files do not match")
+	ErrNoSource = errors.New("nothing to verify the model against")
+)
+
+// ManifestName is the manifest of a plain model directory.
+const ManifestName = "SHA256SUMS"
+
+// The ways a file's expected digest is known.
+const (
+	// SourceHFCache: the Hugging Face cache names each blob by its content: the SHA-256 of a
+	// large (LFS) file, the git blob hash (SHA-1 of "blob LEN\0" and the content) of a small one.
+	SourceHFCache = "hf-cache"
+	// SourceManifest: the directory's SHA256SUMS.
+	SourceManifest = "SHA256SUMS"
+)
+
+// The digests a file can be checked with.
+const (
+	AlgoSHA256  = "sha256"
+	AlgoGitSHA1 = "git-sha1"
+)
+
+var (
+	sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	sha1Hex   = regexp.MustCompile(`^[0-9a-f]{40}$`)
+)
+
+// File is one file of a model and the digest it must have.
+type File struct {
+	// Name is the file's path in the model directory; Path where its content is read.
+	Name, Path string
+	Algo       string
+	Want       string
+}
+
+// Result is how one file fared.
+type Result struct {
+	File
+	Size int64
+	Got  string
+	OK   bool
+	// Cached is set when the record showed the file unchanged since it last verified.
+	Cached bool
+	Err    string `json:",omitempty"`
+}
+
+// Report is a verification of a model directory.
+type Report struct {
+	Dir     string
+	Source  string
+	Files   []Result
+	Hashed  int64 // bytes read
+	Skipped int   // files the record vouched for
+}
+
+// Failed returns the files that did not verify.
+func (r Report) Failed() []Result {
+	var out []Result
+	for _, f := range r.Files {
+		if !f.OK {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Options tune a verification.
+type Options struct {
+	// Workers hash files at once (0: the CPUs this process may use).
+	Workers int
+	// Record, if set, is the file of this model's verified record: files unchanged since they
+	// verified are not read again, and the record is rewritten after the run.
+	Record string
+}
+
+// Expected lists the files of dir and their expected digests: from the Hugging Face cache when
+// dir is a snapshot of it, else from dir's SHA256SUMS; ErrNoSource when neither is there.
+func Expected(dir string) (string, []File, error) {
+	if files, ok, err := fromHFCache(dir); err != nil || ok {
+		return SourceHFCache, files, err
+	}
+	files, err := fromManifest(dir)
+	return SourceManifest, files, err
+}
+
+// fromHFCache reads a snapshot directory of the Hugging Face cache (…/snapshots/REV), whose
+// files are links to ../../blobs/NAME, NAME being the content's address. ok is false for a
+// directory that is not such a snapshot.
+func fromHFCache(dir string) ([]File, bool, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	if filepath.Base(filepath.Dir(abs)) != "snapshots" {
+		return nil, false, nil
+	}
+	blobs := filepath.Join(filepath.Dir(filepath.Dir(abs)), "blobs")
+	if fi, err := os.Stat(blobs); err != nil || !fi.IsDir() {
+		return nil, false, nil
+	}
+	var files []File
+	err = filepath.WalkDir(abs, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		name, _ := filepath.Rel(abs, path)
+		if d.Type()&fs.ModeSymlink == 0 {
+			return fmt.Errorf("%w: %s is not a link into the cache's blobs", ErrMismatch, name)
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			return err
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(path), target)
+		}
+		if filepath.Dir(filepath.Clean(target)) != blobs {
+			return fmt.Errorf("%w: %s links outside the cache's blobs (%s)", ErrMismatch, name, target)
+		}
+		blob := filepath.Base(target)
+		f := File{Name: name, Path: path, Want: blob}
+		switch {
+		case sha256Hex.MatchString(blob):
+			f.Algo = AlgoSHA256
+		case sha1Hex.MatchString(blob):
+			f.Algo = AlgoGitSHA1
+		default:
+			return fmt.Errorf("%w: %s: blob %q is not a content address", ErrMismatch, name, blob)
+		}
+		files = append(files, f)
+		return nil
+	})
+	if err != nil {
+		return nil, true, err
+	}
+	return files, true, nil
+}
+
+// fromManifest reads dir's SHA256SUMS.
+func fromManifest(dir string) ([]File, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s is not a Hugging Face cache snapshot and has no %s (llm-agent model manifest writes one)", ErrNoSource, dir, ManifestName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	entries, err := ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ManifestName), err)
+	}
+	files := make([]File, 0, len(entries))
+	for _, e := range entries {
+		files = append(files, File{Name: e.Name, Path: filepath.Join(dir, e.Name), Algo: AlgoSHA256, Want: e.Digest})
+	}
+	return files, nil
+}
+
+// Verify checks every file of dir against its expected digest, hashing files in parallel. A
+// mismatch is not an error of the call: the report's Failed lists it.
+func Verify(ctx context.Context, dir string, o Options) (Report, error) {
+	source, files, err := Expected(dir)
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Dir: dir, Source: source, Files: make([]Result, len(files))}
+	rec := loadRecord(o.Record)
+	var mu sync.Mutex
+	err = parallel(ctx, len(files), cmp.Or(o.Workers, runtime.GOMAXPROCS(0)), func(ctx context.Context, i int) error {
+		f := files[i]
+		r := Result{File: f}
+		st, err := stat(f.Path)
+		switch {
+		case err != nil:
+			r.Err = err.Error()
+		case rec.vouches(f, st):
+			r.Size, r.Got, r.OK, r.Cached = st.Size, f.Want, true, true
+		default:
+			r.Size = st.Size
+			if r.Got, err = HashFile(ctx, f.Path, f.Algo); err != nil {
+				r.Err = err.Error()
+			} else {
+				r.OK = r.Got == f.Want
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		rep.Files[i] = r
+		if r.Cached {
+			rep.Skipped++
+		} else if r.Err == "" {
+			rep.Hashed += r.Size
+		}
+		if r.OK {
+			rec.add(f, st)
+		}
+		return ctx.Err()
+	})
+	if err != nil {
+		return rep, err
+	}
+	if o.Record != "" {
+		if err := rec.save(o.Record); err != nil {
+			return rep, err
+		}
+	}
+	if failed := rep.Failed(); len(failed) > 0 {
+		return rep, fmt.Errorf("%w: %s (%d of %d files)", ErrMismatch, failed[0].Name, len(failed), len(rep.Files))
+	}
+	return rep, nil
+}
+
+// HashFile returns the hex digest of the file's content with algo.
+func HashFile(ctx context.Context, path, algo string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var h hash.Hash
+	switch algo {
+	case AlgoSHA256:
+		h = sha256.New()
+	case AlgoGitSHA1:
+		fi, err := f.Stat()
+		if err != nil {
+			return "", err
+		}
+		h = sha1.New()
+		fmt.Fprintf(h, "blob %d\x00", fi.Size())
+	default:
+		return "", fmt.Errorf("unknown digest %q", algo)
+	}
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, *buf); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// bufPool holds the read buffers: large enough that a read is not the cost.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// ctxReader ends a long read when its context does.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// fileStat is what the record keeps of a file to tell it unchanged.
+type fileStat struct {
+	Size  int64 `json:"size"`
+	MTime int64 `json:"mtime_ns"`
+	// CTime changes with every write and every change of the times, which a user cannot set
+	// back: a file rewritten and touched to its old mtime is read again.
+	CTime int64  `json:"ctime_ns"`
+	Inode uint64 `json:"inode"`
+	Dev   uint64 `json:"dev"`
+}
+
+// stat follows links (a cache snapshot's files are links to its blobs).
+func stat(path string) (fileStat, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStat{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return fileStat{}, fmt.Errorf("%s is not a regular file", path)
+	}
+	st := fileStat{Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.Inode, st.Dev, st.CTime = sys.Ino, uint64(sys.Dev), sys.Ctim.Nano()
+	}
+	return st, nil
+}
+
+// parallel runs do(i) for i in [0, n) on at most workers goroutines, and returns the first error;
+// the others see their context cancelled.
+func parallel(ctx context.Context, n, workers int, do func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(max(workers, 1), n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := do(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
+}
