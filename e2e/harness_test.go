@@ -213,15 +213,29 @@ func (j *job) conn() (jobfiles.Connection, bool) {
 func (j *job) waitState(state jobfiles.ServiceState, timeout time.Duration) jobfiles.Connection {
 	j.t.Helper()
 	var last jobfiles.Connection
+	var ended string
+	var asked time.Time
 	ok := assertEventually(timeout, func() bool {
 		c, ok := j.conn()
 		if !ok {
+			// No connection file yet: a job that Slurm has already ended will not write one.
+			if time.Since(asked) > time.Second {
+				asked = time.Now()
+				if s := j.slurmState(); s != "" && s != "PENDING" && s != "RUNNING" && s != "CONFIGURING" && s != "COMPLETING" {
+					ended = s
+					return true
+				}
+			}
 			return false
 		}
 		last = c
+		if c.State != state && (c.State == jobfiles.StateFailed || c.State == jobfiles.StateStopped) {
+			ended = string(c.State)
+			return true
+		}
 		return c.State == state
 	})
-	require.True(j.t, ok, "job %s never reached %s in %s; last state %q (%s)", j.id, state, timeout, last.State, last.Reason)
+	require.True(j.t, ok && ended == "", "job %s never reached %s in %s; last state %q (%s); ended: %q", j.id, state, timeout, last.State, last.Reason, ended)
 	return last
 }
 

@@ -64,8 +64,9 @@ func vllmBin(t *testing.T) string {
 // share of memory (on CPUs --gpu-memory-utilization is the share of RAM).
 func vllmJob(t *testing.T, script string, sbatch []string, tp, pp int, extra ...string) jobSpec {
 	return jobSpec{
-		script: script,
-		sbatch: sbatch,
+		script:  script,
+		sbatch:  sbatch,
+		noModel: true, // the real tiny model, not the harness's empty directory
 		agent: append([]string{"--model", tiny(t), "--served-model-name", "tiny",
 			"--tensor-parallel-size", strconv.Itoa(tp), "--pipeline-parallel-size", strconv.Itoa(pp),
 			"--vllm-arg=--max-model-len", "--vllm-arg=512", "--vllm-arg=--gpu-memory-utilization", "--vllm-arg=0.15"}, extra...),
