@@ -114,13 +114,10 @@ func (l Liveness) Run(ctx context.Context) {
 
 // judge returns why the engine is hung at now, or nil while it is not.
 func (l Liveness) judge(now, lastOK time.Time, lastErr error, act *Activity) error {
-	silent := now.Sub(lastOK)
-	if silent < l.HangAfter {
+	if !silent(now, lastOK, act, l.HangAfter) {
 		return nil
 	}
-	if act != nil && act.InFlight > 0 && now.Sub(act.LastProgress) < l.HangAfter {
-		return nil // slow to answer its probes, but working
-	}
+	silent := now.Sub(lastOK)
 	why := fmt.Sprintf("the health probe has not passed for %s", silent.Round(time.Second))
 	if lastErr != nil {
 		why += fmt.Sprintf(" (last: %v)", lastErr)
@@ -129,4 +126,13 @@ func (l Liveness) judge(now, lastOK time.Time, lastErr error, act *Activity) err
 		why += fmt.Sprintf(", and no progress on %d requests in flight for %s", act.InFlight, now.Sub(act.LastProgress).Round(time.Second))
 	}
 	return errors.New(why)
+}
+
+// silent tells whether an engine has shown no sign of life for after: no probe passed, and no
+// request in flight made progress (one slow to answer its probes while it sends tokens works).
+func silent(now, lastOK time.Time, act *Activity, after time.Duration) bool {
+	if now.Sub(lastOK) < after {
+		return false
+	}
+	return act == nil || act.InFlight == 0 || now.Sub(act.LastProgress) >= after
 }

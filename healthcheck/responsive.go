@@ -69,12 +69,12 @@ func (r *Responsiveness) Responsive() bool {
 	}
 	now := r.clock().Now()
 	if now.Sub(time.Unix(0, last)) < r.After {
-		return true
+		return true // the common case, on every request: no look at the requests needed
 	}
+	var act *Activity
 	if r.Activity != nil {
-		if a := r.Activity(); a.InFlight > 0 && now.Sub(a.LastProgress) < r.After {
-			return true
-		}
+		a := r.Activity()
+		act = &a
 	}
-	return false
+	return !silent(now, time.Unix(0, last), act, r.After)
 }
