@@ -42,6 +42,12 @@ func (a *agent) prepareLoRA() error {
 	return nil
 }
 
+// servesLoRA tells whether the engine of cfg serves LoRA adapters: it has some, or LoRA is on
+// for adapters added at run time.
+func (c Config) servesLoRA() bool {
+	return len(c.LoRA) > 0 || vllm.ReadSettings(c.VLLMArgs).EnableLoRA
+}
+
 // loraPlanFor plans LoRA for the model of cfg.
 func loraPlanFor(cfg Config) (*loraPlan, error) {
 	specs, err := cfg.Adapters()
@@ -49,7 +55,7 @@ func loraPlanFor(cfg Config) (*loraPlan, error) {
 		return nil, err
 	}
 	s := vllm.ReadSettings(cfg.VLLMArgs)
-	p := &loraPlan{enabled: len(specs) > 0 || s.EnableLoRA}
+	p := &loraPlan{enabled: cfg.servesLoRA()}
 	top := 0
 	for _, spec := range specs {
 		ad, err := vllm.ReadAdapter(spec.Name, spec.Path)

@@ -98,7 +98,7 @@ func (c Config) ModelEntries() ([]ModelEntry, error) {
 			return nil, fmt.Errorf("%w: two models are served as %q: give one a served_model_name", ErrConfig, name)
 		}
 		names[name] = true
-		if len(e.LoRA) > 0 || vllm.ReadSettings(one.VLLMArgs).EnableLoRA {
+		if one.servesLoRA() {
 			if lora != "" {
 				return nil, fmt.Errorf("%w: both %q and %q serve LoRA adapters; one model of a job may, so that each adapter's requests have one place to go", ErrConfig, lora, name)
 			}
@@ -180,7 +180,7 @@ func PlaceModels(c Config, entries []ModelEntry, nodes []string) ([]ModelPlace, 
 		}
 		one := c.forEntry(e)
 		out = append(out, ModelPlace{Name: one.ServedName(), Model: e.Model, Nodes: nodes[next : next+n],
-			LoRA: len(e.LoRA) > 0 || vllm.ReadSettings(one.VLLMArgs).EnableLoRA, cfg: one})
+			LoRA: one.servesLoRA(), cfg: one})
 		next += n
 	}
 	return out, nil
