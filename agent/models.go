@@ -219,6 +219,27 @@ func (a *agent) placeModels() error {
 	return nil
 }
 
+// checkModelDirs ends the job before anything starts when a model given as a path is not
+// there: this node's model, and on the head every model of the job.
+func (a *agent) checkModelDirs() error {
+	models := []string{a.cfg.Model}
+	if a.alloc.IsHead() && len(a.models) > 0 {
+		models = nil
+		for _, p := range a.models {
+			models = append(models, p.Model)
+		}
+	}
+	for _, m := range models {
+		if !looksLikePath(m) {
+			continue
+		}
+		if fi, err := os.Stat(m); err != nil || !fi.IsDir() {
+			return fmt.Errorf("%w: model directory %q does not exist; give the path of a downloaded model or a Hugging Face id", ErrBadInput, m)
+		}
+	}
+	return nil
+}
+
 // multiModel tells whether the job serves several models.
 func (a *agent) multiModel() bool { return len(a.models) > 1 }
 

@@ -144,20 +144,8 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 		return nil, err
 	}
 	cfg = a.cfg // this node's model's
-	models := []string{cfg.Model}
-	if a.alloc.IsHead() && len(a.models) > 0 {
-		models = nil
-		for _, p := range a.models {
-			models = append(models, p.Model)
-		}
-	}
-	for _, m := range models {
-		if !looksLikePath(m) {
-			continue
-		}
-		if fi, err := os.Stat(m); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("%w: model directory %q does not exist; give the path of a downloaded model or a Hugging Face id", ErrBadInput, m)
-		}
+	if err := a.checkModelDirs(); err != nil {
+		return nil, err
 	}
 	if err := CheckExtraArgs(cfg.VLLMArgs); err != nil {
 		return nil, err

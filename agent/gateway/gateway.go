@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -304,55 +302,6 @@ func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
 	w.Header().Set(UnavailableHeader, "1")
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))
 	writeError(w, x.status, "service_unavailable", "engine_unavailable", msg)
-}
-
-// requestBody reads the body within the size limit and, for JSON, notes the model and stream
-// flag, asks a stream for its usage, and adds the key's priority. injected is true when the
-// usage chunk was asked for by the gateway and must not reach the client.
-func (g *Gateway) requestBody(w http.ResponseWriter, r *http.Request, x *exchange) ([]byte, bool, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.opts.MaxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			x.status = http.StatusRequestEntityTooLarge
-			writeError(w, x.status, "invalid_request_error", "request_too_large",
-				fmt.Sprintf("request body larger than %d bytes", g.opts.MaxBody))
-		} else {
-			x.status = http.StatusBadRequest
-			writeError(w, x.status, "invalid_request_error", "bad_request", "cannot read the request body")
-		}
-		return nil, false, err
-	}
-	if r.Method != http.MethodPost {
-		return body, false, nil
-	}
-	f, ok := inspect(body)
-	if !ok {
-		return body, false, nil // the engine answers what is not a JSON object itself
-	}
-	x.model, x.stream, x.maxTokens = auditField(f.model, maxModelField), f.stream, f.maxTokens
-	injected := f.stream && !f.includeUsage
-	if injected {
-		so := f.streamOptions
-		if so == nil {
-			so = map[string]json.RawMessage{}
-		}
-		so["include_usage"] = json.RawMessage("true")
-		b, _ := json.Marshal(so)
-		body = setMember(body, f.spans, "stream_options", b)
-	}
-	if g.opts.Priority {
-		// The key's priority (vLLM's default, 0, for a key without one) is the most a client
-		// may claim: lower runs first, so a client may lower its own requests, never raise them.
-		floor := 0
-		if x.key.Priority != nil {
-			floor = *x.key.Priority
-		}
-		if (!f.hasPriority && floor != 0) || (f.priority != nil && *f.priority < float64(floor)) {
-			body = setMember(body, f.spans, "priority", []byte(strconv.Itoa(floor)))
-		}
-	}
-	return body, injected, nil
 }
 
 // record writes the audit line and the metrics of one request.
