@@ -21,16 +21,23 @@ import (
 )
 
 // engineNotOn returns the pid of a fake engine, started by this test process (or its
-// children), on a socket other than skip. Processes of anyone else are never looked at.
+// children), on a socket other than skip; engineOn the one on socket. Processes of anyone else
+// are never looked at.
 func engineNotOn(t *testing.T, skip string) int {
 	t.Helper()
+	return fakeEngine(func(cmd string) bool { return strings.Contains(cmd, "--uds") && !strings.Contains(cmd, skip) })
+}
+
+func engineOn(t *testing.T, socket string) int {
+	t.Helper()
+	return fakeEngine(func(cmd string) bool { return strings.Contains(cmd, socket) })
+}
+
+// fakeEngine returns the first fake engine below this test process whose command line matches.
+func fakeEngine(match func(cmd string) bool) int {
 	for _, pid := range descendantsOf(os.Getpid()) {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if err != nil {
-			continue
-		}
-		cmd := string(b)
-		if strings.Contains(cmd, "vllm\x00serve\x00") && strings.Contains(cmd, "--uds") && !strings.Contains(cmd, skip) {
+		if err == nil && strings.Contains(string(b), "vllm\x00serve\x00") && match(string(b)) {
 			return pid
 		}
 	}
@@ -78,18 +85,7 @@ func TestRunReplicas(t *testing.T) {
 		return strings.Join(s, " ")
 	}
 	require.Eventually(t, func() bool { return states() == "node1=ready node2=ready" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
-	key, err := os.ReadFile(c.APIKeyFile)
-	require.NoError(t, err)
-	served := map[string]int{}
-	for range 20 {
-		req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusOK, resp.StatusCode)
-		served[resp.Header.Get(gateway.ReplicaHeader)]++
-	}
+	served := servedBy(t, c, 20)
 	assert.Greater(t, served["node1"], 0, "%v", served)
 	assert.Greater(t, served["node2"], 0, "%v", served)
 	rk, err := os.Stat(filepath.Join(dir, ReplicaKeyFile))
@@ -114,31 +110,13 @@ func TestRunReplicas(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool { return states() == "node1=not ready node2=ready" }, 5*time.Second, 20*time.Millisecond, "replicas: %s", states())
 	c = waitConnState(t, dir, jobfiles.StateReady, time.Second)
-	req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Equal(t, "node2", resp.Header.Get(gateway.ReplicaHeader))
+	assert.Equal(t, map[string]int{"node2": 1}, servedBy(t, c, 1), "answered by node2")
 	require.Eventually(t, func() bool { return states() == "node1=ready node2=ready" }, 30*time.Second, 20*time.Millisecond, "replicas: %s", states())
 	stopped = true
 	for _, err := range stopNodes(t, runs) {
 		require.NoError(t, err)
 	}
 	assertNoChildren(t)
-}
-
-// engineOn returns the pid of the fake engine on socket, started by this test process.
-func engineOn(t *testing.T, socket string) int {
-	t.Helper()
-	for _, pid := range descendantsOf(os.Getpid()) {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if err == nil && strings.Contains(string(b), "vllm\x00serve\x00") && strings.Contains(string(b), socket) {
-			return pid
-		}
-	}
-	return 0
 }
 
 func TestReplicasConfig(t *testing.T) {
@@ -207,18 +185,7 @@ func TestRunReplicasPerNode(t *testing.T) {
 	assert.ElementsMatch(t, []string{"0", "1"}, slices.Collect(maps.Keys(gpus)), "one GPU each: %v", gpus)
 	assert.Equal(t, gpus["0"], gpus["1"])
 
-	key, err := os.ReadFile(c.APIKeyFile)
-	require.NoError(t, err)
-	served := map[string]int{}
-	for range 20 {
-		req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		require.Equal(t, http.StatusOK, resp.StatusCode)
-		served[resp.Header.Get(gateway.ReplicaHeader)]++
-	}
+	served := servedBy(t, c, 20)
 	assert.Greater(t, served["node1/0"], 0, "%v", served)
 	assert.Greater(t, served["node1/1"], 0, "%v", served)
 
@@ -234,4 +201,22 @@ func TestRunReplicasPerNode(t *testing.T) {
 		require.NoError(t, err)
 	}
 	assertNoChildren(t)
+}
+
+// servedBy sends n requests to the job's gateway and counts the replicas that answered them.
+func servedBy(t *testing.T, c jobfiles.Connection, n int) map[string]int {
+	t.Helper()
+	key, err := os.ReadFile(c.APIKeyFile)
+	require.NoError(t, err)
+	served := map[string]int{}
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		served[resp.Header.Get(gateway.ReplicaHeader)]++
+	}
+	return served
 }
