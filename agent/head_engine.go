@@ -72,8 +72,8 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	case h.engineRanks():
 		opts.Before = h.waitRanks
 		// Slurm stops every node of the job at once: rank 0 ending because a worker's rank was
-		// stopped on purpose is part of that stop, not a crash to restart and count.
-		opts.Stopping = func() bool { return a.stopping() || h.rankStopping() }
+		// stopped is part of that stop, not a crash to restart and count.
+		opts.Stopping = h.stopShows
 	case a.usesRay():
 		opts.Before = h.waitCluster
 	}

@@ -597,6 +597,34 @@ func TestRunMultiNodeWithoutRay(t *testing.T) {
 	assertNoChildren(t)
 }
 
+// TestRunWithoutRayStopReachesRankFirst: Slurm signals the ranks as well as the agents, and
+// rank 0 may end of it before any agent has taken the stop in. That end is part of the stop:
+// no restart is counted.
+func TestRunWithoutRayStopReachesRankFirst(t *testing.T) {
+	dir := t.TempDir()
+	argsFile := filepath.Join(t.TempDir(), "args")
+	t.Setenv("FAKE_VLLM_ARGS", argsFile)
+	cfg := testConfig(t, dir)
+	cfg.Launcher = LauncherMP
+	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
+	runs := startNodes(t, cfg, "4646", 2, nil)
+	waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	b, err := os.ReadFile(argsFile + ".pid")
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(string(b))
+	require.NoError(t, err)
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
+	require.Eventually(t, func() bool { return syscall.Kill(pid, 0) != nil }, 10*time.Second, 5*time.Millisecond,
+		"rank 0 ended and was reaped")
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
+	}
+	c := waitConnState(t, dir, jobfiles.StateStopped, time.Second)
+	assert.Equal(t, 0, c.Restarts["vllm"], "rank 0 ending of the stop is not a restart")
+	assertNoChildren(t)
+}
+
 // TestRunWithoutRayRankCannotStart: a worker's rank that fails at every start restarts the
 // group until the head's policy gives up, and the worker's words reach the connection file.
 func TestRunWithoutRayRankCannotStart(t *testing.T) {

@@ -17,6 +17,7 @@ const (
 	clusterPollInterval    = time.Second            // every node alive in Ray, before the engine starts
 	nodeFilesPollInterval  = time.Second            // the nodes' published files
 	readinessPollInterval  = 500 * time.Millisecond // a new engine becoming ready
+	stopPollInterval       = 100 * time.Millisecond // a stop showing, after rank 0 ended
 	readinessProbeTimeout  = 10 * time.Second       // one readiness probe
 	rayQueryTimeout        = 10 * time.Second       // one query of the GCS
 	engineScrapeTimeout    = 2 * time.Second        // one fetch of the engine's metrics
