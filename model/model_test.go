@@ -95,7 +95,7 @@ func TestVerifyHFCache(t *testing.T) {
 	require.NoError(t, os.WriteFile(target, b, 0o644))
 	rep, err = Verify(context.Background(), snap, Options{})
 	assert.ErrorIs(t, err, ErrMismatch)
-	assert.ErrorContains(t, err, "model-00001-of-00001.safetensors (1 of 3 files)")
+	assert.ErrorContains(t, err, "model-00001-of-00001.safetensors (sha256 "+sha256hex(b)[:12]+"…, expected "+sha256hex(files["model-00001-of-00001.safetensors"])[:12]+"…; 1 of 3 files differ)")
 	require.Len(t, rep.Failed(), 1)
 	assert.Equal(t, sha256hex(b), rep.Failed()[0].Got)
 
@@ -272,4 +272,72 @@ func TestVerifyCancelled(t *testing.T) {
 	cancel()
 	_, err := Verify(ctx, snap, Options{Workers: 1})
 	assert.ErrorIs(t, err, context.Canceled)
+}
+
+// TestSharesCoverEachFileOnce: three nodes verify a share each; every file is read by exactly
+// one, the combined report is the whole, and a flipped byte in any share fails it, named.
+func TestSharesCoverEachFileOnce(t *testing.T) {
+	files, large := tinyModel()
+	files["generation_config.json"] = []byte(`{}`)
+	files["special_tokens_map.json"] = []byte(`{"bos":"<s>"}`)
+	snap := hfCache(t, files, large)
+	var shares []Report
+	seen := map[string]int{}
+	for i := range 3 {
+		rep, err := Verify(context.Background(), snap, Options{Share: Share{Index: i, Of: 3}})
+		require.NoError(t, err)
+		for _, f := range rep.Files {
+			seen[f.Name]++
+		}
+		shares = append(shares, rep)
+	}
+	assert.Len(t, seen, len(files))
+	for name, n := range seen {
+		assert.Equal(t, 1, n, "%s read once", name)
+	}
+	whole, err := Combine(snap, shares)
+	require.NoError(t, err)
+	assert.Len(t, whole.Files, len(files))
+	assert.EqualValues(t, 3<<20+len(`{"model_type":"llama"}`)+len(`{"version":"1.0"}`)+2+len(`{"bos":"<s>"}`), whole.Hashed)
+
+	// A share missing, or given twice, is not the whole.
+	_, err = Combine(snap, shares[:2])
+	assert.ErrorContains(t, err, "no node verified")
+	_, err = Combine(snap, append(shares, shares[0]))
+	assert.ErrorContains(t, err, "more than one node")
+
+	// The record of the whole lets every share pass unread next time.
+	record := filepath.Join(t.TempDir(), "rec.json")
+	require.NoError(t, SaveRecord(record, whole))
+	for i := range 3 {
+		rep, err := Verify(context.Background(), snap, Options{Share: Share{Index: i, Of: 3}, Record: record})
+		require.NoError(t, err)
+		assert.Zero(t, rep.Hashed)
+		assert.Equal(t, len(rep.Files), rep.Skipped)
+	}
+
+	// A flipped byte: the share that holds the file fails, and so does the whole, naming it.
+	blob := filepath.Join(filepath.Dir(filepath.Dir(snap)), "blobs", sha256hex(files["model-00001-of-00001.safetensors"]))
+	flipByte(t, blob, 1000)
+	shares = shares[:0]
+	for i := range 3 {
+		rep, _ := Verify(context.Background(), snap, Options{Share: Share{Index: i, Of: 3}, Record: record})
+		shares = append(shares, rep)
+	}
+	_, err = Combine(snap, shares)
+	assert.ErrorIs(t, err, ErrMismatch)
+	assert.ErrorContains(t, err, "model-00001-of-00001.safetensors (sha256 ")
+}
+
+func flipByte(t *testing.T, path string, at int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, at)
+	require.NoError(t, err)
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, at)
+	require.NoError(t, err)
 }

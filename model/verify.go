@@ -71,6 +71,8 @@ type Result struct {
 	// Cached is set when the record showed the file unchanged since it last verified.
 	Cached bool
 	Err    string `json:",omitempty"`
+	// Stat is what the file looked like when it was read, which a record keeps.
+	Stat fileStat
 }
 
 // Report is a verification of a model directory.
@@ -98,9 +100,20 @@ type Options struct {
 	// Workers hash files at once (0: the CPUs this process may use).
 	Workers int
 	// Record, if set, is the file of this model's verified record: files unchanged since they
-	// verified are not read again, and the record is rewritten after the run.
+	// verified are not read again, and the record is rewritten after the run, unless the run
+	// is one share of several (Combine's caller records the whole).
 	Record string
+	// Share, when its Of is above 1, verifies only this share of the files: the files whose
+	// index in the expected list, modulo Of, is Index. Nodes that read the same filesystem
+	// each verify one share.
+	Share Share
 }
+
+// Share is one of Of parts of a model's files.
+type Share struct{ Index, Of int }
+
+// has tells whether the file at index i of the expected list is in the share.
+func (s Share) has(i int) bool { return s.Of <= 1 || i%s.Of == s.Index }
 
 // Expected lists the files of dir and their expected digests: from the Hugging Face cache when
 // dir is a snapshot of it, else from dir's SHA256SUMS; ErrNoSource when neither is there.
@@ -188,9 +201,15 @@ func fromManifest(dir string) ([]File, error) {
 // Verify checks every file of dir against its expected digest, hashing files in parallel. A
 // mismatch is not an error of the call: the report's Failed lists it.
 func Verify(ctx context.Context, dir string, o Options) (Report, error) {
-	source, files, err := Expected(dir)
+	source, all, err := Expected(dir)
 	if err != nil {
 		return Report{}, err
+	}
+	var files []File
+	for i, f := range all {
+		if o.Share.has(i) {
+			files = append(files, f)
+		}
 	}
 	rep := Report{Dir: dir, Source: source, Files: make([]Result, len(files))}
 	rec := loadRecord(o.Record)
@@ -199,6 +218,7 @@ func Verify(ctx context.Context, dir string, o Options) (Report, error) {
 		f := files[i]
 		r := Result{File: f}
 		st, err := stat(f.Path)
+		r.Stat = st
 		switch {
 		case err != nil:
 			r.Err = err.Error()
@@ -228,15 +248,25 @@ func Verify(ctx context.Context, dir string, o Options) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	if o.Record != "" {
+	if o.Record != "" && o.Share.Of <= 1 {
 		if err := rec.save(o.Record); err != nil {
 			return rep, err
 		}
 	}
-	if failed := rep.Failed(); len(failed) > 0 {
-		return rep, fmt.Errorf("%w: %s (%d of %d files)", ErrMismatch, failed[0].Name, len(failed), len(rep.Files))
+	return rep, rep.Err()
+}
+
+// Err describes the report's failed files, naming the first; nil when every file verified.
+func (r Report) Err() error {
+	failed := r.Failed()
+	if len(failed) == 0 {
+		return nil
 	}
-	return rep, nil
+	why := failed[0].Err
+	if why == "" {
+		why = fmt.Sprintf("%s %.12s…, expected %.12s…", failed[0].Algo, failed[0].Got, failed[0].Want)
+	}
+	return fmt.Errorf("%w: %s (%s; %d of %d files differ)", ErrMismatch, failed[0].Name, why, len(failed), len(r.Files))
 }
 
 // HashFile returns the hex digest of the file's content with algo.
