@@ -40,7 +40,14 @@ type Config struct {
 	Replicas int
 	VLLMArgs []string
 	// LoRA are the adapters to serve, NAME=PATH each.
-	LoRA           []string
+	LoRA []string
+	// VerifyModel is VerifyAuto, VerifyOn or VerifyOff: whether the model's files are checked
+	// before the engine starts.
+	VerifyModel string
+	// StageDir, if set, is node-local disk the model is copied to before the engine starts;
+	// StageKeep keeps the copy after the job.
+	StageDir       string
+	StageKeep      bool
 	VLLMBin        string
 	RayBin         string
 	StateDir       string
@@ -62,6 +69,7 @@ type Config struct {
 	RendezvousTimeout time.Duration
 	RayTimeout        time.Duration
 	EngineTimeout     time.Duration
+	ModelTimeout      time.Duration
 	Grace             time.Duration
 
 	ProbeInterval   time.Duration
@@ -95,6 +103,8 @@ func DefaultConfig() Config {
 		RendezvousTimeout: 5 * time.Minute,
 		RayTimeout:        5 * time.Minute,
 		EngineTimeout:     30 * time.Minute,
+		ModelTimeout:      time.Hour,
+		VerifyModel:       VerifyAuto,
 		Grace:             20 * time.Second,
 		Launcher:          LauncherRay,
 		ProbeInterval:     5 * time.Second,
@@ -154,6 +164,17 @@ func ResolveConfig(file []byte, getenv func(string) string, flags []Setting) (Co
 	return c, c.Validate()
 }
 
+// The settings of --verify-model.
+const (
+	// VerifyAuto verifies a model that has something to verify against: a Hugging Face cache
+	// snapshot (its content addresses) or a SHA256SUMS.
+	VerifyAuto = "auto"
+	// VerifyOn verifies, and refuses a model with nothing to verify against.
+	VerifyOn = "on"
+	// VerifyOff reads nothing before the engine starts.
+	VerifyOff = "off"
+)
+
 // The launchers: how the engine spans nodes.
 const (
 	// LauncherRay runs a Ray cluster over the nodes and vLLM's Ray executor on it.
@@ -168,6 +189,12 @@ const (
 func (c Config) Validate() error {
 	if c.KeysFile != "" && !c.Gateway {
 		return fmt.Errorf("%w: --keys-file needs the gateway (--gateway=true)", ErrConfig)
+	}
+	if c.StageKeep && c.StageDir == "" {
+		return fmt.Errorf("%w: --stage-keep keeps the copy --stage-dir makes; give --stage-dir", ErrConfig)
+	}
+	if c.StageDir != "" && !filepath.IsAbs(c.StageDir) {
+		return fmt.Errorf("%w: --stage-dir %q must be an absolute path, the same on every node", ErrConfig, c.StageDir)
 	}
 	if _, err := bytesize.Parse(c.MaxRequestBody); err != nil {
 		return fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)

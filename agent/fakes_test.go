@@ -236,6 +236,7 @@ func fakeVLLM(args []string) int {
 	if f := os.Getenv("FAKE_VLLM_ARGS"); f != "" {
 		os.WriteFile(f, []byte(strings.Join(args, "\n")), 0o644)
 		os.WriteFile(f+".pid", []byte(strconv.Itoa(os.Getpid())), 0o644)
+		os.WriteFile(f+".offline", []byte(os.Getenv("HF_HUB_OFFLINE")), 0o644)
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

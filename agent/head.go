@@ -92,6 +92,7 @@ func (a *agent) runHead(ctx context.Context) error {
 		h.filesStage(),
 		h.watchStage(run, "node files", h.watchNodes),
 		h.clusterStage(run),
+		h.modelStage(),
 		h.engineStage(run),
 	}
 	if a.replicated() {

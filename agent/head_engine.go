@@ -31,7 +31,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	// leaves open).
 	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
 		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
-	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
+	env := append(a.environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_API_KEY="+h.engineKey)
 	if gpus := a.slotGPUs(0); gpus != nil { // the head's share when nodes run several replicas
 		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(gpus, ","))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -47,6 +48,11 @@ func (h *head) gatewayStage(run context.Context) stage {
 func (h *head) filesStage() stage {
 	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
 		a := h.agent
+		// The last launch's reports on the model's preparation go before any worker can read
+		// this launch's rendezvous.
+		if err := os.RemoveAll(filepath.Join(a.stateDir, prepDirName)); err != nil {
+			return nil, err
+		}
 		if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
 			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPorts: h.slotPorts}); err != nil {
 			return nil, err
@@ -65,6 +71,31 @@ func (h *head) filesStage() stage {
 			"state_dir", a.stateDir)
 		return nil, nil
 	}}
+}
+
+// modelStage prepares the model before the engine starts: the head's own part, then every
+// node's word (modelprep.go).
+func (h *head) modelStage() stage {
+	return stage{name: "model", start: func(ctx context.Context) (<-chan error, error) {
+		if !h.prepares() {
+			return nil, nil
+		}
+		_ = h.conn.SetState(jobfiles.StateStarting, "preparing the model: verifying or staging its files")
+		if err := h.prepareModel(ctx, h.prepProgress); err != nil {
+			_ = jobfiles.WriteJSONAtomic(h.prepPath("verdict"), prepVerdict{Reason: err.Error()}, 0o600)
+			return nil, err
+		}
+		return nil, h.awaitPreparation(ctx)
+	}}
+}
+
+// prepProgress shows the head's preparation of the model in the connection file.
+func (h *head) prepProgress(p metrics.Prep, phase string) {
+	mp := &jobfiles.ModelPrep{Phase: phase, BytesDone: p.Bytes, BytesTotal: p.Total, Seconds: p.Seconds}
+	if p.Seconds > 0 {
+		mp.BytesPerSecond = float64(p.Bytes) / p.Seconds
+	}
+	_ = h.conn.Update(func(c *jobfiles.Connection) { c.ModelPrep = mp })
 }
 
 // watchStage runs a watcher until the stage stops.

@@ -154,6 +154,19 @@ var Options = []Option{
 		},
 		get:   func(c *Config) string { return strings.Join(c.LoRA, " ") },
 		clear: func(c *Config) { c.LoRA = nil }},
+	{Name: "verify-model", Category: "Model", Kind: KindString,
+		Usage: "check the model's files before the engine starts, against a Hugging Face cache snapshot's content addresses or the directory's SHA256SUMS, the nodes sharing the hashing: auto (when there is either), on (refuse a model with neither) or off",
+		set: func(c *Config, v string) error {
+			switch v = strings.TrimSpace(v); v {
+			case VerifyAuto, VerifyOn, VerifyOff:
+				c.VerifyModel = v
+				return nil
+			}
+			return fmt.Errorf("%q is not auto, on or off", v)
+		},
+		get: func(c *Config) string { return c.VerifyModel }},
+	stringOpt("stage-dir", "Model", "node-local directory (an NVMe scratch) every node copies the model to before the engine starts, verifying it in the same pass; the engine loads the copy", func(c *Config) *string { return &c.StageDir }),
+	boolOpt("stage-keep", "Model", "keep the staged copy after the job, for the next job on the node to reuse (default: removed when the job ends)", func(c *Config) *bool { return &c.StageKeep }),
 	stringOpt("vllm-bin", "Executables", "vllm executable", func(c *Config) *string { return &c.VLLMBin }),
 	stringOpt("ray-bin", "Executables", "ray executable", func(c *Config) *string { return &c.RayBin }),
 	stringOpt("state-dir", "Files", "job state directory on the shared filesystem (default: $HOME/.llm-agent/jobs/$SLURM_JOB_ID)", func(c *Config) *string { return &c.StateDir }),
@@ -193,6 +206,7 @@ var Options = []Option{
 	durationOpt("rendezvous-timeout", "Timeouts", "how long workers wait for the head's rendezvous file", func(c *Config) *time.Duration { return &c.RendezvousTimeout }),
 	durationOpt("ray-timeout", "Timeouts", "how long the head waits for all nodes to join Ray", func(c *Config) *time.Duration { return &c.RayTimeout }),
 	durationOpt("engine-timeout", "Timeouts", "how long the engine may take to become ready (model loading)", func(c *Config) *time.Duration { return &c.EngineTimeout }),
+	durationOpt("model-timeout", "Timeouts", "how long the head waits for every node's share of the model's verification, or its staging", func(c *Config) *time.Duration { return &c.ModelTimeout }),
 	durationOpt("grace", "Timeouts", "drain budget on SIGTERM: engine, then Ray; keep it under Slurm's KillWait (30s)", func(c *Config) *time.Duration { return &c.Grace }),
 	durationOpt("probe-interval", "Health", "time between engine health probes", func(c *Config) *time.Duration { return &c.ProbeInterval }),
 	durationOpt("probe-timeout", "Health", "timeout of one health probe", func(c *Config) *time.Duration { return &c.ProbeTimeout }),

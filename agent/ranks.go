@@ -216,7 +216,7 @@ func (a *agent) newRank(rv jobfiles.Rendezvous) (*rank, error) {
 	// A headless rank serves no API: the adapters added at run time reach it through rank 0,
 	// and its command line carries those of --lora, with the same --max-lora-rank.
 	spec = a.lora.spec(spec)
-	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
+	env := append(a.environ(), ray.Env(a.addr, a.ifname)...)
 	env = append(env, "VLLM_PORT="+strconv.Itoa(rv.Ports.EngineRPC))
 	opts := a.serviceOptions("vllm")
 	// The head's policy is the group's: this rank follows the generations and never gives up

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -171,7 +170,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, er
 	r.closeOut = closeOut
 	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket, Tensor: replicaTensor(rv, a.alloc.Hostname()), Pipeline: 1,
 		Extra: a.cfg.VLLMArgs}
-	env := append(os.Environ(), "VLLM_API_KEY="+r.engineKey, "VLLM_HOST_IP="+a.addr)
+	env := append(a.environ(), "VLLM_API_KEY="+r.engineKey, "VLLM_HOST_IP="+a.addr)
 	if gpus := a.slotGPUs(slot); gpus != nil {
 		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(gpus, ","))
 	}

@@ -90,6 +90,11 @@ type agent struct {
 	tensors map[string]int
 	// slots is how many replicas each node runs (0 or 1: one).
 	slots int
+	// staged is this node's copy of its model under --stage-dir, once made.
+	staged string
+	// offline is set when the model resolves to a local directory: the engine then runs with
+	// the Hugging Face hub's offline mode on.
+	offline bool
 }
 
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
@@ -106,6 +111,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 		return fmt.Errorf("%w: node-local directory: %w", ErrBadInput, err)
 	}
 	defer os.RemoveAll(a.localDir)
+	defer a.unstage()
 	if a.alloc.IsHead() {
 		return a.runHead(ctx)
 	}
@@ -147,6 +153,7 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 	if err := a.checkModelDirs(); err != nil {
 		return nil, err
 	}
+	a.checkOffline()
 	if err := CheckExtraArgs(cfg.VLLMArgs); err != nil {
 		return nil, err
 	}
@@ -296,7 +303,7 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 	if err != nil {
 		return nil, nil, err
 	}
-	env := append(os.Environ(), ray.Env(a.addr, a.ifname)...)
+	env := append(a.environ(), ray.Env(a.addr, a.ifname)...)
 	env = ray.WithAuth(append(env, extraEnv...), a.rayTokenPath())
 	svcOpts := a.serviceOptions("ray")
 	svcOpts.Command = func() (supervisor.Options, error) {

@@ -18,6 +18,8 @@ const (
 	nodeFilesPollInterval  = time.Second            // the nodes' published files
 	readinessPollInterval  = 500 * time.Millisecond // a new engine becoming ready
 	stopPollInterval       = 100 * time.Millisecond // a stop showing, after rank 0 ended
+	prepPollInterval       = 500 * time.Millisecond // every node's report on the model's preparation
+	prepProgressInterval   = 2 * time.Second        // the preparation's progress, in the log and the metrics
 	readinessProbeTimeout  = 10 * time.Second       // one readiness probe
 	rayQueryTimeout        = 10 * time.Second       // one query of the GCS
 	engineScrapeTimeout    = 2 * time.Second        // one fetch of the engine's metrics

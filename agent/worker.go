@@ -54,6 +54,15 @@ func (a *agent) runWorker(ctx context.Context) error {
 	for _, m := range moved {
 		a.log.Warn("port busy on this node, using another", "move", m)
 	}
+	if a.prepares() {
+		if err := a.prepareWorkerModel(ctx, len(replicaPorts) > 0); err != nil {
+			if ctx.Err() != nil {
+				a.log.Info("stopped while preparing the model")
+				return nil
+			}
+			return err
+		}
+	}
 	run := life(ctx)
 	extra := served{}
 	if len(replicaPorts) > 0 {

@@ -62,3 +62,15 @@ func WriteJSONAtomic(path string, v any, perm os.FileMode) error {
 	}
 	return WriteFileAtomic(path, append(b, '\n'), perm)
 }
+
+// ReadJSON reads the JSON file at path into v.
+func ReadJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	return nil
+}

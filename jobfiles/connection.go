@@ -116,8 +116,11 @@ type Connection struct {
 	Replicas []Replica `json:"replicas,omitempty"`
 	// Models are the models of a job that serves several (or one from a models file); Model
 	// and ServedModelName are then the head's.
-	Models    []ModelPlacement `json:"models,omitempty"`
-	SSHTunnel string           `json:"ssh_tunnel"`
+	Models []ModelPlacement `json:"models,omitempty"`
+	// ModelPrep is how the head's preparation of the model stands (verification or staging),
+	// while it runs and after.
+	ModelPrep *ModelPrep `json:"model_prep,omitempty"`
+	SSHTunnel string     `json:"ssh_tunnel"`
 	// Tunnel is the llm-agent tunnel command to run on a laptop for this job.
 	Tunnel     string         `json:"tunnel,omitempty"`
 	StartedAt  time.Time      `json:"started_at"`
@@ -125,6 +128,16 @@ type Connection struct {
 	JobEndTime *time.Time     `json:"job_end_time,omitempty"`
 	Restarts   map[string]int `json:"restarts"`
 	UpdatedAt  time.Time      `json:"updated_at"`
+}
+
+// ModelPrep is a phase of the model's preparation on the head: "verify" (its share of the
+// hashing) or "stage" (its copy to node-local disk).
+type ModelPrep struct {
+	Phase          string  `json:"phase"`
+	BytesDone      int64   `json:"bytes_done"`
+	BytesTotal     int64   `json:"bytes_total,omitempty"`
+	BytesPerSecond float64 `json:"bytes_per_second"`
+	Seconds        float64 `json:"seconds"`
 }
 
 // ReadConnection reads a connection file.

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -107,6 +108,8 @@ type Options struct {
 	// index in the expected list, modulo Of, is Index. Nodes that read the same filesystem
 	// each verify one share.
 	Share Share
+	// Progress, if set, counts the bytes hashed so far.
+	Progress *atomic.Int64
 }
 
 // Share is one of Of parts of a model's files.
@@ -226,7 +229,7 @@ func Verify(ctx context.Context, dir string, o Options) (Report, error) {
 			r.Size, r.Got, r.OK, r.Cached = st.Size, f.Want, true, true
 		default:
 			r.Size = st.Size
-			if r.Got, err = HashFile(ctx, f.Path, f.Algo); err != nil {
+			if r.Got, err = hashFile(ctx, f.Path, f.Algo, o.Progress); err != nil {
 				r.Err = err.Error()
 			} else {
 				r.OK = r.Got == f.Want
@@ -271,6 +274,11 @@ func (r Report) Err() error {
 
 // HashFile returns the hex digest of the file's content with algo.
 func HashFile(ctx context.Context, path, algo string) (string, error) {
+	return hashFile(ctx, path, algo, nil)
+}
+
+// hashFile is HashFile that counts the bytes it reads in progress, if set.
+func hashFile(ctx context.Context, path, algo string, progress *atomic.Int64) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -292,7 +300,7 @@ func HashFile(ctx context.Context, path, algo string) (string, error) {
 	}
 	buf := bufPool.Get().(*[]byte)
 	defer bufPool.Put(buf)
-	if _, err := io.CopyBuffer(h, ctxReader{ctx, f}, *buf); err != nil {
+	if _, err := io.CopyBuffer(io.MultiWriter(h, counter{progress}), ctxReader{ctx, f}, *buf); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

@@ -19,6 +19,7 @@ type AgentCollector struct {
 	info, childState, childUp, restarts, uptime                   *prometheus.Desc
 	rayAlive, rayExpected, ready, timeToReady, started, remaining *prometheus.Desc
 	endTime, gpuSeconds, serviceUnits, suFactor, gpus             *prometheus.Desc
+	prepBytes, prepSize, prepSeconds, prepRate                    *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*AgentCollector)(nil)
@@ -52,6 +53,10 @@ func NewAgentCollector(state *State, now func() time.Time) *AgentCollector {
 		serviceUnits: d("service_units_total", "Service units consumed so far: wall hours times GPUs times the SU factor."),
 		suFactor:     d("service_unit_factor", "Service units charged per GPU-hour."),
 		gpus:         d("job_gpus", "GPUs the whole job holds."),
+		prepBytes:    d("model_prep_bytes", "Bytes of the model this node has read before the engine starts: hashed to verify, or copied and hashed to stage.", "phase"),
+		prepSize:     d("model_prep_size_bytes", "Bytes of the model this node reads in the phase.", "phase"),
+		prepSeconds:  d("model_prep_seconds", "Seconds this node has spent in the phase of the model's preparation.", "phase"),
+		prepRate:     d("model_prep_bytes_per_second", "Bytes per second this node read in the phase of the model's preparation.", "phase"),
 	}
 }
 
@@ -59,7 +64,7 @@ func NewAgentCollector(state *State, now func() time.Time) *AgentCollector {
 func (c *AgentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.childState, c.childUp, c.restarts, c.uptime,
 		c.rayAlive, c.rayExpected, c.ready, c.timeToReady, c.started, c.remaining, c.endTime,
-		c.gpuSeconds, c.serviceUnits, c.suFactor, c.gpus} {
+		c.gpuSeconds, c.serviceUnits, c.suFactor, c.gpus, c.prepBytes, c.prepSize, c.prepSeconds, c.prepRate} {
 		ch <- d
 	}
 }
@@ -105,6 +110,17 @@ func (c *AgentCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.serviceUnits, prometheus.CounterValue, slurm.ServiceUnits(wall, s.GPUs, s.SUFactor))
 	gauge(c.suFactor, s.SUFactor)
 	gauge(c.gpus, float64(s.GPUs))
+	for _, phase := range slices.Sorted(maps.Keys(s.Preps)) {
+		p := s.Preps[phase]
+		gauge(c.prepBytes, float64(p.Bytes), phase)
+		gauge(c.prepSize, float64(p.Total), phase)
+		gauge(c.prepSeconds, p.Seconds, phase)
+		rate := 0.0
+		if p.Seconds > 0 {
+			rate = float64(p.Bytes) / p.Seconds
+		}
+		gauge(c.prepRate, rate, phase)
+	}
 }
 
 func b2f(b bool) float64 {

@@ -41,6 +41,30 @@ type State struct {
 	readyAt      time.Time
 	firstReadyAt time.Time
 	readyReason  string
+	preps        map[string]Prep
+}
+
+// Prep is this node's preparation of the model in one phase: PrepVerify or PrepStage.
+type Prep struct {
+	// Bytes were read (hashed, or copied and hashed) of Total; Seconds it took so far.
+	Bytes, Total int64
+	Seconds      float64
+}
+
+// The phases of a model's preparation.
+const (
+	PrepVerify = "verify"
+	PrepStage  = "stage"
+)
+
+// SetPrep records how a phase of the model's preparation stands.
+func (s *State) SetPrep(phase string, p Prep) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.preps == nil {
+		s.preps = map[string]Prep{}
+	}
+	s.preps[phase] = p
 }
 
 // NewState returns the state of a node's agent. gpus is the number of GPUs the whole job holds,
@@ -127,6 +151,7 @@ type Snapshot struct {
 	RayAlive, RayExpected int
 	Ready                 bool
 	ReadyAt, FirstReadyAt time.Time
+	Preps                 map[string]Prep
 }
 
 // Snapshot copies the state.
@@ -135,7 +160,8 @@ func (s *State) Snapshot() Snapshot {
 	defer s.mu.Unlock()
 	snap := Snapshot{Node: s.node, Job: s.job, Role: s.role, GPUs: s.gpus, SUFactor: s.suFactor,
 		Started: s.started, EndTime: s.endTime, RayAlive: s.rayAlive, RayExpected: s.rayExpected,
-		Ready: s.ready, ReadyAt: s.readyAt, FirstReadyAt: s.firstReadyAt, Children: map[string]ChildState{}}
+		Ready: s.ready, ReadyAt: s.readyAt, FirstReadyAt: s.firstReadyAt, Children: map[string]ChildState{},
+		Preps: maps.Clone(s.preps)}
 	for name, c := range s.children {
 		snap.Children[name] = ChildState{State: c.State, Restarts: maps.Clone(c.Restarts), Since: c.Since, PID: c.PID}
 	}
