@@ -207,7 +207,7 @@ func (a *agent) stageModel(ctx context.Context, rep *prepReport, progress func(m
 		}
 		return fmt.Errorf("stage %s to %s: %w", src, dst, err)
 	}
-	a.staged = dst
+	a.staged = &st
 	rep.Staged = &stagedReport{Dir: dst, Files: len(st.Files), Bytes: st.Total, Seconds: took.Seconds(), Reused: st.Reused}
 	if st.Reused {
 		a.log.Info("staged copy of the model reused: unchanged since it was made and verified", "dir", dst, "files", len(st.Files), "bytes", st.Total)
@@ -221,16 +221,21 @@ func (a *agent) stageModel(ctx context.Context, rep *prepReport, progress func(m
 	return nil
 }
 
-// unstage removes this node's staged copy when the job ends, unless --stage-keep.
+// unstage ends this node's use of its staged copy when the job ends, and removes it unless
+// --stage-keep or another job on the node still uses it.
 func (a *agent) unstage() {
-	if a.staged == "" || a.cfg.StageKeep {
+	if a.staged == nil {
 		return
 	}
-	if err := os.RemoveAll(a.staged); err != nil {
-		a.log.Warn("cannot remove the staged copy of the model", "dir", a.staged, "error", err)
-		return
+	removed, err := a.staged.Release(!a.cfg.StageKeep)
+	switch {
+	case err != nil:
+		a.log.Warn("cannot remove the staged copy of the model", "dir", a.staged.Dir, "error", err)
+	case removed:
+		a.log.Info("staged copy of the model removed", "dir", a.staged.Dir)
+	case !a.cfg.StageKeep:
+		a.log.Info("staged copy of the model kept: another job on this node uses it", "dir", a.staged.Dir)
 	}
-	a.log.Info("staged copy of the model removed", "dir", a.staged)
 }
 
 // watchPrep reports a phase's progress every prepProgressInterval, to the metrics and to

@@ -22,6 +22,7 @@ import (
 	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/model"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -90,8 +91,9 @@ type agent struct {
 	tensors map[string]int
 	// slots is how many replicas each node runs (0 or 1: one).
 	slots int
-	// staged is this node's copy of its model under --stage-dir, once made.
-	staged string
+	// staged is this node's copy of its model under --stage-dir, once made, in use until
+	// the agent ends.
+	staged *model.Staged
 	// offline is set when the model resolves to a local directory: the engine then runs with
 	// the Hugging Face hub's offline mode on.
 	offline bool

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -49,7 +50,76 @@ type Staged struct {
 	Total int64
 	// Reused is set when a complete copy was already there and was kept.
 	Reused bool
+	// lock is held shared while the copy is in use (see Release).
+	lock *os.File
 }
+
+// Release ends this job's use of the copy; with remove, it removes the copy unless another
+// job still uses it.
+func (s *Staged) Release(remove bool) (removed bool, err error) {
+	if s.lock == nil {
+		return false, nil
+	}
+	defer func() { s.lock.Close(); s.lock = nil }()
+	if !remove {
+		return false, nil
+	}
+	if syscall.Flock(int(s.lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return false, nil // another job loads or serves the copy: it goes with the last one
+	}
+	if err := os.RemoveAll(s.Dir); err != nil {
+		return false, err
+	}
+	return true, os.Remove(s.lock.Name())
+}
+
+// lockCopy takes the copy's lock, shared (LOCK_SH: the copy is in use) or exclusive (LOCK_EX:
+// one stager writes it). Jobs, or nodes that share the stage directory, staging the same model
+// take turns: the second finds the first's copy complete and uses it beside it.
+func lockCopy(ctx context.Context, dst string, how int) (*os.File, error) {
+	f, err := os.OpenFile(dst+".lock", os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStage, err)
+	}
+	if err := flockWait(ctx, f, how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !same(f) {
+		// The last user removed the copy and its lock while this one waited: lock anew.
+		f.Close()
+		return lockCopy(ctx, dst, how)
+	}
+	return f, nil
+}
+
+// flockWait takes f's lock, trying again until ctx ends.
+func flockWait(ctx context.Context, f *os.File, how int) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("%w: lock %s: %w", ErrStage, f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(lockPollInterval):
+		}
+	}
+}
+
+// same tells whether f is still the file at its name.
+func same(f *os.File) bool {
+	a, err1 := f.Stat()
+	b, err2 := os.Lstat(f.Name())
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
+}
+
+// lockPollInterval is how often a stager tries a copy's lock another one holds.
+const lockPollInterval = 100 * time.Millisecond
 
 // stagedFile is one file of a staged copy, in its record.
 type stagedFile struct {
@@ -110,12 +180,39 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 		}
 		out.Total += srcStats[i].Size
 	}
-	if rep, ok := reuse(dst, src, files, srcStats); ok {
-		out.Report.Files, out.Report.Skipped, out.Reused = rep, len(rep), true
-		if o.Progress != nil {
-			o.Progress.Add(out.Total)
+	// A complete copy is used under the shared lock; the exclusive one is only for writing,
+	// and the copy is looked at again once it is held, since another stager may have made it.
+	lock, err := lockCopy(ctx, dst, syscall.LOCK_SH)
+	if err != nil {
+		return out, err
+	}
+	done := false
+	defer func() {
+		if !done {
+			lock.Close()
 		}
-		return out, nil
+	}()
+	// keep holds the lock shared while the copy is in use, until Release.
+	keep := func() {
+		_ = syscall.Flock(int(lock.Fd()), syscall.LOCK_SH)
+		out.lock, done = lock, true
+	}
+	for held := syscall.LOCK_SH; ; held = syscall.LOCK_EX {
+		if rep, ok := reuse(dst, src, files, srcStats); ok {
+			out.Report.Files, out.Report.Skipped, out.Reused = rep, len(rep), true
+			if o.Progress != nil {
+				o.Progress.Add(out.Total)
+			}
+			keep()
+			return out, nil
+		}
+		if held == syscall.LOCK_EX {
+			break
+		}
+		// Users of an older copy hold it shared: the new one waits for them.
+		if err := flockWait(ctx, lock, syscall.LOCK_EX); err != nil {
+			return out, err
+		}
 	}
 	if err := checkSpace(filepath.Dir(dst), out.Total); err != nil {
 		return out, err
@@ -124,7 +221,6 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 	if err != nil {
 		return out, fmt.Errorf("%w: %w", ErrStage, err)
 	}
-	done := false
 	defer func() {
 		if !done {
 			os.RemoveAll(tmp)
@@ -165,7 +261,7 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 	if err := os.Rename(tmp, dst); err != nil {
 		return out, fmt.Errorf("%w: %w", ErrStage, err)
 	}
-	done = true
+	keep()
 	return out, nil
 }
 

@@ -40,10 +40,14 @@ func TestStageHFCache(t *testing.T) {
 	entries, _ := filepath.Glob(filepath.Join(root, "*.partial-*"))
 	assert.Empty(t, entries)
 
+	_, err = st.Release(false)
+	require.NoError(t, err)
 	st, err = Stage(context.Background(), snap, dst, StageOptions{Verify: true})
 	require.NoError(t, err)
 	assert.True(t, st.Reused)
 	assert.Zero(t, st.Hashed)
+	_, err = st.Release(false)
+	require.NoError(t, err)
 
 	// The copy changed on disk: it is made again.
 	require.NoError(t, os.WriteFile(filepath.Join(dst, "config.json"), []byte(`{"model_type":"evil"}`), 0o600))
@@ -68,7 +72,9 @@ func TestStageManifestMismatch(t *testing.T) {
 	root, err := StageRoot(t.TempDir())
 	require.NoError(t, err)
 	dst := StagePath(root, src)
-	_, err = Stage(context.Background(), src, dst, StageOptions{Verify: true})
+	st, err := Stage(context.Background(), src, dst, StageOptions{Verify: true})
+	require.NoError(t, err)
+	_, err = st.Release(false)
 	require.NoError(t, err)
 	cmd := exec.Command("sha256sum", "-c", "--quiet", ManifestName)
 	cmd.Dir = dst
@@ -80,8 +86,38 @@ func TestStageManifestMismatch(t *testing.T) {
 	_, err = Stage(context.Background(), src, dst, StageOptions{Verify: true})
 	assert.ErrorIs(t, err, ErrMismatch)
 	assert.ErrorContains(t, err, "model-00001-of-00001.safetensors (sha256 ")
-	left, _ := os.ReadDir(root)
-	assert.Empty(t, left, "a failed staging leaves nothing")
+	left, _ := filepath.Glob(filepath.Join(root, "*"))
+	assert.Equal(t, []string{dst + ".lock"}, left, "a failed staging leaves nothing but its lock")
+}
+
+// TestStageTakesTurns: two stagers of one model into one place (two jobs on a node, or nodes
+// sharing the stage directory) take turns: one copies, the other reuses the copy. The copy goes
+// with the last of them.
+func TestStageTakesTurns(t *testing.T) {
+	files, large := tinyModel()
+	snap := hfCache(t, files, large)
+	root, err := StageRoot(t.TempDir())
+	require.NoError(t, err)
+	dst := StagePath(root, snap)
+	results := make(chan Staged, 2)
+	for range 2 {
+		go func() {
+			st, err := Stage(context.Background(), snap, dst, StageOptions{Verify: true})
+			assert.NoError(t, err)
+			results <- st
+		}()
+	}
+	a, b := <-results, <-results
+	assert.NotEqual(t, a.Reused, b.Reused, "one copied, the other reused")
+	removed, err := a.Release(true)
+	require.NoError(t, err)
+	assert.False(t, removed, "the other still uses it")
+	assert.DirExists(t, dst)
+	removed, err = b.Release(true)
+	require.NoError(t, err)
+	assert.True(t, removed)
+	assert.NoDirExists(t, dst)
+	assert.NoFileExists(t, dst+".lock")
 }
 
 // TestStageRefusals: a stage directory that is not there, or whose user directory another user
