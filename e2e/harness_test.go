@@ -122,6 +122,8 @@ type jobSpec struct {
 	home string
 	// noModel leaves out the --model of the test's own tiny model: agent names the models.
 	noModel bool
+	// fill, if set, writes the files of the test's own model, in the directory it is given.
+	fill func(model string)
 }
 
 // submit sends the real sbatch script to the cluster with the test double as the engine.
@@ -131,6 +133,9 @@ func submit(t *testing.T, spec jobSpec) *job {
 	require.NoError(t, err)
 	model := filepath.Join(dir, "models", "tiny-test")
 	require.NoError(t, os.MkdirAll(model, 0o755))
+	if spec.fill != nil {
+		spec.fill(model)
+	}
 	j := &job{t: t, dir: dir, control: filepath.Join(dir, "control")}
 	require.NoError(t, os.WriteFile(j.control, []byte(spec.control), 0o644))
 	args := append([]string{"--parsable", "-o", filepath.Join(dir, "job-%j.out"), "-D", dir}, spec.sbatch...)
