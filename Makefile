@@ -158,6 +158,7 @@ device-bins:
 	CGO_ENABLED=1 $(GO) build -ldflags "-X main.version=$(VERSION)" -o .device/llm-agent ./cmd/llm-agent
 	$(GO) build -o .device/fakevllm ./e2e/fakevllm
 	$(GO) build -o .device/gpuscrape ./e2e/bench/gpuscrape
+	$(GO) build -o .device/modelhash ./e2e/bench/modelhash
 
 clean:
 	rm -rf bin .unit.out

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/plan"
+	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/model"
@@ -112,6 +114,11 @@ func (a *agent) prepares() bool {
 // prepareModel does this node's part of the preparation and publishes its report; with
 // staging, the engine then loads the copy. The error is this node's failure, also reported.
 func (a *agent) prepareModel(ctx context.Context, progress func(metrics.Prep, string)) error {
+	// The agent keeps to a few Go processors while it serves; the hashing, which is over before
+	// the engine starts, uses every core the job gives this node, unless GOMAXPROCS was set.
+	if os.Getenv("GOMAXPROCS") == "" && runtime.NumCPU() > runtime.GOMAXPROCS(0) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.NumCPU()))
+	}
 	rep := prepReport{Host: a.alloc.Hostname()}
 	err := a.prepareOwnPart(ctx, &rep, progress)
 	if err != nil {
@@ -129,7 +136,8 @@ func (a *agent) prepPath(name string) string {
 
 // prepareOwnPart stages this node's model, or verifies this node's share of the job's models.
 func (a *agent) prepareOwnPart(ctx context.Context, rep *prepReport, progress func(metrics.Prep, string)) error {
-	if err := os.MkdirAll(filepath.Join(a.stateDir, prepDirName), 0o700); err != nil {
+	// Like nodes/ and logs/: the user's own, closed to others, who could plant reports in it.
+	if err := securefs.EnsureDir(filepath.Join(a.stateDir, prepDirName)); err != nil {
 		return err
 	}
 	if a.cfg.StageDir != "" {
@@ -234,7 +242,7 @@ func (a *agent) unstage() {
 	case removed:
 		a.log.Info("staged copy of the model removed", "dir", a.staged.Dir)
 	case !a.cfg.StageKeep:
-		a.log.Info("staged copy of the model kept: another job on this node uses it", "dir", a.staged.Dir)
+		a.log.Info("staged copy of the model kept: another job on the node, or a node sharing the stage directory, still uses it", "dir", a.staged.Dir)
 	}
 }
 

@@ -424,6 +424,28 @@ func TestAttacksFail(t *testing.T) {
 			st == "FAILED" && strings.Contains(text, "would set --host"))
 	})
 
+	// A node-local scratch every user shares, as /tmp or /local/scratch often is: mallory makes
+	// alice's stage folder first, to feed her a model of her own making.
+	t.Run("squatted stage directory", func(t *testing.T) {
+		scratch := filepath.Join(suite.work, "scratch")
+		require.NoError(t, os.Mkdir(scratch, 0o777))
+		require.NoError(t, os.Chmod(scratch, 0o777|os.ModeSticky))
+		squatted := filepath.Join(scratch, "llm-agent-"+alice.Uid)
+		out, code := as(headNode, attacker, "mkdir -m 0777 "+squatted+" && mkdir "+squatted+"/planted")
+		require.Zero(t, code, out)
+		bad := submit(t, jobSpec{script: "singlenode.sbatch", user: owner, sbatch: []string{"--gpus-per-node=1", "--cpus-per-task=1"},
+			agent: []string{"--stage-dir", scratch}, fill: func(dir string) {
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"model_type":"llama"}`), 0o644))
+			}})
+		st := bad.waitEnded(time.Minute)
+		text := bad.outputText()
+		entries, _ := os.ReadDir(squatted)
+		a.record("a stage folder made first by another user in a shared scratch (--stage-dir)", nodeName(headNode)+", before the job",
+			"the agent refuses it (exit 2) and writes nothing in it; no engine starts",
+			fmt.Sprintf("job %s; %s; the folder holds %d entries", st, grepLine(text, "llm-agent-"+alice.Uid), len(entries)),
+			st == "FAILED" && strings.Contains(text, "belongs to uid") && len(entries) == 1 && !strings.Contains(text, "serving "))
+	})
+
 	// The launcher without Ray: its listeners are the gateway, the metrics ports and the
 	// engine's master port (a stand-in for torch's store here; docs/security.md names what the
 	// real one allows).

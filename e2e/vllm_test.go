@@ -43,6 +43,10 @@ func tiny(t *testing.T) string {
 		dir := filepath.Join(suite.work, "tiny-llama")
 		out, err := exec.Command(filepath.Join(suite.venv, "bin", "python"), filepath.Join(suite.root, "e2e", "make-tiny-model.py"), dir).CombinedOutput()
 		if err == nil {
+			// Its SHA256SUMS, which the agent verifies it against.
+			out, err = exec.Command(suite.agentBin, "model", "manifest", dir).CombinedOutput()
+		}
+		if err == nil {
 			tinyModel = dir
 		} else {
 			t.Logf("make-tiny-model.py: %v\n%s", err, out)
@@ -75,12 +79,29 @@ func vllmJob(t *testing.T, script string, sbatch []string, tp, pp int, extra ...
 	}
 }
 
+// TestRealVLLMSingleNode runs the real engine on the tiny model staged to the node's disk,
+// verified in the same pass, with the hub's offline mode on.
 func TestRealVLLMSingleNode(t *testing.T) {
+	stage, err := os.MkdirTemp(suite.work, "stage-")
+	require.NoError(t, err)
 	submitted := time.Now()
-	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1))
+	j := submit(t, vllmJob(t, "singlenode.sbatch", []string{"--gpus-per-node=2", "--cpus-per-task=1"}, 1, 1, "--stage-dir", stage))
 	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
 	t.Logf("BENCH real vLLM single node: sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
 	key := j.apiKey(c)
+
+	t.Run("staged, verified, offline", func(t *testing.T) {
+		require.NotNil(t, c.ModelPrep)
+		assert.Equal(t, "stage", c.ModelPrep.Phase)
+		assert.Contains(t, j.outputText(), "verified=true")
+		copies, _ := filepath.Glob(filepath.Join(stage, "llm-agent-*", "tiny-llama-*[0-9a-f]"))
+		require.Len(t, copies, 1)
+		pids := pidsByCmdline(t, 1, "serve\x00"+copies[0]+"\x00")
+		require.NotEmpty(t, pids, "vllm serve loads the copy")
+		env, err := os.ReadFile("/proc/" + pids[0] + "/environ")
+		require.NoError(t, err)
+		assert.Contains(t, strings.Split(string(env), "\x00"), "HF_HUB_OFFLINE=1")
+	})
 
 	t.Run("requests through the gateway", func(t *testing.T) {
 		for _, tc := range []struct{ path, body string }{

@@ -197,7 +197,7 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 		_ = syscall.Flock(int(lock.Fd()), syscall.LOCK_SH)
 		out.lock, done = lock, true
 	}
-	for held := syscall.LOCK_SH; ; held = syscall.LOCK_EX {
+	for exclusive := false; ; {
 		if rep, ok := reuse(dst, src, files, srcStats); ok {
 			out.Report.Files, out.Report.Skipped, out.Reused = rep, len(rep), true
 			if o.Progress != nil {
@@ -206,11 +206,26 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 			keep()
 			return out, nil
 		}
-		if held == syscall.LOCK_EX {
+		if exclusive {
 			break
 		}
-		// Users of an older copy hold it shared: the new one waits for them.
-		if err := flockWait(ctx, lock, syscall.LOCK_EX); err != nil {
+		// To write the copy, the lock exclusive. While another stager holds it, this one waits,
+		// then looks again under the shared lock: the other may have written the copy this one
+		// wants. Users of an older copy hold it shared: the new one waits for them.
+		err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			exclusive = true
+			continue
+		case !errors.Is(err, syscall.EWOULDBLOCK):
+			return out, fmt.Errorf("%w: lock %s: %w", ErrStage, lock.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return out, ctx.Err()
+		case <-time.After(lockPollInterval):
+		}
+		if err := flockWait(ctx, lock, syscall.LOCK_SH); err != nil {
 			return out, err
 		}
 	}

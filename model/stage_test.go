@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -138,3 +139,65 @@ func TestStageRefusals(t *testing.T) {
 }
 
 func itoa(n int) string { return fmt.Sprint(n) }
+
+// TestStagePlainDirectory: without verification every regular file is copied (hidden ones such
+// as a download tool's .cache left out), and a source file that changed makes the copy again.
+func TestStagePlainDirectory(t *testing.T) {
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "config.json"), []byte(`{}`), 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(src, "sub", ".cache"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "sub", "weights.bin"), []byte("weights"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "sub", ".cache", "lock"), []byte("x"), 0o644))
+	require.NoError(t, os.Symlink("/nonexistent", filepath.Join(src, "dangling")))
+	root, err := StageRoot(t.TempDir())
+	require.NoError(t, err)
+	dst := StagePath(root, src)
+	st, err := Stage(context.Background(), src, dst, StageOptions{})
+	require.NoError(t, err)
+	assert.Len(t, st.Files, 2)
+	assert.FileExists(t, filepath.Join(dst, "sub", "weights.bin"))
+	assert.NoDirExists(t, filepath.Join(dst, "sub", ".cache"))
+	_, err = st.Release(false)
+	require.NoError(t, err)
+
+	require.NoError(t, os.WriteFile(filepath.Join(src, "sub", "weights.bin"), []byte("new weights"), 0o644))
+	st, err = Stage(context.Background(), src, dst, StageOptions{})
+	require.NoError(t, err)
+	assert.False(t, st.Reused, "the source changed")
+	b, _ := os.ReadFile(filepath.Join(dst, "sub", "weights.bin"))
+	assert.Equal(t, "new weights", string(b))
+	_, err = st.Release(true)
+	require.NoError(t, err)
+
+	_, err = Stage(context.Background(), t.TempDir(), dst, StageOptions{})
+	assert.ErrorIs(t, err, ErrNoSource)
+}
+
+// TestStageCancelled: a staging stopped half way leaves nothing but its lock.
+func TestStageCancelled(t *testing.T) {
+	files, large := tinyModel()
+	snap := hfCache(t, files, large)
+	root, err := StageRoot(t.TempDir())
+	require.NoError(t, err)
+	dst := StagePath(root, snap)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = Stage(ctx, snap, dst, StageOptions{Verify: true})
+	assert.ErrorIs(t, err, context.Canceled)
+	left, _ := filepath.Glob(filepath.Join(root, "*"))
+	assert.Equal(t, []string{dst + ".lock"}, left)
+}
+
+// TestStageErrNamesAFullDisk: a write that finds the disk full, or over quota, is a staging
+// failure that says so; a read error of the source stays what it is.
+func TestStageErrNamesAFullDisk(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT} {
+		err := stageErr(&os.PathError{Op: "write", Path: "/scratch/x", Err: errno})
+		assert.ErrorIs(t, err, ErrStage)
+		assert.ErrorContains(t, err, "the stage directory is full")
+	}
+	err := stageErr(&os.PathError{Op: "open", Path: "/scratch/x", Err: syscall.EACCES})
+	assert.ErrorIs(t, err, ErrStage)
+	err = stageErr(&os.PathError{Op: "read", Path: "/models/x", Err: syscall.EIO})
+	assert.NotErrorIs(t, err, ErrStage)
+}

