@@ -341,3 +341,29 @@ func flipByte(t *testing.T, path string, at int64) {
 	_, err = f.WriteAt(b, at)
 	require.NoError(t, err)
 }
+
+// TestManifestMissingFileAndWrongLine: a file SHA256SUMS lists but the directory lacks fails by
+// name, and so does a line whose digest is not the file's.
+func TestManifestMissingFileAndWrongLine(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "weights.bin"), []byte("weights"), 0o644))
+	lines := sha256hex([]byte(`{}`)) + "  config.json\n" + sha256hex([]byte("weights")) + "  weights.bin\n" +
+		sha256hex([]byte("gone")) + "  model-00002.safetensors\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ManifestName), []byte(lines), 0o644))
+	rep, err := Verify(context.Background(), dir, Options{})
+	assert.ErrorIs(t, err, ErrMismatch)
+	assert.ErrorContains(t, err, "model-00002.safetensors (stat ")
+	assert.ErrorContains(t, err, "no such file or directory")
+	require.Len(t, rep.Failed(), 1)
+
+	wrong := strings.Replace(lines, sha256hex([]byte("weights")), sha256hex([]byte("other weights")), 1)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ManifestName), []byte(wrong), 0o644))
+	rep, err = Verify(context.Background(), dir, Options{})
+	assert.ErrorIs(t, err, ErrMismatch)
+	names := []string{}
+	for _, f := range rep.Failed() {
+		names = append(names, f.Name)
+	}
+	assert.ElementsMatch(t, []string{"weights.bin", "model-00002.safetensors"}, names)
+}
