@@ -28,16 +28,23 @@ func manifestModel(t *testing.T, dir string, files int) {
 	require.NoError(t, err)
 }
 
-// TestRunVerifiesModelSharedByNodes: three nodes each hash their share of a model with a
-// SHA256SUMS; every file is read by exactly one node, the head records the whole, the engine
-// runs offline, and the connection file shows the head's part.
-func TestRunVerifiesModelSharedByNodes(t *testing.T) {
+// verifiedJob is a job of fake Ray and vLLM whose model has 8 weight files and a SHA256SUMS:
+// its state directory, the file the engine writes its arguments to, and its configuration.
+func verifiedJob(t *testing.T) (string, string, Config) {
 	dir := t.TempDir()
 	t.Setenv("FAKE_RAY_DIR", t.TempDir())
 	argsFile := filepath.Join(t.TempDir(), "args")
 	t.Setenv("FAKE_VLLM_ARGS", argsFile)
 	cfg := testConfig(t, dir)
 	manifestModel(t, cfg.Model, 8)
+	return dir, argsFile, cfg
+}
+
+// TestRunVerifiesModelSharedByNodes: three nodes each hash their share of a model with a
+// SHA256SUMS; every file is read by exactly one node, the head records the whole, the engine
+// runs offline, and the connection file shows the head's part.
+func TestRunVerifiesModelSharedByNodes(t *testing.T) {
+	dir, argsFile, cfg := verifiedJob(t)
 	runs := startNodes(t, cfg, "4747", 3, nil)
 	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	require.NotNil(t, c.ModelPrep)
@@ -73,12 +80,7 @@ func TestRunVerifiesModelSharedByNodes(t *testing.T) {
 // TestRunFailsOnCorruptModel: a byte flipped in one file fails the job before the engine
 // starts, naming the file, as input to fix.
 func TestRunFailsOnCorruptModel(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv("FAKE_RAY_DIR", t.TempDir())
-	argsFile := filepath.Join(t.TempDir(), "args")
-	t.Setenv("FAKE_VLLM_ARGS", argsFile)
-	cfg := testConfig(t, dir)
-	manifestModel(t, cfg.Model, 8)
+	dir, argsFile, cfg := verifiedJob(t)
 	weights := filepath.Join(cfg.Model, "model-00005.safetensors")
 	b, err := os.ReadFile(weights)
 	require.NoError(t, err)
