@@ -210,13 +210,28 @@ func (a *agent) placeModels() error {
 			}
 		}
 	}
+	if a.alloc.IsHead() {
+		a.logPlacement(places, entries, total)
+	}
 	a.models = places
 	a.cfg = mine.cfg
 	a.cfg.Replicas = total
-	if total < len(a.alloc.Nodes) && a.alloc.IsHead() {
+	return nil
+}
+
+// logPlacement says, on the head, where each model runs. --model given more than once serves
+// each model: a site wrapper that adds a default --model before the user's makes a job of two
+// models, and this is where that shows.
+func (a *agent) logPlacement(places []ModelPlace, entries []ModelEntry, total int) {
+	if a.cfg.ModelsFile == "" {
+		a.log.Info("several models, from --model given more than once; give one --model, or a --models-file, for one model", "models", len(entries))
+	}
+	for _, p := range places {
+		a.log.Info("model placed", "name", p.Name, "model", p.Model, "nodes", strings.Join(p.Nodes, ","))
+	}
+	if total < len(a.alloc.Nodes) {
 		a.log.Warn("the models use fewer nodes than the job has; the others stay idle", "used", total, "nodes", len(a.alloc.Nodes))
 	}
-	return nil
 }
 
 // checkModelDirs ends the job before anything starts when a model given as a path is not

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -120,9 +121,25 @@ func TestPrepareServesThisNodesModel(t *testing.T) {
 	assert.Equal(t, 3, w.cfg.Replicas)
 	assert.True(t, w.replicated())
 
-	h, err := prepare(t.Context(), cfg, testDeps(t, env("0"), "node1"))
+	deps := testDeps(t, env("0"), "node1")
+	log, buf := testLogger(t)
+	deps.Logger = log
+	h, err := prepare(t.Context(), cfg, deps)
 	require.NoError(t, err)
 	assert.Equal(t, "alpha", h.cfg.ServedName())
+	assert.Regexp(t, `model placed: .* name=alpha model=`+regexp.QuoteMeta(a)+` nodes="node1,node2"`, buf.String())
+	assert.Regexp(t, `model placed: .* name=beta model=`+regexp.QuoteMeta(b)+` nodes=node3`, buf.String())
+	assert.NotContains(t, buf.String(), "--model given more than once", "a models file says it all")
+
+	// --model twice: two models, which the head's log says, for a wrapper's default --model.
+	two := cfg
+	two.ModelsFile, two.Model, two.MoreModels = "", a, []string{b}
+	log, buf = testLogger(t)
+	deps.Logger = log
+	_, err = prepare(t.Context(), two, deps)
+	require.NoError(t, err)
+	assert.Contains(t, buf.String(), "several models, from --model given more than once")
+	assert.Regexp(t, `model placed: .* name=`+filepath.Base(b)+` model=`+regexp.QuoteMeta(b)+` nodes=node3`, buf.String())
 	assert.Equal(t, map[string]int{"alpha": 1, "beta": 1}, h.tensors)
 	name, lora := h.modelOf("node3")
 	assert.Equal(t, "beta", name)
