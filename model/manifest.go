@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 
@@ -76,30 +77,11 @@ func FormatManifest(entries []Entry) []byte {
 // directories, such as a download tool's .cache, and the manifest itself left out) in parallel
 // and writes dir/SHA256SUMS atomically, which `sha256sum -c` accepts.
 func WriteManifest(ctx context.Context, dir string, workers int) ([]Entry, error) {
-	var names []string
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		name, _ := filepath.Rel(dir, path)
-		if name != "." && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() || name == ManifestName {
-			return nil
-		}
-		if st, err := stat(path); err != nil || st.Size < 0 {
-			return nil // a link to a directory or to nothing: not a file of the model
-		}
-		names = append(names, name)
-		return nil
-	})
+	all, err := regularFiles(dir)
 	if err != nil {
 		return nil, err
 	}
+	names := slices.DeleteFunc(all, func(name string) bool { return name == ManifestName })
 	if len(names) == 0 {
 		return nil, fmt.Errorf("%w: %s holds no file", ErrNoSource, dir)
 	}
@@ -116,4 +98,32 @@ func WriteManifest(ctx context.Context, dir string, workers int) ([]Entry, error
 		return nil, err
 	}
 	return entries, jobfiles.WriteFileAtomic(filepath.Join(dir, ManifestName), FormatManifest(entries), 0o644)
+}
+
+// regularFiles lists the files of dir, by their path in it: regular files and links to them.
+// Hidden files and directories, such as a download tool's .cache, are left out, and so are
+// links to a directory or to nothing.
+func regularFiles(dir string) ([]string, error) {
+	var names []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name, _ := filepath.Rel(dir, path)
+		if name != "." && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if _, err := stat(path); err != nil {
+			return nil // a link to a directory or to nothing: not a file of the model
+		}
+		names = append(names, name)
+		return nil
+	})
+	return names, err
 }

@@ -3,13 +3,11 @@ package model
 import (
 	"cmp"
 	"context"
-	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -53,73 +51,6 @@ type Staged struct {
 	// lock is held shared while the copy is in use (see Release).
 	lock *os.File
 }
-
-// Release ends this job's use of the copy; with remove, it removes the copy unless another
-// job still uses it.
-func (s *Staged) Release(remove bool) (removed bool, err error) {
-	if s.lock == nil {
-		return false, nil
-	}
-	defer func() { s.lock.Close(); s.lock = nil }()
-	if !remove {
-		return false, nil
-	}
-	if syscall.Flock(int(s.lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
-		return false, nil // another job loads or serves the copy: it goes with the last one
-	}
-	if err := os.RemoveAll(s.Dir); err != nil {
-		return false, err
-	}
-	return true, os.Remove(s.lock.Name())
-}
-
-// lockCopy takes the copy's lock, shared (LOCK_SH: the copy is in use) or exclusive (LOCK_EX:
-// one stager writes it). Jobs, or nodes that share the stage directory, staging the same model
-// take turns: the second finds the first's copy complete and uses it beside it.
-func lockCopy(ctx context.Context, dst string, how int) (*os.File, error) {
-	f, err := os.OpenFile(dst+".lock", os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrStage, err)
-	}
-	if err := flockWait(ctx, f, how); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !same(f) {
-		// The last user removed the copy and its lock while this one waited: lock anew.
-		f.Close()
-		return lockCopy(ctx, dst, how)
-	}
-	return f, nil
-}
-
-// flockWait takes f's lock, trying again until ctx ends.
-func flockWait(ctx context.Context, f *os.File, how int) error {
-	for {
-		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			return fmt.Errorf("%w: lock %s: %w", ErrStage, f.Name(), err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(lockPollInterval):
-		}
-	}
-}
-
-// same tells whether f is still the file at its name.
-func same(f *os.File) bool {
-	a, err1 := f.Stat()
-	b, err2 := os.Lstat(f.Name())
-	return err1 == nil && err2 == nil && os.SameFile(a, b)
-}
-
-// lockPollInterval is how often a stager tries a copy's lock another one holds.
-const lockPollInterval = 100 * time.Millisecond
 
 // stagedFile is one file of a staged copy, in its record.
 type stagedFile struct {
@@ -212,13 +143,13 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 		// To write the copy, the lock exclusive. While another stager holds it, this one waits,
 		// then looks again under the shared lock: the other may have written the copy this one
 		// wants. Users of an older copy hold it shared: the new one waits for them.
-		err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		switch {
-		case err == nil:
+		held, err := tryFlock(lock, syscall.LOCK_EX)
+		if err != nil {
+			return out, err
+		}
+		if held {
 			exclusive = true
 			continue
-		case !errors.Is(err, syscall.EWOULDBLOCK):
-			return out, fmt.Errorf("%w: lock %s: %w", ErrStage, lock.Name(), err)
 		}
 		select {
 		case <-ctx.Done():
@@ -293,31 +224,18 @@ func stageList(src string, verify bool) ([]File, string, error) {
 		}
 		return files, source, nil
 	}
-	var files []File
-	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		name, _ := filepath.Rel(src, path)
-		if name != "." && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() {
-			return nil
-		}
-		if _, err := stat(path); err != nil {
-			return nil // a link to a directory or to nothing: not a file of the model
-		}
-		files = append(files, File{Name: name, Path: path, Algo: AlgoSHA256})
-		return nil
-	})
-	if err == nil && len(files) == 0 {
-		err = fmt.Errorf("%w: %s holds no file", ErrNoSource, src)
+	names, err := regularFiles(src)
+	if err != nil {
+		return nil, "", err
 	}
-	return files, "", err
+	if len(names) == 0 {
+		return nil, "", fmt.Errorf("%w: %s holds no file", ErrNoSource, src)
+	}
+	files := make([]File, 0, len(names))
+	for _, name := range names {
+		files = append(files, File{Name: name, Path: filepath.Join(src, name), Algo: AlgoSHA256})
+	}
+	return files, "", nil
 }
 
 // reuse tells whether dst is a complete copy of files, made from them as they are now, and
@@ -360,13 +278,10 @@ func copyHashed(ctx context.Context, f File, path string, r *Result, progress *a
 	if err != nil {
 		return fileStat{}, stageErr(err)
 	}
-	var h hash.Hash
-	switch f.Algo {
-	case AlgoGitSHA1:
-		h = sha1.New()
-		fmt.Fprintf(h, "blob %d\x00", r.Size)
-	default:
-		h = sha256.New()
+	h, err := newHash(f.Algo, r.Size)
+	if err != nil {
+		out.Close()
+		return fileStat{}, err
 	}
 	buf := bufPool.Get().(*[]byte)
 	defer bufPool.Put(buf)
@@ -381,16 +296,6 @@ func copyHashed(ctx context.Context, f File, path string, r *Result, progress *a
 	r.Got = hex.EncodeToString(h.Sum(nil))
 	r.OK = f.Want == "" || r.Got == f.Want
 	return stat(path)
-}
-
-// counter adds what passes through it to n.
-type counter struct{ n *atomic.Int64 }
-
-func (c counter) Write(p []byte) (int, error) {
-	if c.n != nil {
-		c.n.Add(int64(len(p)))
-	}
-	return len(p), nil
 }
 
 // stageErr names a full disk as such.
