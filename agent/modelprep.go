@@ -14,7 +14,6 @@ import (
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/agent/securefs"
-	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/model"
 )
@@ -47,12 +46,6 @@ type stagedReport struct {
 	Bytes   int64   `json:"bytes"`
 	Seconds float64 `json:"seconds"`
 	Reused  bool    `json:"reused"`
-}
-
-// prepVerdict is the head's decision, once every node has reported.
-type prepVerdict struct {
-	OK     bool   `json:"ok"`
-	Reason string `json:"reason,omitempty"`
 }
 
 // resolvedModel is the local directory of a model given as a path or as an id in the
@@ -98,17 +91,26 @@ func (a *agent) verifiable(dir string) (bool, error) {
 	return false, fmt.Errorf("%w: %w", ErrBadInput, err)
 }
 
-// prepares tells whether this job prepares its model before the engine starts.
-func (a *agent) prepares() bool {
-	if a.cfg.StageDir != "" {
-		return true
-	}
+// verifyDirs are the directories of the job's models that --verify-model verifies, in the
+// job's order: each node's report lists its share of each, in this order.
+func (a *agent) verifyDirs() ([]string, error) {
+	var dirs []string
 	for _, dir := range a.jobModelDirs() {
-		if ok, err := a.verifiable(dir); ok || err != nil {
-			return true
+		ok, err := a.verifiable(dir)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			dirs = append(dirs, dir)
 		}
 	}
-	return false
+	return dirs, nil
+}
+
+// prepares tells whether this job prepares its model before the engine starts.
+func (a *agent) prepares() bool {
+	dirs, err := a.verifyDirs()
+	return a.cfg.StageDir != "" || len(dirs) > 0 || err != nil
 }
 
 // prepareModel does this node's part of the preparation and publishes its report; with
@@ -143,15 +145,12 @@ func (a *agent) prepareOwnPart(ctx context.Context, rep *prepReport, progress fu
 	if a.cfg.StageDir != "" {
 		return a.stageModel(ctx, rep, progress)
 	}
+	dirs, err := a.verifyDirs()
+	if err != nil {
+		return err
+	}
 	share := model.Share{Index: a.alloc.NodeID, Of: len(a.alloc.Nodes)}
-	for _, dir := range a.jobModelDirs() {
-		ok, err := a.verifiable(dir)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
+	for _, dir := range dirs {
 		var done atomic.Int64
 		stop := a.watchPrep(metrics.PrepVerify, &done, progress)
 		r, err := model.Verify(ctx, dir, model.Options{Share: share, Record: model.RecordPath(a.deps.Getenv("HOME"), dir), Progress: &done})
@@ -164,14 +163,8 @@ func (a *agent) prepareOwnPart(ctx context.Context, rep *prepReport, progress fu
 			return err
 		}
 		rep.Shares = append(rep.Shares, r)
-		hashed := 0
-		for _, f := range r.Files {
-			if !f.Cached {
-				hashed++
-			}
-		}
 		a.log.Info("verified this node's share of the model", "model", dir, "share", fmt.Sprintf("%d of %d", share.Index+1, share.Of),
-			"files", len(r.Files), "hashed", hashed, "unchanged", r.Skipped, "bytes", r.Hashed, "hashed_files", hashedNames(r))
+			"files", len(r.Files), "hashed", len(r.Files)-r.Skipped, "unchanged", r.Skipped, "bytes", r.Hashed, "hashed_files", hashedNames(r))
 	}
 	return nil
 }
@@ -259,10 +252,7 @@ func (a *agent) watchPrep(phase string, done *atomic.Int64, progress func(metric
 			progress(p, phase)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
+	stopWatch := background(context.Background(), func(ctx context.Context) {
 		for {
 			select {
 			case <-ctx.Done():
@@ -272,10 +262,9 @@ func (a *agent) watchPrep(phase string, done *atomic.Int64, progress func(metric
 				a.log.Info("preparing the model", "phase", phase, "bytes", done.Load(), "rate", rate(done.Load(), time.Since(start)))
 			}
 		}
-	}()
+	})
 	return func(size int64) {
-		cancel()
-		<-finished
+		stopWatch()
 		total = size
 		report()
 	}
@@ -287,108 +276,6 @@ func rate(bytes int64, took time.Duration) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f MiB/s", float64(bytes)/(1<<20)/took.Seconds())
-}
-
-// awaitPreparation, on the head, waits for every node's report within --model-timeout, then
-// decides: a file that differs, on any node, fails the job naming it. It records the verified
-// files, so that the next job reads none of the unchanged ones, and publishes the verdict.
-func (h *head) awaitPreparation(ctx context.Context) error {
-	a := h.agent
-	err := h.decidePreparation(ctx)
-	v := prepVerdict{OK: err == nil}
-	if err != nil {
-		v.Reason = err.Error()
-	}
-	if werr := jobfiles.WriteJSONAtomic(a.prepPath("verdict"), v, 0o600); werr != nil && err == nil {
-		err = werr
-	}
-	return err
-}
-
-func (h *head) decidePreparation(ctx context.Context) error {
-	a := h.agent
-	reports := map[string]prepReport{}
-	var missing []string
-	wctx, cancel := context.WithTimeout(ctx, a.cfg.ModelTimeout)
-	defer cancel()
-	err := healthcheck.WaitReady(wctx, a.deps.Clock, prepPollInterval, func(context.Context) error {
-		missing = missing[:0]
-		for _, host := range a.alloc.Nodes {
-			if _, ok := reports[host]; ok {
-				continue
-			}
-			var r prepReport
-			if err := jobfiles.ReadJSON(a.prepPath(host), &r); err == nil {
-				reports[host] = r
-				continue
-			}
-			missing = append(missing, host)
-		}
-		if len(missing) > 0 {
-			return fmt.Errorf("%d of %d nodes reported", len(a.alloc.Nodes)-len(missing), len(a.alloc.Nodes))
-		}
-		return nil
-	})
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if err != nil {
-		return fmt.Errorf("not every node prepared the model within --model-timeout %s: %s; see their logs in %s",
-			a.cfg.ModelTimeout, strings.Join(missing, ", "), filepath.Join(a.stateDir, "logs"))
-	}
-	for _, host := range a.alloc.Nodes {
-		if r := reports[host]; r.Err != "" {
-			return fmt.Errorf("%w: %s: %s", ErrBadInput, host, r.Err)
-		}
-	}
-	if a.cfg.StageDir != "" {
-		return nil
-	}
-	for i, dir := range a.jobModelDirs() {
-		ok, _ := a.verifiable(dir)
-		if !ok {
-			continue
-		}
-		var shares []model.Report
-		for _, host := range a.alloc.Nodes {
-			if s := reports[host].Shares; i < len(s) {
-				shares = append(shares, s[i])
-			}
-		}
-		whole, err := model.Combine(dir, shares)
-		if err != nil {
-			if errors.Is(err, model.ErrMismatch) {
-				err = fmt.Errorf("%w: %w", ErrBadInput, err)
-			}
-			return fmt.Errorf("model %s: %w", dir, err)
-		}
-		if err := model.SaveRecord(model.RecordPath(a.deps.Getenv("HOME"), dir), whole); err != nil {
-			a.log.Warn("cannot record the verified model", "model", dir, "error", err)
-		}
-		a.log.Info("model verified", "model", dir, "source", whole.Source, "files", len(whole.Files),
-			"nodes", len(a.alloc.Nodes), "bytes_hashed", whole.Hashed, "unchanged", whole.Skipped)
-	}
-	return nil
-}
-
-// awaitVerdict, on a worker that starts engines of its own, waits for the head's verdict on
-// the preparation.
-func (a *agent) awaitVerdict(ctx context.Context) error {
-	var v prepVerdict
-	wctx, cancel := context.WithTimeout(ctx, a.cfg.ModelTimeout+a.cfg.RendezvousTimeout)
-	defer cancel()
-	err := healthcheck.WaitReady(wctx, a.deps.Clock, prepPollInterval, func(context.Context) error {
-		return jobfiles.ReadJSON(a.prepPath("verdict"), &v)
-	})
-	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case err != nil:
-		return fmt.Errorf("the head decided nothing on the model's preparation within %s", a.cfg.ModelTimeout+a.cfg.RendezvousTimeout)
-	case !v.OK:
-		return fmt.Errorf("the head failed the model's preparation: %s", v.Reason)
-	}
-	return nil
 }
 
 // environ is the environment of the agent's children: its own, and the hub's offline mode

@@ -77,6 +77,31 @@ func TestRunVerifiesModelSharedByNodes(t *testing.T) {
 	assertNoChildren(t)
 }
 
+// TestRunVerifiesTheModelsThatCan: of two models, only the second has a SHA256SUMS. It is
+// verified, shared by the nodes, and the first is left to the engine.
+func TestRunVerifiesTheModelsThatCan(t *testing.T) {
+	dir, _, cfg := verifiedJob(t)
+	plain := t.TempDir()
+	cfg.ServedModelName = ""
+	cfg.ModelsFile = writeModelsFile(t, "models:\n  - {model: "+plain+", served_model_name: plain}\n  - {model: "+cfg.Model+", served_model_name: checked}\n")
+	cfg.Model = ""
+	runs := startNodes(t, cfg, "5151", 2, nil)
+	waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
+	read := 0
+	for _, host := range []string{"node1", "node2"} {
+		var r prepReport
+		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, prepDirName, host+".json"), &r))
+		require.Len(t, r.Shares, 1, "one model to verify")
+		assert.Equal(t, model.SourceManifest, r.Shares[0].Source)
+		read += len(r.Shares[0].Files)
+	}
+	assert.Equal(t, 9, read, "the checked model's files, once each")
+	for _, err := range stopNodes(t, runs) {
+		require.NoError(t, err)
+	}
+	assertNoChildren(t)
+}
+
 // TestRunFailsOnCorruptModel: a byte flipped in one file fails the job before the engine
 // starts, naming the file, as input to fix.
 func TestRunFailsOnCorruptModel(t *testing.T) {
