@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -195,11 +196,7 @@ func summarize(results []result) {
 		if len(s) == 0 {
 			return 0
 		}
-		for i := range s { // insertion sort: a handful of rounds
-			for j := i; j > 0 && s[j] < s[j-1]; j-- {
-				s[j], s[j-1] = s[j-1], s[j]
-			}
-		}
+		slices.Sort(s)
 		return s[len(s)/2]
 	}
 	fmt.Println("# medians")
