@@ -55,7 +55,7 @@ func TestGatewayKeysAuditAndEngineRestart(t *testing.T) {
 	first, err := rd.ReadString('\n')
 	require.NoError(t, err)
 	require.Contains(t, first, "data:")
-	pids := pidsByComm(t, 1, "fakevllm")
+	pids := pidsByComm(t, nodeNumber(t, c.HeadHost), "fakevllm")
 	require.Len(t, pids, 1)
 	require.NoError(t, exec.Command("kill", "-KILL", pids[0]).Run())
 	var rest strings.Builder

@@ -352,6 +352,15 @@ func onNode(node int, user, command string) *exec.Cmd {
 }
 
 // pidsByComm returns the pids in a node's namespace whose command name is comm.
+// nodeNumber is the mini-cluster's number of host ("node2": 2): a job of one node runs on
+// whichever node Slurm gives it.
+func nodeNumber(t *testing.T, host string) int {
+	t.Helper()
+	n, err := strconv.Atoi(strings.TrimPrefix(host, "node"))
+	require.NoError(t, err, "not a mini-cluster host: %q", host)
+	return n
+}
+
 func pidsByComm(t *testing.T, node int, comm string) []string {
 	t.Helper()
 	b, err := exec.Command("ip", "netns", "pids", fmt.Sprintf("llmnode%d", node)).Output()

@@ -89,6 +89,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 	c := j.waitState(jobfiles.StateReady, vllmReadyTimeout)
 	t.Logf("BENCH real vLLM single node: sbatch to ready %.1f s", c.ReadyAt.Sub(submitted).Seconds())
 	key := j.apiKey(c)
+	head := nodeNumber(t, c.HeadHost) // the node Slurm gave the job
 
 	t.Run("staged, verified, offline", func(t *testing.T) {
 		require.NotNil(t, c.ModelPrep)
@@ -96,7 +97,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 		assert.Contains(t, j.outputText(), "verified=true")
 		copies, _ := filepath.Glob(filepath.Join(stage, "llm-agent-*", "tiny-llama-*[0-9a-f]"))
 		require.Len(t, copies, 1)
-		pids := pidsByCmdline(t, 1, "serve\x00"+copies[0]+"\x00")
+		pids := pidsByCmdline(t, head, "serve\x00"+copies[0]+"\x00")
 		require.NotEmpty(t, pids, "vllm serve loads the copy")
 		env, err := os.ReadFile("/proc/" + pids[0] + "/environ")
 		require.NoError(t, err)
@@ -149,7 +150,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 		assert.Zero(t, c.EnginePort, "and on no TCP port")
 		curl := "curl -s --unix-socket " + c.EngineSocket + " "
 		onHead := func(cmd string) string {
-			out, err := onNode(1, "", cmd).CombinedOutput()
+			out, err := onNode(head, "", cmd).CombinedOutput()
 			require.NoError(t, err, "%s: %s", cmd, out)
 			return string(out)
 		}
@@ -157,7 +158,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 		assert.Equal(t, "", onHead(curl+"http://engine/health"), "with an empty body")
 		assert.Equal(t, "401", onHead(curl+"-o /dev/null -w '%{http_code}' http://engine/v1/models"), "the engine wants its internal key")
 		// Kill the engine core: vLLM's server then exits (or answers 503), the agent restarts it.
-		pids := pidsByCmdline(t, 1, "VLLM::EngineCore")
+		pids := pidsByCmdline(t, head, "VLLM::EngineCore")
 		require.Len(t, pids, 1, "one vLLM engine core")
 		require.NoError(t, exec.Command("kill", "-KILL", pids[0]).Run())
 		j.waitState(jobfiles.StateRestarting, 2*time.Minute)
@@ -171,7 +172,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 		restarts := j.restarts(t)
 		// The engine's /health, timed on the head while the load runs: how slow a busy engine
 		// answers, which the liveness watch must not take for a hang.
-		health := onNode(1, "", fmt.Sprintf(`for i in $(seq %d); do curl -s -o /dev/null -m 30 -w '%%{time_total}\n' --unix-socket %s http://engine/health; sleep 1; done`,
+		health := onNode(head, "", fmt.Sprintf(`for i in $(seq %d); do curl -s -o /dev/null -m 30 -w '%%{time_total}\n' --unix-socket %s http://engine/health; sleep 1; done`,
 			int(loadFor.Seconds()), c.EngineSocket))
 		var healthOut bytes.Buffer
 		health.Stdout = &healthOut
@@ -192,7 +193,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 
 	t.Run("a hung engine is restarted within 45 s", func(t *testing.T) {
 		restarts := j.restarts(t)
-		old := enginePIDs(t)
+		old := enginePIDs(t, head)
 		require.Len(t, old, 1, "one vLLM API server")
 		// Streams in flight when it hangs: their progress stops too.
 		go streamLoad(t, c, key, 4, 20*time.Second)
@@ -207,7 +208,7 @@ func TestRealVLLMSingleNode(t *testing.T) {
 		verdict := time.Since(stopped)
 		var started time.Duration
 		require.Eventually(t, func() bool {
-			pids := enginePIDs(t)
+			pids := enginePIDs(t, head)
 			if len(pids) == 1 && pids[0] != old[0] {
 				started = time.Since(stopped)
 				return true
@@ -394,8 +395,8 @@ func streamLoad(t *testing.T, c jobfiles.Connection, key string, n int, d time.D
 	return res
 }
 
-// enginePIDs returns the pids of vLLM's API server on node 1.
-func enginePIDs(t *testing.T) []string { return vllmPIDs(t, 1, "vllm\x00serve") }
+// enginePIDs returns the pids of vLLM's API server on the node.
+func enginePIDs(t *testing.T, node int) []string { return vllmPIDs(t, node, "vllm\x00serve") }
 
 // vllmPIDs returns the pids on node whose command line holds substr, leaving out the agent's
 // reaper, whose command line holds the same words.
