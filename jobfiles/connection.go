@@ -196,6 +196,16 @@ type ConnectionWriter struct {
 
 	mu   sync.Mutex
 	conn Connection
+	// watch hears every write, with what was written.
+	watch func(Connection)
+}
+
+// Watch calls f with the connection now and after every change, in the order of the writes.
+func (w *ConnectionWriter) Watch(f func(Connection)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.watch = f
+	f(w.snapshot())
 }
 
 // NewConnectionWriter writes the API key file and returns a writer for conn. The key is written
@@ -260,6 +270,10 @@ func (w *ConnectionWriter) SetState(state ServiceState, reason string) error {
 func (w *ConnectionWriter) Snapshot() Connection {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.snapshot()
+}
+
+func (w *ConnectionWriter) snapshot() Connection {
 	c := w.conn
 	c.Restarts = maps.Clone(w.conn.Restarts)
 	return c
@@ -267,7 +281,13 @@ func (w *ConnectionWriter) Snapshot() Connection {
 
 func (w *ConnectionWriter) write() error {
 	w.conn.UpdatedAt = time.Now().UTC()
-	return WriteJSONAtomic(filepath.Join(w.dir, ConnectionFile), w.conn, 0o600)
+	if err := WriteJSONAtomic(filepath.Join(w.dir, ConnectionFile), w.conn, 0o600); err != nil {
+		return err
+	}
+	if w.watch != nil {
+		w.watch(w.snapshot())
+	}
+	return nil
 }
 
 // shellQuote quotes s for a POSIX shell.
