@@ -88,6 +88,16 @@ type Config struct {
 
 	LogLevel string
 	LogJSON  bool
+
+	// Service names the endpoint across jobs (~/.llm-agent/services/NAME); Until and For end
+	// its chain of jobs, each queuing its successor Handover before its end, retried up to
+	// SuccessorRetries times, with SuccessorSbatch added to the successor's sbatch options.
+	Service          string
+	Until            string
+	For              time.Duration
+	Handover         time.Duration
+	SuccessorRetries int
+	SuccessorSbatch  []string
 }
 
 // DefaultConfig returns the defaults documented in `llm-agent run --help`.
@@ -118,6 +128,8 @@ func DefaultConfig() Config {
 		StableAfter:       restarts.StableAfter,
 		SUFactor:          108.6,
 		GPUSampleInterval: 5 * time.Second,
+		Handover:          15 * time.Minute,
+		SuccessorRetries:  2,
 		LogLevel:          "info",
 	}
 }
@@ -220,6 +232,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrConfig, c.HangAfter, c.ProbeInterval)
 	}
 	if _, err := c.Adapters(); err != nil {
+		return err
+	}
+	if err := c.validateService(); err != nil {
 		return err
 	}
 	if c.LogLevel != "" && hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {

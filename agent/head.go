@@ -53,6 +53,11 @@ type head struct {
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
 	engineOut *lineLogger
 
+	// service is the job's service, with --service.
+	service *service
+	// stopReason says why the head stops by itself (a handover, the service's end).
+	stopReason atomic.Pointer[string]
+
 	draining  atomic.Bool
 	everReady atomic.Bool
 	// generation counts the starts of the engine's rank 0 with --launcher mp (engine.json);
@@ -75,6 +80,9 @@ func (a *agent) runHead(ctx context.Context) error {
 	}
 	for _, m := range moved {
 		a.log.Warn("preferred port busy, using another", "move", m)
+	}
+	if err := h.joinService(ctx); err != nil {
+		return err
 	}
 	if err := h.setupKeys(); err != nil {
 		return err
@@ -102,7 +110,7 @@ func (a *agent) runHead(ctx context.Context) error {
 		}
 		stages = append(stages, h.watchStage(run, "replicas", h.watchReplicas))
 	}
-	failure := runStages(ctx, append(stages, h.drainStage(run)), h.beginDrain)
+	failure := runStages(ctx, append(stages, h.serviceStage(run), h.drainStage(run)), h.beginDrain)
 	return h.finish(failure)
 }
 
@@ -115,8 +123,8 @@ func (h *head) beginDrain(failure error) error {
 		failure = h.workerFailure()
 	}
 	if failure == nil && h.conn != nil {
-		h.log.Info("draining: engine first, then ray", "budget", h.cfg.Grace)
-		_ = h.conn.SetState(jobfiles.StateStopping, "received a stop signal")
+		h.log.Info("draining: engine first, then ray", "budget", h.cfg.Grace, "why", h.why())
+		_ = h.conn.SetState(jobfiles.StateStopping, h.why())
 	}
 	h.state.SetReady(false, "stopping", time.Now())
 	return failure
@@ -132,11 +140,32 @@ func (h *head) finish(failure error) error {
 	if failure != nil {
 		h.log.Error("failed", "reason", failure)
 		_ = h.conn.SetState(jobfiles.StateFailed, failure.Error())
+		h.endService("failed: " + failure.Error())
 		return failure
 	}
-	_ = h.conn.SetState(jobfiles.StateStopped, "")
-	h.log.Info("stopped")
+	reason := ""
+	if r := h.stopReason.Load(); r != nil {
+		reason = *r
+	}
+	_ = h.conn.SetState(jobfiles.StateStopped, reason)
+	h.endService(h.why())
+	h.log.Info("stopped", "why", h.why())
 	return nil
+}
+
+// why says why the head stops: its own reason, or a stop signal.
+func (h *head) why() string {
+	if r := h.stopReason.Load(); r != nil {
+		return *r
+	}
+	return "received a stop signal"
+}
+
+// endService writes the job's end into its service's file.
+func (h *head) endService(why string) {
+	if h.service != nil {
+		h.service.end(h.conn.Snapshot(), why)
+	}
 }
 
 func (h *head) initialConnection() jobfiles.Connection {

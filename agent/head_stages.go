@@ -66,6 +66,9 @@ func (h *head) filesStage() stage {
 		if h.conn, err = jobfiles.NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {
 			return nil, err
 		}
+		if h.service != nil {
+			h.conn.Watch(h.service.mirror)
+		}
 		a.log.Info("head starting", "address", a.addr, "iface", a.ifname, "api_port", h.ports.API,
 			"metrics_port", h.ports.Metrics, "tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline,
 			"state_dir", a.stateDir)

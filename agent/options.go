@@ -228,6 +228,35 @@ var Options = []Option{
 		},
 		get: func(c *Config) string { return strconv.FormatFloat(c.SUFactor, 'f', -1, 64) }},
 	durationOpt("gpu-sample-interval", "Metrics", "how often the slow GPU fields (energy, PCIe throughput) are sampled in the background", func(c *Config) *time.Duration { return &c.GPUSampleInterval }),
+	stringOpt("service", "Service", "give the endpoint a name that outlives the job: its connection file ~/.llm-agent/services/NAME/connection.json always points to the job serving now (README: Keeping a model up for days)", func(c *Config) *string { return &c.Service }),
+	stringOpt("until", "Service", "keep the service up until this time (2026-12-24T18:00, local time, or RFC 3339): each job queues its successor, which takes over before the job's time limit", func(c *Config) *string { return &c.Until }),
+	{Name: "for", Category: "Service", Kind: KindDuration, Usage: "keep the service up this long from the first job's start (7d, 36h, or Slurm's 7-00:00:00); see --until",
+		set: func(c *Config, v string) error {
+			d, err := parseLongDuration(v)
+			if err != nil {
+				return err
+			}
+			c.For = d
+			return nil
+		},
+		get: func(c *Config) string {
+			if c.For == 0 {
+				return ""
+			}
+			return c.For.String()
+		}},
+	durationOpt("handover", "Service", "how long before a job's time limit its successor may start; the successor is queued with --dependency=after:JOB+(limit - handover)", func(c *Config) *time.Duration { return &c.Handover }),
+	intOpt("successor-retries", "Service", "how many times a successor that fails before it is ready is queued again", 0, func(c *Config) *int { return &c.SuccessorRetries }),
+	{Name: "successor-sbatch-arg", Category: "Service", Kind: KindList, Usage: "sbatch option added to the successors' submission, repeatable (--successor-sbatch-arg=--exclude=node7)",
+		set: func(c *Config, v string) error {
+			if !strings.HasPrefix(v, "-") {
+				return fmt.Errorf("%q is not an sbatch option (it must begin with -)", v)
+			}
+			c.SuccessorSbatch = append(c.SuccessorSbatch, v)
+			return nil
+		},
+		get:   func(c *Config) string { return strings.Join(c.SuccessorSbatch, " ") },
+		clear: func(c *Config) { c.SuccessorSbatch = nil }},
 	stringOpt("log-level", "Logging", "trace, debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
 	boolOpt("log-json", "Logging", "log as JSON lines", func(c *Config) *bool { return &c.LogJSON }),
 }

@@ -53,13 +53,28 @@ type Deps struct {
 	GPUAccessible func(minor int) bool
 	// Clock times every wait and loop of the run; nil means the wall clock.
 	Clock clock.Clock
+	// Scheduler queues a service's successor (slurm.Commands); Args are the agent's own
+	// options, which the successor's batch script gets again.
+	Scheduler Scheduler
+	Args      []string
 }
 
 // DefaultDeps returns the real environment.
 func DefaultDeps(log hclog.Logger) Deps {
 	host, _ := os.Hostname()
 	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr,
-		JobEndTime: slurm.SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible}
+		JobEndTime: slurm.SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible,
+		Scheduler: slurm.Commands{}, Args: runArgs(os.Args)}
+}
+
+// runArgs are the options of `llm-agent run` in the agent's command line.
+func runArgs(args []string) []string {
+	for i, a := range args {
+		if a == "run" {
+			return args[i+1:]
+		}
+	}
+	return nil
 }
 
 // agent is one node's agent after its input was checked.

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -52,6 +54,8 @@ type StatusReport struct {
 	SSHTunnel string             `json:"ssh_tunnel"`
 	Tunnel    string             `json:"tunnel,omitempty"`
 	File      string             `json:"connection_file"`
+	// Service is the service's part of its file, for status --service.
+	Service *jobfiles.ServiceInfo `json:"service,omitempty"`
 }
 
 // ConnectionPath finds a job's connection file from a job id, a state directory or the file.
@@ -100,6 +104,12 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 		r.Nodes = append(r.Nodes, n)
 	}
 	r.Ready = c.State == jobfiles.StateReady && headReady
+	var svc struct {
+		Service *jobfiles.ServiceInfo `json:"service"`
+	}
+	if err := jobfiles.ReadJSON(path, &svc); err == nil {
+		r.Service = svc.Service
+	}
 	return r, nil
 }
 
@@ -181,6 +191,26 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	for _, ad := range r.Adapters {
 		fmt.Fprintf(tw, "adapter %s\t%s\n", ad.Name, ad.Path)
 	}
+	if s := r.Service; s != nil {
+		line := s.State
+		if s.Reason != "" {
+			line += ": " + s.Reason
+		}
+		fmt.Fprintf(tw, "service %s\t%s\n", s.Name, line)
+		if s.Until != nil {
+			fmt.Fprintf(tw, "until\t%s\n", s.Until.Local().Format(time.RFC3339))
+		}
+		if n := s.Successor; n != nil {
+			fmt.Fprintf(tw, "successor\tjob %s %s %s (attempt %d)\n", n.JobID, n.State, n.Reason, n.Attempts)
+		}
+		for _, j := range s.Jobs {
+			end := "serving"
+			if j.Ended != nil {
+				end = j.Ended.Local().Format("2006-01-02 15:04:05") + " " + j.Why
+			}
+			fmt.Fprintf(tw, "job %s\t%s, from %s to %s\n", j.JobID, j.Node, j.Started.Local().Format("2006-01-02 15:04:05"), end)
+		}
+	}
 	if r.Tunnel != "" {
 		fmt.Fprintf(tw, "tunnel\t%s\n", r.Tunnel)
 		fmt.Fprintf(tw, "or ssh\t%s\n", r.SSHTunnel)
@@ -192,6 +222,26 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 
 func roundDuration(sec float64) string {
 	return (time.Duration(sec) * time.Second).Round(time.Second).String()
+}
+
+// ServiceUsage sums Usage over the jobs of the service whose file is at path.
+func ServiceUsage(path string, factor float64, now time.Time) (gateway.UsageReport, error) {
+	f, err := jobfiles.ReadService(filepath.Dir(path))
+	if err != nil {
+		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+	}
+	var reps []gateway.UsageReport
+	for _, j := range f.Service.Jobs {
+		if _, err := os.Stat(filepath.Join(j.StateDir, gateway.AuditFile)); errors.Is(err, os.ErrNotExist) {
+			continue // a job that never served
+		}
+		rep, err := Usage(filepath.Join(j.StateDir, jobfiles.ConnectionFile), factor, now)
+		if err != nil {
+			return gateway.UsageReport{}, fmt.Errorf("job %s: %w", j.JobID, err)
+		}
+		reps = append(reps, rep)
+	}
+	return gateway.Merge(reps), nil
 }
 
 // Usage shares a job's GPU-hours and service units out to its keys and projects, from the

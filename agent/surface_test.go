@@ -96,7 +96,7 @@ func jsonFields(typ reflect.Type, prefix string) []string {
 func TestSurfaceFiles(t *testing.T) {
 	var got []string
 	for file, v := range map[string]any{jobfiles.ConnectionFile: jobfiles.Connection{}, jobfiles.RendezvousFile: jobfiles.Rendezvous{}, "nodes/HOST.json": jobfiles.NodeInfo{}, jobfiles.EngineFile: jobfiles.EngineGeneration{},
-		gateway.AuditFile: gateway.Record{}, "usage --json": gateway.UsageReport{}, "status --json": StatusReport{}} {
+		gateway.AuditFile: gateway.Record{}, "usage --json": gateway.UsageReport{}, "status --json": StatusReport{}, "services/NAME/connection.json: service": jobfiles.ServiceInfo{}} {
 		for _, f := range jsonFields(reflect.TypeOf(v), "") {
 			got = append(got, file+": "+f)
 		}

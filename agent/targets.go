@@ -29,6 +29,13 @@ func (h *head) sharedTargetsPath() string {
 // writeTargets lists every published node's metrics endpoint in file_sd format.
 func (h *head) writeTargets(infos []jobfiles.NodeInfo) error {
 	groups := jobfiles.Targets(h.alloc.JobID, infos, vllm.EngineMetricsPath)
+	if h.cfg.Service != "" {
+		// Every job of a service carries its name: a dashboard that selects by service
+		// draws the service's weeks as one graph across its jobs.
+		for _, g := range groups {
+			g.Labels["service"] = h.cfg.Service
+		}
+	}
 	if err := jobfiles.WriteJSONAtomic(filepath.Join(h.stateDir, jobfiles.TargetsFile), groups, 0o644); err != nil {
 		return err
 	}

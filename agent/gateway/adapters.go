@@ -73,7 +73,7 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ok, _ := g.ready(); !ok {
-		g.unavailable(w, x, "the model is not ready; retry shortly")
+		g.unavailable(w, r, x, "the model is not ready; retry shortly")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdapterBody))
@@ -108,7 +108,7 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		}
 		rr, err := rep.client.Do(ereq)
 		if err != nil {
-			g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+			g.unavailable(w, r, x, "the engine is not answering (restarting?); retry shortly")
 			return
 		}
 		defer rr.Body.Close()
@@ -117,7 +117,7 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if resp == nil {
-		g.unavailable(w, x, "the model is not ready; retry shortly")
+		g.unavailable(w, r, x, "the model is not ready; retry shortly")
 		return
 	}
 	g.plainResponse(w, resp, x)

@@ -67,6 +67,12 @@ type Gateway struct {
 	admitted atomic.Int64
 	inflight sync.WaitGroup
 	draining atomic.Bool
+	// successor is the base URL of the job that serves the service now, once this one hands
+	// over; nil before.
+	successor atomic.Pointer[string]
+	// closing ends every connection after its answer: clients that follow the service open
+	// their next one to the successor.
+	closing  atomic.Bool
 	active   atomic.Int64
 	progress progress
 	quotas   quotas
@@ -119,10 +125,22 @@ func (g *Gateway) Handler() http.Handler {
 		writeError(w, http.StatusNotFound, "invalid_request_error", "not_found",
 			fmt.Sprintf("%s is not served here; the API is under /v1", r.URL.Path))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.closing.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
+// CloseConnections ends every connection after its next answer, so that a client's next
+// request opens a new one: where a follower of the service's file sends it to the successor.
+func (g *Gateway) CloseConnections() { g.closing.Store(true) }
+
 func (g *Gateway) ready() (bool, string) {
+	if g.successor.Load() != nil {
+		return false, "handed over"
+	}
 	if g.draining.Load() {
 		return false, "draining"
 	}
@@ -130,6 +148,25 @@ func (g *Gateway) ready() (bool, string) {
 		return true, ""
 	}
 	return g.opts.Ready()
+}
+
+// Headers of a service's handover: the successor's base URL on the predecessor's 503s; a
+// client that sends FollowHeader "redirect" gets a 307 to the successor instead.
+const (
+	SuccessorHeader = "X-Llm-Agent-Successor"
+	FollowHeader    = "X-Llm-Agent-Follow"
+)
+
+// handoverRetryAfter is what the predecessor's 503s tell clients to wait: the successor
+// serves already.
+const handoverRetryAfter = "1"
+
+// HandOver stops taking new requests: from now on they get 503 with Retry-After: 1 and the
+// successor's base URL in SuccessorHeader, or, when they ask for it, a redirect there. The
+// requests in flight go on.
+func (g *Gateway) HandOver(successorBaseURL string) {
+	g.closing.Store(true)
+	g.successor.Store(&successorBaseURL)
 }
 
 // Drain answers new requests 503 and waits for those in flight until ctx ends; it returns how
@@ -205,7 +242,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	}
 	defer g.release(key.Name)
 	if ok, _ := g.ready(); !ok {
-		g.unavailable(w, x, "the model is not ready; retry shortly")
+		g.unavailable(w, r, x, "the model is not ready; retry shortly")
 		return
 	}
 	body, injected, err := g.requestBody(w, r, x)
@@ -297,7 +334,22 @@ func (g *Gateway) throttled(w http.ResponseWriter, x *exchange, limit string, re
 		fmt.Sprintf("rate limit reached for this key (%s); retry after %d s", limit, secs))
 }
 
-func (g *Gateway) unavailable(w http.ResponseWriter, x *exchange, msg string) {
+func (g *Gateway) unavailable(w http.ResponseWriter, r *http.Request, x *exchange, msg string) {
+	if next := g.successor.Load(); next != nil {
+		root := strings.TrimSuffix(*next, "/v1")
+		if r.Header.Get(FollowHeader) == "redirect" {
+			x.status = http.StatusTemporaryRedirect
+			http.Redirect(w, r, root+r.URL.RequestURI(), x.status)
+			return
+		}
+		x.status = http.StatusServiceUnavailable
+		w.Header().Set(UnavailableHeader, "1")
+		w.Header().Set(SuccessorHeader, *next)
+		w.Header().Set("Retry-After", handoverRetryAfter)
+		writeError(w, x.status, "service_unavailable", "handed_over",
+			"this job has handed the service over to its successor at "+*next+"; retry there")
+		return
+	}
 	x.status = http.StatusServiceUnavailable
 	w.Header().Set(UnavailableHeader, "1")
 	w.Header().Set("Retry-After", strconv.Itoa(int(g.opts.RetryAfter.Seconds())))

@@ -26,7 +26,7 @@ func (g *Gateway) listModels(w http.ResponseWriter, r *http.Request, x *exchange
 		data = append(data, entries...)
 	}
 	if answered == 0 {
-		g.unavailable(w, x, "no replica of any model is ready; retry shortly")
+		g.unavailable(w, r, x, "no replica of any model is ready; retry shortly")
 		return
 	}
 	b, _ := json.Marshal(map[string]any{"object": "list", "data": data})

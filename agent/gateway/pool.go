@@ -210,7 +210,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange, b
 	for {
 		rep := g.pool.pick(tried, model)
 		if rep == nil {
-			g.unavailable(w, x, "no replica of the model is ready; retry shortly")
+			g.unavailable(w, r, x, "no replica of the model is ready; retry shortly")
 			return
 		}
 		tried = append(tried, rep)
@@ -247,7 +247,7 @@ func (g *Gateway) send(w http.ResponseWriter, r *http.Request, x *exchange, req 
 		case !rep.local && notSent(err):
 			return false
 		default:
-			g.unavailable(w, x, "the engine is not answering (restarting?); retry shortly")
+			g.unavailable(w, r, x, "the engine is not answering (restarting?); retry shortly")
 		}
 		return true
 	}

@@ -40,6 +40,56 @@ type UsageReport struct {
 	// Skipped counts the audit lines that could not be read: damaged by a crash mid-write, cut,
 	// or not records at all.
 	Skipped int `json:"skipped_lines"`
+	// Jobs counts the jobs summed, for a service's report (Merge).
+	Jobs int `json:"jobs,omitempty"`
+}
+
+// Merge sums the reports of a service's jobs: each job's cost stays shared out by its own
+// tokens, and the shares are taken again over the sum.
+func Merge(reps []UsageReport) UsageReport {
+	out := UsageReport{Jobs: len(reps)}
+	keys := map[string]*UsageRow{}
+	projects := map[string]*UsageRow{}
+	add := func(m map[string]*UsageRow, id string, r UsageRow) {
+		row := get(m, id, r.Key, r.Project)
+		row.Requests += r.Requests
+		row.Errors += r.Errors
+		row.PromptTokens += r.PromptTokens
+		row.CompletionTokens += r.CompletionTokens
+		row.GPUHours += r.GPUHours
+		row.ServiceUnits += r.ServiceUnits
+	}
+	for _, r := range reps {
+		out.GPUs = max(out.GPUs, r.GPUs)
+		out.WallHours += r.WallHours
+		out.GPUHours += r.GPUHours
+		out.ServiceUnits += r.ServiceUnits
+		out.Factor = r.Factor
+		out.Skipped += r.Skipped
+		for _, k := range r.Keys {
+			add(keys, k.Key, k)
+		}
+		for _, p := range r.Projects {
+			add(projects, p.Project, p)
+		}
+	}
+	var total int64
+	for _, row := range keys {
+		total += row.PromptTokens + row.CompletionTokens
+	}
+	rows := func(m map[string]*UsageRow) []UsageRow {
+		list := make([]UsageRow, 0, len(m))
+		for _, row := range m {
+			if total > 0 {
+				row.Share = float64(row.PromptTokens+row.CompletionTokens) / float64(total)
+			}
+			list = append(list, *row)
+		}
+		sortRows(list)
+		return list
+	}
+	out.Keys, out.Projects = rows(keys), rows(projects)
+	return out
 }
 
 // maxAuditLine bounds an audit line worth reading; the gateway writes them far shorter.
@@ -124,13 +174,18 @@ func finish(m map[string]*UsageRow, total int64, rep UsageReport) []UsageRow {
 		row.ServiceUnits = row.Share * rep.ServiceUnits
 		rows = append(rows, *row)
 	}
+	sortRows(rows)
+	return rows
+}
+
+// sortRows puts the largest share first.
+func sortRows(rows []UsageRow) {
 	sort.Slice(rows, func(i, j int) bool {
 		if rows[i].Share != rows[j].Share {
 			return rows[i].Share > rows[j].Share
 		}
 		return rows[i].Key+rows[i].Project < rows[j].Key+rows[j].Project
 	})
-	return rows
 }
 
 // SummarizeFile is Summarize on the audit log at path.
@@ -148,8 +203,12 @@ func SummarizeFile(path string, gpus int, wall time.Duration, factor float64) (U
 
 // WriteTable prints the report for people.
 func (rep UsageReport) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "job: %.2f h × %d GPUs = %.2f GPU-hours = %.1f SU (factor %g), shared out by tokens\n\n",
-		rep.WallHours, rep.GPUs, rep.GPUHours, rep.ServiceUnits, rep.Factor)
+	what := "job"
+	if rep.Jobs > 0 {
+		what = fmt.Sprintf("service, %d jobs", rep.Jobs)
+	}
+	fmt.Fprintf(w, "%s: %.2f h × %d GPUs = %.2f GPU-hours = %.1f SU (factor %g), shared out by tokens\n\n",
+		what, rep.WallHours, rep.GPUs, rep.GPUHours, rep.ServiceUnits, rep.Factor)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	write := func(title string, rows []UsageRow, withKey bool) {
 		if withKey {

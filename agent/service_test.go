@@ -1,0 +1,189 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/slurm"
+)
+
+func TestServiceOptions(t *testing.T) {
+	for v, want := range map[string]time.Duration{"7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour, "36h": 36 * time.Hour,
+		"7-00:00:00": 7 * 24 * time.Hour, "90": 90 * time.Minute} {
+		d, err := parseLongDuration(v)
+		require.NoError(t, err, v)
+		assert.Equal(t, want, d, v)
+	}
+	for _, v := range []string{"", "d", "xd", "-1d", "soon"} {
+		_, err := parseLongDuration(v)
+		assert.Error(t, err, v)
+	}
+	u, err := parseUntil("2026-12-24T18:00")
+	require.NoError(t, err)
+	assert.Equal(t, time.Date(2026, 12, 24, 18, 0, 0, 0, time.Local), u)
+	_, err = parseUntil("Christmas")
+	assert.Error(t, err)
+
+	assert.Equal(t, 225, dependencyMinutes(4*time.Hour, 15*time.Minute))
+	assert.Equal(t, 1, dependencyMinutes(2*time.Minute, 60*time.Second))
+	assert.Equal(t, 0, dependencyMinutes(10*time.Minute, 15*time.Minute), "a job shorter than its handover: the successor may start at once")
+
+	bad := map[string]func(c *Config){
+		"--until and --for keep a service up": func(c *Config) { c.For = time.Hour },
+		"give --until or --for, not both":     func(c *Config) { c.Service, c.For, c.Until = "s", time.Hour, "2026-12-24" },
+		"use up to 64 letters":                func(c *Config) { c.Service = "../x" },
+		"--until":                             func(c *Config) { c.Service, c.Until = "s", "tomorrow" },
+	}
+	for want, f := range bad {
+		c := DefaultConfig()
+		f(&c)
+		err := c.Validate()
+		require.ErrorIs(t, err, ErrConfig, want)
+		assert.Contains(t, err.Error(), want)
+	}
+
+	assert.Equal(t, []string{"PATH=/bin", "SLURM_CONF=/etc/slurm.conf", "SBATCH_ACCOUNT=a"},
+		successorEnv([]string{"PATH=/bin", "SLURM_JOB_ID=1", "SLURM_CONF=/etc/slurm.conf", "SRUN_DEBUG=1", "SBATCH_ACCOUNT=a"}))
+	assert.Equal(t, []string{"--model", "m"}, runArgs([]string{"/bin/llm-agent", "run", "--model", "m"}))
+}
+
+// fakeScheduler is Slurm as a job of a service sees it: its own settings, its script, and the
+// successors it queues, which wait for their dependency.
+type fakeScheduler struct {
+	mu      sync.Mutex
+	next    int
+	submits [][]string
+}
+
+func (f *fakeScheduler) ShowJob(_ context.Context, id string) (slurm.JobInfo, error) {
+	return slurm.JobInfo{ID: id, Name: "svc", Nodes: 1, TimeLimit: time.Hour, StdOut: "/out/job-" + id + ".out"}, nil
+}
+
+func (f *fakeScheduler) BatchScript(context.Context, string) ([]byte, error) {
+	return []byte("#!/bin/sh\nexec llm-agent run \"$@\"\n"), nil
+}
+
+func (f *fakeScheduler) Submit(_ context.Context, args, _ []string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.submits = append(f.submits, args)
+	f.next++
+	return fmt.Sprint(600 + f.next), nil
+}
+
+func (f *fakeScheduler) Queue(context.Context, string) (slurm.QueueState, error) {
+	return slurm.QueueState{State: "PENDING", Reason: "Dependency"}, nil
+}
+
+func (f *fakeScheduler) submitted() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.submits)
+}
+
+// TestServiceHandsOver runs a service's job and the successor it queued: the job queues it
+// with the dependency that lets it start a handover before the time limit; the successor
+// takes the service's file over once ready; the job hands over and ends cleanly; when the
+// successor ends with its own successor queued, the file says the service waits for it.
+func TestServiceHandsOver(t *testing.T) {
+	for _, v := range []*time.Duration{&servicePollInterval, &handoverFollow, &handoverLinger, &queuePollInterval} {
+		old := *v
+		*v = 100 * time.Millisecond
+		t.Cleanup(func() { *v = old })
+	}
+	home := t.TempDir()
+	sched := &fakeScheduler{}
+	start := func(job string) (*agentRun, string) {
+		state := filepath.Join(t.TempDir(), "state")
+		cfg := testConfig(t, state)
+		cfg.Service, cfg.For, cfg.Handover = "svc", 2*time.Hour, 15*time.Minute
+		env := map[string]string{"SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": "node1", "SLURM_NODEID": "0", "SLURM_GPUS_ON_NODE": "1",
+			"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix())}
+		deps := testDeps(t, env, "node1")
+		env["HOME"] = home
+		deps.Scheduler, deps.Args = sched, []string{"--model", cfg.Model, "--service", "svc", "--for", "2h"}
+		return startAgent(cfg, deps), state
+	}
+	dir := jobfiles.ServiceDir(home, "svc")
+	waitService := func(what string, cond func(f jobfiles.ServiceFile) bool) jobfiles.ServiceFile {
+		t.Helper()
+		var f jobfiles.ServiceFile
+		require.Eventually(t, func() bool {
+			var err error
+			f, err = jobfiles.ReadService(dir)
+			return err == nil && cond(f)
+		}, 20*time.Second, 20*time.Millisecond, "the service never showed %s; last: %+v", what, f.Service)
+		return f
+	}
+
+	first, firstState := start("501")
+	f := waitService("the successor queued", func(f jobfiles.ServiceFile) bool {
+		return f.Service.Successor != nil && f.Service.Successor.Reason == "Dependency"
+	})
+	assert.Equal(t, "501", f.JobID)
+	assert.True(t, strings.HasSuffix(f.Tunnel, "--service svc"), "the laptop's command follows the service: %s", f.Tunnel)
+	assert.Equal(t, jobfiles.ServiceServing, f.Service.State)
+	assert.Equal(t, "601", f.Service.Successor.JobID)
+	assert.Equal(t, "pending", f.Service.Successor.State)
+	require.Len(t, sched.submitted(), 1)
+	args := sched.submitted()[0]
+	assert.Contains(t, args, "--dependency=after:501+45", "an hour's limit less 15 minutes")
+	assert.Contains(t, args, "--output=/out/job-%j.out")
+	assert.Equal(t, []string{"--service", "svc", "--for", "2h"}, args[len(args)-4:], "the job's own options, after the script")
+	assert.True(t, strings.HasSuffix(args[len(args)-7], "successor.sbatch"), "the script: %v", args)
+	var groups []jobfiles.TargetGroup
+	require.NoError(t, jobfiles.ReadJSON(filepath.Join(firstState, jobfiles.TargetsFile), &groups))
+	require.NotEmpty(t, groups)
+	for _, g := range groups {
+		assert.Equal(t, "svc", g.Labels["service"], "Prometheus's series carry the service's name across its jobs")
+	}
+	key := f.APIKeyFile
+
+	second, _ := start("601")
+	f = waitService("the successor serving", func(f jobfiles.ServiceFile) bool { return f.JobID == "601" && f.State == jobfiles.StateReady })
+	assert.Equal(t, "601", f.Service.Current)
+	require.NotNil(t, f.Service.Until)
+	assert.Equal(t, "501", f.Service.Job("601").Of)
+
+	select {
+	case err := <-first.done:
+		require.NoError(t, err, "the job ends cleanly once it has handed over")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the job did not end after its handover")
+	}
+	c := waitConnState(t, firstState, jobfiles.StateStopped, time.Second)
+	assert.Equal(t, "handed over to job 601", c.Reason)
+	f, err := jobfiles.ReadService(dir)
+	require.NoError(t, err)
+	assert.Equal(t, "handed over to job 601", f.Service.Job("501").Why)
+	c2, err := jobfiles.ReadConnection(filepath.Join(f.Service.Job("601").StateDir, jobfiles.ConnectionFile))
+	require.NoError(t, err)
+	assert.NotEqual(t, key, "", "the key file is named")
+	assert.Equal(t, readKey(t, key), readKey(t, c2.APIKeyFile), "both jobs serve with the service's key")
+
+	f = waitService("the successor's successor", func(f jobfiles.ServiceFile) bool {
+		return f.Service.Successor != nil && f.Service.Successor.Of == "601"
+	})
+	require.NoError(t, second.stop(t))
+	f = waitService("waiting", func(f jobfiles.ServiceFile) bool { return f.Service.State == jobfiles.ServiceWaiting })
+	assert.Equal(t, jobfiles.StateStarting, f.State, "a client waits: the service is not over")
+	assert.Contains(t, f.Reason, "job 602 is pending (Dependency)")
+	assert.False(t, f.Service.Ended)
+}
+
+func readKey(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return strings.TrimSpace(string(b))
+}
