@@ -92,8 +92,20 @@ func splice(a, b net.Conn) {
 	<-done
 }
 
-// setTarget points new connections at tgt, starting the forward in ssh mode.
+// setTarget points new connections at tgt, starting the forward in ssh mode. A forward that is
+// up is pointed at tgt through its master connection: the connections open through it go on.
 func (t *Tunnel) setTarget(ctx context.Context, tgt string) error {
+	t.mu.Lock()
+	f := t.fwd
+	t.mu.Unlock()
+	if f != nil && t.ssh != nil {
+		if err := t.ssh.retarget(ctx, f, tgt); err == nil {
+			t.mu.Lock()
+			t.target = tgt
+			t.mu.Unlock()
+			return nil
+		}
+	}
 	t.stopForward()
 	t.mu.Lock()
 	t.target = tgt

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -49,6 +50,7 @@ type forward struct {
 	stderr bytes.Buffer
 	mu     sync.Mutex
 	err    error
+	n      int // forwards made through the master after the first
 }
 
 // startForward starts ssh -N with the forward to target (host:port, as the login host
@@ -81,7 +83,44 @@ func (s *sshCommand) startForward(ctx context.Context, dir, target string) (*for
 }
 
 // dial connects to the head's API port through the forward.
-func (f *forward) dial() (net.Conn, error) { return net.Dial("unix", f.socket) }
+func (f *forward) dial() (net.Conn, error) {
+	f.mu.Lock()
+	socket := f.socket
+	f.mu.Unlock()
+	return net.Dial("unix", socket)
+}
+
+// retarget points the forward at a new target through its master connection, with no new
+// login: new connections go there, while those open go on through the old one to their end.
+// A second socket carries the new forward; the old one's listener is cancelled after.
+func (s *sshCommand) retarget(ctx context.Context, f *forward, target string) error {
+	f.mu.Lock()
+	old, oldTarget := f.socket, f.target
+	f.n++
+	socket := filepath.Join(filepath.Dir(old), "api-"+strconv.Itoa(f.n)+".sock")
+	f.mu.Unlock()
+	if err := s.controlOp(ctx, "forward", socket+":"+target); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.socket, f.target = socket, target
+	f.mu.Unlock()
+	if err := s.controlOp(ctx, "cancel", old+":"+oldTarget); err == nil {
+		os.Remove(old)
+	}
+	return nil
+}
+
+// controlOp asks the master connection to add or cancel a local forward (ssh -O).
+func (s *sshCommand) controlOp(ctx context.Context, op, spec string) error {
+	args := append([]string{"-o", "ControlPath=" + s.control, "-O", op, "-L", spec}, s.base()...)
+	cmd := exec.CommandContext(ctx, s.program, append(args, "--", s.login)...)
+	cmd.SysProcAttr = childAttr()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ssh -O %s: %v: %s", op, err, lastLine(string(out)))
+	}
+	return nil
+}
 
 // stop ends ssh and waits for it.
 func (f *forward) stop() {

@@ -268,7 +268,9 @@ func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz s
 	check := func() error {
 		ok := t.probe(ctx, readyz)
 		probes++
-		if ok && probes%rereadEvery != 0 {
+		// A service's file is read at every probe: its successor may take over at any time,
+		// and the tunnel must follow before the predecessor stops taking requests.
+		if ok && probes%rereadEvery != 0 && t.o.Service == "" {
 			attempt = 0
 			t.show("ready", conn, "")
 			return nil

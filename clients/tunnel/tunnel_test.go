@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -33,15 +34,24 @@ func TestMain(m *testing.M) {
 
 // fakeSSH is a stand-in for the OpenSSH client, for the unit tests only (the end-to-end suite
 // runs the real client against a real sshd): it runs a remote command with sh in
-// $FAKE_SSH_HOME, and serves -L SOCKET:HOST:PORT by dialling HOST:PORT itself. The login host
+// $FAKE_SSH_HOME, and serves -L SOCKET:HOST:PORT by dialling HOST:PORT itself. As master
+// (ControlMaster=yes) it takes -O forward and -O cancel on its ControlPath. The login host
 // "unreachable" fails as ssh does, with 255.
 func fakeSSH(args []string) int {
-	var forward, login string
+	var forward, login, control, op string
+	master := false
 	var remote []string
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
 		case "-o":
 			i++
+			if p, ok := strings.CutPrefix(args[i], "ControlPath="); ok {
+				control = p
+			}
+			master = master || args[i] == "ControlMaster=yes"
+		case "-O":
+			i++
+			op = args[i]
 		case "-L":
 			i++
 			forward = args[i]
@@ -65,9 +75,63 @@ func fakeSSH(args []string) int {
 		}
 		return 0
 	}
+	if op != "" {
+		c, err := net.Dial("unix", control)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "Control socket connect:", err)
+			return 255
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "%s %s\n", op, forward)
+		b := make([]byte, 1)
+		c.Read(b) // the master's word that it is done
+		return 0
+	}
 	if pids := os.Getenv("FAKE_SSH_PIDS"); pids != "" {
 		os.WriteFile(filepath.Join(pids, strconv.Itoa(os.Getpid())), nil, 0o600)
 	}
+	if master && control != "" {
+		go fakeMaster(control)
+	}
+	return fakeForward(forward)
+}
+
+// fakeMaster takes -O forward and -O cancel requests on the control socket.
+func fakeMaster(control string) {
+	os.Remove(control)
+	ln, err := net.Listen("unix", control)
+	if err != nil {
+		return
+	}
+	var mu sync.Mutex
+	forwards := map[string]net.Listener{}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		op, spec, _ := strings.Cut(strings.TrimSpace(line), " ")
+		sock, target, _ := strings.Cut(spec, ":")
+		mu.Lock()
+		switch op {
+		case "forward":
+			if fl, err := net.Listen("unix", sock); err == nil {
+				forwards[sock] = fl
+				go serveForward(fl, target)
+			}
+		case "cancel":
+			if fl := forwards[sock]; fl != nil {
+				fl.Close()
+			}
+		}
+		mu.Unlock()
+		c.Write([]byte{'\n'})
+		c.Close()
+	}
+}
+
+func fakeForward(forward string) int {
 	sock, target, _ := strings.Cut(forward, ":")
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
@@ -75,10 +139,15 @@ func fakeSSH(args []string) int {
 		fmt.Fprintln(os.Stderr, "bind:", err)
 		return 255
 	}
+	serveForward(ln, target)
+	return 255
+}
+
+func serveForward(ln net.Listener, target string) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			return 255
+			return
 		}
 		go func() {
 			defer c.Close()

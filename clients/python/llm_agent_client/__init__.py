@@ -22,10 +22,13 @@ import urllib.error
 import urllib.request
 from typing import Optional, Tuple
 
+import httpx
 import openai
 
 __all__ = [
+    "AsyncFollowTransport",
     "Connection",
+    "FollowTransport",
     "JobEnded",
     "NoConnection",
     "connect",
@@ -45,6 +48,10 @@ ENDED_STATES = ("stopped", "failed")
 JOBS_DIR = os.path.join(".llm-agent", "jobs")
 SERVICES_DIR = os.path.join(".llm-agent", "services")
 CONNECTION_FILE = "connection.json"
+#: The header of a 503 from a job that has handed its service over: the successor's base URL.
+SUCCESSOR_HEADER = "X-Llm-Agent-Successor"
+#: How long a request waits for the service's file to name the successor.
+FOLLOW_TIMEOUT = 60.0
 
 
 class NoConnection(LookupError):
@@ -151,13 +158,128 @@ def _client_args(conn: Connection, kwargs: dict) -> dict:
     return args
 
 
+class _Follower:
+    """What both transports share: the job the service's file names now gets every request;
+    one that the old job answers 503 because it handed the service over, or that cannot reach
+    it, goes again to the job the file names once it names another."""
+
+    def __init__(self, service: str, timeout: float):
+        self.service = service
+        self.timeout = timeout
+        self.current = ""  # the base URL requests go to, once the service has moved
+
+    @staticmethod
+    def handed_over(response: httpx.Response) -> bool:
+        return response.status_code == 503 and SUCCESSOR_HEADER in response.headers
+
+    def _base(self) -> str:
+        try:
+            return read_connection(service=self.service).base_url
+        except (OSError, ValueError, NoConnection):
+            return ""
+
+    def successor(self, request: httpx.Request, timeout: Optional[float] = None) -> Optional[str]:
+        """The service's base URL once the file names a job other than the one asked; None if
+        it does not within the timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        asked = str(request.url)
+        while True:
+            base = self._base()
+            if base and not asked.startswith(base.rstrip("/") + "/"):
+                self.current = base
+                return base
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
+
+    def route(self, request: httpx.Request) -> None:
+        """Sends the request to the job that serves now, once the service has moved."""
+        if self.current:
+            self.moved(request, self.current)
+
+    @staticmethod
+    def moved(request: httpx.Request, base: str) -> None:
+        new = httpx.URL(base)
+        request.url = request.url.copy_with(scheme=new.scheme, host=new.host, port=new.port)
+        request.headers["Host"] = request.url.netloc.decode("ascii")
+
+
+class FollowTransport(httpx.BaseTransport):
+    """An httpx transport that follows a service from job to job (see ``connect``)."""
+
+    def __init__(self, service: str, inner: Optional[httpx.BaseTransport] = None, timeout: float = FOLLOW_TIMEOUT):
+        self._follow = _Follower(service, timeout)
+        self._inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._follow.route(request)
+        try:
+            response = self._inner.handle_request(request)
+        except httpx.ConnectError:
+            # The job is gone: its successor may serve already.
+            base = self._follow.successor(request, timeout=0)
+            if base is None:
+                raise
+            self._follow.moved(request, base)
+            response = self._inner.handle_request(request)
+        while self._follow.handed_over(response):
+            response.close()
+            base = self._follow.successor(request)
+            if base is None:
+                return self._inner.handle_request(request)
+            self._follow.moved(request, base)
+            response = self._inner.handle_request(request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncFollowTransport(httpx.AsyncBaseTransport):
+    """``FollowTransport`` for asyncio."""
+
+    def __init__(self, service: str, inner: Optional[httpx.AsyncBaseTransport] = None, timeout: float = FOLLOW_TIMEOUT):
+        self._follow = _Follower(service, timeout)
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._follow.route(request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.ConnectError:
+            base = await asyncio.to_thread(self._follow.successor, request, 0)
+            if base is None:
+                raise
+            self._follow.moved(request, base)
+            response = await self._inner.handle_async_request(request)
+        while self._follow.handed_over(response):
+            await response.aclose()
+            base = await asyncio.to_thread(self._follow.successor, request)
+            if base is None:
+                return await self._inner.handle_async_request(request)
+            self._follow.moved(request, base)
+            response = await self._inner.handle_async_request(request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def connect(job: Optional[str] = None, service: Optional[str] = None, state_dir: Optional[str] = None, **kwargs) -> openai.OpenAI:
-    """An ``openai.OpenAI`` for the job; keyword arguments go to the client (timeout, max_retries...)."""
+    """An ``openai.OpenAI`` for the job; keyword arguments go to the client (timeout, max_retries...).
+
+    For a service, the client follows it from job to job: a request that the old job answers
+    503 with the successor's address goes again to the job the service's file names.
+    """
+    if service and "http_client" not in kwargs:
+        kwargs["http_client"] = httpx.Client(transport=FollowTransport(service))
     return openai.OpenAI(**_client_args(read_connection(job, service, state_dir), kwargs))
 
 
 def connect_async(job: Optional[str] = None, service: Optional[str] = None, state_dir: Optional[str] = None, **kwargs) -> openai.AsyncOpenAI:
-    """An ``openai.AsyncOpenAI`` for the job."""
+    """An ``openai.AsyncOpenAI`` for the job; for a service it follows it as ``connect`` does."""
+    if service and "http_client" not in kwargs:
+        kwargs["http_client"] = httpx.AsyncClient(transport=AsyncFollowTransport(service))
     return openai.AsyncOpenAI(**_client_args(read_connection(job, service, state_dir), kwargs))
 
 

@@ -208,3 +208,69 @@ def test_no_key_means_none(home, endpoint, monkeypatch):
     assert conn.api_key() == ""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     assert conn.api_key() == "sk-env"
+
+
+class HandedOver(Endpoint):
+    """A job that has handed its service over: 503, Retry-After and the successor's address."""
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        self.rfile.read(n)
+        b = b'{"error": {"message": "handed over"}}'
+        self.send_response(503)
+        self.send_header("Retry-After", "1")
+        self.send_header(lac.SUCCESSOR_HEADER, "http://elsewhere/v1")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+
+
+@pytest.fixture
+def handed_over():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), HandedOver)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield "http://127.0.0.1:%d" % srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_service_follows_the_successor(home, endpoint, handed_over):
+    write_job(home, "svc", handed_over, where=("services",))
+    client = lac.connect(service="svc", max_retries=0)
+    aclient = lac.connect_async(service="svc", max_retries=0)
+    # The successor takes over: the file names it; the old job answers 503 with its address.
+    write_job(home, "svc", endpoint, where=("services",))
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "hi"
+    r = asyncio.run(aclient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
+    assert r.choices[0].message.content == "hi"
+
+
+def test_service_without_successor_gives_the_503(home, handed_over):
+    write_job(home, "svc", handed_over, where=("services",))
+    client = lac.connect(service="svc", max_retries=0,
+                         http_client=__import__("httpx").Client(transport=lac.FollowTransport("svc", timeout=0.3)))
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503
+
+
+def test_service_follows_past_a_job_that_is_gone(home, endpoint):
+    # The client knows the old job; by the time it asks, that job has closed its port.
+    write_job(home, "svc", "http://127.0.0.1:1", where=("services",))
+    client = lac.connect(service="svc", max_retries=0)
+    aclient = lac.connect_async(service="svc", max_retries=0)
+    write_job(home, "svc", endpoint, where=("services",))
+    for _ in range(2):  # the second goes to the job that serves now at once
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "hi"
+    r = asyncio.run(aclient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
+    assert r.choices[0].message.content == "hi"
+
+
+def test_service_gone_without_successor_raises(home):
+    write_job(home, "svc", "http://127.0.0.1:1", where=("services",))
+    client = lac.connect(service="svc", max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
