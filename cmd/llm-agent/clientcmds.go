@@ -17,7 +17,7 @@ import (
 
 // clientCommands are the commands for the user's side: they build without cgo, for laptops.
 func clientCommands() []*cli.Command {
-	return []*cli.Command{tunnelCommand(), benchCommand(), loraCommand(), hostnamesCommand()}
+	return []*cli.Command{tunnelCommand(), stopCommand(), benchCommand(), loraCommand(), hostnamesCommand()}
 }
 
 // clientInputErrors are the client commands' errors of input the user must fix: they exit 2.

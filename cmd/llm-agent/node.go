@@ -155,6 +155,7 @@ func statusCommand() *cli.Command {
 		ArgsUsage:    "JOBID | STATE_DIR | connection.json  (default: $SLURM_JOB_ID)",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+			serviceFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			path, err := jobConnectionPath(c)
@@ -185,13 +186,18 @@ func usageCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.Float64Flag{Name: "su-factor", Value: agent.DefaultConfig().SUFactor, Usage: "service units per GPU-hour"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+			serviceFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			path, err := jobConnectionPath(c)
 			if err != nil {
 				return err
 			}
-			rep, err := agent.Usage(path, c.Float64("su-factor"), time.Now())
+			usage := agent.Usage
+			if c.String("service") != "" {
+				usage = agent.ServiceUsage // summed over the service's jobs
+			}
+			rep, err := usage(path, c.Float64("su-factor"), time.Now())
 			if err != nil {
 				return usageError{err}
 			}
@@ -200,9 +206,15 @@ func usageCommand() *cli.Command {
 	}
 }
 
-// jobConnectionPath finds the connection file named by the first argument, or by $SLURM_JOB_ID
-// inside a job.
+// jobConnectionPath finds the connection file named by the first argument, by --service, or
+// by $SLURM_JOB_ID inside a job.
 func jobConnectionPath(c *cli.Context) (string, error) {
+	if name := c.String("service"); name != "" {
+		if c.NArg() > 0 {
+			return "", usageErrorf("%s: give a job or --service, not both", c.Command.Name)
+		}
+		return serviceConnectionPath(name)
+	}
 	if c.NArg() > 1 {
 		return "", usageErrorf("%s takes one job (an id, a state directory or a connection.json), not %d arguments", c.Command.Name, c.NArg())
 	}
