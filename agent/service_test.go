@@ -64,6 +64,8 @@ type fakeScheduler struct {
 	mu      sync.Mutex
 	next    int
 	submits [][]string
+	// failed are the jobs that end before they are ready.
+	failed map[string]bool
 }
 
 func (f *fakeScheduler) ShowJob(_ context.Context, id string) (slurm.JobInfo, error) {
@@ -82,7 +84,10 @@ func (f *fakeScheduler) Submit(_ context.Context, args, _ []string) (string, err
 	return fmt.Sprint(600 + f.next), nil
 }
 
-func (f *fakeScheduler) Queue(context.Context, string) (slurm.QueueState, error) {
+func (f *fakeScheduler) Queue(_ context.Context, id string) (slurm.QueueState, error) {
+	if f.failed[id] {
+		return slurm.QueueState{State: "FAILED", Reason: "NonZeroExitCode"}, nil
+	}
 	return slurm.QueueState{State: "PENDING", Reason: "Dependency"}, nil
 }
 
@@ -92,39 +97,79 @@ func (f *fakeScheduler) submitted() [][]string {
 	return slices.Clone(f.submits)
 }
 
+// fastService makes a service's timings short enough for a unit test.
+func fastService(t *testing.T) {
+	for _, v := range []*time.Duration{&servicePollInterval, &handoverFollow, &handoverLinger, &queuePollInterval, &submitRetryAfter} {
+		old := *v
+		*v = 100 * time.Millisecond
+		t.Cleanup(func() { *v = old })
+	}
+}
+
+// serviceJob starts job of service svc in home, with Slurm as sched.
+func serviceJob(t *testing.T, home, job string, sched Scheduler, tweak func(c *Config)) (*agentRun, string) {
+	state := filepath.Join(t.TempDir(), "state")
+	cfg := testConfig(t, state)
+	cfg.Service, cfg.For, cfg.Handover = "svc", 2*time.Hour, 15*time.Minute
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	env := map[string]string{"SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": "node1", "SLURM_NODEID": "0", "SLURM_GPUS_ON_NODE": "1",
+		"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix())}
+	deps := testDeps(t, env, "node1")
+	env["HOME"] = home
+	deps.Scheduler, deps.Args = sched, []string{"--model", cfg.Model, "--service", "svc", "--for", "2h"}
+	return startAgent(cfg, deps), state
+}
+
+// waitServiceFile waits until cond holds on the service's file in dir.
+func waitServiceFile(t *testing.T, dir, what string, cond func(f jobfiles.ServiceFile) bool) jobfiles.ServiceFile {
+	t.Helper()
+	var f jobfiles.ServiceFile
+	require.Eventually(t, func() bool {
+		var err error
+		f, err = jobfiles.ReadService(dir)
+		return err == nil && cond(f)
+	}, 20*time.Second, 20*time.Millisecond, "the service never showed %s; last: %+v", what, f.Service)
+	return f
+}
+
+// TestServiceRetriesAFailedSuccessor: a successor that ends before it is ready is queued again,
+// up to the retries; past them the file keeps why.
+func TestServiceRetriesAFailedSuccessor(t *testing.T) {
+	fastService(t)
+	home := t.TempDir()
+	sched := &fakeScheduler{failed: map[string]bool{"601": true, "602": true}}
+	run, _ := serviceJob(t, home, "501", sched, func(c *Config) { c.SuccessorRetries = 1 })
+	dir := jobfiles.ServiceDir(home, "svc")
+	f := waitServiceFile(t, dir, "the retries spent", func(f jobfiles.ServiceFile) bool {
+		n := f.Service.Successor
+		return n != nil && n.JobID == "602" && n.State == "failed"
+	})
+	assert.Equal(t, 2, f.Service.Successor.Attempts)
+	assert.Equal(t, "job 602 ended (FAILED) before it was ready", f.Service.Successor.Reason)
+	require.NoError(t, run.stop(t))
+	assert.Len(t, sched.submitted(), 2, "no third attempt")
+	f, err := jobfiles.ReadService(dir)
+	require.NoError(t, err)
+	assert.Equal(t, jobfiles.ServiceFailed, f.Service.State)
+	assert.True(t, f.Service.Ended)
+	assert.Contains(t, f.Service.Reason, "the successor could not start after 2 attempts")
+}
+
 // TestServiceHandsOver runs a service's job and the successor it queued: the job queues it
 // with the dependency that lets it start a handover before the time limit; the successor
 // takes the service's file over once ready; the job hands over and ends cleanly; when the
 // successor ends with its own successor queued, the file says the service waits for it.
 func TestServiceHandsOver(t *testing.T) {
-	for _, v := range []*time.Duration{&servicePollInterval, &handoverFollow, &handoverLinger, &queuePollInterval} {
-		old := *v
-		*v = 100 * time.Millisecond
-		t.Cleanup(func() { *v = old })
-	}
+	fastService(t)
 	home := t.TempDir()
 	sched := &fakeScheduler{}
-	start := func(job string) (*agentRun, string) {
-		state := filepath.Join(t.TempDir(), "state")
-		cfg := testConfig(t, state)
-		cfg.Service, cfg.For, cfg.Handover = "svc", 2*time.Hour, 15*time.Minute
-		env := map[string]string{"SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": "node1", "SLURM_NODEID": "0", "SLURM_GPUS_ON_NODE": "1",
-			"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix())}
-		deps := testDeps(t, env, "node1")
-		env["HOME"] = home
-		deps.Scheduler, deps.Args = sched, []string{"--model", cfg.Model, "--service", "svc", "--for", "2h"}
-		return startAgent(cfg, deps), state
-	}
+	start := func(job string) (*agentRun, string) { return serviceJob(t, home, job, sched, nil) }
 	dir := jobfiles.ServiceDir(home, "svc")
 	waitService := func(what string, cond func(f jobfiles.ServiceFile) bool) jobfiles.ServiceFile {
 		t.Helper()
-		var f jobfiles.ServiceFile
-		require.Eventually(t, func() bool {
-			var err error
-			f, err = jobfiles.ReadService(dir)
-			return err == nil && cond(f)
-		}, 20*time.Second, 20*time.Millisecond, "the service never showed %s; last: %+v", what, f.Service)
-		return f
+		return waitServiceFile(t, dir, what, cond)
 	}
 
 	first, firstState := start("501")

@@ -48,15 +48,19 @@ class Endpoint(BaseHTTPRequestHandler):
                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
 
-@pytest.fixture
-def endpoint():
-    Endpoint.ready = True
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+def _serve(handler):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield "http://127.0.0.1:%d" % srv.server_address[1]
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    Endpoint.ready = True
+    yield from _serve(Endpoint)
 
 
 @pytest.fixture
@@ -227,12 +231,7 @@ class HandedOver(Endpoint):
 
 @pytest.fixture
 def handed_over():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), HandedOver)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield "http://127.0.0.1:%d" % srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    yield from _serve(HandedOver)
 
 
 def test_service_follows_the_successor(home, endpoint, handed_over):
