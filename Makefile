@@ -27,7 +27,7 @@ export LLM_AGENT_CLIENT_VENV := $(CLIENT_VENV)
 # go-nvml binds NVML functions that NVML 13 marks deprecated; the warnings are not ours.
 export CGO_CFLAGS := -Wno-deprecated-declarations
 
-.PHONY: all build laptop-bins ensure-test-deps venv client-venv python-unit deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test cluster-up cluster-down demo fuzz bench device-bins clean
+.PHONY: all build laptop-bins ensure-test-deps venv client-venv python-unit deps ensure-deps lint check-deploy check-make unit cover e2e e2e-security e2e-vllm test bench-smoke cluster-up cluster-down demo fuzz bench device-bins clean
 
 all: build
 
@@ -50,7 +50,7 @@ venv:
 # OpenSSH server for the mini-cluster's login host; the demo does not install it (on a
 # machine with systemd, Debian's package also starts a server on port 22).
 DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates
-TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server
+TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server nginx
 
 deps:
 	apt-get update -qq
@@ -139,7 +139,7 @@ e2e-vllm: build
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-test: ensure-test-deps lint check-deploy check-make unit python-unit e2e e2e-security e2e-vllm
+test: ensure-test-deps lint check-deploy check-make unit python-unit e2e bench-smoke e2e-security e2e-vllm
 
 demo: ensure-deps build venv cluster-up
 	e2e/demo.sh
@@ -151,6 +151,15 @@ fuzz:
 # Time to ready against Ray's documented fixed-sleep launch, on the mini-cluster.
 bench: build venv cluster-up
 	$(GO) run ./e2e/bench/timetoready -runs $${RUNS:-5}
+
+# Every benchmark program once, short, with its results checked for sanity, not for speed: a
+# benchmark that no longer runs fails make test. gpuscrape's smoke needs no GPU.
+bench-smoke: build venv
+	$(GO) run ./e2e/bench/gatewaybench -smoke
+	$(GO) run ./e2e/bench/gpuscrape -smoke
+	$(GO) run ./e2e/bench/modelhash -smoke >/dev/null
+	e2e/cluster/up.sh
+	rc=0; $(GO) run ./e2e/bench/timetoready -smoke || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
 # Binaries for the GPU machine (e2e/bench/gpu-node.sh runs them there).
 device-bins:

@@ -3,7 +3,10 @@
 // the fakevllm test double with no token delay, so the proxies' own cost is what shows. It runs
 // on one machine and sends traffic to loopback only.
 //
+// -smoke runs one short round and checks the results for sanity (make test runs it).
+//
 //	go run ./e2e/bench/gatewaybench -rounds 3 -duration 5s
+//	go run ./e2e/bench/gatewaybench -smoke
 package main
 
 import (
@@ -48,7 +51,11 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds per target and concurrency")
 	duration := flag.Duration("duration", 5*time.Second, "length of one measurement")
 	tokenDelay := flag.Duration("token-delay", 0, "the engine's time per generated token (16 tokens a request)")
+	smoke := flag.Bool("smoke", false, "one round of 1 s, checked for sanity; exit 1 if a check fails")
 	flag.Parse()
+	if *smoke {
+		*rounds, *duration = 1, time.Second
+	}
 	root, _ := os.Getwd()
 	bin := filepath.Join(root, "bin")
 	work, err := os.MkdirTemp("", "gatewaybench-")
@@ -134,6 +141,20 @@ http {
 		}
 	}
 	report(all)
+	if *smoke {
+		bad := false
+		for _, r := range all {
+			if r.errors > 0 || r.rps <= 0 || r.p50 <= 0 || r.p99 < r.p50 || (r.target != "direct" && r.cpuPerReq <= 0) {
+				fmt.Fprintf(os.Stderr, "gatewaybench smoke: %s at c=%d: %d errors, %.0f req/s, p50 %s, p99 %s, proxy CPU %s/req\n",
+					r.target, r.concurrency, r.errors, r.rps, r.p50, r.p99, r.cpuPerReq)
+				bad = true
+			}
+		}
+		if bad || len(all) != 6 {
+			os.Exit(1)
+		}
+		fmt.Println("gatewaybench smoke: ok")
+	}
 }
 
 func check(err error) {

@@ -4,6 +4,9 @@
 // agent that is already serving:
 //
 //	gpuscrape -url http://127.0.0.1:9500/metrics -pid AGENT_PID -n 1000
+//
+// -smoke needs no GPU: it starts an agent on loopback with the stand-in engine (bin/llm-agent,
+// bin/fakevllm), scrapes it, and checks the scrape and its timing for sanity (make test runs it).
 package main
 
 import (
@@ -18,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,7 +82,16 @@ func main() {
 	gpuIndex := flag.String("gpu", "0", "nvidia-smi index of the GPU")
 	loadCmd := flag.String("load", "", "command that keeps the GPU busy for the loaded comparison")
 	socket := flag.String("unix-socket", "", "reach the URL's server through this Unix socket (the engine behind the gateway)")
+	smoke := flag.Bool("smoke", false, "no GPU: scrape an agent it starts on loopback, and check the results; exit 1 if a check fails")
 	flag.Parse()
+	if *smoke {
+		if err := smokeRun(50); err != nil {
+			fmt.Fprintln(os.Stderr, "gpuscrape smoke:", err)
+			os.Exit(1)
+		}
+		fmt.Println("gpuscrape smoke: ok")
+		return
+	}
 	client := &http.Client{}
 	if *socket != "" {
 		client.Transport = vllm.Endpoint{Socket: *socket}.Transport(1)
@@ -229,4 +242,66 @@ func rss(pid int) int {
 		return 0
 	}
 	return int(m.RSS / 1024)
+}
+
+// smokeRun starts an agent with the stand-in engine on loopback, scrapes its metrics n times,
+// and checks what every scrape must give, GPU or not.
+func smokeRun(n int) error {
+	root, _ := os.Getwd()
+	work, err := os.MkdirTemp("", "gpuscrape-smoke-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	model := filepath.Join(work, "tiny")
+	if err := os.Mkdir(model, 0o755); err != nil {
+		return err
+	}
+	const metricsPort = "18204"
+	agent := exec.Command(filepath.Join(root, "bin", "llm-agent"), "run", "--model", model,
+		"--vllm-bin", filepath.Join(root, "bin", "fakevllm"), "--state-dir", filepath.Join(work, "state"),
+		"--targets-dir", "none", "--port", "18202", "--metrics-port", metricsPort, "--log-level", "warn")
+	agent.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := agent.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		syscall.Kill(-agent.Process.Pid, syscall.SIGTERM)
+		agent.Wait()
+	}()
+	url := "http://127.0.0.1:" + metricsPort + "/metrics"
+	client := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := client.Get(strings.TrimSuffix(url, "/metrics") + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the agent was not ready within 60 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	durs := make([]time.Duration, 0, n)
+	var last string
+	for range n {
+		start := time.Now()
+		last = scrape(client, url)
+		durs = append(durs, time.Since(start))
+	}
+	s := summarize(durs)
+	m := parse(last)
+	fmt.Printf("scrapes %d, p50 %.2f ms, p99 %.2f ms, %d bytes, agent RSS %d KiB\n", s.N, s.P50, s.P99, len(last), rss(agent.Process.Pid))
+	switch {
+	case s.N != n || !(s.P50 > 0) || s.P99 < s.P50:
+		return fmt.Errorf("timings %+v are not measurements", s)
+	case m["llm_agent_ready"] != 1:
+		return fmt.Errorf("llm_agent_ready is %v in the scrape, not 1", m["llm_agent_ready"])
+	case rss(agent.Process.Pid) <= 0:
+		return fmt.Errorf("no RSS for the agent")
+	}
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,11 @@ func main() {
 	sizeMiB := flag.Int("size-mib", 256, "MiB per file")
 	rounds := flag.Int("rounds", 3, "rounds, each measuring every tool in turn")
 	workersList := flag.String("workers", "", "worker counts for the scaling (default: 1, 2, 4 … up to the CPUs)")
+	smoke := flag.Bool("smoke", false, "a small model, one round, checked for sanity; exit 1 if a check fails (make test runs it)")
 	flag.Parse()
+	if *smoke {
+		*files, *sizeMiB, *rounds, *workersList = 4, 2, 1, "1,2"
+	}
 	if err := run(*dir, *files, *sizeMiB, *rounds, *workersList); err != nil {
 		fmt.Fprintln(os.Stderr, "modelhash:", err)
 		os.Exit(1)
@@ -169,6 +174,17 @@ func run(dir string, files, sizeMiB, rounds int, workersList string) error {
 		}
 	}
 	summarize(results)
+	// Whatever the speed, every tool measured something, and every test ran.
+	tests := map[string]bool{}
+	for _, r := range results {
+		if !(r.Seconds > 0) || !(r.MiBps > 0) || math.IsInf(r.MiBps, 0) {
+			return fmt.Errorf("%s %s workers=%d: %.6f s, %.1f MiB/s is not a measurement", r.Test, r.Tool, r.Workers, r.Seconds, r.MiBps)
+		}
+		tests[r.Test] = true
+	}
+	if len(tests) != 3 {
+		return fmt.Errorf("tests run: %v; want percore, scaling and stage", tests)
+	}
 	enc := json.NewEncoder(os.Stdout)
 	for _, r := range results {
 		if err := enc.Encode(r); err != nil {

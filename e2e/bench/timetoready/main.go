@@ -4,7 +4,12 @@
 // alternately with the same Ray, the same engine (fakevllm) and the same observer. After each
 // job is cancelled it also counts the processes and /tmp/ray directories left on the nodes.
 //
+// The agent's readiness is read as a client reads it: the connection file says ready, then a
+// request through the gateway with the job's key lists the model. -smoke runs each launcher
+// once on two nodes and checks the results for sanity (make test runs it), not for speed.
+//
 //	go run ./e2e/bench/timetoready -runs 5
+//	go run ./e2e/bench/timetoready -smoke
 package main
 
 import (
@@ -14,6 +19,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,9 +30,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -56,7 +65,11 @@ type result struct {
 func main() {
 	runs := flag.Int("runs", 5, "runs of each launcher")
 	nodes := flag.Int("nodes", 3, "nodes per job")
+	smoke := flag.Bool("smoke", false, "one run of each launcher on two nodes, checked for sanity; exit 1 if a check fails")
 	flag.Parse()
+	if *smoke {
+		*runs, *nodes = 1, 2
+	}
 	root, _ := os.Getwd()
 	cfg := config{root: root, venv: envOr("LLM_AGENT_VENV", filepath.Join(root, ".venv")),
 		agentBin: filepath.Join(root, "bin", "llm-agent"), fakeBin: filepath.Join(root, "bin", "fakevllm"), nodes: *nodes}
@@ -81,6 +94,41 @@ func main() {
 		}
 	}
 	report(all)
+	if *smoke {
+		if problems := sane(all); len(problems) > 0 {
+			for _, p := range problems {
+				fmt.Fprintln(os.Stderr, "timetoready smoke:", p)
+			}
+			os.Exit(1)
+		}
+		fmt.Println("timetoready smoke: ok")
+	}
+}
+
+// sane checks results for what must hold of any run, however fast: no error, all nodes in Ray
+// no later than ready, within the timeout, nothing left behind.
+func sane(all []result) []string {
+	var problems []string
+	seen := map[string]bool{}
+	for _, r := range all {
+		seen[r.mode] = true
+		switch {
+		case r.err != nil:
+			problems = append(problems, fmt.Sprintf("%s: %v", r.mode, r.err))
+		case r.allNodes <= 0 || r.ready <= 0 || r.ready > timeout:
+			problems = append(problems, fmt.Sprintf("%s: all nodes %s, ready %s: not a time to ready", r.mode, r.allNodes, r.ready))
+		case r.allNodes > r.ready:
+			problems = append(problems, fmt.Sprintf("%s: ready (%s) before Ray had all nodes (%s)", r.mode, r.ready, r.allNodes))
+		case r.mode == "llm-agent" && (r.leftover > 0 || len(r.tmpDirs) > 0):
+			problems = append(problems, fmt.Sprintf("%s: left %d processes and %v after scancel", r.mode, r.leftover, r.tmpDirs))
+		}
+	}
+	for _, m := range []string{"llm-agent", "ray-docs-baseline"} {
+		if !seen[m] {
+			problems = append(problems, m+": no run")
+		}
+	}
+	return problems
 }
 
 func envOr(k, def string) string {
@@ -196,6 +244,10 @@ func observeRay(ctx context.Context, cfg config, mode, stateDir string) time.Tim
 		}
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(cfg.venv, "bin", "python"), "-c", observer, gcs, strconv.Itoa(cfg.nodes))
+	if mode == "llm-agent" {
+		// The job's Ray cluster wants its token, as every client of it does.
+		cmd.Env = ray.WithAuth(os.Environ(), filepath.Join(stateDir, agent.RayTokenFile))
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil || cmd.Start() != nil {
 		return time.Time{}
@@ -211,31 +263,67 @@ func observeRay(ctx context.Context, cfg config, mode, stateDir string) time.Tim
 	return time.Time{}
 }
 
-// observeReady polls the endpoint every 50 ms until /health is 200 and /v1/models lists it.
+// observeReady polls every 50 ms until the endpoint serves, the way a client finds out: for
+// the agent, the connection file says ready and a request through the gateway with the job's
+// key lists the model; for the baseline, which has no such file, vLLM's /health answers and
+// /v1/models lists the model.
 func observeReady(ctx context.Context, mode, stateDir string) (time.Time, error) {
-	var eng vllm.Probe
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var failed error // a job that failed: no use waiting
+	var ready func(ctx context.Context) error
 	if mode == "llm-agent" {
-		for eng.BaseURL == "" {
-			if c, err := jobfiles.ReadConnection(filepath.Join(stateDir, jobfiles.ConnectionFile)); err == nil {
-				key, _ := os.ReadFile(c.APIKeyFile)
-				eng = vllm.Probe{BaseURL: strings.TrimSuffix(c.BaseURL, "/v1"), APIKey: strings.TrimSpace(string(key))}
-				break
+		path := filepath.Join(stateDir, jobfiles.ConnectionFile)
+		ready = func(ctx context.Context) error {
+			c, err := jobfiles.ReadConnection(path)
+			switch {
+			case err != nil:
+				return err
+			case c.State == jobfiles.StateFailed:
+				failed = fmt.Errorf("the job failed: %s", c.Reason)
+				cancel()
+				return failed
+			case c.State != jobfiles.StateReady:
+				return fmt.Errorf("state %s", c.State)
 			}
-			select {
-			case <-ctx.Done():
-				return time.Time{}, errors.New("no connection file")
-			case <-time.After(20 * time.Millisecond):
+			key, err := os.ReadFile(c.APIKeyFile)
+			if err != nil {
+				return err
 			}
+			return listsModel(ctx, c.BaseURL+"/models", strings.TrimSpace(string(key)))
 		}
 	} else {
-		eng = vllm.Probe{BaseURL: fmt.Sprintf("http://10.77.0.1:%d", baselinePort), APIKey: baselineKey}
+		eng := vllm.Probe{BaseURL: fmt.Sprintf("http://10.77.0.1:%d", baselinePort), APIKey: baselineKey}
+		ready = func(ctx context.Context) error { return eng.Ready(ctx, "tiny") }
 	}
 	err := healthcheck.WaitReady(ctx, clock.Real{}, 50*time.Millisecond, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		return eng.Ready(pctx, "tiny")
+		return ready(pctx)
 	})
+	if failed != nil {
+		return time.Time{}, failed
+	}
 	return time.Now(), err
+}
+
+// listsModel asks url (/v1/models) with key and wants the served model "tiny" in the answer.
+func listsModel(ctx context.Context, url, key string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"tiny"`) {
+		return fmt.Errorf("%s: %d %.100s", url, resp.StatusCode, b)
+	}
+	return nil
 }
 
 func jobEnded(id string) bool {
