@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,11 +42,18 @@ import (
 //go:embed observe.py
 var observer string
 
+// launchers are what the benchmark compares: the agent, the fixed-sleep launch of Ray's Slurm
+// documentation, and Ray's own symmetric-run; each baseline is e2e/bench/NAME.sbatch.
+var launchers = []string{"llm-agent", "ray-docs-baseline", "ray-symmetric-baseline"}
+
 const (
 	baselineKey  = "sk-baseline-bench"
 	baselinePort = 8000
 	timeout      = 3 * time.Minute
 )
+
+// nodeCount is the nodes of every job, for the report.
+var nodeCount int
 
 type config struct {
 	root, venv, agentBin, fakeBin, work string
@@ -66,10 +74,18 @@ func main() {
 	runs := flag.Int("runs", 5, "runs of each launcher")
 	nodes := flag.Int("nodes", 3, "nodes per job")
 	smoke := flag.Bool("smoke", false, "one run of each launcher on two nodes, checked for sanity; exit 1 if a check fails")
+	launcherList := flag.String("launchers", strings.Join(launchers, ","), "launchers to compare, run in turn")
 	flag.Parse()
+	modes := strings.Split(*launcherList, ",")
+	for _, m := range modes {
+		if !slices.Contains(launchers, m) {
+			fatal(fmt.Errorf("-launchers: %q is none of %v", m, launchers))
+		}
+	}
 	if *smoke {
 		*runs, *nodes = 1, 2
 	}
+	nodeCount = *nodes
 	root, _ := os.Getwd()
 	cfg := config{root: root, venv: envOr("LLM_AGENT_VENV", filepath.Join(root, ".venv")),
 		agentBin: filepath.Join(root, "bin", "llm-agent"), fakeBin: filepath.Join(root, "bin", "fakevllm"), nodes: *nodes}
@@ -79,7 +95,7 @@ func main() {
 	}
 	var all []result
 	for i := 0; i < *runs; i++ {
-		for _, mode := range []string{"llm-agent", "ray-docs-baseline"} {
+		for _, mode := range modes {
 			r := runOnce(cfg, mode)
 			all = append(all, r)
 			if r.err != nil {
@@ -93,9 +109,9 @@ func main() {
 			}
 		}
 	}
-	report(all)
+	report(all, modes)
 	if *smoke {
-		if problems := sane(all); len(problems) > 0 {
+		if problems := sane(all, modes); len(problems) > 0 {
 			for _, p := range problems {
 				fmt.Fprintln(os.Stderr, "timetoready smoke:", p)
 			}
@@ -107,7 +123,7 @@ func main() {
 
 // sane checks results for what must hold of any run, however fast: no error, all nodes in Ray
 // no later than ready, within the timeout, nothing left behind.
-func sane(all []result) []string {
+func sane(all []result, modes []string) []string {
 	var problems []string
 	seen := map[string]bool{}
 	for _, r := range all {
@@ -123,7 +139,7 @@ func sane(all []result) []string {
 			problems = append(problems, fmt.Sprintf("%s: left %d processes and %v after scancel", r.mode, r.leftover, r.tmpDirs))
 		}
 	}
-	for _, m := range []string{"llm-agent", "ray-docs-baseline"} {
+	for _, m := range modes {
 		if !seen[m] {
 			problems = append(problems, m+": no run")
 		}
@@ -161,7 +177,7 @@ func runOnce(cfg config, mode string) result {
 	if mode == "llm-agent" {
 		args = append(args, filepath.Join(cfg.root, "slurm-scripts", "multinode.sbatch"), "--model", model)
 	} else {
-		args = append(args, filepath.Join(cfg.root, "e2e", "bench", "ray-docs-baseline.sbatch"))
+		args = append(args, filepath.Join(cfg.root, "e2e", "bench", mode+".sbatch"))
 	}
 	cmd := exec.Command("sbatch", args...)
 	cmd.Env = env
@@ -413,14 +429,17 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func report(all []result) {
+func report(all []result, modes []string) {
 	type agg struct {
 		nodes, ready []float64
 		leftover     []int
 		tmp          int
 		errors       int
 	}
-	m := map[string]*agg{"llm-agent": {}, "ray-docs-baseline": {}}
+	m := map[string]*agg{}
+	for _, name := range modes {
+		m[name] = &agg{}
+	}
 	for _, r := range all {
 		a := m[r.mode]
 		if r.err != nil {
@@ -434,11 +453,10 @@ func report(all []result) {
 			a.tmp++
 		}
 	}
-	ag, bl := m["llm-agent"], m["ray-docs-baseline"]
 	fmt.Println()
-	fmt.Println("| launcher | runs | median s to all Ray nodes | median s to ready | runs leaving processes | runs leaving /tmp dirs |")
-	fmt.Println("|---|---|---|---|---|---|")
-	for _, name := range []string{"llm-agent", "ray-docs-baseline"} {
+	fmt.Println("| launcher | nodes | runs | median s to all Ray nodes | median s to ready | runs leaving processes | runs leaving /tmp dirs |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, name := range modes {
 		a := m[name]
 		withProcs := 0
 		for _, n := range a.leftover {
@@ -446,11 +464,15 @@ func report(all []result) {
 				withProcs++
 			}
 		}
-		fmt.Printf("| %s | %d (%d failed) | %.2f | %.2f | %d | %d |\n", name, len(a.ready), a.errors,
+		fmt.Printf("| %s | %d | %d (%d failed) | %.2f | %.2f | %d | %d |\n", name, nodeCount, len(a.ready), a.errors,
 			median(a.nodes), median(a.ready), withProcs, a.tmp)
 	}
-	if median(ag.nodes) > 0 && median(ag.ready) > 0 {
-		fmt.Printf("\nbaseline / llm-agent: all nodes %.2fx, ready %.2fx\n",
-			median(bl.nodes)/median(ag.nodes), median(bl.ready)/median(ag.ready))
+	ag := m["llm-agent"]
+	if ag == nil || median(ag.nodes) <= 0 || median(ag.ready) <= 0 {
+		return
+	}
+	for _, name := range modes[1:] {
+		bl := m[name]
+		fmt.Printf("\n%s / llm-agent: all nodes %.2fx, ready %.2fx\n", name, median(bl.nodes)/median(ag.nodes), median(bl.ready)/median(ag.ready))
 	}
 }
