@@ -158,6 +158,7 @@ bench-smoke: build venv
 	$(GO) run ./e2e/bench/gatewaybench -smoke
 	$(GO) run ./e2e/bench/gpuscrape -smoke
 	$(GO) run ./e2e/bench/modelhash -smoke >/dev/null
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python e2e/bench/raystartcpu/ray_start_cpu.py --smoke
 	e2e/cluster/up.sh
 	rc=0; $(GO) run ./e2e/bench/timetoready -smoke || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 

@@ -1,6 +1,7 @@
 """CPU seconds and wall seconds of one `ray start`, head and worker, as the agent runs them.
 
     python ray_start_cpu.py [--runs 3] [--variants token,notoken,nodashboard]
+    python ray_start_cpu.py --smoke   # one short run, checked for sanity (make test runs it)
 
 Runs on one host, on loopback: a head, then a worker joining it, each `ray start --block` with
 its own temp dir; when its output says "Ray runtime started", it sums the CPU time (user +
@@ -82,7 +83,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--variants", default="token,notoken,nodashboard")
+    ap.add_argument("--smoke", action="store_true", help="one run of the token variant, 1 s to settle, checked for sanity")
     a = ap.parse_args()
+    settle = 10
+    if a.smoke:
+        a.runs, a.variants, settle = 1, "token", 1
+    seen = []
     for run in range(1, a.runs + 1):
         for variant in a.variants.split(","):
             env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
@@ -102,13 +108,22 @@ def main():
                                        "--node-manager-port", "26500", "--object-manager-port", "26600"], env, os.path.join(d, "w"))
                 wcpu = cpu(worker.pid)
                 # And once both have settled: what a node's Ray costs in its first 10 s.
-                time.sleep(10)
+                time.sleep(settle)
                 hsettled, wsettled = cpu(head.pid), cpu(worker.pid)
                 stop(worker)
                 stop(head)
                 for role, wall, c, settled in (("head", hwall, hcpu, hsettled), ("worker", wwall, wcpu, wsettled)):
                     print(json.dumps({"run": run, "variant": variant, "role": role, "wall_s": round(wall, 2), "cpu_s": round(c, 2),
                                       "cpu_s_after_10s": round(settled, 2)}), flush=True)
+                    seen.append((role, wall, c, settled))
+    if a.smoke:
+        # Whatever the speed: both roles measured, some CPU spent, and none given back.
+        bad = [x for x in seen if not (0 < x[1] < 120 and 0 < x[2] <= x[3])]
+        if len(seen) != 2 or bad:
+            print("ray_start_cpu smoke: not measurements: %s" % seen, file=sys.stderr)
+            return 1
+        print("ray_start_cpu smoke: ok")
+    return 0
 
 
 if __name__ == "__main__":
