@@ -143,20 +143,24 @@ func (h *head) finish(failure error) error {
 		h.endService("failed: " + failure.Error())
 		return failure
 	}
-	reason := ""
-	if r := h.stopReason.Load(); r != nil {
-		reason = *r
-	}
-	_ = h.conn.SetState(jobfiles.StateStopped, reason)
+	_ = h.conn.SetState(jobfiles.StateStopped, h.ownReason())
 	h.endService(h.why())
 	h.log.Info("stopped", "why", h.why())
 	return nil
 }
 
-// why says why the head stops: its own reason, or a stop signal.
-func (h *head) why() string {
+// ownReason says why the head stops by itself; "" when it was asked to.
+func (h *head) ownReason() string {
 	if r := h.stopReason.Load(); r != nil {
 		return *r
+	}
+	return ""
+}
+
+// why says why the head stops: its own reason, or a stop signal.
+func (h *head) why() string {
+	if r := h.ownReason(); r != "" {
+		return r
 	}
 	return "received a stop signal"
 }

@@ -12,34 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
-)
-
-// Scheduler is what a job of a service needs of Slurm to queue its successor (slurm.Commands).
-type Scheduler interface {
-	ShowJob(ctx context.Context, id string) (slurm.JobInfo, error)
-	BatchScript(ctx context.Context, id string) ([]byte, error)
-	Submit(ctx context.Context, args, env []string) (string, error)
-	Queue(ctx context.Context, id string) (slurm.QueueState, error)
-}
-
-// Timings of a service's handover; variables, so that the unit tests run a handover in
-// a second.
-var (
-	servicePollInterval = time.Second // the service file, and the time left
-	queuePollInterval   = 5 * time.Second
-	// handoverFollow is how long the predecessor still serves once its successor is ready,
-	// closing each connection after its answer, so that clients that follow the service file
-	// (the tunnel, the Python client) move over before it answers 503.
-	handoverFollow = 10 * time.Second
-	// handoverLinger bounds how long it then answers 503 with the successor's address.
-	handoverLinger = 60 * time.Second
-	// submitRetryAfter is the wait before a refused or failed successor is queued again.
-	submitRetryAfter = 10 * time.Second
 )
 
 // ErrService is wrapped by a service that cannot be joined: its name, or another job of the
@@ -121,8 +97,6 @@ type service struct {
 	me    string
 	until time.Time // zero: no end
 
-	// handedOver is set once the successor serves and this job turns clients over.
-	handedOver atomic.Bool
 	mu         sync.Mutex
 	lastQueue  time.Time
 	lastSubmit time.Time
@@ -146,7 +120,7 @@ func (h *head) joinService(ctx context.Context) error {
 	_, err := jobfiles.UpdateService(s.dir, func(f *jobfiles.ServiceFile) error {
 		info := &f.Service
 		successor := info.Successor != nil && info.Successor.JobID == s.me && !info.Ended
-		if !successor && info.Current != "" && info.Current != s.me && !jobEnded(f.State) {
+		if !successor && info.Current != "" && info.Current != s.me && !f.State.Ended() {
 			if q, err := h.deps.Scheduler.Queue(ctx, info.Current); err != nil || !q.Ended() {
 				return fmt.Errorf("%w: service %s is served by job %s (%s); end it first with llm-agent stop --service %s, or choose another name",
 					ErrService, s.name, info.Current, f.State, s.name)
@@ -211,10 +185,6 @@ func (s *service) ensureKey() error {
 	return jobfiles.WriteFileAtomic(path, []byte(key+"\n"), 0o600)
 }
 
-func jobEnded(s jobfiles.ServiceState) bool {
-	return s == jobfiles.StateStopped || s == jobfiles.StateFailed
-}
-
 // mirror copies the job's connection into the service's file while the job is the service's
 // current one; a ready successor becomes the current one. It runs on every write of the
 // job's connection file.
@@ -239,13 +209,13 @@ func (s *service) mirror(c jobfiles.Connection) {
 			info.Successor = nil // this job no longer waits to take over: it serves
 		}
 		switch {
-		case info.Ended && !jobEnded(c.State):
+		case info.Ended && !c.State.Ended():
 			info.State = jobfiles.ServiceStopping
 		case c.State == jobfiles.StateReady:
 			info.State, info.Reason = jobfiles.ServiceServing, ""
 		case c.State == jobfiles.StateStarting:
 			info.State, info.Reason = jobfiles.ServiceStarting, c.Reason
-		case !jobEnded(c.State):
+		case !c.State.Ended():
 			info.State, info.Reason = string(c.State), c.Reason
 		}
 		return nil
@@ -306,238 +276,4 @@ func (s *service) end(c jobfiles.Connection, why string) {
 	if err != nil {
 		s.h.log.Warn("cannot update the service's file", "service", s.name, "error", err)
 	}
-}
-
-// serviceStage watches the service while the job runs: it queues the successor once the job
-// is ready, follows it in the queue, hands over once it serves, and ends the job before its
-// time limit. The stage ends (a clean stop) when the job has handed over or its time is up.
-func (h *head) serviceStage(run context.Context) stage {
-	if h.service == nil {
-		return stage{name: "service", start: func(context.Context) (<-chan error, error) { return nil, nil }}
-	}
-	var stop func()
-	return stage{name: "service", start: func(context.Context) (<-chan error, error) {
-		done := make(chan error, 1)
-		stop = background(run, func(ctx context.Context) {
-			if why := h.service.watch(ctx); why != "" {
-				h.stopReason.Store(&why)
-				done <- nil
-			}
-		})
-		return done, nil
-	}, stop: func() { stop() }}
-}
-
-// endMargin is how long before its time limit a job of a service stops by itself: its drain
-// and some slack.
-func (s *service) endMargin() time.Duration { return s.h.cfg.Grace + 5*time.Second }
-
-// needsSuccessor tells whether the service must outlive this job.
-func (s *service) needsSuccessor() bool {
-	end := s.h.alloc.EndTime
-	return !s.until.IsZero() && !end.IsZero() && end.Before(s.until)
-}
-
-// stopAt is when the job stops by itself: before its time limit, or at the service's end when
-// that comes first. Zero: never (Slurm's signal stops it).
-func (s *service) stopAt() time.Time {
-	end := s.h.alloc.EndTime
-	switch {
-	case s.needsSuccessor():
-		return end.Add(-s.endMargin())
-	case !s.until.IsZero() && (end.IsZero() || s.until.Before(end.Add(-s.endMargin()))):
-		return s.until
-	case !s.until.IsZero():
-		return end.Add(-s.endMargin())
-	}
-	return time.Time{}
-}
-
-// watch runs until the job should end, and returns why; "" when ctx ended first.
-func (s *service) watch(ctx context.Context) string {
-	clk := s.h.deps.Clock
-	for {
-		select {
-		case <-ctx.Done():
-			return ""
-		case <-clk.After(servicePollInterval):
-		}
-		f, err := jobfiles.ReadService(s.dir)
-		if err != nil {
-			s.h.log.Warn("cannot read the service's file", "service", s.name, "error", err)
-			continue
-		}
-		if next := f.Service.Current; next != s.me && next != "" && f.State == jobfiles.StateReady && s.queuedByMe(f, next) {
-			return s.handOver(ctx, f.Connection)
-		}
-		if s.h.everReady.Load() && s.needsSuccessor() && !f.Service.Ended {
-			s.followSuccessor(ctx, f)
-		}
-		if at := s.stopAt(); !at.IsZero() && !clk.Now().Before(at) {
-			if s.needsSuccessor() {
-				return "the time limit is near and the successor is not ready"
-			}
-			return "the service's time is over"
-		}
-	}
-}
-
-// queuedByMe tells whether job id is the successor this job queued.
-func (s *service) queuedByMe(f jobfiles.ServiceFile, id string) bool {
-	j := f.Service.Job(id)
-	return j != nil && j.Of == s.me
-}
-
-// followSuccessor queues the successor when there is none, asks squeue how it stands, and
-// queues it again when it ended before it was ready, up to the retries.
-func (s *service) followSuccessor(ctx context.Context, f jobfiles.ServiceFile) {
-	next := f.Service.Successor
-	now := s.h.deps.Clock.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case next == nil || next.Of != s.me:
-		s.update(ctx, func(f *jobfiles.ServiceFile) { s.submit(ctx, f, 1) })
-	case next.State == "failed":
-		if next.Attempts > s.h.cfg.SuccessorRetries || now.Sub(s.lastSubmit) < submitRetryAfter {
-			return
-		}
-		s.update(ctx, func(f *jobfiles.ServiceFile) { s.submit(ctx, f, next.Attempts+1) })
-	case next.State == "ready" || next.State == "cancelled":
-	case now.Sub(s.lastQueue) >= queuePollInterval:
-		s.lastQueue = now
-		q, err := s.h.deps.Scheduler.Queue(ctx, next.JobID)
-		if err != nil {
-			s.h.log.Warn("cannot ask squeue for the successor", "job", next.JobID, "error", err)
-			return
-		}
-		s.update(ctx, func(f *jobfiles.ServiceFile) {
-			n := f.Service.Successor
-			if n == nil || n.JobID != next.JobID || f.Service.Current == next.JobID {
-				return
-			}
-			switch {
-			case q.Ended():
-				n.State = "failed"
-				n.Reason = fmt.Sprintf("job %s ended before it was ready", n.JobID)
-				if q.State != "" {
-					n.Reason = fmt.Sprintf("job %s ended (%s) before it was ready", n.JobID, q.State)
-				}
-				s.h.log.Warn("the successor failed", "job", n.JobID, "state", q.State, "attempt", n.Attempts)
-			default:
-				n.State, n.Reason = strings.ToLower(q.State), q.Reason
-			}
-		})
-	}
-}
-
-// update changes the service's file, unless the chain has ended meanwhile.
-func (s *service) update(_ context.Context, f func(f *jobfiles.ServiceFile)) {
-	_, err := jobfiles.UpdateService(s.dir, func(sf *jobfiles.ServiceFile) error {
-		if sf.Service.Ended {
-			return nil
-		}
-		f(sf)
-		return nil
-	})
-	if err != nil {
-		s.h.log.Warn("cannot update the service's file", "service", s.name, "error", err)
-	}
-}
-
-// submit queues the successor, under the service's lock: llm-agent stop --service, which takes
-// it too, then sees the successor and cancels it.
-func (s *service) submit(ctx context.Context, f *jobfiles.ServiceFile, attempt int) {
-	s.lastSubmit = s.h.deps.Clock.Now()
-	n := &jobfiles.Successor{State: "failed", Attempts: attempt, Of: s.me}
-	f.Service.Successor = n
-	id, dep, err := s.sbatch(ctx)
-	n.Dependency = dep
-	if err != nil {
-		n.Reason = err.Error()
-		s.h.log.Error("cannot queue the successor", "attempt", attempt, "error", err)
-		return
-	}
-	n.JobID, n.State = id, "pending"
-	s.h.log.Info("successor queued", "job", id, "dependency", dep, "attempt", attempt)
-}
-
-// sbatch submits the job's own batch script again, with the job's resources, its options as
-// the script's arguments, and the dependency that lets it start a handover before the job's
-// time limit.
-func (s *service) sbatch(ctx context.Context) (id, dep string, err error) {
-	sched := s.h.deps.Scheduler
-	info, err := sched.ShowJob(ctx, s.me)
-	if err != nil {
-		return "", "", err
-	}
-	script, err := sched.BatchScript(ctx, s.me)
-	if err != nil {
-		return "", "", err
-	}
-	// sbatch keeps its own copy of the script; this one goes once it is queued.
-	path := filepath.Join(s.h.stateDir, "successor.sbatch")
-	if err := jobfiles.WriteFileAtomic(path, script, 0o700); err != nil {
-		return "", "", err
-	}
-	defer os.Remove(path)
-	dep = "after:" + s.me
-	if m := dependencyMinutes(info.TimeLimit, s.h.cfg.Handover); m > 0 {
-		dep += fmt.Sprintf("+%d", m)
-	}
-	args := append(info.ResubmitArgs(), "--dependency="+dep)
-	args = append(append(args, s.h.cfg.SuccessorSbatch...), path)
-	args = append(args, s.h.deps.Args...)
-	id, err = sched.Submit(ctx, args, successorEnv(os.Environ()))
-	return id, dep, err
-}
-
-// successorEnv is the job's environment less what Slurm set for this job and its step, which
-// would mislead the successor's srun; the user's SBATCH_ settings and SLURM_CONF stay.
-func successorEnv(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		if (strings.HasPrefix(kv, "SLURM_") && !strings.HasPrefix(kv, "SLURM_CONF=")) || strings.HasPrefix(kv, "SRUN_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
-
-// handOver turns the clients over to the successor, which serves now: for handoverFollow the
-// job still serves, closing each connection after its answer, so that clients that follow the
-// service's file move over; then it answers 503 with the successor's address, for up to handoverLinger, before it
-// drains and ends. Both give way to the job's time limit.
-func (s *service) handOver(ctx context.Context, to jobfiles.Connection) string {
-	h := s.h
-	s.handedOver.Store(true)
-	h.log.Info("the successor serves: handing over", "successor", to.JobID, "url", to.BaseURL)
-	if h.front.gw != nil {
-		h.front.gw.CloseConnections()
-	}
-	wait := func(d time.Duration) bool {
-		if at := s.stopAt(); !at.IsZero() {
-			d = min(d, at.Sub(h.deps.Clock.Now()))
-		}
-		if d <= 0 {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-h.deps.Clock.After(d):
-			return true
-		}
-	}
-	if !wait(handoverFollow) {
-		return ""
-	}
-	if h.front.gw != nil {
-		h.front.gw.HandOver(to.BaseURL)
-		if !wait(handoverLinger) {
-			return ""
-		}
-	}
-	return "handed over to job " + to.JobID
 }

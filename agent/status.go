@@ -63,14 +63,19 @@ func ConnectionPath(arg, home string) (string, error) { return jobfiles.FindConn
 
 // Status reads the connection file at path and probes every node's /healthz and /readyz.
 func Status(ctx context.Context, path string, client *http.Client, now time.Time) (StatusReport, error) {
-	c, err := jobfiles.ReadConnection(path)
-	if err != nil {
+	// A job's file, or a service's, which is a job's with the service's part.
+	var f struct {
+		jobfiles.Connection
+		Service *jobfiles.ServiceInfo `json:"service"`
+	}
+	if err := jobfiles.ReadJSON(path, &f); err != nil {
 		return StatusReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
 	}
+	c := f.Connection
 	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
 		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path, Replicas: c.Replicas, Models: c.Models, Adapters: c.Adapters}
-	live := c.State != jobfiles.StateStopped && c.State != jobfiles.StateFailed
+	live := !c.State.Ended()
 	// An ended job's uptime runs to its last update (when it stopped), and it has no time left.
 	upTo := now
 	if !live && !c.UpdatedAt.IsZero() {
@@ -104,12 +109,7 @@ func Status(ctx context.Context, path string, client *http.Client, now time.Time
 		r.Nodes = append(r.Nodes, n)
 	}
 	r.Ready = c.State == jobfiles.StateReady && headReady
-	var svc struct {
-		Service *jobfiles.ServiceInfo `json:"service"`
-	}
-	if err := jobfiles.ReadJSON(path, &svc); err == nil {
-		r.Service = svc.Service
-	}
+	r.Service = f.Service
 	return r, nil
 }
 
@@ -157,7 +157,7 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	switch {
 	case r.TimeLeft != nil:
 		fmt.Fprintf(tw, "time left\t%s\n", roundDuration(*r.TimeLeft))
-	case r.State == jobfiles.StateStopped || r.State == jobfiles.StateFailed:
+	case r.State.Ended():
 		fmt.Fprintf(tw, "time left\tnone (ended)\n")
 	default:
 		fmt.Fprintf(tw, "time left\tunknown\n")
@@ -252,7 +252,7 @@ func Usage(connPath string, factor float64, now time.Time) (gateway.UsageReport,
 		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
 	}
 	end := now
-	if c.State == jobfiles.StateStopped || c.State == jobfiles.StateFailed {
+	if c.State.Ended() {
 		end = c.UpdatedAt
 	}
 	audit := filepath.Join(filepath.Dir(connPath), gateway.AuditFile)

@@ -51,7 +51,7 @@ func newServiceName(t *testing.T) (string, string) {
 	return name, dir
 }
 
-func readService(t *testing.T, dir string) (jobfiles.ServiceFile, bool) {
+func readService(dir string) (jobfiles.ServiceFile, bool) {
 	f, err := jobfiles.ReadService(dir)
 	return f, err == nil
 }
@@ -61,7 +61,7 @@ func waitService(t *testing.T, dir string, timeout time.Duration, what string, c
 	t.Helper()
 	var last jobfiles.ServiceFile
 	ok := assertEventually(timeout, func() bool {
-		f, ok := readService(t, dir)
+		f, ok := readService(dir)
 		if ok {
 			last = f
 		}
@@ -216,7 +216,7 @@ func TestServiceHandover(t *testing.T) {
 	}
 	stopOut, err := exec.Command(suite.agentBin, "stop", "--service", name, "--wait", "90s").CombinedOutput()
 	require.NoError(t, err, "stop --service: %s", stopOut)
-	f, _ = readService(t, dir)
+	f, _ = readService(dir)
 	assert.Equal(t, jobfiles.ServiceStopped, f.Service.State)
 	assert.True(t, f.Service.Ended)
 	var ids []string
@@ -402,7 +402,7 @@ func TestServiceSuccessorCannotStart(t *testing.T) {
 	stopOut, err := exec.Command(suite.agentBin, "stop", "--service", name, "--wait", "90s").CombinedOutput()
 	require.NoError(t, err, "stop --service: %s", stopOut)
 	assert.Contains(t, j.waitEnded(time.Minute), "CANCELLED")
-	f, _ = readService(t, dir)
+	f, _ = readService(dir)
 	assert.Equal(t, jobfiles.ServiceStopped, f.Service.State)
 	assert.Equal(t, jobfiles.StateStopped, f.State)
 }

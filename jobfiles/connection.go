@@ -25,6 +25,9 @@ const (
 	StateFailed     ServiceState = "failed"
 )
 
+// Ended tells whether the job has ended: it will not serve again.
+func (s ServiceState) Ended() bool { return s == StateStopped || s == StateFailed }
+
 // Names of the files the head writes in the state directory.
 const (
 	ConnectionFile    = "connection.json"

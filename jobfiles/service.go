@@ -1,6 +1,8 @@
 package jobfiles
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -35,14 +37,12 @@ func ServiceDir(home, name string) string { return filepath.Join(home, ServicesD
 
 // The states of a service, as its file's service.state says.
 const (
-	ServiceStarting   = "starting"     // its first job is not ready yet
-	ServiceServing    = "serving"      // a job serves
-	ServiceHandover   = "handing over" // the successor serves; the predecessor turns clients over
-	ServiceWaiting    = "waiting for successor"
-	ServiceStopping   = "stopping" // llm-agent stop --service ends the chain
-	ServiceStopped    = "stopped"
-	ServiceFailed     = "failed"
-	ServiceSubmitFail = "successor failed"
+	ServiceStarting = "starting" // its first job is not ready yet
+	ServiceServing  = "serving"  // a job serves
+	ServiceWaiting  = "waiting for successor"
+	ServiceStopping = "stopping" // llm-agent stop --service ends the chain
+	ServiceStopped  = "stopped"
+	ServiceFailed   = "failed"
 )
 
 // ServiceJob is one job of a service's history.
@@ -117,7 +117,7 @@ func ReadService(dir string) (ServiceFile, error) {
 
 // UpdateService changes a service's file under the service's lock: f gets the file as it is
 // (empty when there is none yet) and the file is written back, atomically and with mode 0600,
-// unless f fails. The folder and the one above it are made private if missing and refused
+// unless f fails or changed nothing (every write of a job's connection file comes here). The folder and the one above it are made private if missing and refused
 // when another user could write to them.
 func UpdateService(dir string, f func(s *ServiceFile) error) (ServiceFile, error) {
 	var s ServiceFile
@@ -134,8 +134,12 @@ func UpdateService(dir string, f func(s *ServiceFile) error) (ServiceFile, error
 	if s, err = ReadService(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return s, err
 	}
+	before, _ := json.Marshal(s)
 	if err := f(&s); err != nil {
 		return s, err
+	}
+	if after, _ := json.Marshal(s); bytes.Equal(before, after) {
+		return s, nil
 	}
 	s.UpdatedAt = time.Now().UTC()
 	return s, WriteJSONAtomic(filepath.Join(dir, ConnectionFile), s, 0o600)

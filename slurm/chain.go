@@ -141,13 +141,9 @@ func FormatTimeLimit(d time.Duration) string {
 
 // Submit runs sbatch with args, in env, and returns the new job's id.
 func Submit(ctx context.Context, args, env []string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "sbatch", append([]string{"--parsable"}, args...)...)
-	cmd.Env = env
-	out, err := cmd.Output()
+	out, err := runIn(ctx, env, "sbatch", append([]string{"--parsable"}, args...)...)
 	if err != nil {
-		return "", commandError("sbatch", err)
+		return "", err
 	}
 	id, _, _ := strings.Cut(strings.TrimSpace(string(out)), ";") // "id;cluster" on a federation
 	if _, err := strconv.Atoi(id); err != nil {
@@ -206,9 +202,17 @@ func Cancel(ctx context.Context, ids ...string) error {
 }
 
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return runIn(ctx, nil, name, args...)
+}
+
+// runIn runs a Slurm command within commandTimeout, in env (nil: the agent's own), and keeps
+// its own words when it fails.
+func runIn(ctx context.Context, env []string, name string, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).Output()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
+	out, err := cmd.Output()
 	if err != nil {
 		return nil, commandError(name, err)
 	}

@@ -102,7 +102,7 @@ func job(o Options) (jobfiles.Connection, string, error) {
 		return c, "", fmt.Errorf("%w: %w", ErrInput, err)
 	}
 	switch {
-	case c.State == jobfiles.StateStopped || c.State == jobfiles.StateFailed:
+	case c.State.Ended():
 		return c, "", fmt.Errorf("job %s has ended (%s)", c.JobID, c.State)
 	case c.LoRAMaxRank == 0:
 		return c, "", fmt.Errorf("%w: job %s serves no LoRA adapters: start it with --lora NAME=PATH (or --vllm-arg=--enable-lora)", ErrInput, c.JobID)

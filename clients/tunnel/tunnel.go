@@ -109,7 +109,7 @@ func (t *Tunnel) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if ended(conn.State) {
+	if conn.State.Ended() {
 		return fmt.Errorf("%w: %s has already ended (%s)", ErrInput, t.name(conn), describe(conn))
 	}
 	port := t.o.LocalPort
@@ -159,10 +159,6 @@ func target(c jobfiles.Connection) string {
 		host = c.HeadHost
 	}
 	return net.JoinHostPort(host, strconv.Itoa(c.Port))
-}
-
-func ended(s jobfiles.ServiceState) bool {
-	return s == jobfiles.StateStopped || s == jobfiles.StateFailed
 }
 
 func describe(c jobfiles.Connection) string {
@@ -285,7 +281,7 @@ func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz s
 		}
 		conn = c
 		switch {
-		case ended(c.State):
+		case c.State.Ended():
 			t.end(fmt.Sprintf("%s has ended (%s); the tunnel is closed", t.name(c), describe(c)))
 			if c.State == jobfiles.StateFailed {
 				return fmt.Errorf("%w: %s", ErrJobFailed, describe(c))
@@ -331,7 +327,7 @@ func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz s
 				continue
 			}
 			conn = c
-			if ended(c.State) {
+			if c.State.Ended() {
 				if err := check(); err != nil {
 					return ignoreEnded(err)
 				}
