@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -128,10 +129,36 @@ func (j JobInfo) ResubmitArgs() []string {
 	if j.CPUsPerTask > 0 {
 		add("--cpus-per-task", strconv.Itoa(j.CPUsPerTask))
 	}
-	add("--output", strings.ReplaceAll(j.StdOut, j.ID, "%j"))
-	add("--error", strings.ReplaceAll(j.StdErr, j.ID, "%j"))
+	add("--output", jobPattern(j.StdOut, j.ID))
+	add("--error", jobPattern(j.StdErr, j.ID))
 	return args
 }
+
+// jobPattern turns the job id back into %j in an output file's name, where Slurm expanded it:
+// in the file's own name only, and only where the id stands alone (job-948.out, not
+// run-3510189482/ or job-19480.out).
+func jobPattern(path, id string) string {
+	dir, base := filepath.Split(path)
+	var b strings.Builder
+	for {
+		i := strings.Index(base, id)
+		if i < 0 {
+			b.WriteString(base)
+			return dir + b.String()
+		}
+		end := i + len(id)
+		alone := (i == 0 || !isDigit(base[i-1])) && (end == len(base) || !isDigit(base[end]))
+		b.WriteString(base[:i])
+		if alone {
+			b.WriteString("%j")
+		} else {
+			b.WriteString(id)
+		}
+		base = base[end:]
+	}
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 // FormatTimeLimit writes d as sbatch --time reads it, D-HH:MM:SS, rounded up to the second.
 func FormatTimeLimit(d time.Duration) string {

@@ -33,6 +33,15 @@ func TestParseJobInfo(t *testing.T) {
 	assert.Error(t, err)
 }
 
+// TestJobPattern: the id goes back to %j only in the file's name and only where it stands
+// alone; a directory whose name holds the id's digits stays as it is.
+func TestJobPattern(t *testing.T) {
+	assert.Equal(t, "/var/tmp/run-3510189482/T/job-%j.out", jobPattern("/var/tmp/run-3510189482/T/job-948.out", "948"))
+	assert.Equal(t, "/o/%j-%j.err", jobPattern("/o/948-948.err", "948"))
+	assert.Equal(t, "/o/job-19480.out", jobPattern("/o/job-19480.out", "948"))
+	assert.Equal(t, "/o/fixed.out", jobPattern("/o/fixed.out", "948"))
+}
+
 func TestFormatTimeLimit(t *testing.T) {
 	assert.Equal(t, "0-00:02:00", FormatTimeLimit(2*time.Minute))
 	assert.Equal(t, "1-12:00:01", FormatTimeLimit(36*time.Hour+500*time.Millisecond))
