@@ -237,8 +237,9 @@ func successorEnv(env []string) []string {
 
 // handOver turns the clients over to the successor, which serves now: for handoverFollow the
 // job still serves, closing each connection after its answer, so that clients that follow the
-// service's file move over; then it answers 503 with the successor's address, for up to handoverLinger, before it
-// drains and ends. Both give way to the job's time limit.
+// service's file move over; then it answers 503 with the successor's address, for up to
+// handoverLinger, before it drains and ends. Both give way to the job's time limit, the 503s
+// getting at least half of what is left.
 func (s *service) handOver(ctx context.Context, to jobfiles.Connection) string {
 	h := s.h
 	h.log.Info("the successor serves: handing over", "successor", to.JobID, "url", to.BaseURL)
@@ -259,7 +260,13 @@ func (s *service) handOver(ctx context.Context, to jobfiles.Connection) string {
 			return true
 		}
 	}
-	if !wait(handoverFollow) {
+	// A successor ready late leaves little time before the job must end: half of it still
+	// goes to the 503s, so that a client that does not follow learns where the service went.
+	follow := handoverFollow
+	if at := s.stopAt(); !at.IsZero() {
+		follow = min(follow, at.Sub(h.deps.Clock.Now())/2)
+	}
+	if !wait(follow) {
 		return ""
 	}
 	if h.front.gw != nil {

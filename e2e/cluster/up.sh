@@ -42,6 +42,9 @@ JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# A job whose dependency a time meets (a service's successor, after:JOB+MIN) starts at the next
+# scheduling pass; Slurm's defaults (60 s, backfill 30 s) left 2-minute test jobs up to 37 s late.
+SchedulerParameters=sched_interval=10,bf_interval=10
 SlurmdParameters=config_overrides
 ReturnToService=2
 KillWait=30
