@@ -133,10 +133,6 @@ func (g *Gateway) Handler() http.Handler {
 	})
 }
 
-// CloseConnections ends every connection after its next answer, so that a client's next
-// request opens a new one: where a follower of the service's file sends it to the successor.
-func (g *Gateway) CloseConnections() { g.closing.Store(true) }
-
 func (g *Gateway) ready() (bool, string) {
 	if g.successor.Load() != nil {
 		return false, "handed over"
@@ -148,25 +144,6 @@ func (g *Gateway) ready() (bool, string) {
 		return true, ""
 	}
 	return g.opts.Ready()
-}
-
-// Headers of a service's handover: the successor's base URL on the predecessor's 503s; a
-// client that sends FollowHeader "redirect" gets a 307 to the successor instead.
-const (
-	SuccessorHeader = "X-Llm-Agent-Successor"
-	FollowHeader    = "X-Llm-Agent-Follow"
-)
-
-// handoverRetryAfter is what the predecessor's 503s tell clients to wait: the successor
-// serves already.
-const handoverRetryAfter = "1"
-
-// HandOver stops taking new requests: from now on they get 503 with Retry-After: 1 and the
-// successor's base URL in SuccessorHeader, or, when they ask for it, a redirect there. The
-// requests in flight go on.
-func (g *Gateway) HandOver(successorBaseURL string) {
-	g.closing.Store(true)
-	g.successor.Store(&successorBaseURL)
 }
 
 // Drain answers new requests 503 and waits for those in flight until ctx ends; it returns how
@@ -335,19 +312,7 @@ func (g *Gateway) throttled(w http.ResponseWriter, x *exchange, limit string, re
 }
 
 func (g *Gateway) unavailable(w http.ResponseWriter, r *http.Request, x *exchange, msg string) {
-	if next := g.successor.Load(); next != nil {
-		root := strings.TrimSuffix(*next, "/v1")
-		if r.Header.Get(FollowHeader) == "redirect" {
-			x.status = http.StatusTemporaryRedirect
-			http.Redirect(w, r, root+r.URL.RequestURI(), x.status)
-			return
-		}
-		x.status = http.StatusServiceUnavailable
-		w.Header().Set(UnavailableHeader, "1")
-		w.Header().Set(SuccessorHeader, *next)
-		w.Header().Set("Retry-After", handoverRetryAfter)
-		writeError(w, x.status, "service_unavailable", "handed_over",
-			"this job has handed the service over to its successor at "+*next+"; retry there")
+	if g.handedOver(w, r, x) {
 		return
 	}
 	x.status = http.StatusServiceUnavailable
