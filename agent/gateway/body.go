@@ -65,6 +65,26 @@ func decodeKey(raw []byte) string {
 	return s
 }
 
+// jsonString returns the string a valid JSON value holds, or "" for another kind of value.
+func jsonString(raw []byte) string {
+	if len(raw) < 2 || raw[0] != '"' {
+		return ""
+	}
+	plain := true // nothing escaped and all ASCII: the bytes are the string
+	for _, c := range raw {
+		if c == '\\' || c >= 0x80 {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return string(raw[1 : len(raw)-1])
+	}
+	var s string
+	json.Unmarshal(raw, &s)
+	return s
+}
+
 func skipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
@@ -137,7 +157,7 @@ func inspect(body []byte) (requestFields, bool) {
 	f := requestFields{spans: spans}
 	value := func(k string) []byte { s := spans[k]; return body[s.start:s.end] }
 	if s, ok := spans["model"]; ok && s.end-s.start <= maxInspected {
-		json.Unmarshal(value("model"), &f.model)
+		f.model = jsonString(value("model"))
 	} else if ok {
 		f.model = "(too long)"
 	}
@@ -150,8 +170,9 @@ func inspect(body []byte) (requestFields, bool) {
 	}
 	for _, k := range []string{"max_tokens", "max_completion_tokens"} {
 		if s, ok := spans[k]; ok && s.end-s.start <= 20 {
-			var n int
-			if json.Unmarshal(value(k), &n) == nil && n > f.maxTokens {
+			// The value is valid JSON, so Atoi reads what a JSON decoder into an int would
+			// (a fraction or an exponent fails both).
+			if n, err := strconv.Atoi(string(value(k))); err == nil && n > f.maxTokens {
 				f.maxTokens = n
 			}
 		}

@@ -97,3 +97,59 @@ func TestInspectMemory(t *testing.T) {
 	assert.Less(t, rewrite, uint64(len(body))*5/4, "one copy of the body (%d bytes for %d)", rewrite, len(body))
 	assert.True(t, json.Valid(out))
 }
+
+// TestInspectReadsAsADecoder: the fields the gateway reads without a decoder are what
+// encoding/json reads of them.
+func TestInspectReadsAsADecoder(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"tiny","max_tokens":16}`,
+		`{"model":"t\u0069ny","max_tokens":-3}`,
+		`{"model":"caf\u00e9 \"x\"","max_completion_tokens":0}`,
+		"{\"model\":\"café\xff\",\"max_tokens\":1e3}",
+		`{"model":7,"max_tokens":2.5}`,
+		`{"model":null,"max_tokens":"16"}`,
+		`{"model":"","max_tokens":99999999999999999999}`,
+	} {
+		f, ok := inspect([]byte(body))
+		require.True(t, ok, body)
+		var ref struct {
+			Model     any `json:"model"`
+			MaxTokens any `json:"max_tokens"`
+		}
+		var model string
+		var maxTokens int
+		json.Unmarshal([]byte(body), &ref)
+		if s, isString := ref.Model.(string); isString {
+			model = s
+		}
+		var m struct {
+			N  int `json:"max_tokens"`
+			N2 int `json:"max_completion_tokens"`
+		}
+		if json.Unmarshal([]byte(body), &m) == nil {
+			maxTokens = max(m.N, m.N2)
+		}
+		assert.Equal(t, model, f.model, body)
+		assert.Equal(t, maxTokens, f.maxTokens, body)
+	}
+}
+
+func TestUsageOf(t *testing.T) {
+	for _, tt := range []struct {
+		body         string
+		prompt, comp int
+		ok           bool
+	}{
+		{`{"choices":[],"usage":{"prompt_tokens":7,"total_tokens":10,"completion_tokens":3}}`, 7, 3, true},
+		{`{"choices":[],"usage" : {"completion_tokens":3}}`, 0, 0, false}, // not the engine's spelling: no space before ':'
+		{`{"choices":[],"usage":{"completion_tokens":3}}`, 0, 3, true},
+		{`{"choices":[{"text":"x"}],"usage":null}`, 0, 0, false},
+		{`{"text":"say \"usage\":{\"prompt_tokens\":1}"}`, 0, 0, false},
+		{`{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}`, 0, 0, false},
+		{`{"usage":{"prompt_tokens":1,`, 0, 0, false},
+		{`{"usage":{}}`, 0, 0, true},
+	} {
+		p, c, ok := usageOf([]byte(tt.body))
+		assert.Equal(t, []any{tt.prompt, tt.comp, tt.ok}, []any{p, c, ok}, tt.body)
+	}
+}

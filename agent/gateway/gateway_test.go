@@ -657,3 +657,67 @@ func TestAuditEncodingMatchesEncodingJSON(t *testing.T) {
 		assert.Equal(t, a, b)
 	}
 }
+
+// TestSSELongLines: events whose lines are longer than the gateway's read buffer pass whole,
+// and a line that ends just past the buffer is not taken for the blank line ending an event:
+// here the usage chunk the gateway asked for, which must vanish without a trace.
+func TestSSELongLines(t *testing.T) {
+	long := `data: {"choices":[{"text":"` + strings.Repeat("y", 200<<10) + `"}]}` + "\n\n"
+	head, tail := `data: {"choices":[],"pad":"`, `","usage":{"prompt_tokens":2,"completion_tokens":9}}`
+	usage := head + strings.Repeat("z", 64<<10-len(head)-len(tail)) + tail + "\n\n" // its line fills the buffer exactly
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, long+usage+"data: [DONE]\n\n")
+	}), false)
+	_, body := f.do(t, "POST", "/v1/completions", bobKey, `{"model":"m","stream":true,"prompt":"x"}`)
+	assert.Equal(t, long+"data: [DONE]\n\n", body, "each event whole, the usage chunk the client did not ask for left out")
+	var recs []Record
+	require.Eventually(t, func() bool { recs = f.records(t); return len(recs) == 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, 9, recs[0].CompletionTokens)
+}
+
+// TestSSEEventNotHeldForAPartOfTheNext: an event that came with the first part of the next
+// reaches the client while the engine still holds back the rest.
+func TestSSEEventNotHeldForAPartOfTheNext(t *testing.T) {
+	next := make(chan struct{})
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"choices":[{"text":"one"}]}`+"\n\n"+`data: {"choices":[{"te`)
+		w.(http.Flusher).Flush()
+		select {
+		case <-next:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, `xt":"two"}]}`+"\n\ndata: [DONE]\n\n")
+	}), false)
+	var release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(next) }) }) // before the fixture's servers close
+	req, _ := http.NewRequest("POST", f.url+"/v1/completions", strings.NewReader(`{"model":"m","stream":true,"stream_options":{"include_usage":true},"prompt":"x"}`))
+	req.Header.Set("Authorization", "Bearer "+aliceKey)
+	first := make(chan string, 1)
+	var rd *bufio.Reader
+	go func() { // the answer's headers too leave with the first event
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- err.Error()
+			return
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		rd = bufio.NewReader(resp.Body)
+		line, _ := rd.ReadString('\n')
+		first <- line
+	}()
+	select {
+	case line := <-first:
+		assert.Contains(t, line, `"one"`)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first event was held back until the engine sent the rest of the second")
+	}
+	release.Do(func() { close(next) })
+	rest, err := io.ReadAll(rd)
+	require.NoError(t, err)
+	assert.Equal(t, "\n"+`data: {"choices":[{"text":"two"}]}`+"\n\ndata: [DONE]\n\n", string(rest))
+}

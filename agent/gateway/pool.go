@@ -239,7 +239,9 @@ func (g *Gateway) send(w http.ResponseWriter, r *http.Request, x *exchange, req 
 		g.progress.begin()
 		defer g.progress.end()
 	}
-	resp, err := rep.client.Do(req)
+	// The transport itself, not the client: a proxy passes the engine's answer on as it is, a
+	// redirect too, and skips the client's redirect bookkeeping on every request.
+	resp, err := rep.client.Transport.RoundTrip(req)
 	if err != nil {
 		switch {
 		case r.Context().Err() != nil:

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -15,22 +16,40 @@ import (
 const maxResponse = 64 << 20
 
 // usageOf reads the token counts of a response or chunk body, if it has them. The engine puts
-// "usage" last, so the gateway decodes that one object rather than the whole body, which may
-// hold a long completion.
+// "usage" last, so the gateway looks at that one object rather than the whole body, which may
+// hold a long completion. A streamed chunk says "usage":null until the last: that costs a
+// search and a byte. A count that is not a whole number makes no usage at all.
 func usageOf(b []byte) (prompt, completion int, ok bool) {
-	i := bytes.LastIndex(b, []byte(`"usage":`))
+	i := bytes.LastIndex(b, usageKey)
 	if i <= 0 || b[i-1] == '\\' {
 		return 0, 0, false
 	}
-	var u *struct {
-		PromptTokens     int `json:"prompt_tokens"`
-		CompletionTokens int `json:"completion_tokens"`
+	v := skipSpace(b, i+len(usageKey))
+	if v >= len(b) || b[v] != '{' {
+		return 0, 0, false // null
 	}
-	if json.NewDecoder(bytes.NewReader(b[i+len(`"usage":`):])).Decode(&u) != nil || u == nil {
+	u := b[v:skipValue(b, v)]
+	spans, ok := topLevel(u, "prompt_tokens", "completion_tokens")
+	if !ok {
 		return 0, 0, false
 	}
-	return u.PromptTokens, u.CompletionTokens, true
+	count := func(k string) (int, bool) {
+		s, found := spans[k]
+		if !found {
+			return 0, true // absent counts as none, as a JSON decoder leaves it
+		}
+		n, err := strconv.Atoi(string(u[s.start:s.end]))
+		return n, err == nil
+	}
+	prompt, okP := count("prompt_tokens")
+	completion, okC := count("completion_tokens")
+	if !okP || !okC {
+		return 0, 0, false
+	}
+	return prompt, completion, true
 }
+
+var usageKey = []byte(`"usage":`)
 
 // copyHeaders passes the engine's response headers on, except those the gateway sets.
 func copyHeaders(dst, src http.Header) {
@@ -78,21 +97,39 @@ func (g *Gateway) streamResponse(w http.ResponseWriter, r *http.Request, resp *h
 	w.WriteHeader(resp.StatusCode)
 	x.status = resp.StatusCode
 	flusher, _ := w.(http.Flusher)
-	rd := bufio.NewReaderSize(resp.Body, 64<<10)
+	rd := streamReaders.Get().(*bufio.Reader)
+	rd.Reset(resp.Body)
+	defer func() {
+		rd.Reset(nil)
+		streamReaders.Put(rd)
+	}()
 	var event bytes.Buffer
-	done := false
+	done, partial, pending := false, false, false
 	for {
-		line, err := rd.ReadBytes('\n')
+		// Events passed on leave before a read that could wait for the engine: one whose line
+		// is not all at hand. So an event never waits for the next, and events that came
+		// together leave in one write.
+		if pending && flusher != nil {
+			if b, _ := rd.Peek(rd.Buffered()); bytes.IndexByte(b, '\n') < 0 {
+				flusher.Flush()
+				pending = false
+			}
+		}
+		// The line as read into the reader's buffer, not a copy; a line longer than the buffer
+		// comes in parts, and only a whole line can be the blank one that ends an event.
+		line, err := rd.ReadSlice('\n')
+		whole := !partial
+		if partial = err == bufio.ErrBufferFull; partial {
+			err = nil
+		}
 		if len(line) > 0 {
 			event.Write(line)
-			if len(bytes.TrimRight(line, "\r\n")) == 0 { // a blank line ends an event
+			if whole && !partial && len(bytes.TrimRight(line, "\r\n")) == 0 { // a blank line ends an event
 				if g.forwardEvent(w, event.Bytes(), x, injected) {
 					done = true
 				}
 				event.Reset()
-				if flusher != nil {
-					flusher.Flush()
-				}
+				pending = true
 			}
 		}
 		if err != nil {
@@ -112,6 +149,9 @@ func (g *Gateway) streamResponse(w http.ResponseWriter, r *http.Request, resp *h
 		}
 	}
 }
+
+// streamReaders are the streams' read buffers, reused: a stream starts without allocating one.
+var streamReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
 
 // forwardEvent writes one event to the client unless it is the usage chunk the gateway asked
 // for on its own; it reports whether the event was the final [DONE].
