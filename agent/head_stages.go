@@ -20,9 +20,11 @@ import (
 // gateway's metrics, and the engine's own /metrics passed through on a path of its own, which
 // Prometheus scrapes as a separate target (targets.json lists it).
 func (h *head) metricsServed() served {
-	eng := h.engineEndpoint()
-	s := served{routes: map[string]http.Handler{"GET " + vllm.EngineMetricsPath: vllm.MetricsHandler(
-		eng.BaseURL()+"/metrics", eng.Transport(1), engineScrapeTimeout, h.log.Named("engine-metrics"))}}
+	s := served{routes: map[string]http.Handler{}}
+	h.engineMetricsRoute(s.routes, 0, h.engineEndpoint())
+	for slot := 1; slot < len(h.slotPorts); slot++ {
+		h.engineMetricsRoute(s.routes, slot, vllm.Endpoint{Socket: filepath.Join(h.localDir, socketName(slot))})
+	}
 	if h.front.metrics != nil {
 		s.collectors = append(s.collectors, h.front.metrics)
 	}
@@ -30,6 +32,13 @@ func (h *head) metricsServed() served {
 		s.collectors = append(s.collectors, h.front.replicas)
 	}
 	return s
+}
+
+// engineMetricsRoute serves the engine of a slot's own /metrics on its path of the node's
+// metrics port (targets.json lists each).
+func (a *agent) engineMetricsRoute(routes map[string]http.Handler, slot int, eng vllm.Endpoint) {
+	routes["GET "+jobfiles.EngineMetricsPathOf(vllm.EngineMetricsPath, slot)] = vllm.MetricsHandler(
+		eng.BaseURL()+"/metrics", eng.Transport(1), engineScrapeTimeout, a.log.Named("engine-metrics"))
 }
 
 // gatewayStage binds the public port; it closes the port and writes out the audit log last.

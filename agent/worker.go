@@ -66,10 +66,11 @@ func (a *agent) runWorker(ctx context.Context) error {
 	run := life(ctx)
 	extra := served{}
 	if len(replicaPorts) > 0 {
-		// The replica's engine's own metrics, passed through as on the head.
-		eng := vllm.Endpoint{Socket: filepath.Join(a.localDir, vllm.SocketName)}
-		extra.routes = map[string]http.Handler{"GET " + vllm.EngineMetricsPath: vllm.MetricsHandler(
-			eng.BaseURL()+"/metrics", eng.Transport(1), engineScrapeTimeout, a.log.Named("engine-metrics"))}
+		// The replicas' engines' own metrics, passed through as on the head.
+		extra.routes = map[string]http.Handler{}
+		for slot := range replicaPorts {
+			a.engineMetricsRoute(extra.routes, slot, vllm.Endpoint{Socket: filepath.Join(a.localDir, socketName(slot))})
+		}
 	}
 	stages := []stage{a.metricsStage(run, ports.Metrics, extra)}
 	switch {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,6 +197,8 @@ func TestReplicaThroughputScales(t *testing.T) {
 				return n == r
 			}), "every replica ready: %v", replicaStates(j))
 		}
+		c, _ = j.conn() // every replica's node listed
+		headScrape(t, c, r, outDir)
 		args := []string{"bench", "--url", c.BaseURL, "--api-key-file", c.APIKeyFile, "--model", c.ServedModelName, "--input-len", "16",
 			"--output-len", "16", "--ignore-eos", "--num-prompts", "300", "--max-concurrency", "12", "--no-progress"}
 		if outDir != "" {
@@ -253,7 +256,76 @@ func TestReplicasPerNode(t *testing.T) {
 	out, err := exec.Command(suite.agentBin, "status", j.stateDir).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "replica node2/1")
+	// Each engine's series on its own target: four engines, each fetched once by its own path.
+	raw, err := os.ReadFile(filepath.Join(j.stateDir, jobfiles.TargetsFile))
+	require.NoError(t, err)
+	var groups []jobfiles.TargetGroup
+	decodeJSON(t, raw, &groups)
+	engines := map[string]float64{}
+	for _, g := range groups {
+		if g.Labels["role"] == "engine" {
+			text := metricsText(t, "http://"+g.Targets[0]+g.Labels["__metrics_path__"])
+			engines[g.Labels["replica"]] = metricFloat(t, text, "fakevllm_metrics_fetches_total")
+		}
+	}
+	assert.Equal(t, map[string]float64{"node1/0": 1, "node1/1": 1, "node2/0": 1, "node2/1": 1}, engines)
 	require.NoError(t, exec.Command("scancel", j.id).Run())
 	j.waitState(jobfiles.StateStopped, drainBound)
 	requireNoProcesses(t, drainBound)
+}
+
+// headScrape measures the head's /metrics with r replicas: each node exports its own engine's
+// series (its /metrics/engine, a target of its own), and the head's scrape fetches no engine,
+// so it must not grow with r. The stand-in engines count their /metrics fetches.
+func headScrape(t *testing.T, c jobfiles.Connection, r int, outDir string) {
+	t.Helper()
+	var head string
+	var engines []string
+	for _, ep := range c.Metrics {
+		if ep.Role == "head" {
+			head = ep.MetricsURL
+		}
+		if ep.EngineMetricsURL != "" {
+			engines = append(engines, ep.EngineMetricsURL)
+		}
+	}
+	require.NotEmpty(t, head)
+	require.Len(t, engines, r, "each replica's node exports its engine's series: %+v", c.Metrics)
+	fetches := func() []float64 {
+		var out []float64
+		for _, u := range engines {
+			out = append(out, metricFloat(t, metricsText(t, u), "fakevllm_metrics_fetches_total"))
+		}
+		return out
+	}
+	timed := func(url string, n int) (p50, p99 time.Duration, size int) {
+		d := make([]time.Duration, n)
+		for i := range d {
+			start := time.Now()
+			size = len(metricsText(t, url))
+			d[i] = time.Since(start)
+		}
+		sort.Slice(d, func(a, b int) bool { return d[a] < d[b] })
+		return d[n/2], d[n*99/100], size
+	}
+	before := fetches()
+	const scrapes = 200
+	p50, p99, size := timed(head, scrapes)
+	after := fetches()
+	for i := range engines {
+		// The second reading counts itself: one more, and none from the head's scrapes.
+		assert.Equal(t, before[i]+1, after[i], "%s: the head's %d scrapes fetched no engine's metrics", engines[i], scrapes)
+	}
+	e50, e99, esize := timed(engines[0], 50)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	line := fmt.Sprintf("head scrape, replicas R = %d: %d scrapes, p50 %.2f ms, p99 %.2f ms, %d bytes, %d engine fetches; one node's engine series: p50 %.2f ms, p99 %.2f ms, %d bytes, %d targets",
+		r, scrapes, ms(p50), ms(p99), size, int(after[0]-before[0]-1), ms(e50), ms(e99), esize, len(engines))
+	t.Logf("BENCH %s", line)
+	if outDir != "" {
+		f, err := os.OpenFile(filepath.Join(outDir, "head-scrape.txt"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		require.NoError(t, err)
+		defer f.Close()
+		_, err = fmt.Fprintln(f, line)
+		require.NoError(t, err)
+	}
 }

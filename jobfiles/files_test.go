@@ -188,6 +188,19 @@ func TestTargets(t *testing.T) {
 	replica := TargetGroup{Targets: []string{"[fd00::2]:9542"},
 		Labels: map[string]string{"job_id": "42", "node": "n2", "role": "engine", "__metrics_path__": "/metrics/engine"}}
 	assert.Equal(t, []TargetGroup{head, engine, worker, replica}, Targets("42", nodes, "/metrics/engine"))
+
+	// Two replicas on each node: each engine a target of its own, named as the gateway names it.
+	nodes[0].ReplicaPorts, nodes[1].ReplicaPorts = []int{0, 8043}, []int{8042, 8043}
+	slot := func(g TargetGroup, path, replica string) TargetGroup {
+		labels := map[string]string{"replica": replica}
+		for k, v := range g.Labels {
+			labels[k] = v
+		}
+		labels["__metrics_path__"] = path
+		return TargetGroup{Targets: g.Targets, Labels: labels}
+	}
+	assert.Equal(t, []TargetGroup{head, slot(engine, "/metrics/engine", "n1/0"), slot(engine, "/metrics/engine/1", "n1/1"),
+		worker, slot(replica, "/metrics/engine", "n2/0"), slot(replica, "/metrics/engine/1", "n2/1")}, Targets("42", nodes, "/metrics/engine"))
 }
 
 // TestWritesFailWithReasons: each write names its file when the directory is gone or the value

@@ -23,7 +23,10 @@ type server struct {
 	keys       []string
 	tokenDelay time.Duration
 	reg        *prometheus.Registry
-	m          vllmMetrics
+	// fetches is the test double's own count of its /metrics fetches (vLLM has none): a test
+	// can tell who fetched the engine's series, and how often.
+	fetches prometheus.Counter
+	m       vllmMetrics
 
 	mu     sync.Mutex
 	hung   chan struct{} // non-nil while hanging; closed to release
@@ -42,7 +45,10 @@ type vllmMetrics struct {
 }
 
 func newServer(o *options, keys []string, tokenDelay time.Duration) *server {
-	s := &server{o: o, keys: keys, tokenDelay: tokenDelay, reg: prometheus.NewRegistry(), adapters: map[string]string{}}
+	s := &server{o: o, keys: keys, tokenDelay: tokenDelay, reg: prometheus.NewRegistry(), adapters: map[string]string{},
+		fetches: prometheus.NewCounter(prometheus.CounterOpts{Name: "fakevllm_metrics_fetches_total",
+			Help: "Fetches of this test double's /metrics, this one included."})}
+	s.reg.MustRegister(s.fetches)
 	for _, m := range o.loraModules {
 		s.adapters[m.Name] = m.Path
 	}
@@ -100,7 +106,11 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"version": "0.0.0+fakevllm-test-double"})
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		s.fetches.Inc()
+		metrics.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("POST /tokenize", s.tokenize)
 	mux.HandleFunc("GET /v1/models", s.auth(s.models))
 	mux.HandleFunc("POST /v1/chat/completions", s.auth(s.complete(true)))
