@@ -57,12 +57,7 @@ func decodeKey(raw []byte) string {
 	if len(raw) > 64 {
 		return ""
 	}
-	if bytes.IndexByte(raw, '\\') < 0 {
-		return string(raw[1 : len(raw)-1])
-	}
-	var s string
-	json.Unmarshal(raw, &s)
-	return s
+	return jsonString(raw)
 }
 
 // jsonString returns the string a valid JSON value holds, or "" for another kind of value.
