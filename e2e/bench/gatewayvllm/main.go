@@ -49,6 +49,7 @@ const (
 // target is one way to the engine.
 type target struct {
 	name, url, keyFile string
+	key                string // what keyFile holds
 	agent              *exec.Cmd
 	ended              chan struct{} // closed once the agent has ended and been waited for
 }
@@ -132,8 +133,9 @@ func measure(ctx context.Context, rounds, prompts int, venv, model, out string, 
 	}()
 	for i, name := range []string{"gateway", "direct"} {
 		port := 18301 + 2*i
-		t := &target{name: name, url: "http://127.0.0.1:" + strconv.Itoa(port), keyFile: filepath.Join(work, name+".key")}
-		if err := os.WriteFile(t.keyFile, []byte(fmt.Sprintf("sk-bench-%s-0123456789abcdef\n", name)), 0o600); err != nil {
+		t := &target{name: name, url: "http://127.0.0.1:" + strconv.Itoa(port), keyFile: filepath.Join(work, name+".key"),
+			key: "sk-bench-" + name + "-0123456789abcdef"}
+		if err := os.WriteFile(t.keyFile, []byte(t.key+"\n"), 0o600); err != nil {
 			return err
 		}
 		args := []string{"run", "--model", model, "--served-model-name", served, "--vllm-bin", vllm,
@@ -182,16 +184,12 @@ func measure(ctx context.Context, rounds, prompts int, venv, model, out string, 
 		cores = strconv.Itoa(runtime.NumCPU() - 1)
 	}
 	bench := func(t *target, name string, seed int) (run, error) {
-		key, err := os.ReadFile(t.keyFile)
-		if err != nil {
-			return run{}, err
-		}
-		cmd := exec.CommandContext(ctx, "taskset", "-c", cores, vllmBin(venv), "bench", "serve", "--backend", "vllm",
+		cmd := exec.CommandContext(ctx, "taskset", "-c", cores, vllm, "bench", "serve", "--backend", "vllm",
 			"--base-url", t.url, "--endpoint", "/v1/completions", "--model", model, "--served-model-name", served,
 			"--tokenizer", model, "--dataset-name", "random", "--random-input-len", inputLen, "--random-output-len", outputLen,
 			"--ignore-eos", "--num-prompts", strconv.Itoa(prompts), "--max-concurrency", concurrency, "--seed", strconv.Itoa(seed),
 			"--save-result", "--result-dir", out, "--result-filename", name+".json", "--disable-tqdm")
-		cmd.Env = append(os.Environ(), "OPENAI_API_KEY="+strings.TrimSpace(string(key)))
+		cmd.Env = append(os.Environ(), "OPENAI_API_KEY="+t.key)
 		b, err := cmd.CombinedOutput()
 		if werr := os.WriteFile(filepath.Join(out, name+".txt"), b, 0o644); werr != nil {
 			return run{}, werr
@@ -308,19 +306,13 @@ func medianSpread(xs []float64) (float64, float64) {
 	return m, (v[len(v)-1] - v[0]) / 2
 }
 
-func vllmBin(venv string) string { return filepath.Join(venv, "bin", "vllm") }
-
 // waitServing waits until the target answers /v1/models with its key, as a client would.
 func waitServing(ctx context.Context, t *target, timeout time.Duration) error {
-	key, err := os.ReadFile(t.keyFile)
-	if err != nil {
-		return err
-	}
 	deadline := time.Now().Add(timeout)
 	c := &http.Client{Timeout: 5 * time.Second}
 	for time.Now().Before(deadline) {
 		req, _ := http.NewRequest(http.MethodGet, t.url+"/v1/models", nil)
-		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+		req.Header.Set("Authorization", "Bearer "+t.key)
 		if resp, err := c.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -343,11 +335,8 @@ func median(rs []run, f func(run) float64) float64 {
 	for i, r := range rs {
 		v[i] = f(r)
 	}
-	sort.Float64s(v)
-	if len(v)%2 == 0 {
-		return (v[len(v)/2-1] + v[len(v)/2]) / 2
-	}
-	return v[len(v)/2]
+	m, _ := medianSpread(v)
+	return m
 }
 
 func tail(s string, n int) string {
