@@ -62,7 +62,7 @@ func (h *head) filesStage() stage {
 		if err := os.RemoveAll(filepath.Join(a.stateDir, prepDirName)); err != nil {
 			return nil, err
 		}
-		if err := jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
+		if err := a.node.Publish(jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
 			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPorts: h.slotPorts}); err != nil {
 			return nil, err
 		}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -215,7 +216,7 @@ func TestWorkerFailure(t *testing.T) {
 	gone.Close() // a killed agent's port: nothing listens
 	h := &head{agent: &agent{stateDir: dir, alloc: slurm.Allocation{Nodes: []string{"n1", "n2", "n3"}}}}
 	write := func(host string, port int) {
-		require.NoError(t, jobfiles.WriteNodeInfo(dir, jobfiles.NodeInfo{Host: host, Address: "127.0.0.1", MetricsPort: port}))
+		require.NoError(t, jobfiles.NewNodeFile(dir, host).Publish(jobfiles.NodeInfo{Host: host, Address: "127.0.0.1", MetricsPort: port}))
 	}
 	write("n2", alive.Addr().(*net.TCPAddr).Port)
 	write("n3", alive.Addr().(*net.TCPAddr).Port)
@@ -226,7 +227,7 @@ func TestWorkerFailure(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, "n3's agent ended without a word (killed? its metrics port no longer answers); Slurm ended the job step", err.Error())
 
-	require.NoError(t, jobfiles.WriteNodeEnd(dir, "n2", "ray on n2: gave up restarting"))
+	require.NoError(t, jobfiles.NewNodeFile(dir, "n2").End("ray on n2: gave up restarting"))
 	err = h.workerFailure()
 	require.Error(t, err)
 	assert.Equal(t, "n2's agent ended: ray on n2: gave up restarting; Slurm ended the job step", err.Error())
@@ -238,6 +239,41 @@ func TestWorkerFailureIgnoresAStoppingWorker(t *testing.T) {
 	h := &head{agent: &agent{stateDir: dir, alloc: slurm.Allocation{Nodes: []string{"n1", "n2"}}}}
 	require.NoError(t, jobfiles.WriteNodeInfo(dir, jobfiles.NodeInfo{Host: "n2", Address: "127.0.0.1", MetricsPort: 1}))
 	require.Error(t, h.workerFailure(), "silent")
-	require.NoError(t, jobfiles.WriteNodeEnd(dir, "n2", ""))
+	require.NoError(t, jobfiles.NewNodeFile(dir, "n2").End(""))
 	assert.NoError(t, h.workerFailure(), "a worker that said it was stopping has closed its port on purpose")
+}
+
+// TestWorkerFailureStopBetweenReadAndProbe: a worker that marks its stop and closes its port
+// after the head read its file, before the head's probe, is not taken for a killed one (the
+// head read the files once, before the probes, and so named a draining worker silent).
+func TestWorkerFailureStopBetweenReadAndProbe(t *testing.T) {
+	dir := t.TempDir()
+	n2 := jobfiles.NewNodeFile(dir, "n2")
+	require.NoError(t, n2.Publish(jobfiles.NodeInfo{Host: "n2", Address: "127.0.0.1", MetricsPort: 1}))
+	require.NoError(t, jobfiles.NewNodeFile(dir, "n3").Publish(jobfiles.NodeInfo{Host: "n3", Address: "127.0.0.1", MetricsPort: 1}))
+	probed := map[string]int{}
+	var mu sync.Mutex
+	drainsNow := func(n jobfiles.NodeInfo) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		probed[n.Host]++
+		if n.Host == "n2" {
+			require.NoError(t, n2.End("")) // its drain, just before its port closed
+		}
+		return false
+	}
+	err := workerFailure(dir, []string{"n2", "n3"}, drainsNow)
+	require.Error(t, err)
+	assert.Equal(t, "n3's agent ended without a word (killed? its metrics port no longer answers); Slurm ended the job step", err.Error(),
+		"n3 said nothing; n2 said it was stopping")
+	assert.Equal(t, map[string]int{"n2": 1, "n3": 1}, probed, "each worker probed once")
+
+	// One that published its failure between the read and the probe is named with its reason.
+	require.NoError(t, jobfiles.NewNodeFile(dir, "n3").Publish(jobfiles.NodeInfo{Host: "n3", Address: "127.0.0.1", MetricsPort: 1}))
+	n3 := jobfiles.NewNodeFile(dir, "n3")
+	err = workerFailure(dir, []string{"n3"}, func(jobfiles.NodeInfo) bool {
+		require.NoError(t, n3.End("engine rank on n3: gave up"))
+		return false
+	})
+	assert.EqualError(t, err, "n3's agent ended: engine rank on n3: gave up; Slurm ended the job step")
 }

@@ -281,7 +281,7 @@ func (r *rank) onEvent(e supervisor.Event) {
 		if said := r.out.FirstError(); said != "" {
 			reason += "; the engine said: " + said
 		}
-		if err := jobfiles.WriteEngineEnd(a.stateDir, a.alloc.Hostname(), gen, reason); err != nil {
+		if err := a.node.EngineEnd(gen, reason); err != nil {
 			a.log.Warn("cannot tell the head that this rank ended", "error", err)
 		}
 	}

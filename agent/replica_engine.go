@@ -189,7 +189,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, er
 		if e.State == supervisor.StateStarting {
 			out.NewRun()
 			if e.Restarts > 0 { // the head shows it with the replica
-				if err := jobfiles.WriteEngineRestarts(a.stateDir, a.alloc.Hostname(), slot, e.Restarts); err != nil {
+				if err := a.node.EngineRestarts(slot, e.Restarts); err != nil {
 					a.log.Warn("cannot publish the engine's restarts", "error", err)
 				}
 			}

@@ -112,6 +112,8 @@ type agent struct {
 	// offline is set when the model resolves to a local directory: the engine then runs with
 	// the Hugging Face hub's offline mode on.
 	offline bool
+	// node writes this node's file in the state directory, the one writer of it.
+	node *jobfiles.NodeFile
 }
 
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
@@ -129,13 +131,16 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	}
 	defer os.RemoveAll(a.localDir)
 	defer a.unstage()
+	if err := a.recordCrashes(); err != nil {
+		a.log.Warn("a crash of this agent will not be reported", "error", err)
+	}
 	if a.alloc.IsHead() {
 		return a.runHead(ctx)
 	}
 	if err := a.runWorker(ctx); err != nil {
 		// The head reads this when Slurm ends the step for it: the reason reaches the
 		// connection file.
-		if werr := jobfiles.WriteNodeEnd(a.stateDir, a.alloc.Hostname(), err.Error()); werr != nil {
+		if werr := a.node.End(err.Error()); werr != nil {
 			a.log.Warn("cannot publish why this node ended", "error", werr)
 		}
 		return err
@@ -203,6 +208,7 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 			}
 		}
 	}
+	a.node = jobfiles.NewNodeFile(a.stateDir, a.alloc.Hostname())
 	a.state = metrics.NewState(a.alloc.Hostname(), a.alloc.JobID, role, a.alloc.TotalGPUs(), cfg.SUFactor, a.started, a.alloc.EndTime)
 	return a, nil
 }

@@ -95,7 +95,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 			a.log.Info("draining")
 			// Said before the metrics port closes, so that the head does not take this node's
 			// silence for a killed agent.
-			if err := jobfiles.WriteNodeEnd(a.stateDir, a.alloc.Hostname(), ""); err != nil {
+			if err := a.node.End(""); err != nil {
 				a.log.Warn("cannot publish the stop", "error", err)
 			}
 		}
@@ -114,7 +114,7 @@ func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPorts []int) stage
 		if len(replicaPorts) == 0 {
 			a.state.SetReady(false, "starting", time.Now())
 		}
-		return nil, jobfiles.WriteNodeInfo(a.stateDir, jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
+		return nil, a.node.Publish(jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "worker",
 			MetricsPort: ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPorts: replicaPorts})
 	}}
 }

@@ -338,6 +338,20 @@ func TestTimeLimitDrains(t *testing.T) {
 	assert.Contains(t, j.outputText(), "draining")
 }
 
+// TestWarningSignalDrains: a warning signal other than TERM (a job's --signal=USR1@..., here
+// scancel -s USR1, which Slurm sends to every process of the step) drains the job like SIGTERM:
+// the agents' default would be to die of it without a word, leaving the file saying ready.
+func TestWarningSignalDrains(t *testing.T) {
+	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1"}})
+	j.waitState(jobfiles.StateReady, readyTimeout)
+	require.NoError(t, exec.Command("scancel", "-s", "USR1", j.id).Run())
+	c := j.waitState(jobfiles.StateStopped, drainBound)
+	assert.Empty(t, c.Reason)
+	assert.Equal(t, "COMPLETED", j.waitEnded(time.Minute), "every agent drained and exited 0")
+	requireNoProcesses(t, drainBound)
+	assert.Contains(t, j.outputText(), "draining")
+}
+
 // TestTwoJobsShareNodes runs two jobs on the same nodes at once, one GPU each: both come up on
 // their own ports and neither's Ray sees the other's nodes.
 func TestTwoJobsShareNodes(t *testing.T) {

@@ -216,16 +216,67 @@ func TestWritesFailWithReasons(t *testing.T) {
 	assert.Error(t, err)
 }
 
-// TestWriteNodeEnd: a node's end is added to what its file said; a stop is marked as one.
-func TestWriteNodeEnd(t *testing.T) {
+// TestNodeFileEnd: a node's end is added to what its file said; a stop is marked as one; a
+// node that ends before it published its file still says why.
+func TestNodeFileEnd(t *testing.T) {
 	dir := t.TempDir()
-	require.NoError(t, WriteNodeInfo(dir, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
-	require.NoError(t, WriteNodeEnd(dir, "n2", "ray on n2: gave up"))
-	require.NoError(t, WriteNodeEnd(dir, "n3", "")) // a node that never published its file
+	n2 := NewNodeFile(dir, "n2")
+	require.NoError(t, n2.Publish(NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
+	require.NoError(t, n2.End("ray on n2: gave up"))
+	require.NoError(t, NewNodeFile(dir, "n3").End("")) // a node that never published its file
 	infos := ReadNodeInfos(dir, []string{"n2", "n3"})
 	require.Len(t, infos, 2)
 	assert.Equal(t, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker", Ended: "ray on n2: gave up"}, infos[0])
 	assert.Equal(t, NodeInfo{Host: "n3", Stopping: true}, infos[1])
+	assert.Equal(t, infos[0], n2.Snapshot())
+
+	// A report made before the node's record is published is kept by it.
+	n4 := NewNodeFile(dir, "n4")
+	require.NoError(t, n4.EngineRestarts(1, 2))
+	require.NoError(t, n4.End(""))
+	require.NoError(t, n4.Publish(NodeInfo{Host: "other", Address: "10.0.0.4", ReplicaPorts: []int{1, 2}}))
+	assert.Equal(t, NodeInfo{Host: "n4", Address: "10.0.0.4", ReplicaPorts: []int{1, 2}, EngineRestarts: []int{0, 2}, Stopping: true},
+		ReadNodeInfos(dir, []string{"n4"})[0], "the host is the file's own")
+}
+
+// TestNodeFileConcurrentReports: reports made at once from several goroutines all reach the
+// file. (A read, change and write of the file by each lost all but the last one's: a rank's end
+// written during the drain took the stop mark away.)
+func TestNodeFileConcurrentReports(t *testing.T) {
+	dir := t.TempDir()
+	f := NewNodeFile(dir, "n2")
+	require.NoError(t, f.Publish(NodeInfo{Host: "n2", Address: "10.0.0.2", Role: "worker"}))
+	const slots = 8
+	var wg sync.WaitGroup
+	for slot := range slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			assert.NoError(t, f.EngineRestarts(slot, slot+1))
+		}()
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); assert.NoError(t, f.EngineEnd(2, "signal: terminated")) }()
+	go func() { defer wg.Done(); assert.NoError(t, f.End("")) }()
+	wg.Wait()
+	got := ReadNodeInfos(dir, []string{"n2"})
+	require.Len(t, got, 1)
+	assert.True(t, got[0].Stopping, "the stop mark is kept")
+	assert.Equal(t, &EngineEnd{Generation: 2, Reason: "signal: terminated"}, got[0].EngineEnded)
+	assert.Equal(t, []int{1, 2, 3, 4, 5, 6, 7, 8}, got[0].EngineRestarts)
+	assert.Equal(t, "10.0.0.2", got[0].Address)
+}
+
+// TestNodeFileWriteFails: a report that cannot be written is an error, and the record stays as
+// last written.
+func TestNodeFileWriteFails(t *testing.T) {
+	dir := t.TempDir()
+	f := NewNodeFile(dir, "n2")
+	require.NoError(t, f.Publish(NodeInfo{Host: "n2", Address: "10.0.0.2"}))
+	require.NoError(t, os.RemoveAll(filepath.Join(dir, "nodes")))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "nodes"), nil, 0o644))
+	assert.Error(t, f.End("failed"))
+	assert.Empty(t, f.Snapshot().Ended)
 }
 
 func TestEngineGenerationAndRankEnds(t *testing.T) {
@@ -241,8 +292,9 @@ func TestEngineGenerationAndRankEnds(t *testing.T) {
 	_, err = ReadEngineGeneration(dir)
 	assert.ErrorContains(t, err, EngineFile)
 
-	require.NoError(t, WriteNodeInfo(dir, NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
-	require.NoError(t, WriteEngineEnd(dir, "n2", 3, "exit status 1"))
+	f := NewNodeFile(dir, "n2")
+	require.NoError(t, f.Publish(NodeInfo{Host: "n2", Address: "10.0.0.2", MetricsPort: 9500, Role: "worker"}))
+	require.NoError(t, f.EngineEnd(3, "exit status 1"))
 	infos := ReadNodeInfos(dir, []string{"n2"})
 	require.Len(t, infos, 1)
 	assert.Equal(t, "10.0.0.2", infos[0].Address, "the rest of the node file is kept")

@@ -109,6 +109,11 @@ func newLogger(cfg agent.Config) (hclog.Logger, error) {
 	}), nil
 }
 
+// runStopSignals drain the agent: SIGTERM (scancel, the time limit) and SIGINT, and the signals
+// whose default action would end it without a word, which a job's --signal=USR1@... or a lost
+// terminal sends.
+var runStopSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2}
+
 func runAction(c *cli.Context) error {
 	if c.Args().Len() > 0 {
 		return usageErrorf("run takes no arguments, got %q; options go in flags such as --model", c.Args().First())
@@ -121,8 +126,10 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := signal.NotifyContext(context.Background(), runStopSignals...)
 	defer stop()
+	// A write to a closed standard output or error then fails instead of killing the agent.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	setRuntimeDefaults()
 	return agent.Run(ctx, cfg, agent.DefaultDeps(log))
 }
