@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -31,51 +29,6 @@ import (
 // ErrBadInput is wrapped by errors the user can fix before running again: a missing model,
 // executable or state directory.
 var ErrBadInput = errors.New("bad input")
-
-// Deps are the agent's links to the world outside its configuration; tests replace them.
-type Deps struct {
-	Logger   hclog.Logger
-	Getenv   func(string) string
-	Hostname string
-	Net      Netinfo
-	Ports    PortProber
-	// Notice receives the one-line notices meant for the job's output.
-	Notice io.Writer
-	// Collectors are registered beside the agent's own (the GPU collector, for one).
-	Collectors []prometheus.Collector
-	// Reaper is the binary that runs supervisor.MaybeRunReaper; empty means this executable.
-	Reaper string
-	// JobEndTime asks Slurm for the job's end time when SLURM_JOB_END_TIME is unset; nil skips.
-	JobEndTime func(ctx context.Context, jobID string) (time.Time, error)
-	// NVML is the GPU library for the GPU collector; nil turns GPU metrics off.
-	NVML nvml.Interface
-	// GPUAccessible tells whether this process may use a GPU by minor number (gpu.DeviceAccessible).
-	GPUAccessible func(minor int) bool
-	// Clock times every wait and loop of the run; nil means the wall clock.
-	Clock clock.Clock
-	// Scheduler queues a service's successor (slurm.Commands); Args are the agent's own
-	// options, which the successor's batch script gets again.
-	Scheduler Scheduler
-	Args      []string
-}
-
-// DefaultDeps returns the real environment.
-func DefaultDeps(log hclog.Logger) Deps {
-	host, _ := os.Hostname()
-	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr,
-		JobEndTime: slurm.SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible,
-		Scheduler: slurm.Commands{}, Args: runArgs(os.Args)}
-}
-
-// runArgs are the options of `llm-agent run` in the agent's command line.
-func runArgs(args []string) []string {
-	for i, a := range args {
-		if a == "run" {
-			return args[i+1:]
-		}
-	}
-	return nil
-}
 
 // agent is one node's agent after its input was checked.
 type agent struct {
@@ -200,17 +153,23 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 	role := "worker"
 	if a.alloc.IsHead() {
 		role = "head"
-		if a.alloc.EndTime.IsZero() && !a.alloc.Local && deps.JobEndTime != nil {
-			if end, err := deps.JobEndTime(ctx, a.alloc.JobID); err != nil {
-				a.log.Debug("job end time unknown", "error", err)
-			} else {
-				a.alloc.EndTime = end
-			}
-		}
+		a.learnEndTime(ctx)
 	}
 	a.node = jobfiles.NewNodeFile(a.stateDir, a.alloc.Hostname())
 	a.state = metrics.NewState(a.alloc.Hostname(), a.alloc.JobID, role, a.alloc.TotalGPUs(), cfg.SUFactor, a.started, a.alloc.EndTime)
 	return a, nil
+}
+
+// learnEndTime asks Slurm for the job's end time where its environment did not say it.
+func (a *agent) learnEndTime(ctx context.Context) {
+	if !a.alloc.EndTime.IsZero() || a.alloc.Local || a.deps.JobEndTime == nil {
+		return
+	}
+	if end, err := a.deps.JobEndTime(ctx, a.alloc.JobID); err != nil {
+		a.log.Debug("job end time unknown", "error", err)
+	} else {
+		a.alloc.EndTime = end
+	}
 }
 
 func (a *agent) multiNode() bool { return len(a.alloc.Nodes) > 1 }

@@ -5,16 +5,12 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,57 +47,6 @@ type Options struct {
 	Seed      uint64
 	// Progress gets a progress bar, redrawn in place (nil: none).
 	Progress io.Writer
-}
-
-// client sends requests to the endpoint.
-type client struct {
-	http *http.Client
-	base string // .../v1
-	root string // the server's root, for /tokenize
-	key  string
-}
-
-func newClient(o Options, conns int) *client {
-	tr := &http.Transport{
-		MaxIdleConns: conns, MaxIdleConnsPerHost: conns, IdleConnTimeout: 90 * time.Second,
-		// Streams pass as they come: compression would hold chunks back.
-		DisableCompression: true,
-	}
-	base := strings.TrimRight(o.BaseURL, "/")
-	return &client{http: &http.Client{Transport: tr}, base: base, root: strings.TrimSuffix(base, "/v1"), key: o.APIKey}
-}
-
-func (c *client) do(req *http.Request) (*http.Response, error) {
-	if c.key != "" {
-		req.Header.Set("Authorization", "Bearer "+c.key)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return c.http.Do(req)
-}
-
-// servedModel asks /v1/models for the first model.
-func (c *client) servedModel(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/models", nil)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrInput, err)
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return "", fmt.Errorf("%w: cannot reach %s: %v", ErrInput, c.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		return "", fmt.Errorf("%w: %s refused the API key (401)", ErrInput, c.base)
-	}
-	var list struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&list) != nil || len(list.Data) == 0 {
-		return "", fmt.Errorf("%w: %s/models answered %s with no model; give --model", ErrInput, c.base, resp.Status)
-	}
-	return list.Data[0].ID, nil
 }
 
 // Prepare checks the options, finds the model and makes the workload's requests.
@@ -159,56 +104,10 @@ func Run(ctx context.Context, o Options, reqs []Request, rate float64) Result {
 		ctx, cancel = context.WithTimeout(ctx, o.Duration)
 		defer cancel()
 	}
-	rng := rand.New(rand.NewPCG(o.Seed, 0x61727269766c73))
-	var sem chan struct{}
-	if o.MaxConcurrency > 0 {
-		sem = make(chan struct{}, o.MaxConcurrency)
-	}
-	outs := make([]Output, len(reqs))
-	aborted := make([]bool, len(reqs))
 	var done atomic.Int64
 	stopProgress := progress(o.Progress, len(reqs), &done)
-	var wg sync.WaitGroup
 	start := time.Now()
-	next := start
-send:
-	for i, r := range reqs {
-		if !math.IsInf(rate, 1) && i > 0 {
-			// Gamma-distributed gaps of mean 1/rate; shape 1 (burstiness 1) is exponential.
-			next = next.Add(time.Duration(gamma(rng, o.Burstiness, 1/(rate*o.Burstiness)) * float64(time.Second)))
-			select {
-			case <-time.After(time.Until(next)):
-			case <-ctx.Done():
-				for k := i; k < len(reqs); k++ {
-					aborted[k] = true
-				}
-				break send
-			}
-		}
-		if sem != nil {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				for k := i; k < len(reqs); k++ {
-					aborted[k] = true
-				}
-				break send
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			outs[i] = c.send(ctx, o, r)
-			if ctx.Err() != nil && !outs[i].Success {
-				aborted[i] = true
-			}
-			if sem != nil {
-				<-sem
-			}
-			done.Add(1)
-		}()
-	}
-	wg.Wait()
+	outs, aborted := c.sendAll(ctx, o, reqs, rate, &done)
 	dur := time.Since(start)
 	stopProgress()
 	var kept []Output
@@ -224,6 +123,72 @@ send:
 	res.RequestRate, res.MaxConcurrency, res.Aborted = rate, o.MaxConcurrency, n
 	res.Rate = FormatRate(rate)
 	return res
+}
+
+// sendAll sends reqs at rate, at most o.MaxConcurrency at once, counting each that ends in
+// done; aborted marks those that ctx's end kept from being sent or cut short.
+func (c *client) sendAll(ctx context.Context, o Options, reqs []Request, rate float64, done *atomic.Int64) (outs []Output, aborted []bool) {
+	rng := rand.New(rand.NewPCG(o.Seed, 0x61727269766c73))
+	var sem chan struct{}
+	if o.MaxConcurrency > 0 {
+		sem = make(chan struct{}, o.MaxConcurrency)
+	}
+	outs, aborted = make([]Output, len(reqs)), make([]bool, len(reqs))
+	var wg sync.WaitGroup
+	next := time.Now()
+	for i, r := range reqs {
+		if !math.IsInf(rate, 1) && i > 0 {
+			// Gamma-distributed gaps of mean 1/rate; shape 1 (burstiness 1) is exponential.
+			next = next.Add(time.Duration(gamma(rng, o.Burstiness, 1/(rate*o.Burstiness)) * float64(time.Second)))
+			if !waitUntil(ctx, next) {
+				abortFrom(aborted, i)
+				break
+			}
+		}
+		if sem != nil && !acquire(ctx, sem) {
+			abortFrom(aborted, i)
+			break
+		}
+		wg.Go(func() {
+			outs[i] = c.send(ctx, o, r)
+			if ctx.Err() != nil && !outs[i].Success {
+				aborted[i] = true
+			}
+			if sem != nil {
+				<-sem
+			}
+			done.Add(1)
+		})
+	}
+	wg.Wait()
+	return outs, aborted
+}
+
+// waitUntil waits for t; false when ctx ended first.
+func waitUntil(ctx context.Context, t time.Time) bool {
+	select {
+	case <-time.After(time.Until(t)):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// acquire takes a place in sem; false when ctx ended first.
+func acquire(ctx context.Context, sem chan struct{}) bool {
+	select {
+	case sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// abortFrom marks every request from i on as aborted.
+func abortFrom(aborted []bool, i int) {
+	for k := i; k < len(aborted); k++ {
+		aborted[k] = true
+	}
 }
 
 // gamma draws from a gamma distribution (Marsaglia and Tsang; shape below 1 by boosting).
@@ -245,102 +210,6 @@ func gamma(rng *rand.Rand, shape, scale float64) float64 {
 			return d * v * scale
 		}
 	}
-}
-
-// send makes one streamed request and times its chunks as vllm bench serve does: the first
-// chunk that carries choices is the first token; each later one adds an inter-token latency.
-func (c *client) send(ctx context.Context, o Options, r Request) Output {
-	body := map[string]any{"model": o.Model, "max_tokens": r.OutputLen, "stream": true,
-		"stream_options": map[string]any{"include_usage": true}}
-	if o.IgnoreEOS {
-		body["ignore_eos"] = true
-	}
-	path := "/completions"
-	if o.Endpoint == "chat" {
-		path = "/chat/completions"
-		body["messages"] = []map[string]any{{"role": "user", "content": r.Prompt}}
-	} else {
-		body["prompt"] = r.Prompt
-	}
-	b, _ := json.Marshal(body)
-	out := Output{WantPromptLen: r.PromptLen, PromptLen: r.PromptLen}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, bytes.NewReader(b))
-	if err != nil {
-		out.Err = err.Error()
-		return out
-	}
-	out.Start = time.Now()
-	resp, err := c.do(req)
-	if err != nil {
-		out.Err = err.Error()
-		return out
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
-		out.Err = fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
-		return out
-	}
-	rd := bufio.NewReaderSize(resp.Body, 16<<10)
-	last := out.Start
-	chunks := 0
-	for {
-		line, err := rd.ReadBytes('\n')
-		if len(line) > 0 {
-			data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:"))
-			data = bytes.TrimSpace(data)
-			if ok && len(data) > 0 && !bytes.Equal(data, []byte("[DONE]")) {
-				now := time.Now()
-				var ev struct {
-					Choices []json.RawMessage `json:"choices"`
-					Usage   *struct {
-						PromptTokens     int `json:"prompt_tokens"`
-						CompletionTokens int `json:"completion_tokens"`
-					} `json:"usage"`
-					Error json.RawMessage `json:"error"`
-				}
-				if json.Unmarshal(data, &ev) != nil {
-					out.Err = "a chunk that is not JSON: " + string(data[:min(len(data), 80)])
-					return out
-				}
-				switch {
-				case len(ev.Error) > 0:
-					out.Err = "error event: " + string(ev.Error)
-					return out
-				case len(ev.Choices) > 0:
-					if chunks == 0 {
-						out.TTFT = now.Sub(out.Start)
-					} else {
-						out.ITL = append(out.ITL, now.Sub(last))
-					}
-					chunks++
-					last = now
-				case ev.Usage != nil:
-					out.OutputTokens = ev.Usage.CompletionTokens
-					if ev.Usage.PromptTokens > 0 {
-						out.PromptLen = ev.Usage.PromptTokens
-					}
-				}
-			}
-		}
-		if err != nil {
-			if err != io.EOF {
-				out.Err = err.Error()
-				return out
-			}
-			break
-		}
-	}
-	if chunks == 0 {
-		out.Err = "no chunk with a token"
-		return out
-	}
-	if out.OutputTokens == 0 {
-		out.OutputTokens = chunks // no usage: one token per chunk
-	}
-	out.Latency = last.Sub(out.Start)
-	out.Success = true
-	return out
 }
 
 // progress redraws a bar on w until the returned function is called.

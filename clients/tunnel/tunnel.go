@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -235,146 +234,10 @@ func (t *Tunnel) keyLine(ctx context.Context, c jobfiles.Connection) (string, er
 	return fmt.Sprintf("export OPENAI_API_KEY=$(cat %s)", path), nil
 }
 
-// Backoff between reconnections: doubling from backoffMin to backoffMax, with jitter, and back
-// to backoffMin once the endpoint answers.
-const (
-	backoffMin = time.Second
-	backoffMax = 30 * time.Second
-	// rereadEvery is how many probes pass between reads of the connection file while the
-	// endpoint answers (a failed probe reads it at once).
-	rereadEvery = 10
-)
-
-func backoff(attempt int) time.Duration {
-	d := backoffMin << min(attempt, 5)
-	d = min(d, backoffMax)
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
-}
-
-// monitor keeps the forward up and the status line true until ctx ends or the job ends.
-func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz string) error {
-	if err := t.setTarget(ctx, target(conn)); err != nil {
-		return err
-	}
-	attempt := 0
-	var retry <-chan time.Time // set while the forward is down
-	tick := time.NewTicker(t.o.Interval)
-	defer tick.Stop()
-	probes := 0
-	check := func() error {
-		ok := t.probe(ctx, readyz)
-		probes++
-		// A service's file is read at every probe: its successor may take over at any time,
-		// and the tunnel must follow before the predecessor stops taking requests.
-		if ok && probes%rereadEvery != 0 && t.o.Service == "" {
-			attempt = 0
-			t.show("ready", conn, "")
-			return nil
-		}
-		c, err := t.readConnection(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			t.show("unknown", conn, "cannot read the connection file: "+err.Error())
-			return nil
-		}
-		conn = c
-		switch {
-		case c.State.Ended():
-			t.end(fmt.Sprintf("%s has ended (%s); the tunnel is closed", t.name(c), describe(c)))
-			if c.State == jobfiles.StateFailed {
-				return fmt.Errorf("%w: %s", ErrJobFailed, describe(c))
-			}
-			return errJobEnded
-		case target(c) != t.currentTarget():
-			t.show("moving", c, "to "+target(c))
-			return t.setTarget(ctx, target(c))
-		case ok:
-			attempt = 0
-			t.show("ready", c, "")
-		case c.State == jobfiles.StateReady:
-			t.show("unreachable", c, "the job says ready but "+readyz+" does not answer")
-		default:
-			t.show(string(c.State), c, c.Reason)
-		}
-		return nil
-	}
-	if err := check(); err != nil {
-		return ignoreEnded(err)
-	}
-	for {
-		done, fwd := t.forwardDone()
-		select {
-		case <-ctx.Done():
-			t.end("tunnel closed")
-			return nil
-		case <-done:
-			reason := fwd.exitReason()
-			t.stopForward()
-			d := backoff(attempt)
-			attempt++
-			t.show("reconnecting", conn, fmt.Sprintf("%s; next try in %s", reason, d.Round(100*time.Millisecond)))
-			retry = time.After(d)
-		case <-retry:
-			retry = nil
-			c, err := t.readConnection(ctx)
-			if err != nil {
-				d := backoff(attempt)
-				attempt++
-				t.show("reconnecting", conn, fmt.Sprintf("%v; next try in %s", err, d.Round(100*time.Millisecond)))
-				retry = time.After(d)
-				continue
-			}
-			conn = c
-			if c.State.Ended() {
-				if err := check(); err != nil {
-					return ignoreEnded(err)
-				}
-				continue
-			}
-			if err := t.setTarget(ctx, target(c)); err != nil {
-				return err
-			}
-		case <-tick.C:
-			if retry != nil {
-				continue // down; the retry timer brings it back
-			}
-			if err := check(); err != nil {
-				return ignoreEnded(err)
-			}
-		}
-	}
-}
-
-var errJobEnded = errors.New("job ended")
-
-func ignoreEnded(err error) error {
-	if errors.Is(err, errJobEnded) {
-		return nil
-	}
-	return err
-}
-
 func (t *Tunnel) currentTarget() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.target
-}
-
-// probe asks /readyz through the local port, the way a client's request goes.
-func (t *Tunnel) probe(ctx context.Context, url string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return false
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
 }
 
 // show updates the status line: redrawn in place on a terminal, a new line on each change
