@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -91,8 +92,8 @@ func (a *agent) runHead(ctx context.Context) error {
 			return err
 		}
 	}
-	run := life(ctx)
-	stages := []stage{
+	run := lifecycle.Life(ctx)
+	stages := []lifecycle.Stage{
 		a.metricsStage(run, h.ports.Metrics, h.metricsServed()),
 		h.gatewayStage(run),
 		h.filesStage(),
@@ -108,7 +109,7 @@ func (a *agent) runHead(ctx context.Context) error {
 		}
 		stages = append(stages, h.watchStage(run, "replicas", h.watchReplicas))
 	}
-	failure := runStages(ctx, append(stages, h.serviceStage(run), h.drainStage(run)), h.beginDrain)
+	failure := lifecycle.Run(ctx, append(stages, h.serviceStage(run), h.drainStage(run)), h.beginDrain)
 	return h.finish(failure)
 }
 

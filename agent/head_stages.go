@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -42,20 +43,20 @@ func (a *agent) engineMetricsRoute(routes map[string]http.Handler, slot int, eng
 }
 
 // gatewayStage binds the public port; it closes the port and writes out the audit log last.
-func (h *head) gatewayStage(run context.Context) stage {
-	return stage{name: "gateway", start: func(context.Context) (<-chan error, error) {
+func (h *head) gatewayStage(run context.Context) lifecycle.Stage {
+	return lifecycle.Stage{Name: "gateway", Start: func(context.Context) (<-chan error, error) {
 		errc, err := h.startGateway(run)
 		if err != nil || errc == nil {
 			return nil, err
 		}
-		done, _ := ended(errc, func(err error) error { return fmt.Errorf("gateway: %w", err) })
+		done, _ := lifecycle.Ended(errc, func(err error) error { return fmt.Errorf("gateway: %w", err) })
 		return done, nil
-	}, stop: func() { h.stopGateway(run) }}
+	}, Stop: func() { h.stopGateway(run) }}
 }
 
 // filesStage publishes the head's node file and the connection file.
-func (h *head) filesStage() stage {
-	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
+func (h *head) filesStage() lifecycle.Stage {
+	return lifecycle.Stage{Name: "files", Start: func(context.Context) (<-chan error, error) {
 		a := h.agent
 		// The last launch's reports on the model's preparation go before any worker can read
 		// this launch's rendezvous.
@@ -87,8 +88,8 @@ func (h *head) filesStage() stage {
 
 // modelStage prepares the model before the engine starts: the head's own part, then every
 // node's word (modelprep.go).
-func (h *head) modelStage() stage {
-	return stage{name: "model", start: func(ctx context.Context) (<-chan error, error) {
+func (h *head) modelStage() lifecycle.Stage {
+	return lifecycle.Stage{Name: "model", Start: func(ctx context.Context) (<-chan error, error) {
 		if !h.prepares() {
 			return nil, nil
 		}
@@ -111,30 +112,30 @@ func (h *head) prepProgress(p metrics.Prep, phase string) {
 }
 
 // watchStage runs a watcher until the stage stops.
-func (h *head) watchStage(run context.Context, name string, watch func(ctx context.Context)) stage {
+func (h *head) watchStage(run context.Context, name string, watch func(ctx context.Context)) lifecycle.Stage {
 	var stop func()
-	return stage{name: name, start: func(context.Context) (<-chan error, error) {
-		stop = background(run, watch)
+	return lifecycle.Stage{Name: name, Start: func(context.Context) (<-chan error, error) {
+		stop = lifecycle.Background(run, watch)
 		return nil, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
 
 // clusterStage brings up what the engine spans the nodes with: a Ray cluster, or, with
 // --launcher mp, only the rendezvous that the workers' ranks read.
-func (h *head) clusterStage(run context.Context) stage {
+func (h *head) clusterStage(run context.Context) lifecycle.Stage {
 	if h.replicated() {
-		return stage{name: "rendezvous", start: func(context.Context) (<-chan error, error) { return nil, h.publishReplicas() }}
+		return lifecycle.Stage{Name: "rendezvous", Start: func(context.Context) (<-chan error, error) { return nil, h.publishReplicas() }}
 	}
 	if h.ranksOnNodes() {
-		return stage{name: "rendezvous", start: func(context.Context) (<-chan error, error) { return nil, h.publishLayout() }}
+		return lifecycle.Stage{Name: "rendezvous", Start: func(context.Context) (<-chan error, error) { return nil, h.publishLayout() }}
 	}
 	return h.rayStage(run)
 }
 
 // rayStage starts the Ray head in a job of several nodes, and its watcher once it is up.
-func (h *head) rayStage(run context.Context) stage {
+func (h *head) rayStage(run context.Context) lifecycle.Stage {
 	var stop func()
-	return stage{name: "ray", start: func(ctx context.Context) (<-chan error, error) {
+	return lifecycle.Stage{Name: "ray", Start: func(ctx context.Context) (<-chan error, error) {
 		if !h.usesRay() {
 			stop = func() {}
 			return nil, nil
@@ -145,37 +146,37 @@ func (h *head) rayStage(run context.Context) stage {
 			cancel()
 			return nil, err
 		}
-		done, finished := ended(errc, func(err error) error { return fmt.Errorf("ray head: %w", err) })
-		stopMonitor := background(run, h.monitorRay)
+		done, finished := lifecycle.Ended(errc, func(err error) error { return fmt.Errorf("ray head: %w", err) })
+		stopMonitor := lifecycle.Background(run, h.monitorRay)
 		stop = func() {
 			stopMonitor()
 			cancel()
 			<-finished
 		}
 		return done, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
 
 // engineStage starts the supervised `vllm serve` and the watcher of its life.
-func (h *head) engineStage(run context.Context) stage {
+func (h *head) engineStage(run context.Context) lifecycle.Stage {
 	var stop func()
-	return stage{name: "engine", start: func(context.Context) (<-chan error, error) {
+	return lifecycle.Stage{Name: "engine", Start: func(context.Context) (<-chan error, error) {
 		events := make(chan supervisor.Event, 64)
 		var closeOut func()
 		var err error
 		if h.engine, closeOut, err = h.engineService(events); err != nil {
 			return nil, err
 		}
-		stopMonitor := background(run, func(ctx context.Context) { h.monitorEngine(ctx, events) })
+		stopMonitor := lifecycle.Background(run, func(ctx context.Context) { h.monitorEngine(ctx, events) })
 		if h.engineRanks() {
-			stopRanks := background(run, h.watchRanks)
+			stopRanks := lifecycle.Background(run, h.watchRanks)
 			prev := stopMonitor
 			stopMonitor = func() { stopRanks(); prev() }
 		}
 		ctx, cancel := context.WithCancel(run)
 		errc := make(chan error, 1)
 		go func() { errc <- h.engine.Run(ctx) }()
-		done, finished := ended(errc, func(err error) error {
+		done, finished := lifecycle.Ended(errc, func(err error) error {
 			err = fmt.Errorf("engine: %w", err)
 			if said := h.engineOut.FirstError(); said != "" {
 				err = fmt.Errorf("%w; the engine said: %s", err, said)
@@ -189,12 +190,12 @@ func (h *head) engineStage(run context.Context) stage {
 			closeOut()
 		}
 		return done, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
 
 // drainStage, last to start and first to stop, lets the requests in flight finish before the
 // engine stops.
-func (h *head) drainStage(run context.Context) stage {
-	return stage{name: "drain", start: func(context.Context) (<-chan error, error) { return nil, nil },
-		stop: func() { h.drainGateway(run, h.cfg.Grace/4) }}
+func (h *head) drainStage(run context.Context) lifecycle.Stage {
+	return lifecycle.Stage{Name: "drain", Start: func(context.Context) (<-chan error, error) { return nil, nil },
+		Stop: func() { h.drainGateway(run, h.cfg.Grace/4) }}
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/agent/securefs"
@@ -252,7 +253,7 @@ func (a *agent) watchPrep(phase string, done *atomic.Int64, progress func(metric
 			progress(p, phase)
 		}
 	}
-	stopWatch := background(context.Background(), func(ctx context.Context) {
+	stopWatch := lifecycle.Background(context.Background(), func(ctx context.Context) {
 		for {
 			select {
 			case <-ctx.Done():

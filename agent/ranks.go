@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
@@ -167,9 +168,9 @@ func (h *head) watchRanks(ctx context.Context) {
 
 // workerRankStage runs this worker's rank of the engine, generation after generation, until
 // the run ends.
-func (a *agent) workerRankStage(run context.Context, rv jobfiles.Rendezvous) stage {
+func (a *agent) workerRankStage(run context.Context, rv jobfiles.Rendezvous) lifecycle.Stage {
 	var stop func()
-	return stage{name: "engine rank", start: func(context.Context) (<-chan error, error) {
+	return lifecycle.Stage{Name: "engine rank", Start: func(context.Context) (<-chan error, error) {
 		r, err := a.newRank(rv)
 		if err != nil {
 			return nil, err
@@ -180,15 +181,15 @@ func (a *agent) workerRankStage(run context.Context, rv jobfiles.Rendezvous) sta
 			defer r.closeOut()
 			errc <- r.svc.Run(ctx)
 		}()
-		stopFollow := background(run, r.follow)
-		done, finished := ended(errc, func(err error) error { return fmt.Errorf("engine rank on %s: %w", a.alloc.Hostname(), err) })
+		stopFollow := lifecycle.Background(run, r.follow)
+		done, finished := lifecycle.Ended(errc, func(err error) error { return fmt.Errorf("engine rank on %s: %w", a.alloc.Hostname(), err) })
 		stop = func() {
 			stopFollow()
 			cancel()
 			<-finished
 		}
 		return done, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
 
 // rank is a worker's supervised rank of the engine.

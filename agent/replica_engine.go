@@ -16,6 +16,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -63,9 +64,9 @@ func (w *answering) ready(ready func() (bool, string)) func() (bool, string) {
 // replicaStage runs one replica of this node, in slot: the engine on its private socket,
 // supervised and probed as the head's is, behind a gateway on the node's address that opens to
 // the job's replica key only. Workers run one per slot; the head, its slots after the first.
-func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, slot int) stage {
+func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, slot int) lifecycle.Stage {
 	var stop func()
-	return stage{name: "replica " + a.replicaName(a.alloc.Hostname(), slot), start: func(context.Context) (<-chan error, error) {
+	return lifecycle.Stage{Name: "replica " + a.replicaName(a.alloc.Hostname(), slot), Start: func(context.Context) (<-chan error, error) {
 		r, err := a.newReplica(rv, port, slot)
 		if err != nil {
 			return nil, err
@@ -81,7 +82,7 @@ func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, 
 			defer r.closeOut()
 			errc <- r.svc.Run(ctx)
 		}()
-		done, finished := ended(errc, func(err error) error { return fmt.Errorf("replica %s: %w", r.name, err) })
+		done, finished := lifecycle.Ended(errc, func(err error) error { return fmt.Errorf("replica %s: %w", r.name, err) })
 		stop = func() {
 			dctx, dcancel := context.WithTimeout(run, a.cfg.Grace/2)
 			r.gw.Drain(dctx)
@@ -93,7 +94,7 @@ func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, 
 			scancel()
 		}
 		return done, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
 
 // replica is one engine of a node and its gateway.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 )
@@ -41,21 +42,21 @@ var (
 // serviceStage watches the service while the job runs: it queues the successor once the job
 // is ready, follows it in the queue, hands over once it serves, and ends the job before its
 // time limit. The stage ends (a clean stop) when the job has handed over or its time is up.
-func (h *head) serviceStage(run context.Context) stage {
+func (h *head) serviceStage(run context.Context) lifecycle.Stage {
 	if h.service == nil {
-		return stage{name: "service", start: func(context.Context) (<-chan error, error) { return nil, nil }}
+		return lifecycle.Stage{Name: "service", Start: func(context.Context) (<-chan error, error) { return nil, nil }}
 	}
 	var stop func()
-	return stage{name: "service", start: func(context.Context) (<-chan error, error) {
+	return lifecycle.Stage{Name: "service", Start: func(context.Context) (<-chan error, error) {
 		done := make(chan error, 1)
-		stop = background(run, func(ctx context.Context) {
+		stop = lifecycle.Background(run, func(ctx context.Context) {
 			if why := h.service.watch(ctx); why != "" {
 				h.stopReason.Store(&why)
 				done <- nil
 			}
 		})
 		return done, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
 
 // endMargin is how long before its time limit a job of a service stops by itself: its drain

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -63,7 +64,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 			return err
 		}
 	}
-	run := life(ctx)
+	run := lifecycle.Life(ctx)
 	extra := served{}
 	if len(replicaPorts) > 0 {
 		// The replicas' engines' own metrics, passed through as on the head.
@@ -72,7 +73,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 			a.engineMetricsRoute(extra.routes, slot, vllm.Endpoint{Socket: filepath.Join(a.localDir, socketName(slot))})
 		}
 	}
-	stages := []stage{a.metricsStage(run, ports.Metrics, extra)}
+	stages := []lifecycle.Stage{a.metricsStage(run, ports.Metrics, extra)}
 	switch {
 	case len(replicaPorts) > 0:
 		for slot, port := range replicaPorts {
@@ -90,7 +91,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 		// The engine's pipeline ends before this node: with no Ray, it only reports.
 		stages = append(stages, a.workerFilesStage(ports, nil), idleStage(a))
 	}
-	failure := runStages(ctx, stages, func(failure error) error {
+	failure := lifecycle.Run(ctx, stages, func(failure error) error {
 		if failure == nil {
 			a.log.Info("draining")
 			// Said before the metrics port closes, so that the head does not take this node's
@@ -109,8 +110,8 @@ func (a *agent) runWorker(ctx context.Context) error {
 }
 
 // workerFilesStage publishes the worker's node file, with its replica gateways' ports if any.
-func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPorts []int) stage {
-	return stage{name: "files", start: func(context.Context) (<-chan error, error) {
+func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPorts []int) lifecycle.Stage {
+	return lifecycle.Stage{Name: "files", Start: func(context.Context) (<-chan error, error) {
 		if len(replicaPorts) == 0 {
 			a.state.SetReady(false, "starting", time.Now())
 		}
@@ -120,17 +121,17 @@ func (a *agent) workerFilesStage(ports jobfiles.Ports, replicaPorts []int) stage
 }
 
 // idleStage is a node the engine does not use: with no Ray, it only reports.
-func idleStage(a *agent) stage {
-	return stage{name: "idle", start: func(context.Context) (<-chan error, error) {
+func idleStage(a *agent) lifecycle.Stage {
+	return lifecycle.Stage{Name: "idle", Start: func(context.Context) (<-chan error, error) {
 		a.state.SetReady(true, "", time.Now())
 		return nil, nil
 	}}
 }
 
 // workerRayStage joins the head's Ray cluster at gcs and keeps this node's Ray running.
-func (a *agent) workerRayStage(run context.Context, ports jobfiles.Ports, gcs string) stage {
+func (a *agent) workerRayStage(run context.Context, ports jobfiles.Ports, gcs string) lifecycle.Stage {
 	var stop func()
-	return stage{name: "ray", start: func(context.Context) (<-chan error, error) {
+	return lifecycle.Stage{Name: "ray", Start: func(context.Context) (<-chan error, error) {
 		svc, closeOut, err := a.rayService(a.rayStartOptions(ports, gcs), nil, func(e supervisor.Event) {
 			a.trackChild(e)
 			a.state.SetReady(e.State == supervisor.StateRunning, "ray "+string(e.State), time.Now())
@@ -145,8 +146,8 @@ func (a *agent) workerRayStage(run context.Context, ports jobfiles.Ports, gcs st
 			defer closeOut()
 			errc <- svc.Run(ctx)
 		}()
-		done, finished := ended(errc, func(err error) error { return fmt.Errorf("ray on %s: %w", a.alloc.Hostname(), err) })
+		done, finished := lifecycle.Ended(errc, func(err error) error { return fmt.Errorf("ray on %s: %w", a.alloc.Hostname(), err) })
 		stop = func() { cancel(); <-finished }
 		return done, nil
-	}, stop: func() { stop() }}
+	}, Stop: func() { stop() }}
 }
