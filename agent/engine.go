@@ -6,21 +6,12 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/securefs"
-	"github.com/llm-agent/llm-agent/vllm"
 )
 
-// CheckExtraArgs rejects pass-through arguments that would set what the agent manages or leak
-// a secret, in any spelling vLLM's parser accepts.
-func CheckExtraArgs(extra []string) error {
-	if err := vllm.CheckExtraArgs(extra); err != nil {
-		return fmt.Errorf("%w: --vllm-arg: %w", ErrConfig, err)
-	}
-	return nil
-}
-
 // ErrKeyFile is wrapped by errors about the API key file.
-var ErrKeyFile = fmt.Errorf("%w: API key file", ErrConfig)
+var ErrKeyFile = fmt.Errorf("%w: API key file", config.ErrInvalid)
 
 // maxKeyFile bounds an API key file: one key on one line.
 const maxKeyFile = 4 << 10

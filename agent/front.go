@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/vllm"
 )
@@ -59,12 +60,12 @@ func (h *head) setupKeys() error {
 	var fixed *gateway.KeySet
 	if h.apiKey != "" {
 		if fixed, err = gateway.NewKeySet([]gateway.Key{{Name: "job", Key: h.apiKey}}); err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
+			return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 		}
 	}
 	keys, err := gateway.NewKeys(a.cfg.KeysFile, fixed, a.log.Named("gateway"))
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}
 	h.front.keys = keys
 	h.front.metrics = gateway.NewMetrics(a.alloc.Hostname(), a.alloc.JobID)
@@ -92,7 +93,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 	}
 	maxBody, err := bytesize.Parse(a.cfg.MaxRequestBody)
 	if err != nil {
-		return nil, fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: --max-request-body: %w", config.ErrInvalid, err)
 	}
 	if h.front.audit, err = gateway.OpenAudit(filepath.Join(a.stateDir, gateway.AuditFile)); err != nil {
 		return nil, err

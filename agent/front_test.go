@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
@@ -87,7 +88,7 @@ func TestRunPlainTopology(t *testing.T) {
 
 	cfg.KeysFile = filepath.Join(t.TempDir(), "keys.yaml")
 	err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "laptop"))
-	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorIs(t, err, config.ErrInvalid)
 	assert.ErrorContains(t, err, "--keys-file needs the gateway")
 }
 
@@ -97,7 +98,7 @@ func TestRunRejectsAnOpenKeysFile(t *testing.T) {
 	cfg := testConfig(t, t.TempDir())
 	cfg.KeysFile = keys
 	err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "laptop"))
-	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorIs(t, err, config.ErrInvalid)
 	assert.ErrorContains(t, err, "chmod 600")
 	cfg.KeysFile, cfg.MaxRequestBody = "", "lots"
 	err = Run(context.Background(), cfg, testDeps(t, map[string]string{}, "laptop"))

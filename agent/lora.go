@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
@@ -42,20 +43,14 @@ func (a *agent) prepareLoRA() error {
 	return nil
 }
 
-// servesLoRA tells whether the engine of cfg serves LoRA adapters: it has some, or LoRA is on
-// for adapters added at run time.
-func (c Config) servesLoRA() bool {
-	return len(c.LoRA) > 0 || vllm.ReadSettings(c.VLLMArgs).EnableLoRA
-}
-
 // loraPlanFor plans LoRA for the model of cfg.
-func loraPlanFor(cfg Config) (*loraPlan, error) {
+func loraPlanFor(cfg config.Config) (*loraPlan, error) {
 	specs, err := cfg.Adapters()
 	if err != nil {
 		return nil, err
 	}
 	s := vllm.ReadSettings(cfg.VLLMArgs)
-	p := &loraPlan{enabled: cfg.servesLoRA()}
+	p := &loraPlan{enabled: cfg.ServesLoRA()}
 	top := 0
 	for _, spec := range specs {
 		ad, err := vllm.ReadAdapter(spec.Name, spec.Path)

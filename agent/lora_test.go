@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/clients/lora"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -27,33 +28,6 @@ func testAdapter(t *testing.T, r int) string {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "adapter_config.json"), []byte(`{"peft_type":"LORA","r":`+strconv.Itoa(r)+`}`), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "adapter_model.safetensors"), []byte("x"), 0o644))
 	return dir
-}
-
-func TestLoRAConfig(t *testing.T) {
-	ok := testAdapter(t, 8)
-	c, err := ResolveConfig([]byte("model: /m/tiny\nlora: [\"a="+ok+"\"]\n"), func(string) string { return "" },
-		[]Setting{{"lora", "b=" + ok}, {"lora", "c=" + ok}})
-	require.NoError(t, err)
-	assert.Equal(t, []string{"b=" + ok, "c=" + ok}, c.LoRA, "the command line replaces the file's list")
-	ads, err := c.Adapters()
-	require.NoError(t, err)
-	assert.Equal(t, []vllm.Adapter{{Name: "b", Path: ok}, {Name: "c", Path: ok}}, ads)
-	for _, tt := range []struct {
-		flags []Setting
-		want  string
-	}{
-		{[]Setting{{"lora", "nopath"}}, "NAME=PATH"},
-		{[]Setting{{"lora", "a=" + ok}, {"lora", "a=" + ok}}, `"a" is taken`},
-		{[]Setting{{"lora", "tiny=" + ok}}, `"tiny" is taken`},
-	} {
-		_, err := ResolveConfig([]byte("model: /m/tiny\n"), func(string) string { return "" }, tt.flags)
-		assert.ErrorIs(t, err, ErrConfig)
-		assert.ErrorContains(t, err, tt.want)
-	}
-	_, err = ResolveConfig(nil, func(k string) string {
-		return map[string]string{"LLM_AGENT_LORA": "x=" + ok + " y=" + ok, "LLM_AGENT_VLLM_ARG": "--enforce-eager"}[k]
-	}, nil)
-	assert.NoError(t, err, "two list options from the environment")
 }
 
 func TestRunRefusesABadAdapter(t *testing.T) {
@@ -71,7 +45,7 @@ func TestRunRefusesABadAdapter(t *testing.T) {
 		cfg.LoRA, cfg.VLLMArgs = tt.lora, tt.extra
 		err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "laptop"))
 		assert.ErrorContains(t, err, tt.want, tt.name)
-		assert.True(t, errors.Is(err, ErrBadInput) || errors.Is(err, ErrConfig), "%s: exit 2: %v", tt.name, err)
+		assert.True(t, errors.Is(err, ErrBadInput) || errors.Is(err, config.ErrInvalid), "%s: exit 2: %v", tt.name, err)
 	}
 	assertNoChildren(t)
 }
@@ -122,7 +96,7 @@ func TestRunServesLoRAAdapters(t *testing.T) {
 }
 
 func TestLoRAWithoutAdaptersAtStart(t *testing.T) {
-	a := &agent{cfg: Config{Model: "/m/tiny", VLLMArgs: []string{"--enable-lora"}}}
+	a := &agent{cfg: config.Config{Model: "/m/tiny", VLLMArgs: []string{"--enable-lora"}}}
 	require.NoError(t, a.prepareLoRA())
 	assert.True(t, a.lora.on())
 	assert.Equal(t, vllm.DefaultMaxLoRARank, a.lora.maxRank, "vLLM's own default")

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 )
@@ -111,7 +112,7 @@ func TestChooseParallelism(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := ChooseParallelism(tt.tp, tt.pp, tt.nodes, tt.gpus)
 			if tt.err != "" {
-				assert.ErrorIs(t, err, ErrConfig)
+				assert.ErrorIs(t, err, config.ErrInvalid)
 				assert.ErrorContains(t, err, tt.err)
 				return
 			}
@@ -119,13 +120,6 @@ func TestChooseParallelism(t *testing.T) {
 			assert.Equal(t, Parallelism{Tensor: tt.wantTP, Pipeline: tt.wantPP}, p)
 		})
 	}
-}
-
-func TestCheckExtraArgs(t *testing.T) {
-	for _, bad := range []string{"--api-key", "--api-key=x", "--port", "-tp", "--distributed-executor-backend=mp"} {
-		assert.ErrorIs(t, CheckExtraArgs([]string{"--max-model-len", "1", bad}), ErrConfig, bad)
-	}
-	assert.NoError(t, CheckExtraArgs([]string{"--max-model-len", "8192", "--enable-prefix-caching"}))
 }
 
 func TestLoadAPIKey(t *testing.T) {
@@ -145,7 +139,7 @@ func TestLoadAPIKey(t *testing.T) {
 	open := filepath.Join(dir, "open")
 	require.NoError(t, os.WriteFile(open, []byte("sk-mine\n"), 0o644))
 	_, err = LoadAPIKey(open)
-	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorIs(t, err, config.ErrInvalid)
 	assert.ErrorContains(t, err, "chmod 600")
 	assert.NotContains(t, err.Error(), "sk-mine", "the key never appears in an error")
 
@@ -154,7 +148,7 @@ func TestLoadAPIKey(t *testing.T) {
 	_, err = LoadAPIKey(two)
 	assert.ErrorContains(t, err, "exactly one key")
 	_, err = LoadAPIKey(filepath.Join(dir, "missing"))
-	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorIs(t, err, config.ErrInvalid)
 }
 
 func TestLineLogger(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/plan"
@@ -77,14 +78,14 @@ func (a *agent) jobModelDirs() []string {
 // verifiable tells whether dir is verified under --verify-model: auto verifies a model that
 // has something to verify against; on refuses one that has not.
 func (a *agent) verifiable(dir string) (bool, error) {
-	if a.cfg.VerifyModel == VerifyOff {
+	if a.cfg.VerifyModel == config.VerifyOff {
 		return false, nil
 	}
 	_, _, err := model.Expected(dir)
 	switch {
 	case err == nil:
 		return true, nil
-	case errors.Is(err, model.ErrNoSource) && a.cfg.VerifyModel == VerifyAuto:
+	case errors.Is(err, model.ErrNoSource) && a.cfg.VerifyModel == config.VerifyAuto:
 		return false, nil
 	case errors.Is(err, model.ErrNoSource):
 		return false, fmt.Errorf("%w: --verify-model on: %w", ErrBadInput, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/model"
 )
@@ -30,7 +31,7 @@ func manifestModel(t *testing.T, dir string, files int) {
 
 // verifiedJob is a job of fake Ray and vLLM whose model has 8 weight files and a SHA256SUMS:
 // its state directory, the file the engine writes its arguments to, and its configuration.
-func verifiedJob(t *testing.T) (string, string, Config) {
+func verifiedJob(t *testing.T) (string, string, config.Config) {
 	dir := t.TempDir()
 	t.Setenv("FAKE_RAY_DIR", t.TempDir())
 	argsFile := filepath.Join(t.TempDir(), "args")

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/clients/lora"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -26,51 +27,8 @@ func writeModelsFile(t *testing.T, body string) string {
 	return path
 }
 
-func TestModelEntriesRefusals(t *testing.T) {
-	base := DefaultConfig()
-	for _, tt := range []struct {
-		name string
-		set  func(c *Config)
-		want string
-	}{
-		{"file and --model", func(c *Config) {
-			c.ModelsFile, c.Model = writeModelsFile(t, "models: [{model: /m/a}]\n"), "/m/b"
-		}, "leave out --model"},
-		{"several --model and --lora", func(c *Config) {
-			c.Model, c.MoreModels, c.LoRA = "/m/a", []string{"/m/b"}, []string{"x=/l/x"}
-		}, "write a models file"},
-		{"--replicas", func(c *Config) { c.Model, c.MoreModels, c.Replicas = "/m/a", []string{"/m/b"}, 2 }, "rather than --replicas"},
-		{"no gateway", func(c *Config) { c.Model, c.MoreModels, c.Gateway = "/m/a", []string{"/m/b"}, false }, "need the gateway"},
-		{"same name", func(c *Config) { c.Model, c.MoreModels = "/m/a", []string{"/n/a"} }, `two models are served as "a"`},
-		{"no model", func(c *Config) { c.ModelsFile = writeModelsFile(t, "models:\n  - {replicas: 1}\n") }, "entry 1 has no model"},
-		{"unknown key", func(c *Config) { c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, replica: 1}\n") }, "field replica not found"},
-		{"empty", func(c *Config) { c.ModelsFile = writeModelsFile(t, "# nothing\n") }, "lists no models"},
-		{"missing", func(c *Config) { c.ModelsFile = "/nonexistent/models.yaml" }, "no such file"},
-		{"negative", func(c *Config) {
-			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, replicas: -1}\n  - {model: /m/b}\n")
-		}, "cannot be negative"},
-		{"two LoRA models", func(c *Config) {
-			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, lora: [x=/l/x]}\n  - {model: /m/b, vllm_args: [--enable-lora]}\n")
-		}, `both "a" and "b" serve LoRA adapters`},
-		{"adapter named as a model", func(c *Config) {
-			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, lora: [b=/l/x]}\n  - {model: /m/b}\n")
-		}, `adapter name "b" is taken`},
-		{"vLLM argument the agent manages", func(c *Config) {
-			c.ModelsFile = writeModelsFile(t, "models:\n  - {model: /m/a, vllm_args: [--port, '9']}\n  - {model: /m/b}\n")
-		}, "--port"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			c := base
-			tt.set(&c)
-			_, err := c.ModelEntries()
-			require.Error(t, err)
-			assert.ErrorContains(t, err, tt.want)
-		})
-	}
-}
-
 func TestPlaceModels(t *testing.T) {
-	c := DefaultConfig()
+	c := config.Default()
 	c.VLLMArgs = []string{"--max-model-len", "4096", "--seed", "1"}
 	c.ModelsFile = writeModelsFile(t, `models:
   - model: /m/llama

@@ -1,6 +1,10 @@
 package agent
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/llm-agent/llm-agent/agent/config"
+)
 
 // Parallelism is how the model is split: tensor parallel within a node, pipeline across nodes.
 type Parallelism struct {
@@ -19,17 +23,17 @@ func ChooseParallelism(tensor, pipeline, nodes, gpusPerNode int) (Parallelism, e
 	}
 	if gpusPerNode == 0 {
 		if p.Tensor > 1 {
-			return Parallelism{}, fmt.Errorf("%w: tensor parallel %d needs GPUs, and this allocation has none on its nodes", ErrConfig, p.Tensor)
+			return Parallelism{}, fmt.Errorf("%w: tensor parallel %d needs GPUs, and this allocation has none on its nodes", config.ErrInvalid, p.Tensor)
 		}
 		return p, nil
 	}
 	if p.Tensor > gpusPerNode {
 		return Parallelism{}, fmt.Errorf("%w: tensor parallel %d exceeds the %d GPUs of a node; tensor parallelism stays within a node, so use at most %d and raise pipeline parallel",
-			ErrConfig, p.Tensor, gpusPerNode, gpusPerNode)
+			config.ErrInvalid, p.Tensor, gpusPerNode, gpusPerNode)
 	}
 	if total := nodes * gpusPerNode; p.Tensor*p.Pipeline > total {
 		return Parallelism{}, fmt.Errorf("%w: tensor parallel %d x pipeline parallel %d = %d GPUs, but the allocation has %d nodes x %d GPUs = %d",
-			ErrConfig, p.Tensor, p.Pipeline, p.Tensor*p.Pipeline, nodes, gpusPerNode, total)
+			config.ErrInvalid, p.Tensor, p.Pipeline, p.Tensor*p.Pipeline, nodes, gpusPerNode, total)
 	}
 	return p, nil
 }

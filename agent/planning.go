@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/gpu"
 	slurmscripts "github.com/llm-agent/llm-agent/slurm-scripts"
@@ -78,11 +79,11 @@ func (a *agent) applyPreset() error {
 	}
 	presets, err := LoadPresets(a.cfg.PresetsFile)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}
 	p, err := plan.Lookup(presets, a.cfg.Preset)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}
 	a.cfg.VLLMArgs = vllm.Merge(p.VLLM.Args(), a.cfg.VLLMArgs)
 	if p.Slurm.Nodes != len(a.alloc.Nodes) || p.Slurm.GPUsPerNode != a.alloc.GPUs {
@@ -144,7 +145,7 @@ func (a *agent) chooseParallelism() error {
 
 // replicaPlan tells whether a planned model runs as replicas (plan.RunShape), and how, when the
 // user left the count and the pipeline to the plan.
-func replicaPlan(cfg Config, p *plan.Plan, nodes int) (plan.RunShape, bool) {
+func replicaPlan(cfg config.Config, p *plan.Plan, nodes int) (plan.RunShape, bool) {
 	if p == nil || nodes < 2 || p.Run.Replicas < 2 || cfg.Replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
 		return plan.RunShape{}, false
 	}
@@ -153,7 +154,7 @@ func replicaPlan(cfg Config, p *plan.Plan, nodes int) (plan.RunShape, bool) {
 
 // planModel plans one model over nodes of gpus GPUs each; the plan is nil where the sizes were
 // given or could not be planned.
-func (a *agent) planModel(cfg Config, nodes, gpus int) (Parallelism, *plan.Plan, error) {
+func (a *agent) planModel(cfg config.Config, nodes, gpus int) (Parallelism, *plan.Plan, error) {
 	if nodes == 1 {
 		cfg.PipelineParallel = 1
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
@@ -73,11 +74,11 @@ func TestRunUnknownPreset(t *testing.T) {
 	cfg := testConfig(t, t.TempDir())
 	cfg.Preset = "gigantic"
 	err := Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
-	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorIs(t, err, config.ErrInvalid)
 	assert.Contains(t, err.Error(), `unknown preset "gigantic"`)
 	cfg.Preset, cfg.PresetsFile = "dev", filepath.Join(t.TempDir(), "missing.yaml")
 	err = Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
-	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorIs(t, err, config.ErrInvalid)
 }
 
 func TestPlanForReadsNVMLWhenNoMemoryGiven(t *testing.T) {

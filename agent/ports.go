@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
@@ -140,7 +141,7 @@ func orDefault(configured, def int) int {
 
 // PickHeadPorts chooses every port of the job on the head. It returns the ports and a note for
 // each port that had to move because its preferred value was busy.
-func PickHeadPorts(cfg Config, jobID string, probe PortProber) (jobfiles.Ports, []string, error) {
+func PickHeadPorts(cfg config.Config, jobID string, probe PortProber) (jobfiles.Ports, []string, error) {
 	o := JobOffset(jobID)
 	p := &portPicker{probe: probe, used: map[int]bool{}}
 	var ports jobfiles.Ports
@@ -155,7 +156,7 @@ func PickHeadPorts(cfg Config, jobID string, probe PortProber) (jobfiles.Ports, 
 	pick(&ports.RayGCS, "ray-port", orDefault(cfg.RayPort, 6379+o))
 	pick(&ports.Dashboard, "ray-dashboard-port", orDefault(cfg.DashboardPort, 8265+o))
 	pick(&ports.RayClient, "ray-client-port", orDefault(cfg.RayClientPort, 10001+o))
-	if cfg.Launcher == LauncherMP {
+	if cfg.Launcher == config.LauncherMP {
 		// vLLM's ranks meet on the master port; VLLM_PORT is only where each vLLM starts
 		// looking for free ports of its own, so it is not held here.
 		pick(&ports.EngineMaster, "engine master port", 31000+o)
@@ -172,7 +173,7 @@ func PickHeadPorts(cfg Config, jobID string, probe PortProber) (jobfiles.Ports, 
 }
 
 // nodePortDefaults returns the preferred per-node ports of a job.
-func nodePortDefaults(cfg Config, o int) jobfiles.Ports {
+func nodePortDefaults(cfg config.Config, o int) jobfiles.Ports {
 	lo := orDefault(cfg.WorkerPortMin, 11000+workerBlock*o)
 	hi := orDefault(cfg.WorkerPortMax, lo+workerBlock-1)
 	return jobfiles.Ports{
@@ -209,7 +210,7 @@ func (p *portPicker) pickNodePorts(dst *jobfiles.Ports, pref jobfiles.Ports, o i
 
 // PickWorkerPorts chooses a worker node's own ports, preferring those the head published and
 // its configured metrics port.
-func PickWorkerPorts(cfg Config, jobID string, published jobfiles.Ports, probe PortProber) (jobfiles.Ports, []string, error) {
+func PickWorkerPorts(cfg config.Config, jobID string, published jobfiles.Ports, probe PortProber) (jobfiles.Ports, []string, error) {
 	o := JobOffset(jobID)
 	p := &portPicker{probe: probe, used: map[int]bool{}}
 	ports := published
@@ -227,7 +228,7 @@ func PickWorkerPorts(cfg Config, jobID string, published jobfiles.Ports, probe P
 // takes the API port the head would use (--port, default 8000 + job offset), or a free one when
 // that is busy on this node; the head's first is 0, its own engine behind its gateway; the
 // others are free ones that taken does not hold.
-func pickReplicaPorts(cfg Config, jobID string, probe PortProber, n int, head bool, taken ...int) ([]int, error) {
+func pickReplicaPorts(cfg config.Config, jobID string, probe PortProber, n int, head bool, taken ...int) ([]int, error) {
 	p := &portPicker{probe: probe, used: map[int]bool{}}
 	for _, t := range taken {
 		p.used[t] = true

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
@@ -55,7 +56,7 @@ func TestJobOffset(t *testing.T) {
 func TestPickHeadPorts(t *testing.T) {
 	tests := []struct {
 		name  string
-		cfg   func(c *Config)
+		cfg   func(c *config.Config)
 		busy  map[int]bool
 		check func(t *testing.T, p jobfiles.Ports, moved []string)
 	}{
@@ -65,18 +66,22 @@ func TestPickHeadPorts(t *testing.T) {
 				RayMetrics: 6907, RuntimeEnvAgent: 7007, WorkerMin: 12400, WorkerMax: 12599}, p)
 			assert.Empty(t, moved)
 		}},
-		{"configured ports preferred", func(c *Config) { c.Port = 8000; c.RayPort = 6379; c.WorkerPortMin, c.WorkerPortMax = 30000, 30099 }, nil,
+		{"configured ports preferred", func(c *config.Config) {
+			c.Port = 8000
+			c.RayPort = 6379
+			c.WorkerPortMin, c.WorkerPortMax = 30000, 30099
+		}, nil,
 			func(t *testing.T, p jobfiles.Ports, moved []string) {
 				assert.Equal(t, 8000, p.API)
 				assert.Equal(t, 6379, p.RayGCS)
 				assert.Equal(t, 30000, p.WorkerMin)
 				assert.Equal(t, 30099, p.WorkerMax)
 			}},
-		{"busy port falls back to a free one", func(c *Config) { c.Port = 8000 }, map[int]bool{8000: true}, func(t *testing.T, p jobfiles.Ports, moved []string) {
+		{"busy port falls back to a free one", func(c *config.Config) { c.Port = 8000 }, map[int]bool{8000: true}, func(t *testing.T, p jobfiles.Ports, moved []string) {
 			assert.Equal(t, 40001, p.API)
 			assert.Equal(t, []string{"port 8000->40001"}, moved)
 		}},
-		{"two options may not share a port", func(c *Config) { c.Port = 9000; c.MetricsPort = 9000 }, nil, func(t *testing.T, p jobfiles.Ports, moved []string) {
+		{"two options may not share a port", func(c *config.Config) { c.Port = 9000; c.MetricsPort = 9000 }, nil, func(t *testing.T, p jobfiles.Ports, moved []string) {
 			assert.Equal(t, 9000, p.API)
 			assert.NotEqual(t, 9000, p.Metrics)
 		}},
@@ -88,7 +93,7 @@ func TestPickHeadPorts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := DefaultConfig()
+			cfg := config.Default()
 			if tt.cfg != nil {
 				tt.cfg(&cfg)
 			}
@@ -100,14 +105,14 @@ func TestPickHeadPorts(t *testing.T) {
 }
 
 func TestPickPortsErrors(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := config.Default()
 	cfg.Port = 80
 	_, _, err := PickHeadPorts(cfg, "7", &fakeProber{denied: map[int]bool{80: true}})
 	assert.ErrorIs(t, err, ErrPort)
 	assert.Contains(t, err.Error(), "port 80 cannot be bound")
 	assert.Contains(t, err.Error(), "--port")
 
-	cfg = DefaultConfig()
+	cfg = config.Default()
 	_, _, err = PickHeadPorts(cfg, "7", &fakeProber{busy: busyRange(11000, 31000)})
 	assert.ErrorIs(t, err, ErrPort)
 	assert.Contains(t, err.Error(), "no free range of 200 Ray worker ports")
@@ -116,13 +121,13 @@ func TestPickPortsErrors(t *testing.T) {
 func TestPickWorkerPorts(t *testing.T) {
 	published := jobfiles.Ports{API: 8007, RayGCS: 6386, NodeManager: 6507, ObjectManager: 6607, DashboardAgent: 6707,
 		DashboardAgentGRPC: 6807, RayMetrics: 6907, RuntimeEnvAgent: 7007, WorkerMin: 12400, WorkerMax: 12599}
-	p, moved, err := PickWorkerPorts(DefaultConfig(), "7", published, &fakeProber{})
+	p, moved, err := PickWorkerPorts(config.Default(), "7", published, &fakeProber{})
 	require.NoError(t, err)
 	assert.Empty(t, moved)
 	assert.Equal(t, 6507, p.NodeManager, "the head's choice when free here")
 	assert.Equal(t, 9507, p.Metrics)
 
-	p, moved, err = PickWorkerPorts(DefaultConfig(), "7", published, &fakeProber{busy: map[int]bool{6507: true, 9507: true}})
+	p, moved, err = PickWorkerPorts(config.Default(), "7", published, &fakeProber{busy: map[int]bool{6507: true, 9507: true}})
 	require.NoError(t, err)
 	assert.NotEqual(t, 6507, p.NodeManager, "busy on this node: another port")
 	assert.NotEqual(t, 9507, p.Metrics)

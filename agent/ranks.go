@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -55,7 +56,7 @@ func (h *head) publishLayout() error {
 	}
 	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC(),
-		Launcher: LauncherMP, Tensor: h.par.Tensor, Pipeline: h.par.Pipeline}
+		Launcher: config.LauncherMP, Tensor: h.par.Tensor, Pipeline: h.par.Pipeline}
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}

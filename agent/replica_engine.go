@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/healthcheck"
@@ -144,7 +145,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, er
 	}
 	maxBody, err := bytesize.Parse(a.cfg.MaxRequestBody)
 	if err != nil {
-		return nil, fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: --max-request-body: %w", config.ErrInvalid, err)
 	}
 	fixed, err := gateway.NewKeySet([]gateway.Key{{Name: "head", Key: key}})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
@@ -126,8 +127,8 @@ func TestReplicasConfig(t *testing.T) {
 		{"replicas: 2\ngateway: false\n", "needs the gateway"},
 		{"replicas: 2\npipeline-parallel-size: 2\n", "not supported"},
 	} {
-		_, err := ResolveConfig([]byte("model: /m/tiny\n"+tt.file), func(string) string { return "" }, nil)
-		assert.ErrorIs(t, err, ErrConfig)
+		_, err := config.Resolve([]byte("model: /m/tiny\n"+tt.file), func(string) string { return "" }, nil)
+		assert.ErrorIs(t, err, config.ErrInvalid)
 		assert.ErrorContains(t, err, tt.want)
 	}
 	cfg := testConfig(t, t.TempDir())

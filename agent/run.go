@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/clock"
@@ -32,7 +33,7 @@ var ErrBadInput = errors.New("bad input")
 
 // agent is one node's agent after its input was checked.
 type agent struct {
-	cfg      Config
+	cfg      config.Config
 	deps     Deps
 	log      hclog.Logger
 	alloc    slurm.Allocation
@@ -71,7 +72,7 @@ type agent struct {
 
 // Run is `llm-agent run`: it checks its input, then runs this node's part of the job until ctx
 // ends (a clean drain, nil) or the service fails (an error).
-func Run(ctx context.Context, cfg Config, deps Deps) error {
+func Run(ctx context.Context, cfg config.Config, deps Deps) error {
 	a, err := prepare(ctx, cfg, deps)
 	if err != nil {
 		return err
@@ -102,7 +103,7 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 }
 
 // prepare checks everything that can be checked before any process starts.
-func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
+func prepare(ctx context.Context, cfg config.Config, deps Deps) (*agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -119,7 +120,7 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 	}
 	a.log = deps.Logger.With("node", a.alloc.Hostname(), "job", a.alloc.JobID)
 	if cfg.Model == "" && cfg.ModelsFile == "" {
-		return nil, fmt.Errorf("%w: --model is required (a model directory or a Hugging Face id)", ErrConfig)
+		return nil, fmt.Errorf("%w: --model is required (a model directory or a Hugging Face id)", config.ErrInvalid)
 	}
 	if err := a.placeModels(); err != nil {
 		return nil, err
@@ -129,7 +130,7 @@ func prepare(ctx context.Context, cfg Config, deps Deps) (*agent, error) {
 		return nil, err
 	}
 	a.checkOffline()
-	if err := CheckExtraArgs(cfg.VLLMArgs); err != nil {
+	if err := config.CheckExtraArgs(cfg.VLLMArgs); err != nil {
 		return nil, err
 	}
 	if err := a.applyPreset(); err != nil {
@@ -177,13 +178,13 @@ func (a *agent) multiNode() bool { return len(a.alloc.Nodes) > 1 }
 // usesRay tells whether the job runs a Ray cluster: over several nodes, unless the launcher is
 // vLLM's own multi-node mode.
 func (a *agent) usesRay() bool {
-	return a.multiNode() && a.cfg.Launcher == LauncherRay && !a.replicated()
+	return a.multiNode() && a.cfg.Launcher == config.LauncherRay && !a.replicated()
 }
 
 // ranksOnNodes tells whether every node runs a rank of the engine (--launcher mp on several
 // nodes).
 func (a *agent) ranksOnNodes() bool {
-	return a.multiNode() && a.cfg.Launcher == LauncherMP && !a.replicated()
+	return a.multiNode() && a.cfg.Launcher == config.LauncherMP && !a.replicated()
 }
 
 // findExecutables finds ray, where the job runs a Ray cluster, and vllm on every node that

@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -58,10 +59,10 @@ func testLogger(t *testing.T) (hclog.Logger, *lockedBuffer) {
 	return hclog.New(&hclog.LoggerOptions{Output: buf, Level: hclog.Debug}), buf
 }
 
-func testConfig(t *testing.T, stateDir string) Config {
+func testConfig(t *testing.T, stateDir string) config.Config {
 	t.Helper()
 	rayBin, vllmBin := fakeBins(t)
-	c := DefaultConfig()
+	c := config.Default()
 	c.Model = t.TempDir()
 	c.ServedModelName = "tiny"
 	c.RayBin, c.VLLMBin = rayBin, vllmBin
@@ -100,7 +101,7 @@ type agentRun struct {
 	done   chan error
 }
 
-func startAgent(cfg Config, deps Deps) *agentRun {
+func startAgent(cfg config.Config, deps Deps) *agentRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &agentRun{cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- Run(ctx, cfg, deps) }()
@@ -109,7 +110,7 @@ func startAgent(cfg Config, deps Deps) *agentRun {
 
 // startNodes starts one agent per node of job, node1 to nodeN, in this process: one GPU each,
 // with extra added to every node's Slurm environment.
-func startNodes(t *testing.T, cfg Config, job string, n int, extra map[string]string) []*agentRun {
+func startNodes(t *testing.T, cfg config.Config, job string, n int, extra map[string]string) []*agentRun {
 	t.Helper()
 	var runs []*agentRun
 	for i := range n {
@@ -426,27 +427,27 @@ func TestRunBadInput(t *testing.T) {
 	require.NoError(t, os.Symlink(t.TempDir(), filepath.Join(plantedLogs, "logs")))
 	tests := []struct {
 		name    string
-		edit    func(c *Config)
+		edit    func(c *config.Config)
 		env     map[string]string
 		ports   PortProber
 		is      error
 		message string
 	}{
-		{"no model", func(c *Config) { c.Model = "" }, nil, nil, ErrConfig, "--model is required"},
-		{"missing model path", func(c *Config) { c.Model = "/no/such/model" }, nil, nil, ErrBadInput, `model directory "/no/such/model" does not exist`},
-		{"vllm not found", func(c *Config) { c.VLLMBin = "no-such-vllm" }, nil, nil, ErrBadInput, `vllm executable "no-such-vllm" not found: install vLLM`},
-		{"ray not found", func(c *Config) { c.RayBin = "no-such-ray" },
+		{"no model", func(c *config.Config) { c.Model = "" }, nil, nil, config.ErrInvalid, "--model is required"},
+		{"missing model path", func(c *config.Config) { c.Model = "/no/such/model" }, nil, nil, ErrBadInput, `model directory "/no/such/model" does not exist`},
+		{"vllm not found", func(c *config.Config) { c.VLLMBin = "no-such-vllm" }, nil, nil, ErrBadInput, `vllm executable "no-such-vllm" not found: install vLLM`},
+		{"ray not found", func(c *config.Config) { c.RayBin = "no-such-ray" },
 			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_NODEID": "0"}, nil, ErrBadInput, `ray executable "no-such-ray" not found`},
-		{"state dir not writable", func(c *Config) { c.StateDir = notDir + "/sub" }, nil, nil, ErrBadInput, "cannot be created"},
-		{"state dir writable by the group", func(c *Config) { c.StateDir = groupWritable }, nil, nil, ErrBadInput, "other users could write to it: chmod go-w"},
-		{"state dir is a link", func(c *Config) { c.StateDir = linked }, nil, nil, ErrBadInput, "is a symbolic link"},
-		{"state dir's logs is a planted link", func(c *Config) { c.StateDir = plantedLogs }, nil, nil, ErrBadInput, "logs is a symbolic link"},
-		{"invalid slurm variables", func(*Config) {}, map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[3-1]"}, nil, slurm.ErrAllocation, `"3-1" runs backwards`},
-		{"impossible parallelism", func(c *Config) { c.TensorParallel = 4 },
-			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "2"}, nil, ErrConfig, "tensor parallel 4 exceeds the 2 GPUs"},
-		{"secret on vllm command line", func(c *Config) { c.VLLMArgs = []string{"--api-key=abc"} }, nil, nil, ErrConfig, "visible to every user"},
-		{"port cannot be bound", func(c *Config) { c.Port = 80 }, nil, deniedProber{80}, ErrPort, "port 80 cannot be bound"},
-		{"unknown interface", func(c *Config) { c.Iface = "ib0" }, nil, nil, ErrAddress, `interface "ib0" not found`},
+		{"state dir not writable", func(c *config.Config) { c.StateDir = notDir + "/sub" }, nil, nil, ErrBadInput, "cannot be created"},
+		{"state dir writable by the group", func(c *config.Config) { c.StateDir = groupWritable }, nil, nil, ErrBadInput, "other users could write to it: chmod go-w"},
+		{"state dir is a link", func(c *config.Config) { c.StateDir = linked }, nil, nil, ErrBadInput, "is a symbolic link"},
+		{"state dir's logs is a planted link", func(c *config.Config) { c.StateDir = plantedLogs }, nil, nil, ErrBadInput, "logs is a symbolic link"},
+		{"invalid slurm variables", func(*config.Config) {}, map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[3-1]"}, nil, slurm.ErrAllocation, `"3-1" runs backwards`},
+		{"impossible parallelism", func(c *config.Config) { c.TensorParallel = 4 },
+			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "2"}, nil, config.ErrInvalid, "tensor parallel 4 exceeds the 2 GPUs"},
+		{"secret on vllm command line", func(c *config.Config) { c.VLLMArgs = []string{"--api-key=abc"} }, nil, nil, config.ErrInvalid, "visible to every user"},
+		{"port cannot be bound", func(c *config.Config) { c.Port = 80 }, nil, deniedProber{80}, ErrPort, "port 80 cannot be bound"},
+		{"unknown interface", func(c *config.Config) { c.Iface = "ib0" }, nil, nil, ErrAddress, `interface "ib0" not found`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -537,11 +538,11 @@ func TestRunMultiNodeWithoutRay(t *testing.T) {
 	argsFile := filepath.Join(t.TempDir(), "args")
 	t.Setenv("FAKE_VLLM_ARGS", argsFile)
 	cfg := testConfig(t, dir)
-	cfg.Launcher = LauncherMP
+	cfg.Launcher = config.LauncherMP
 	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
 	runs := startNodes(t, cfg, "4444", 2, nil)
 	c := waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
-	assert.Equal(t, LauncherMP, c.Launcher)
+	assert.Equal(t, config.LauncherMP, c.Launcher)
 	assert.Empty(t, c.RayAddress, "no Ray")
 	assert.Empty(t, fakeRayPIDs(t, true))
 	assert.Empty(t, fakeRayPIDs(t, false))
@@ -605,7 +606,7 @@ func TestRunWithoutRayStopReachesRankFirst(t *testing.T) {
 	argsFile := filepath.Join(t.TempDir(), "args")
 	t.Setenv("FAKE_VLLM_ARGS", argsFile)
 	cfg := testConfig(t, dir)
-	cfg.Launcher = LauncherMP
+	cfg.Launcher = config.LauncherMP
 	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
 	runs := startNodes(t, cfg, "4646", 2, nil)
 	waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
@@ -631,7 +632,7 @@ func TestRunWithoutRayRankCannotStart(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("FAKE_VLLM_RANK_FAIL", "1")
 	cfg := testConfig(t, dir)
-	cfg.Launcher = LauncherMP
+	cfg.Launcher = config.LauncherMP
 	cfg.TensorParallel, cfg.PipelineParallel = 1, 2
 	cfg.MaxRestarts = 2
 	runs := startNodes(t, cfg, "4545", 2, nil)

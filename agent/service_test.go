@@ -14,44 +14,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 )
 
 func TestServiceOptions(t *testing.T) {
-	for v, want := range map[string]time.Duration{"7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour, "36h": 36 * time.Hour,
-		"7-00:00:00": 7 * 24 * time.Hour, "90": 90 * time.Minute} {
-		d, err := parseLongDuration(v)
-		require.NoError(t, err, v)
-		assert.Equal(t, want, d, v)
-	}
-	for _, v := range []string{"", "d", "xd", "-1d", "soon"} {
-		_, err := parseLongDuration(v)
-		assert.Error(t, err, v)
-	}
-	u, err := parseUntil("2026-12-24T18:00")
-	require.NoError(t, err)
-	assert.Equal(t, time.Date(2026, 12, 24, 18, 0, 0, 0, time.Local), u)
-	_, err = parseUntil("Christmas")
-	assert.Error(t, err)
-
 	assert.Equal(t, 225, dependencyMinutes(4*time.Hour, 15*time.Minute))
 	assert.Equal(t, 1, dependencyMinutes(2*time.Minute, 60*time.Second))
 	assert.Equal(t, 0, dependencyMinutes(10*time.Minute, 15*time.Minute), "a job shorter than its handover: the successor may start at once")
-
-	bad := map[string]func(c *Config){
-		"--until and --for keep a service up": func(c *Config) { c.For = time.Hour },
-		"give --until or --for, not both":     func(c *Config) { c.Service, c.For, c.Until = "s", time.Hour, "2026-12-24" },
-		"use up to 64 letters":                func(c *Config) { c.Service = "../x" },
-		"--until":                             func(c *Config) { c.Service, c.Until = "s", "tomorrow" },
-	}
-	for want, f := range bad {
-		c := DefaultConfig()
-		f(&c)
-		err := c.Validate()
-		require.ErrorIs(t, err, ErrConfig, want)
-		assert.Contains(t, err.Error(), want)
-	}
 
 	assert.Equal(t, []string{"PATH=/bin", "SLURM_CONF=/etc/slurm.conf", "SBATCH_ACCOUNT=a"},
 		successorEnv([]string{"PATH=/bin", "SLURM_JOB_ID=1", "SLURM_CONF=/etc/slurm.conf", "SRUN_DEBUG=1", "SBATCH_ACCOUNT=a"}))
@@ -107,7 +78,7 @@ func fastService(t *testing.T) {
 }
 
 // serviceJob starts job of service svc in home, with Slurm as sched.
-func serviceJob(t *testing.T, home, job string, sched Scheduler, tweak func(c *Config)) (*agentRun, string) {
+func serviceJob(t *testing.T, home, job string, sched Scheduler, tweak func(c *config.Config)) (*agentRun, string) {
 	state := filepath.Join(t.TempDir(), "state")
 	cfg := testConfig(t, state)
 	cfg.Service, cfg.For, cfg.Handover = "svc", 2*time.Hour, 15*time.Minute
@@ -140,7 +111,7 @@ func TestServiceRetriesAFailedSuccessor(t *testing.T) {
 	fastService(t)
 	home := t.TempDir()
 	sched := &fakeScheduler{failed: map[string]bool{"601": true, "602": true}}
-	run, _ := serviceJob(t, home, "501", sched, func(c *Config) { c.SuccessorRetries = 1 })
+	run, _ := serviceJob(t, home, "501", sched, func(c *config.Config) { c.SuccessorRetries = 1 })
 	dir := jobfiles.ServiceDir(home, "svc")
 	f := waitServiceFile(t, dir, "the retries spent", func(f jobfiles.ServiceFile) bool {
 		n := f.Service.Successor

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -28,7 +29,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 		}
 		return err
 	}
-	mp, replica := rv.Launcher == LauncherMP, rv.Replicas > 1
+	mp, replica := rv.Launcher == config.LauncherMP, rv.Replicas > 1
 	if replica {
 		a.cfg.Replicas, a.slots = rv.Replicas, rv.PerNode
 		if err := a.findExecutables(); err != nil { // the head may have chosen replicas itself

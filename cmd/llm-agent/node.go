@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/urfave/cli/v2"
+
 	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
-	"github.com/urfave/cli/v2"
 )
 
 // nodeCommands are the commands that run on the cluster.
@@ -32,7 +34,7 @@ func nodeCommands() []*cli.Command {
 func beforeMain() { supervisor.MaybeRunReaper() }
 
 // inputErrors are the errors of input the user must fix: they exit 2.
-var inputErrors = []error{agent.ErrConfig, slurm.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress}
+var inputErrors = []error{config.ErrInvalid, slurm.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress}
 
 func runCommand() *cli.Command {
 	flags := []cli.Flag{&cli.StringFlag{
@@ -40,16 +42,16 @@ func runCommand() *cli.Command {
 		Category: "Files",
 		Usage:    "YAML file of options (keys are the flag names); precedence: flag > environment > file > default [$LLM_AGENT_CONFIG]",
 	}}
-	for _, o := range agent.Options {
+	for _, o := range config.Options {
 		usage := o.Usage + " [$" + o.Env() + "]"
 		def := o.Default()
 		if def == "0" || def == "false" {
 			def = ""
 		}
 		switch {
-		case o.Kind == agent.KindBool:
+		case o.Kind == config.KindBool:
 			flags = append(flags, &cli.BoolFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: o.Default()})
-		case o.Kind == agent.KindList || o.Repeat:
+		case o.Kind == config.KindList || o.Repeat:
 			flags = append(flags, &cli.StringSliceFlag{Name: o.Name, Category: o.Category, Usage: usage})
 		default:
 			flags = append(flags, &cli.StringFlag{Name: o.Name, Category: o.Category, Usage: usage, DefaultText: def})
@@ -70,35 +72,35 @@ func runCommand() *cli.Command {
 
 // contextToConfig turns the command line into the agent's configuration; nothing else sees the
 // cli context.
-func contextToConfig(c *cli.Context) (agent.Config, error) {
+func contextToConfig(c *cli.Context) (config.Config, error) {
 	path := c.String("config")
 	if path == "" {
 		path = os.Getenv("LLM_AGENT_CONFIG")
 	}
-	file, err := agent.ReadConfigFile(path)
+	file, err := config.ReadFile(path)
 	if err != nil {
-		return agent.Config{}, err
+		return config.Config{}, err
 	}
-	var set []agent.Setting
-	for _, o := range agent.Options {
+	var set []config.Setting
+	for _, o := range config.Options {
 		if !c.IsSet(o.Name) {
 			continue
 		}
 		switch {
-		case o.Kind == agent.KindBool:
-			set = append(set, agent.Setting{Name: o.Name, Value: strconv.FormatBool(c.Bool(o.Name))})
-		case o.Kind == agent.KindList || o.Repeat:
+		case o.Kind == config.KindBool:
+			set = append(set, config.Setting{Name: o.Name, Value: strconv.FormatBool(c.Bool(o.Name))})
+		case o.Kind == config.KindList || o.Repeat:
 			for _, v := range c.StringSlice(o.Name) {
-				set = append(set, agent.Setting{Name: o.Name, Value: v})
+				set = append(set, config.Setting{Name: o.Name, Value: v})
 			}
 		default:
-			set = append(set, agent.Setting{Name: o.Name, Value: c.String(o.Name)})
+			set = append(set, config.Setting{Name: o.Name, Value: c.String(o.Name)})
 		}
 	}
-	return agent.ResolveConfig(file, os.Getenv, set)
+	return config.Resolve(file, os.Getenv, set)
 }
 
-func newLogger(cfg agent.Config) (hclog.Logger, error) {
+func newLogger(cfg config.Config) (hclog.Logger, error) {
 	level := hclog.LevelFromString(cfg.LogLevel) // checked by the configuration
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       "llm-agent",
@@ -191,7 +193,7 @@ func usageCommand() *cli.Command {
 		Usage:        "summarise a job's audit log per key and project: requests, tokens, and GPU-hours and service units shared out by tokens",
 		ArgsUsage:    "JOBID | STATE_DIR | connection.json  (default: $SLURM_JOB_ID)",
 		Flags: []cli.Flag{
-			&cli.Float64Flag{Name: "su-factor", Value: agent.DefaultConfig().SUFactor, Usage: "service units per GPU-hour"},
+			&cli.Float64Flag{Name: "su-factor", Value: config.Default().SUFactor, Usage: "service units per GPU-hour"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
 			serviceFlag(),
 		},

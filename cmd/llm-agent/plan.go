@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/slurm"
 )
@@ -42,8 +43,8 @@ func planCommand() *cli.Command {
 			&cli.StringFlag{Name: "preset", Usage: "take max model length, memory utilization and the allocation from a preset"},
 			&cli.StringFlag{Name: "presets-file", Usage: "presets file instead of the shipped one"},
 			&cli.StringFlag{Name: "time", Usage: "job length for the service-unit estimate, as sbatch --time takes it (240, 04:00:00, 1-00:00:00) or 4h"},
-			&cli.Float64Flag{Name: "su-factor", Value: agent.DefaultConfig().SUFactor, Usage: "service units per GPU-hour"},
-			&cli.StringFlag{Name: "launcher", Value: agent.LauncherRay, Usage: "how the engine would span nodes: ray or mp (the plan is the same; it says which)"},
+			&cli.Float64Flag{Name: "su-factor", Value: config.Default().SUFactor, Usage: "service units per GPU-hour"},
+			&cli.StringFlag{Name: "launcher", Value: config.LauncherRay, Usage: "how the engine would span nodes: ray or mp (the plan is the same; it says which)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: planAction,
@@ -54,7 +55,7 @@ func planAction(c *cli.Context) error {
 	if c.String("model") == "" {
 		return usageErrorf("--model is required")
 	}
-	if l := c.String("launcher"); l != agent.LauncherRay && l != agent.LauncherMP {
+	if l := c.String("launcher"); l != config.LauncherRay && l != config.LauncherMP {
 		return usageErrorf("--launcher %q: choose ray or mp", l)
 	}
 	job, err := slurm.ShapeFromEnv(os.Getenv)
@@ -121,7 +122,7 @@ func launcherLine(launcher string, pipeline int) string {
 	switch {
 	case pipeline <= 1:
 		return "launcher: " + launcher + " (the engine stays on the head: no rank runs elsewhere)"
-	case launcher == agent.LauncherMP:
+	case launcher == config.LauncherMP:
 		return fmt.Sprintf("launcher: mp: vLLM's own multi-node mode, one rank on each of %d nodes, no Ray", pipeline)
 	default:
 		return fmt.Sprintf("launcher: ray: a Ray cluster over the job's nodes, the pipeline's %d stages on %d of them", pipeline, pipeline)

@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"fmt"
@@ -47,7 +47,7 @@ func (o Option) Env() string {
 
 // Default returns the option's default as text.
 func (o Option) Default() string {
-	d := DefaultConfig()
+	d := Default()
 	return o.get(&d)
 }
 

@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"os"
@@ -21,7 +21,7 @@ func TestConfigPrecedence(t *testing.T) {
 		check func(t *testing.T, c Config)
 	}{
 		{"defaults", nil, nil, nil, func(t *testing.T, c Config) {
-			assert.Equal(t, DefaultConfig(), c)
+			assert.Equal(t, Default(), c)
 			assert.Equal(t, 20*time.Second, c.Grace)
 			assert.Equal(t, 108.6, c.SUFactor)
 		}},
@@ -53,12 +53,12 @@ func TestConfigPrecedence(t *testing.T) {
 			assert.Equal(t, 45*time.Second, c.HangAfter)
 		}},
 		{"empty file", []byte("# nothing\n"), nil, nil, func(t *testing.T, c Config) {
-			assert.Equal(t, DefaultConfig(), c)
+			assert.Equal(t, Default(), c)
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := ResolveConfig(tt.file, envFunc(tt.env), tt.flags)
+			c, err := Resolve(tt.file, envFunc(tt.env), tt.flags)
 			require.NoError(t, err)
 			tt.check(t, c)
 		})
@@ -90,9 +90,9 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ResolveConfig([]byte(tt.file), envFunc(tt.env), tt.flags)
+			_, err := Resolve([]byte(tt.file), envFunc(tt.env), tt.flags)
 			require.Error(t, err)
-			assert.ErrorIs(t, err, ErrConfig)
+			assert.ErrorIs(t, err, ErrInvalid)
 			assert.Contains(t, err.Error(), tt.message)
 		})
 	}
@@ -109,21 +109,21 @@ func TestOptionsAreDocumented(t *testing.T) {
 		assert.NotContains(t, o.Env(), "-")
 		// Every default round-trips through its own parser.
 		if d := o.Default(); d != "" {
-			c := DefaultConfig()
+			c := Default()
 			assert.NoError(t, c.setAll(o, []string{d}, "default"), o.Name)
 		}
 	}
 }
 
 func TestReadConfigFile(t *testing.T) {
-	b, err := ReadConfigFile("")
+	b, err := ReadFile("")
 	assert.NoError(t, err)
 	assert.Nil(t, b)
-	_, err = ReadConfigFile(filepath.Join(t.TempDir(), "missing.yaml"))
-	assert.ErrorIs(t, err, ErrConfig)
+	_, err = ReadFile(filepath.Join(t.TempDir(), "missing.yaml"))
+	assert.ErrorIs(t, err, ErrInvalid)
 	p := filepath.Join(t.TempDir(), "c.yaml")
 	require.NoError(t, os.WriteFile(p, []byte("model: m\n"), 0o600))
-	b, err = ReadConfigFile(p)
+	b, err = ReadFile(p)
 	require.NoError(t, err)
 	assert.Equal(t, "model: m\n", string(b))
 }
@@ -148,15 +148,22 @@ func TestServedName(t *testing.T) {
 func envFunc(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
 func TestValidateLauncherAndLiveness(t *testing.T) {
-	c := DefaultConfig()
+	c := Default()
 	assert.NoError(t, c.Validate())
 	c.Launcher = LauncherMP
 	assert.NoError(t, c.Validate())
 	c.Launcher = "slurm"
 	err := c.Validate()
-	assert.ErrorIs(t, err, ErrConfig)
+	assert.ErrorIs(t, err, ErrInvalid)
 	assert.ErrorContains(t, err, `--launcher "slurm": choose ray or mp`)
-	c = DefaultConfig()
+	c = Default()
 	c.HangAfter = c.ProbeInterval
 	assert.ErrorContains(t, c.Validate(), "--hang-after (5s) must be longer than --probe-interval (5s)")
+}
+
+func TestCheckExtraArgs(t *testing.T) {
+	for _, bad := range []string{"--api-key", "--api-key=x", "--port", "-tp", "--distributed-executor-backend=mp"} {
+		assert.ErrorIs(t, CheckExtraArgs([]string{"--max-model-len", "1", bad}), ErrInvalid, bad)
+	}
+	assert.NoError(t, CheckExtraArgs([]string{"--max-model-len", "8192", "--enable-prefix-caching"}))
 }

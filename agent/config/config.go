@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"bytes"
@@ -17,8 +17,8 @@ import (
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
-// ErrConfig is wrapped by every configuration error.
-var ErrConfig = errors.New("invalid configuration")
+// ErrInvalid is wrapped by every configuration error.
+var ErrInvalid = errors.New("invalid configuration")
 
 // Config is the agent's whole configuration, resolved from flags, LLM_AGENT_* environment
 // variables, an optional YAML file and defaults, in that order of precedence.
@@ -101,7 +101,7 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults documented in `llm-agent run --help`.
-func DefaultConfig() Config {
+func Default() Config {
 	restarts := supervisor.DefaultPolicy()
 	return Config{
 		VLLMBin:           "vllm",
@@ -136,8 +136,8 @@ func DefaultConfig() Config {
 
 // ResolveConfig builds the configuration from defaults, then the YAML file (nil for none), then
 // the environment, then the command line, each overriding the one before.
-func ResolveConfig(file []byte, getenv func(string) string, flags []Setting) (Config, error) {
-	c := DefaultConfig()
+func Resolve(file []byte, getenv func(string) string, flags []Setting) (Config, error) {
+	c := Default()
 	if len(bytes.TrimSpace(file)) > 0 {
 		if err := c.applyYAML(file); err != nil {
 			return Config{}, err
@@ -167,7 +167,7 @@ func ResolveConfig(file []byte, getenv func(string) string, flags []Setting) (Co
 	for _, name := range order {
 		o, ok := lookupOption(name)
 		if !ok {
-			return Config{}, fmt.Errorf("%w: unknown option --%s", ErrConfig, name)
+			return Config{}, fmt.Errorf("%w: unknown option --%s", ErrInvalid, name)
 		}
 		if err := c.setAll(o, seen[name], "flag --"+name); err != nil {
 			return Config{}, err
@@ -200,36 +200,36 @@ const (
 // that need parsing. The agent calls it before anything starts.
 func (c Config) Validate() error {
 	if c.KeysFile != "" && !c.Gateway {
-		return fmt.Errorf("%w: --keys-file needs the gateway (--gateway=true)", ErrConfig)
+		return fmt.Errorf("%w: --keys-file needs the gateway (--gateway=true)", ErrInvalid)
 	}
 	if c.StageKeep && c.StageDir == "" {
-		return fmt.Errorf("%w: --stage-keep keeps the copy --stage-dir makes; give --stage-dir", ErrConfig)
+		return fmt.Errorf("%w: --stage-keep keeps the copy --stage-dir makes; give --stage-dir", ErrInvalid)
 	}
 	if c.StageDir != "" && !filepath.IsAbs(c.StageDir) {
-		return fmt.Errorf("%w: --stage-dir %q must be an absolute path, the same on every node", ErrConfig, c.StageDir)
+		return fmt.Errorf("%w: --stage-dir %q must be an absolute path, the same on every node", ErrInvalid, c.StageDir)
 	}
 	if _, err := bytesize.Parse(c.MaxRequestBody); err != nil {
-		return fmt.Errorf("%w: --max-request-body: %w", ErrConfig, err)
+		return fmt.Errorf("%w: --max-request-body: %w", ErrInvalid, err)
 	}
 	if c.GPUMemory != "" {
 		if _, err := bytesize.Parse(c.GPUMemory); err != nil {
-			return fmt.Errorf("%w: --gpu-memory: %w", ErrConfig, err)
+			return fmt.Errorf("%w: --gpu-memory: %w", ErrInvalid, err)
 		}
 	}
 	if c.Replicas > 1 {
 		switch {
 		case !c.Gateway:
-			return fmt.Errorf("%w: --replicas needs the gateway (--gateway=true), which routes between them", ErrConfig)
+			return fmt.Errorf("%w: --replicas needs the gateway (--gateway=true), which routes between them", ErrInvalid)
 		case c.PipelineParallel > 1:
 			return fmt.Errorf("%w: --replicas runs one whole engine per node; a replica whose model spans nodes (--pipeline-parallel-size %d) is not supported: use --replicas 1 for one engine over the nodes",
-				ErrConfig, c.PipelineParallel)
+				ErrInvalid, c.PipelineParallel)
 		}
 	}
 	if c.Launcher != LauncherRay && c.Launcher != LauncherMP {
-		return fmt.Errorf("%w: --launcher %q: choose ray or mp", ErrConfig, c.Launcher)
+		return fmt.Errorf("%w: --launcher %q: choose ray or mp", ErrInvalid, c.Launcher)
 	}
 	if c.HangAfter <= c.ProbeInterval {
-		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrConfig, c.HangAfter, c.ProbeInterval)
+		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrInvalid, c.HangAfter, c.ProbeInterval)
 	}
 	if _, err := c.Adapters(); err != nil {
 		return err
@@ -238,7 +238,7 @@ func (c Config) Validate() error {
 		return err
 	}
 	if c.LogLevel != "" && hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
-		return fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", ErrConfig, c.LogLevel)
+		return fmt.Errorf("%w: log level %q is not trace, debug, info, warn or error", ErrInvalid, c.LogLevel)
 	}
 	return nil
 }
@@ -250,7 +250,7 @@ func (c *Config) setAll(o Option, values []string, source string) error {
 	}
 	for _, v := range values {
 		if err := o.set(c, v); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrConfig, source, err)
+			return fmt.Errorf("%w: %s: %w", ErrInvalid, source, err)
 		}
 	}
 	return nil
@@ -259,34 +259,34 @@ func (c *Config) setAll(o Option, values []string, source string) error {
 func (c *Config) applyYAML(data []byte) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("%w: config file: %w", ErrConfig, err)
+		return fmt.Errorf("%w: config file: %w", ErrInvalid, err)
 	}
 	if len(doc.Content) == 0 {
 		return nil
 	}
 	m := doc.Content[0]
 	if m.Kind != yaml.MappingNode {
-		return fmt.Errorf("%w: config file: line %d: expected a mapping of option: value", ErrConfig, m.Line)
+		return fmt.Errorf("%w: config file: line %d: expected a mapping of option: value", ErrInvalid, m.Line)
 	}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		key, val := m.Content[i], m.Content[i+1]
 		o, ok := lookupOption(key.Value)
 		if !ok {
-			return fmt.Errorf("%w: config file: line %d: unknown key %q (see llm-agent run --help for the options)", ErrConfig, key.Line, key.Value)
+			return fmt.Errorf("%w: config file: line %d: unknown key %q (see llm-agent run --help for the options)", ErrInvalid, key.Line, key.Value)
 		}
 		var values []string
 		switch {
 		case (o.Kind == KindList || o.Repeat) && val.Kind == yaml.SequenceNode:
 			for _, item := range val.Content {
 				if item.Kind != yaml.ScalarNode {
-					return fmt.Errorf("%w: config file: line %d: %s items must be plain values", ErrConfig, item.Line, o.Name)
+					return fmt.Errorf("%w: config file: line %d: %s items must be plain values", ErrInvalid, item.Line, o.Name)
 				}
 				values = append(values, item.Value)
 			}
 		case val.Kind == yaml.ScalarNode:
 			values = []string{val.Value}
 		default:
-			return fmt.Errorf("%w: config file: line %d: %s takes a single value", ErrConfig, val.Line, o.Name)
+			return fmt.Errorf("%w: config file: line %d: %s takes a single value", ErrInvalid, val.Line, o.Name)
 		}
 		if err := c.setAll(o, values, fmt.Sprintf("config file line %d", val.Line)); err != nil {
 			return err
@@ -296,13 +296,13 @@ func (c *Config) applyYAML(data []byte) error {
 }
 
 // ReadConfigFile reads the YAML configuration file at path; an empty path reads nothing.
-func ReadConfigFile(path string) ([]byte, error) {
+func ReadFile(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: read config file: %w", ErrConfig, err)
+		return nil, fmt.Errorf("%w: read config file: %w", ErrInvalid, err)
 	}
 	return b, nil
 }
@@ -315,10 +315,10 @@ func (c Config) Adapters() ([]vllm.Adapter, error) {
 	for _, spec := range c.LoRA {
 		name, path, err := vllm.ParseAdapterSpec(spec)
 		if err != nil {
-			return nil, fmt.Errorf("%w: --lora: %w", ErrConfig, err)
+			return nil, fmt.Errorf("%w: --lora: %w", ErrInvalid, err)
 		}
 		if seen[name] {
-			return nil, fmt.Errorf("%w: --lora: the name %q is taken (by the model or another adapter)", ErrConfig, name)
+			return nil, fmt.Errorf("%w: --lora: the name %q is taken (by the model or another adapter)", ErrInvalid, name)
 		}
 		seen[name] = true
 		out = append(out, vllm.Adapter{Name: name, Path: path})
@@ -332,7 +332,7 @@ func (c Config) ServedName() string {
 	if c.ServedModelName != "" {
 		return c.ServedModelName
 	}
-	if looksLikePath(c.Model) {
+	if LooksLikePath(c.Model) {
 		return filepath.Base(strings.TrimRight(c.Model, "/"))
 	}
 	if _, err := os.Stat(c.Model); err == nil {
@@ -343,7 +343,7 @@ func (c Config) ServedName() string {
 
 // looksLikePath tells a model written as a path from one that may be a Hugging Face id
 // ("org/name" or "name").
-func looksLikePath(model string) bool {
+func LooksLikePath(model string) bool {
 	return strings.HasPrefix(model, "/") || strings.HasPrefix(model, ".") || strings.HasPrefix(model, "~") ||
 		strings.Count(model, "/") > 1
 }
