@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/status"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
@@ -64,7 +65,7 @@ func TestRunGatewayWithKeysFile(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 2, strings.Count(string(b), "\n"), "one line per authenticated request")
 	assert.NotContains(t, string(b), "sk-alice")
-	rep, err := Usage(filepath.Join(dir, jobfiles.ConnectionFile), 100, time.Now())
+	rep, err := status.Usage(filepath.Join(dir, jobfiles.ConnectionFile), 100, time.Now())
 	require.NoError(t, err)
 	require.Len(t, rep.Keys, 2)
 	assertNoChildren(t)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/agent/status"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -96,7 +97,7 @@ func jsonFields(typ reflect.Type, prefix string) []string {
 func TestSurfaceFiles(t *testing.T) {
 	var got []string
 	for file, v := range map[string]any{jobfiles.ConnectionFile: jobfiles.Connection{}, jobfiles.RendezvousFile: jobfiles.Rendezvous{}, "nodes/HOST.json": jobfiles.NodeInfo{}, jobfiles.EngineFile: jobfiles.EngineGeneration{},
-		gateway.AuditFile: gateway.Record{}, "usage --json": gateway.UsageReport{}, "status --json": StatusReport{}, "services/NAME/connection.json: service": jobfiles.ServiceInfo{}} {
+		gateway.AuditFile: gateway.Record{}, "usage --json": gateway.UsageReport{}, "status --json": status.Report{}, "services/NAME/connection.json: service": jobfiles.ServiceInfo{}} {
 		for _, f := range jsonFields(reflect.TypeOf(v), "") {
 			got = append(got, file+": "+f)
 		}

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/agent/status"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
@@ -137,7 +137,7 @@ func TestMultiNodeLifecycle(t *testing.T) {
 		// llm-agent status reads the same and exits 0 when ready.
 		statusOut, err := exec.Command(suite.agentBin, "status", "--json", j.stateDir).Output()
 		require.NoError(t, err, "status exits 0 when ready: %s", statusOut)
-		var report agent.StatusReport
+		var report status.Report
 		require.NoError(t, json.Unmarshal(statusOut, &report))
 		assert.True(t, report.Ready)
 		assert.Equal(t, 6, report.GPUs)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/status"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
@@ -171,7 +172,7 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			report, err := agent.Status(c.Context, path, &http.Client{}, time.Now())
+			report, err := status.Read(c.Context, path, &http.Client{}, time.Now())
 			if err != nil {
 				return usageError{err}
 			}
@@ -202,9 +203,9 @@ func usageCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			usage := agent.Usage
+			usage := status.Usage
 			if c.String("service") != "" {
-				usage = agent.ServiceUsage // summed over the service's jobs
+				usage = status.ServiceUsage // summed over the service's jobs
 			}
 			rep, err := usage(path, c.Float64("su-factor"), time.Now())
 			if err != nil {
@@ -231,7 +232,7 @@ func jobConnectionPath(c *cli.Context) (string, error) {
 	if arg == "" {
 		arg = os.Getenv("SLURM_JOB_ID")
 	}
-	path, err := agent.ConnectionPath(arg, os.Getenv("HOME"))
+	path, err := status.ConnectionPath(arg, os.Getenv("HOME"))
 	if err != nil {
 		return "", usageError{err}
 	}

@@ -1,8 +1,9 @@
-package agent
+package status
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
@@ -58,7 +60,7 @@ func TestStatus(t *testing.T) {
 
 	path, err := ConnectionPath(dir, "")
 	require.NoError(t, err)
-	r, err := Status(context.Background(), path, &http.Client{}, now)
+	r, err := Read(context.Background(), path, &http.Client{}, now)
 	require.NoError(t, err)
 	assert.True(t, r.Ready)
 	assert.Equal(t, 3600.0, r.Uptime)
@@ -84,7 +86,7 @@ func TestStatus(t *testing.T) {
 	// A job that ended is reported from its file alone, not ready.
 	require.NoError(t, w.SetState(jobfiles.StateFailed, "engine: gave up"))
 	later := now.Add(5 * time.Hour)
-	r, err = Status(context.Background(), path, &http.Client{}, later)
+	r, err = Read(context.Background(), path, &http.Client{}, later)
 	require.NoError(t, err)
 	assert.False(t, r.Ready)
 	snap := w.Snapshot()
@@ -115,6 +117,77 @@ func TestConnectionPath(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNoJob)
 	bad := filepath.Join(t.TempDir(), "c.json")
 	require.NoError(t, os.WriteFile(bad, []byte("{"), 0o600))
-	_, err = Status(context.Background(), bad, &http.Client{}, time.Now())
+	_, err = Read(context.Background(), bad, &http.Client{}, time.Now())
 	assert.ErrorIs(t, err, ErrNoJob)
+}
+
+// writeJob writes a job's connection file and, with records, its audit log, in a new folder.
+func writeJob(t *testing.T, id string, started time.Time, state jobfiles.ServiceState, records ...gateway.Record) string {
+	t.Helper()
+	dir := t.TempDir()
+	conn := jobfiles.Connection{JobID: id, State: state, GPUs: 2, StartedAt: started, UpdatedAt: started.Add(time.Hour)}
+	require.NoError(t, jobfiles.WriteJSONAtomic(filepath.Join(dir, jobfiles.ConnectionFile), conn, 0o600))
+	if len(records) > 0 {
+		var b bytes.Buffer
+		for _, r := range records {
+			line, err := json.Marshal(r)
+			require.NoError(t, err)
+			b.Write(append(line, '\n'))
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, gateway.AuditFile), b.Bytes(), 0o600))
+	}
+	return dir
+}
+
+// TestServiceStatusAndUsage: a service's status names its jobs and successor, and its usage
+// sums that of every job that served; a job that never served adds nothing.
+func TestServiceStatusAndUsage(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	rec := func(key string, tokens int) gateway.Record {
+		return gateway.Record{Time: now, Key: key, Project: "p", Endpoint: "/v1/chat/completions", Status: 200, PromptTokens: tokens, CompletionTokens: tokens}
+	}
+	first := writeJob(t, "10", now.Add(-3*time.Hour), jobfiles.StateStopped, rec("alice", 10), rec("bob", 30))
+	second := writeJob(t, "11", now.Add(-time.Hour), jobfiles.StateReady, rec("alice", 5))
+	never := writeJob(t, "12", now, jobfiles.StateStarting)
+	ended := now.Add(-2 * time.Hour)
+	svc := filepath.Join(t.TempDir(), "svc")
+	_, err := jobfiles.UpdateService(svc, func(s *jobfiles.ServiceFile) error {
+		s.Connection = jobfiles.Connection{JobID: "11", State: jobfiles.StateReady, StartedAt: now.Add(-time.Hour), GPUs: 2}
+		s.Service = jobfiles.ServiceInfo{Name: "svc", State: jobfiles.ServiceServing, Reason: "job 11 serves", Current: "11",
+			Successor: &jobfiles.Successor{JobID: "12", State: "pending", Reason: "Dependency", Attempts: 1, Of: "11"},
+			Jobs: []jobfiles.ServiceJob{{JobID: "10", Node: "n1", StateDir: first, Started: now.Add(-3 * time.Hour), Ended: &ended, Why: "handed over"},
+				{JobID: "11", Node: "n2", StateDir: second, Started: now.Add(-time.Hour)}, {JobID: "12", Node: "n3", StateDir: never, Started: now}}}
+		return nil
+	})
+	require.NoError(t, err)
+	path := filepath.Join(svc, jobfiles.ConnectionFile)
+
+	rep, err := ServiceUsage(path, 100, now)
+	require.NoError(t, err)
+	byKey := map[string]gateway.UsageRow{}
+	for _, k := range rep.Keys {
+		byKey[k.Key] = k
+	}
+	require.Len(t, byKey, 2, "%+v", rep.Keys)
+	assert.EqualValues(t, 2, byKey["alice"].Requests, "alice's requests in both jobs")
+	assert.EqualValues(t, 1, byKey["bob"].Requests)
+
+	one, err := Usage(filepath.Join(first, jobfiles.ConnectionFile), 100, now)
+	require.NoError(t, err)
+	assert.Len(t, one.Keys, 2)
+	_, err = Usage(filepath.Join(t.TempDir(), jobfiles.ConnectionFile), 100, now)
+	assert.ErrorIs(t, err, ErrNoJob)
+	_, err = ServiceUsage(filepath.Join(t.TempDir(), jobfiles.ConnectionFile), 100, now)
+	assert.ErrorIs(t, err, ErrNoJob)
+
+	r, err := Read(context.Background(), path, &http.Client{}, now)
+	require.NoError(t, err)
+	require.NotNil(t, r.Service)
+	var out bytes.Buffer
+	require.NoError(t, r.WriteTable(&out))
+	table := spaces.ReplaceAllString(out.String(), " ")
+	assert.Contains(t, table, "service svc serving: job 11 serves\n")
+	assert.Contains(t, table, "successor job 12 pending Dependency (attempt 1)\n")
+	assert.Contains(t, table, "job 10 n1, from "+now.Add(-3*time.Hour).Local().Format("2006-01-02 15:04:05")+" to "+ended.Local().Format("2006-01-02 15:04:05")+" handed over\n")
+	assert.Contains(t, table, "job 11 n2, from "+now.Add(-time.Hour).Local().Format("2006-01-02 15:04:05")+" to serving\n")
 }

@@ -1,4 +1,7 @@
-package agent
+// Package status answers `llm-agent status` and `llm-agent usage` from the job's files: the
+// connection file, each node's probes, the service's file and the usage records. It reads;
+// it never starts anything.
+package status
 
 import (
 	"context"
@@ -30,8 +33,8 @@ type NodeStatus struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-// StatusReport is what `llm-agent status` prints.
-type StatusReport struct {
+// Report is what `llm-agent status` prints.
+type Report struct {
 	JobID    string                `json:"job_id"`
 	State    jobfiles.ServiceState `json:"state"`
 	Reason   string                `json:"reason,omitempty"`
@@ -61,18 +64,18 @@ type StatusReport struct {
 // ConnectionPath finds a job's connection file from a job id, a state directory or the file.
 func ConnectionPath(arg, home string) (string, error) { return jobfiles.FindConnection(arg, home) }
 
-// Status reads the connection file at path and probes every node's /healthz and /readyz.
-func Status(ctx context.Context, path string, client *http.Client, now time.Time) (StatusReport, error) {
+// Read reads the connection file at path and probes every node's /healthz and /readyz.
+func Read(ctx context.Context, path string, client *http.Client, now time.Time) (Report, error) {
 	// A job's file, or a service's, which is a job's with the service's part.
 	var f struct {
 		jobfiles.Connection
 		Service *jobfiles.ServiceInfo `json:"service"`
 	}
 	if err := jobfiles.ReadJSON(path, &f); err != nil {
-		return StatusReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+		return Report{}, fmt.Errorf("%w: %w", ErrNoJob, err)
 	}
 	c := f.Connection
-	r := StatusReport{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
+	r := Report{JobID: c.JobID, State: c.State, Reason: c.Reason, URL: c.BaseURL, Model: c.ServedModelName,
 		Tensor: c.TensorParallel, Pipeline: c.PipelineParallel, GPUs: c.GPUs, Restarts: c.Restarts,
 		SSHTunnel: c.SSHTunnel, Tunnel: c.Tunnel, File: path, Replicas: c.Replicas, Models: c.Models, Adapters: c.Adapters}
 	live := !c.State.Ended()
@@ -131,7 +134,7 @@ func probe(ctx context.Context, client *http.Client, url string) (bool, string) 
 }
 
 // WriteTable prints the report for people.
-func (r StatusReport) WriteTable(w io.Writer) error {
+func (r Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	state := string(r.State)
 	if r.Reason != "" {
@@ -162,6 +165,19 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	default:
 		fmt.Fprintf(tw, "time left\tunknown\n")
 	}
+	r.writeRuntime(tw)
+	r.writeService(tw)
+	if r.Tunnel != "" {
+		fmt.Fprintf(tw, "tunnel\t%s\n", r.Tunnel)
+		fmt.Fprintf(tw, "or ssh\t%s\n", r.SSHTunnel)
+	} else {
+		fmt.Fprintf(tw, "tunnel\t%s\n", r.SSHTunnel)
+	}
+	return tw.Flush()
+}
+
+// writeRuntime prints the restarts, the nodes, the replicas and the adapters.
+func (r Report) writeRuntime(tw io.Writer) {
 	var restarts []string
 	for _, k := range slices.Sorted(maps.Keys(r.Restarts)) {
 		restarts = append(restarts, fmt.Sprintf("%s %d", k, r.Restarts[k]))
@@ -191,6 +207,10 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 	for _, ad := range r.Adapters {
 		fmt.Fprintf(tw, "adapter %s\t%s\n", ad.Name, ad.Path)
 	}
+}
+
+// writeService prints the service the job belongs to, with its successor and its jobs.
+func (r Report) writeService(tw io.Writer) {
 	if s := r.Service; s != nil {
 		line := s.State
 		if s.Reason != "" {
@@ -211,13 +231,6 @@ func (r StatusReport) WriteTable(w io.Writer) error {
 			fmt.Fprintf(tw, "job %s\t%s, from %s to %s\n", j.JobID, j.Node, j.Started.Local().Format("2006-01-02 15:04:05"), end)
 		}
 	}
-	if r.Tunnel != "" {
-		fmt.Fprintf(tw, "tunnel\t%s\n", r.Tunnel)
-		fmt.Fprintf(tw, "or ssh\t%s\n", r.SSHTunnel)
-	} else {
-		fmt.Fprintf(tw, "tunnel\t%s\n", r.SSHTunnel)
-	}
-	return tw.Flush()
 }
 
 func roundDuration(sec float64) string {
