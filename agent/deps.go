@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/slurm"
@@ -20,8 +21,8 @@ type Deps struct {
 	Logger   hclog.Logger
 	Getenv   func(string) string
 	Hostname string
-	Net      Netinfo
-	Ports    PortProber
+	Net      node.Netinfo
+	Ports    node.PortProber
 	// Notice receives the one-line notices meant for the job's output.
 	Notice io.Writer
 	// Collectors are registered beside the agent's own (the GPU collector, for one).
@@ -45,7 +46,7 @@ type Deps struct {
 // DefaultDeps returns the real environment.
 func DefaultDeps(log hclog.Logger) Deps {
 	host, _ := os.Hostname()
-	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: SystemNet{}, Ports: TCPProber{}, Notice: os.Stderr,
+	return Deps{Logger: log, Getenv: os.Getenv, Hostname: host, Net: node.SystemNet{}, Ports: node.TCPProber{}, Notice: os.Stderr,
 		JobEndTime: slurm.SqueueEndTime, NVML: nvml.New(), GPUAccessible: gpu.DeviceAccessible,
 		Scheduler: slurm.Commands{}, Args: runArgs(os.Args)}
 }

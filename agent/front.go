@@ -14,6 +14,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -100,7 +101,7 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 	}
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(h.ports.API))
 	if err != nil {
-		return nil, fmt.Errorf("%w: API port %d: %w", ErrPort, h.ports.API, err)
+		return nil, fmt.Errorf("%w: API port %d: %w", node.ErrPort, h.ports.API, err)
 	}
 	h.front.gw = gateway.New(gateway.Options{
 		Engine:            h.engineEndpoint(),

@@ -12,7 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/internal/linelog"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -50,7 +52,7 @@ type head struct {
 	answering answering
 	rayc      ray.Client
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
-	engineOut *lineLogger
+	engineOut *linelog.Logger
 
 	// service is the job's service, with --service.
 	service *service
@@ -74,7 +76,7 @@ func (a *agent) runHead(ctx context.Context) error {
 	h := &head{agent: a}
 	var err error
 	var moved []string
-	if h.ports, moved, err = PickHeadPorts(a.cfg, a.alloc.JobID, a.deps.Ports); err != nil {
+	if h.ports, moved, err = node.PickHeadPorts(a.cfg, a.alloc.JobID, a.deps.Ports); err != nil {
 		return err
 	}
 	for _, m := range moved {
@@ -88,7 +90,7 @@ func (a *agent) runHead(ctx context.Context) error {
 	}
 	if a.perNode() > 1 {
 		// The head's further replicas, each behind a gateway of its own as on the workers.
-		if h.slotPorts, err = pickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), true, h.ports.API, h.ports.Metrics); err != nil {
+		if h.slotPorts, err = node.PickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), true, h.ports.API, h.ports.Metrics); err != nil {
 			return err
 		}
 	}

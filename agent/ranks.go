@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/internal/linelog"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -197,7 +198,7 @@ func (a *agent) workerRankStage(run context.Context, rv jobfiles.Rendezvous) lif
 type rank struct {
 	a        *agent
 	svc      *supervisor.Service
-	out      *lineLogger
+	out      *linelog.Logger
 	closeOut func()
 
 	mu sync.Mutex

@@ -18,6 +18,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -160,7 +161,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, er
 	r.gw = gateway.New(gateway.Options{Engine: r.eng, EngineKey: r.engineKey, Keys: keys, Ready: r.answering.ready(r.readiness),
 		MaxBody: maxBody, LoRA: a.lora.on(), OwnerKey: key, OnAdapter: a.lora.changed, Name: r.name, Logger: a.log.Named("gateway")})
 	if r.ln, err = net.Listen("tcp", net.JoinHostPort(a.addr, strconv.Itoa(port))); err != nil {
-		return nil, fmt.Errorf("%w: replica port %d: %w", ErrPort, port, err)
+		return nil, fmt.Errorf("%w: replica port %d: %w", node.ErrPort, port, err)
 	}
 	r.srv = &http.Server{Handler: r.gw.Handler(), ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: 2 * time.Minute}
 	child := childName(slot)

@@ -16,7 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/internal/linelog"
 	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/gpu"
@@ -148,7 +150,7 @@ func prepare(ctx context.Context, cfg config.Config, deps Deps) (*agent, error) 
 	if a.stateDir, err = prepareStateDir(cfg.StateDir, deps.Getenv, a.alloc.JobID); err != nil {
 		return nil, err
 	}
-	if a.addr, a.ifname, err = NodeAddress(deps.Net, cfg.Iface, a.alloc.Hostname()); err != nil {
+	if a.addr, a.ifname, err = node.Address(deps.Net, cfg.Iface, a.alloc.Hostname()); err != nil {
 		return nil, err
 	}
 	role := "worker"
@@ -237,7 +239,7 @@ func prepareStateDir(dir string, getenv func(string) string, jobID string) (stri
 func (a *agent) serveMetrics(ctx context.Context, port int, extra served) (<-chan error, error) {
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
-		return nil, fmt.Errorf("%w: metrics port %d: %w", ErrPort, port, err)
+		return nil, fmt.Errorf("%w: metrics port %d: %w", node.ErrPort, port, err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics.NewAgentCollector(a.state, nil), metrics.NewProcessCollector(a.state, nil, nil),
@@ -259,13 +261,13 @@ func (a *agent) serveMetrics(ctx context.Context, port int, extra served) (<-cha
 
 // childOutput returns a writer that sends a child's output to its log file in the state
 // directory and, line by line, to the agent's log.
-func (a *agent) childOutput(name string) (*lineLogger, func(), error) {
+func (a *agent) childOutput(name string) (*linelog.Logger, func(), error) {
 	path := filepath.Join(a.stateDir, "logs", a.alloc.Hostname()+"."+name+".log")
 	f, err := securefs.OpenAppend(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open log of %s: %w", name, err)
 	}
-	w := newLineLogger(f, a.log.Named(name))
+	w := linelog.New(f, a.log.Named(name))
 	return w, func() { w.Flush(); f.Close() }, nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -90,7 +91,7 @@ func testDeps(t *testing.T, env map[string]string, host string) Deps {
 		Getenv:   func(k string) string { return env[k] },
 		Hostname: host,
 		Net:      loopbackNet{},
-		Ports:    TCPProber{},
+		Ports:    node.TCPProber{},
 		Notice:   io.Discard,
 	}
 }
@@ -429,7 +430,7 @@ func TestRunBadInput(t *testing.T) {
 		name    string
 		edit    func(c *config.Config)
 		env     map[string]string
-		ports   PortProber
+		ports   node.PortProber
 		is      error
 		message string
 	}{
@@ -446,8 +447,8 @@ func TestRunBadInput(t *testing.T) {
 		{"impossible parallelism", func(c *config.Config) { c.TensorParallel = 4 },
 			map[string]string{"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1", "SLURM_GPUS_ON_NODE": "2"}, nil, config.ErrInvalid, "tensor parallel 4 exceeds the 2 GPUs"},
 		{"secret on vllm command line", func(c *config.Config) { c.VLLMArgs = []string{"--api-key=abc"} }, nil, nil, config.ErrInvalid, "visible to every user"},
-		{"port cannot be bound", func(c *config.Config) { c.Port = 80 }, nil, deniedProber{80}, ErrPort, "port 80 cannot be bound"},
-		{"unknown interface", func(c *config.Config) { c.Iface = "ib0" }, nil, nil, ErrAddress, `interface "ib0" not found`},
+		{"port cannot be bound", func(c *config.Config) { c.Port = 80 }, nil, deniedProber{80}, node.ErrPort, "port 80 cannot be bound"},
+		{"unknown interface", func(c *config.Config) { c.Iface = "ib0" }, nil, nil, node.ErrAddress, `interface "ib0" not found`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -494,10 +495,10 @@ func (d deniedProber) Probe(port int) error {
 	if port == d.port {
 		return syscall.EACCES
 	}
-	return TCPProber{}.Probe(port)
+	return node.TCPProber{}.Probe(port)
 }
 
-func (deniedProber) Free() (int, error) { return TCPProber{}.Free() }
+func (deniedProber) Free() (int, error) { return node.TCPProber{}.Free() }
 
 // TestRunMultiNodeEngineOnTheHeadOnly: when the plan keeps the model on the head, vLLM runs
 // there with its own processes, not Ray's executor, and a worker's Ray going away does not

@@ -10,6 +10,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -41,7 +42,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 			return err
 		}
 	}
-	ports, moved, err := PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
+	ports, moved, err := node.PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
 	if err != nil {
 		return err
 	}
@@ -49,7 +50,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 	if replica && a.alloc.NodeID*a.perNode() < rv.Replicas {
 		// The node's first replica gateway takes the API port the head would use, on this
 		// node; the others, free ones.
-		if replicaPorts, err = pickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), false); err != nil {
+		if replicaPorts, err = node.PickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), false); err != nil {
 			return err
 		}
 	}

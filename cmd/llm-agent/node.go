@@ -21,6 +21,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/agent/status"
 	"github.com/llm-agent/llm-agent/slurm"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -35,7 +36,7 @@ func nodeCommands() []*cli.Command {
 func beforeMain() { supervisor.MaybeRunReaper() }
 
 // inputErrors are the errors of input the user must fix: they exit 2.
-var inputErrors = []error{config.ErrInvalid, slurm.ErrAllocation, agent.ErrBadInput, agent.ErrPort, agent.ErrAddress}
+var inputErrors = []error{config.ErrInvalid, slurm.ErrAllocation, agent.ErrBadInput, node.ErrPort, node.ErrAddress}
 
 func runCommand() *cli.Command {
 	flags := []cli.Flag{&cli.StringFlag{

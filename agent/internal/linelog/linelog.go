@@ -1,4 +1,7 @@
-package agent
+// Package linelog copies a child's output to its log file and, line by line, to the agent's
+// log, keeping the first line of each run that reports an error (the engine's own words for
+// why it failed).
+package linelog
 
 import (
 	"bytes"
@@ -12,9 +15,9 @@ import (
 // maxLine bounds one logged line, so a child that prints without newlines cannot grow memory.
 const maxLine = 16 << 10
 
-// lineLogger copies a child's output to a file unchanged and logs it line by line. Stdout and
+// Logger copies a child's output to a file unchanged and logs it line by line. Stdout and
 // stderr share one, so writes are serialised.
-type lineLogger struct {
+type Logger struct {
 	mu   sync.Mutex
 	file io.Writer
 	log  hclog.Logger
@@ -28,12 +31,13 @@ type lineLogger struct {
 // ("... [core.py:1510] ValueError: ..."), not one quoted inside a warning.
 var errorLine = regexp.MustCompile(`(^|\] )([A-Z][A-Za-z]*(Error|Exception): \S.*)`)
 
-func newLineLogger(file io.Writer, log hclog.Logger) *lineLogger {
-	return &lineLogger{file: file, log: log}
+// New returns a Logger that copies to file and logs to log.
+func New(file io.Writer, log hclog.Logger) *Logger {
+	return &Logger{file: file, log: log}
 }
 
 // Write writes p to the file and logs every complete line.
-func (l *lineLogger) Write(p []byte) (int, error) {
+func (l *Logger) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, err := l.file.Write(p); err != nil {
@@ -56,7 +60,7 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 }
 
 // Flush logs a last line that had no newline.
-func (l *lineLogger) Flush() {
+func (l *Logger) Flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.buf) > 0 {
@@ -65,7 +69,7 @@ func (l *lineLogger) Flush() {
 	}
 }
 
-func (l *lineLogger) emit(line []byte) {
+func (l *Logger) emit(line []byte) {
 	line = bytes.TrimRight(line, "\r")
 	if len(line) == 0 {
 		return
@@ -77,14 +81,14 @@ func (l *lineLogger) emit(line []byte) {
 }
 
 // FirstError returns the first error line the child printed since the last NewRun, "" if none.
-func (l *lineLogger) FirstError() string {
+func (l *Logger) FirstError() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.firstError
 }
 
 // NewRun forgets the errors of the previous run of the child.
-func (l *lineLogger) NewRun() {
+func (l *Logger) NewRun() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.firstError = ""

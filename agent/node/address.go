@@ -1,4 +1,6 @@
-package agent
+// Package node is what an agent finds out about the node it runs on before anything starts:
+// its address for the job's traffic, and the ports it can bind, free of other jobs'.
+package node
 
 import (
 	"errors"
@@ -31,11 +33,11 @@ func (SystemNet) Addrs(iface net.Interface) ([]net.Addr, error) { return iface.A
 // LookupHost resolves a host name.
 func (SystemNet) LookupHost(host string) ([]string, error) { return net.LookupHost(host) }
 
-// NodeAddress chooses the one address this node uses for Ray, VLLM_HOST_IP, NCCL and Gloo, and
+// Address chooses the one address this node uses for Ray, VLLM_HOST_IP, NCCL and Gloo, and
 // the interface that holds it. With iface set, it is that interface's first IPv4 address (else
 // IPv6); otherwise the address hostname resolves to, or failing that the first address of an
 // interface that is up and not loopback.
-func NodeAddress(n Netinfo, iface, hostname string) (addr, ifname string, err error) {
+func Address(n Netinfo, iface, hostname string) (addr, ifname string, err error) {
 	ifaces, err := n.Interfaces()
 	if err != nil {
 		return "", "", fmt.Errorf("%w: list interfaces: %w", ErrAddress, err)

@@ -1,4 +1,4 @@
-package agent
+package node
 
 import (
 	"fmt"
@@ -139,4 +139,27 @@ func TestTCPProber(t *testing.T) {
 	port, err := p.Free()
 	require.NoError(t, err)
 	require.NoError(t, p.Probe(port))
+}
+
+// TestPickReplicaPorts: a worker's first replica takes the job's API port, or a free one when
+// it is busy here; the head's first is its own gateway's (0); the others are free and never
+// one that is taken already.
+func TestPickReplicaPorts(t *testing.T) {
+	api := 8000 + JobOffset("7")
+	got, err := PickReplicaPorts(config.Default(), "7", &fakeProber{}, 3, false)
+	require.NoError(t, err)
+	assert.Equal(t, []int{api, 40001, 40002}, got)
+
+	got, err = PickReplicaPorts(config.Default(), "7", &fakeProber{busy: map[int]bool{api: true}}, 1, false)
+	require.NoError(t, err)
+	assert.Equal(t, []int{40001}, got, "the API port is busy on this node")
+
+	got, err = PickReplicaPorts(config.Default(), "7", &fakeProber{next: 40000}, 3, true, 40001)
+	require.NoError(t, err)
+	assert.Equal(t, []int{0, 40002, 40003}, got, "the head's first is its own; 40001 is taken")
+
+	cfg := config.Default()
+	cfg.Port = 9100
+	_, err = PickReplicaPorts(cfg, "7", &fakeProber{denied: map[int]bool{9100: true}}, 2, false)
+	assert.ErrorIs(t, err, ErrPort, "a port given by the user that cannot be bound")
 }

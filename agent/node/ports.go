@@ -1,4 +1,4 @@
-package agent
+package node
 
 import (
 	"errors"
@@ -224,11 +224,11 @@ func PickWorkerPorts(cfg config.Config, jobID string, published jobfiles.Ports, 
 	return ports, p.moved, nil
 }
 
-// pickReplicaPorts picks the ports of a node's n replica gateways, one per slot: a worker's first
+// PickReplicaPorts picks the ports of a node's n replica gateways, one per slot: a worker's first
 // takes the API port the head would use (--port, default 8000 + job offset), or a free one when
 // that is busy on this node; the head's first is 0, its own engine behind its gateway; the
 // others are free ones that taken does not hold.
-func pickReplicaPorts(cfg config.Config, jobID string, probe PortProber, n int, head bool, taken ...int) ([]int, error) {
+func PickReplicaPorts(cfg config.Config, jobID string, probe PortProber, n int, head bool, taken ...int) ([]int, error) {
 	p := &portPicker{probe: probe, used: map[int]bool{}}
 	for _, t := range taken {
 		p.used[t] = true
