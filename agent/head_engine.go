@@ -2,10 +2,8 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,54 +18,32 @@ import (
 // engineService returns the supervised `vllm serve`, gated on a whole Ray cluster.
 func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Service, func(), error) {
 	a := h.agent
-	out, closeOut, err := a.childOutput("vllm")
-	if err != nil {
-		return nil, nil, err
-	}
-	h.engineOut = out
 	eng := h.engineEndpoint()
 	// Behind the gateway the socket is used and the host ignored; with --gateway=false vLLM holds
 	// the public port on every interface, with the job's key (docs/security.md says what that
 	// leaves open).
-	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
-		Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs}
-	env := append(a.environ(), ray.Env(a.addr, a.ifname)...)
-	env = append(env, "VLLM_API_KEY="+h.engineKey)
-	if gpus := a.slotGPUs(0); gpus != nil { // the head's share when nodes run several replicas
-		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(gpus, ","))
-	}
-	if a.lora.on() {
-		env = append(env, vllm.RuntimeLoRAEnv)
-	}
+	c := engineChild{name: "vllm", gpus: a.slotGPUs(0), // the head's share when nodes run several replicas
+		spec: vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
+			Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs},
+		env: append(ray.Env(a.addr, a.ifname), "VLLM_API_KEY="+h.engineKey),
+		onEvent: func(e supervisor.Event) {
+			h.rankRunning(e.State == supervisor.StateRunning)
+			_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
+			events <- e
+		}}
 	if h.engineRanks() {
-		spec = h.rankSpec(spec)
-		env = append(env, "VLLM_PORT="+strconv.Itoa(h.ports.EngineRPC))
+		c.spec = h.rankSpec(c.spec)
+		c.env = append(c.env, "VLLM_PORT="+strconv.Itoa(h.ports.EngineRPC))
+		c.beforeStart = h.nextGeneration
 	}
 	if h.engineOnRay() {
-		env = ray.WithAuth(append(env, "RAY_ADDRESS="+h.rayc.GCSAddress), a.rayTokenPath())
+		c.env, c.rayAuth = append(c.env, "RAY_ADDRESS="+h.rayc.GCSAddress), true
 	}
-	opts := a.serviceOptions("vllm")
-	opts.Command = func() (supervisor.Options, error) {
-		if err := removeStaleSocket(spec.Socket); err != nil {
-			return supervisor.Options{}, err
-		}
-		if h.engineRanks() {
-			if err := h.nextGeneration(); err != nil {
-				return supervisor.Options{}, err
-			}
-		}
-		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(a.lora.spec(spec)), Env: env,
-			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
+	opts, out, closeOut, err := a.engineOptions(c)
+	if err != nil {
+		return nil, nil, err
 	}
-	opts.OnEvent = func(e supervisor.Event) {
-		if e.State == supervisor.StateStarting {
-			out.NewRun()
-		}
-		a.trackChild(e)
-		h.rankRunning(e.State == supervisor.StateRunning)
-		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["vllm"] = e.Restarts })
-		events <- e
-	}
+	h.engineOut = out
 	switch {
 	case h.engineRanks():
 		opts.Before = h.waitRanks
@@ -118,22 +94,6 @@ func (h *head) monitorEngine(ctx context.Context, events <-chan supervisor.Event
 func (h *head) engineProbe() vllm.Probe {
 	eng := h.engineEndpoint()
 	return vllm.Probe{BaseURL: eng.BaseURL(), APIKey: h.engineKey, Client: &http.Client{Transport: eng.Transport(2)}}
-}
-
-// removeStaleSocket removes the socket an earlier engine left, which would make the next one's
-// bind fail. It lives in the agent's private directory, so nothing else can be there.
-func removeStaleSocket(path string) error {
-	if path == "" {
-		return nil
-	}
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("engine socket %s: not a socket left by an earlier engine (%v)", path, err)
-	}
-	return os.Remove(path)
 }
 
 // probeEngine waits for the engine that just started to become ready, then watches its

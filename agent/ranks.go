@@ -208,30 +208,24 @@ type rank struct {
 }
 
 func (a *agent) newRank(rv jobfiles.Rendezvous) (*rank, error) {
-	out, closeOut, err := a.childOutput("vllm")
+	r := &rank{a: a}
+	// A headless rank serves no API: the adapters added at run time reach it through rank 0,
+	// and its command line carries those of --lora, with the same --max-lora-rank.
+	opts, out, closeOut, err := a.engineOptions(engineChild{name: "vllm",
+		spec: vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Tensor: rv.Tensor, Pipeline: rv.Pipeline,
+			Nodes: rv.Pipeline, NodeRank: a.alloc.NodeID,
+			MasterAddr: rv.HeadAddress, MasterPort: rv.Ports.EngineMaster, Extra: a.cfg.VLLMArgs},
+		env:     append(ray.Env(a.addr, a.ifname), "VLLM_PORT="+strconv.Itoa(rv.Ports.EngineRPC)),
+		onEvent: r.onEvent})
 	if err != nil {
 		return nil, err
 	}
-	r := &rank{a: a, out: out, closeOut: closeOut}
-	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Tensor: rv.Tensor, Pipeline: rv.Pipeline,
-		Nodes: rv.Pipeline, NodeRank: a.alloc.NodeID,
-		MasterAddr: rv.HeadAddress, MasterPort: rv.Ports.EngineMaster, Extra: a.cfg.VLLMArgs}
-	// A headless rank serves no API: the adapters added at run time reach it through rank 0,
-	// and its command line carries those of --lora, with the same --max-lora-rank.
-	spec = a.lora.spec(spec)
-	env := append(a.environ(), ray.Env(a.addr, a.ifname)...)
-	env = append(env, "VLLM_PORT="+strconv.Itoa(rv.Ports.EngineRPC))
-	opts := a.serviceOptions("vllm")
+	r.out, r.closeOut = out, closeOut
 	// The head's policy is the group's: this rank follows the generations and never gives up
 	// by itself.
 	opts.Policy.MaxRestarts = math.MaxInt32
 	opts.Policy.Max = opts.Policy.Initial
 	opts.Before = r.awaitGeneration
-	opts.Command = func() (supervisor.Options, error) {
-		return supervisor.Options{Name: "vllm", Path: a.vllmBin, Args: vllm.ServeArgs(spec), Env: env,
-			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
-	}
-	opts.OnEvent = r.onEvent
 	r.svc = supervisor.NewService(opts)
 	return r, nil
 }
@@ -267,10 +261,6 @@ func (r *rank) awaitGeneration(ctx context.Context) error {
 // the head, which restarts the group.
 func (r *rank) onEvent(e supervisor.Event) {
 	a := r.a
-	if e.State == supervisor.StateStarting {
-		r.out.NewRun()
-	}
-	a.trackChild(e)
 	a.state.SetReady(e.State == supervisor.StateRunning, "engine rank "+string(e.State), time.Now())
 	r.mu.Lock()
 	r.running = 0

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,42 +163,23 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, er
 		return nil, fmt.Errorf("%w: replica port %d: %w", node.ErrPort, port, err)
 	}
 	r.srv = &http.Server{Handler: r.gw.Handler(), ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: 2 * time.Minute}
-	child := childName(slot)
-	out, closeOut, err := a.childOutput(child)
+	opts, _, closeOut, err := a.engineOptions(engineChild{name: childName(slot), gpus: a.slotGPUs(slot),
+		spec: vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket,
+			Tensor: replicaTensor(rv, a.alloc.Hostname()), Pipeline: 1, Extra: a.cfg.VLLMArgs},
+		env: []string{"VLLM_API_KEY=" + r.engineKey, "VLLM_HOST_IP=" + a.addr},
+		onEvent: func(e supervisor.Event) {
+			if e.State == supervisor.StateStarting && e.Restarts > 0 { // the head shows it with the replica
+				if err := a.node.EngineRestarts(slot, e.Restarts); err != nil {
+					a.log.Warn("cannot publish the engine's restarts", "error", err)
+				}
+			}
+			r.follow(e)
+		}})
 	if err != nil {
 		r.ln.Close()
 		return nil, err
 	}
 	r.closeOut = closeOut
-	spec := vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket, Tensor: replicaTensor(rv, a.alloc.Hostname()), Pipeline: 1,
-		Extra: a.cfg.VLLMArgs}
-	env := append(a.environ(), "VLLM_API_KEY="+r.engineKey, "VLLM_HOST_IP="+a.addr)
-	if gpus := a.slotGPUs(slot); gpus != nil {
-		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(gpus, ","))
-	}
-	if a.lora.on() {
-		env = append(env, vllm.RuntimeLoRAEnv)
-	}
-	opts := a.serviceOptions(child)
-	opts.Command = func() (supervisor.Options, error) {
-		if err := removeStaleSocket(spec.Socket); err != nil {
-			return supervisor.Options{}, err
-		}
-		return supervisor.Options{Name: child, Path: a.vllmBin, Args: vllm.ServeArgs(a.lora.spec(spec)), Env: env,
-			Stdout: out, Stderr: out, Grace: a.cfg.Grace / 4, Reaper: a.deps.Reaper}, nil
-	}
-	opts.OnEvent = func(e supervisor.Event) {
-		if e.State == supervisor.StateStarting {
-			out.NewRun()
-			if e.Restarts > 0 { // the head shows it with the replica
-				if err := a.node.EngineRestarts(slot, e.Restarts); err != nil {
-					a.log.Warn("cannot publish the engine's restarts", "error", err)
-				}
-			}
-		}
-		a.trackChild(e)
-		r.follow(e)
-	}
 	r.svc = supervisor.NewService(opts)
 	return r, nil
 }
