@@ -39,34 +39,9 @@ func (h *head) awaitPreparation(ctx context.Context) error {
 
 func (h *head) decidePreparation(ctx context.Context) error {
 	a := h.agent
-	reports := map[string]prepReport{}
-	var missing []string
-	wctx, cancel := context.WithTimeout(ctx, a.cfg.ModelTimeout)
-	defer cancel()
-	err := healthcheck.WaitReady(wctx, a.deps.Clock, prepPollInterval, func(context.Context) error {
-		missing = missing[:0]
-		for _, host := range a.alloc.Nodes {
-			if _, ok := reports[host]; ok {
-				continue
-			}
-			var r prepReport
-			if err := jobfiles.ReadJSON(a.prepPath(host), &r); err == nil {
-				reports[host] = r
-				continue
-			}
-			missing = append(missing, host)
-		}
-		if len(missing) > 0 {
-			return fmt.Errorf("%d of %d nodes reported", len(a.alloc.Nodes)-len(missing), len(a.alloc.Nodes))
-		}
-		return nil
-	})
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
+	reports, err := h.collectPrepReports(ctx)
 	if err != nil {
-		return fmt.Errorf("not every node prepared the model within --model-timeout %s: %s; see their logs in %s",
-			a.cfg.ModelTimeout, strings.Join(missing, ", "), filepath.Join(a.stateDir, "logs"))
+		return err
 	}
 	for _, host := range a.alloc.Nodes {
 		if r := reports[host]; r.Err != "" {
@@ -101,6 +76,42 @@ func (h *head) decidePreparation(ctx context.Context) error {
 			"nodes", len(a.alloc.Nodes), "bytes_hashed", whole.Hashed, "unchanged", whole.Skipped)
 	}
 	return nil
+}
+
+// collectPrepReports waits, within --model-timeout, for every node's report on its part of the
+// preparation.
+func (h *head) collectPrepReports(ctx context.Context) (map[string]prepReport, error) {
+	a := h.agent
+	reports := map[string]prepReport{}
+	var missing []string
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.ModelTimeout)
+	defer cancel()
+	err := healthcheck.WaitReady(wctx, a.deps.Clock, prepPollInterval, func(context.Context) error {
+		missing = missing[:0]
+		for _, host := range a.alloc.Nodes {
+			if _, ok := reports[host]; ok {
+				continue
+			}
+			var r prepReport
+			if err := jobfiles.ReadJSON(a.prepPath(host), &r); err == nil {
+				reports[host] = r
+				continue
+			}
+			missing = append(missing, host)
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%d of %d nodes reported", len(a.alloc.Nodes)-len(missing), len(a.alloc.Nodes))
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("not every node prepared the model within --model-timeout %s: %s; see their logs in %s",
+			a.cfg.ModelTimeout, strings.Join(missing, ", "), filepath.Join(a.stateDir, "logs"))
+	}
+	return reports, nil
 }
 
 // awaitVerdict, on a worker that starts engines of its own, waits for the head's verdict on

@@ -60,43 +60,7 @@ func (h *head) joinService(ctx context.Context) error {
 	}
 	s := &service{h: h, dir: jobfiles.ServiceDir(home, cfg.Service), name: cfg.Service, me: h.alloc.JobID}
 	now := h.deps.Clock.Now()
-	_, err := jobfiles.UpdateService(s.dir, func(f *jobfiles.ServiceFile) error {
-		info := &f.Service
-		successor := info.Successor != nil && info.Successor.JobID == s.me && !info.Ended
-		if !successor && info.Current != "" && info.Current != s.me && !f.State.Ended() {
-			if q, err := h.deps.Scheduler.Queue(ctx, info.Current); err != nil || !q.Ended() {
-				return fmt.Errorf("%w: service %s is served by job %s (%s); end it first with llm-agent stop --service %s, or choose another name",
-					ErrService, s.name, info.Current, f.State, s.name)
-			}
-		}
-		if successor {
-			if info.Until != nil {
-				s.until = *info.Until
-			}
-			info.Successor.State, info.Successor.Reason = "running", ""
-		} else {
-			// A new chain: the history stays, the rest starts afresh.
-			*info = jobfiles.ServiceInfo{Name: s.name, State: jobfiles.ServiceStarting, Jobs: info.Jobs}
-			switch {
-			case cfg.Until != "":
-				s.until, _ = config.ParseUntil(cfg.Until)
-			case cfg.For > 0:
-				s.until = now.Add(cfg.For)
-			}
-			if !s.until.IsZero() {
-				u := s.until.UTC()
-				info.Until = &u
-			}
-			info.Current = s.me
-		}
-		info.Name, info.Handover = s.name, cfg.Handover.String()
-		j := jobfiles.ServiceJob{JobID: s.me, Node: h.alloc.Head(), StateDir: h.stateDir, Started: now.UTC()}
-		if successor {
-			j.Of = info.Successor.Of
-		}
-		info.Jobs = append(info.Jobs, j)
-		return s.ensureKey()
-	})
+	_, err := jobfiles.UpdateService(s.dir, func(f *jobfiles.ServiceFile) error { return s.enter(ctx, f, now) })
 	if err != nil {
 		if errors.Is(err, ErrService) {
 			return fmt.Errorf("%w: %w", ErrBadInput, err)
@@ -109,6 +73,47 @@ func (h *head) joinService(ctx context.Context) error {
 	h.service = s
 	h.log.Info("serving as service", "service", s.name, "until", s.until, "handover", cfg.Handover, "file", filepath.Join(s.dir, jobfiles.ConnectionFile))
 	return nil
+}
+
+// enter enters the job in the service's file f: as the successor the chain queued, or as the
+// first job of a new chain; a job of the same name that still serves refuses it.
+func (s *service) enter(ctx context.Context, f *jobfiles.ServiceFile, now time.Time) error {
+	cfg := s.h.cfg
+	info := &f.Service
+	successor := info.Successor != nil && info.Successor.JobID == s.me && !info.Ended
+	if !successor && info.Current != "" && info.Current != s.me && !f.State.Ended() {
+		if q, err := s.h.deps.Scheduler.Queue(ctx, info.Current); err != nil || !q.Ended() {
+			return fmt.Errorf("%w: service %s is served by job %s (%s); end it first with llm-agent stop --service %s, or choose another name",
+				ErrService, s.name, info.Current, f.State, s.name)
+		}
+	}
+	if successor {
+		if info.Until != nil {
+			s.until = *info.Until
+		}
+		info.Successor.State, info.Successor.Reason = "running", ""
+	} else {
+		// A new chain: the history stays, the rest starts afresh.
+		*info = jobfiles.ServiceInfo{Name: s.name, State: jobfiles.ServiceStarting, Jobs: info.Jobs}
+		switch {
+		case cfg.Until != "":
+			s.until, _ = config.ParseUntil(cfg.Until)
+		case cfg.For > 0:
+			s.until = now.Add(cfg.For)
+		}
+		if !s.until.IsZero() {
+			u := s.until.UTC()
+			info.Until = &u
+		}
+		info.Current = s.me
+	}
+	info.Name, info.Handover = s.name, cfg.Handover.String()
+	j := jobfiles.ServiceJob{JobID: s.me, Node: s.h.alloc.Head(), StateDir: s.h.stateDir, Started: now.UTC()}
+	if successor {
+		j.Of = info.Successor.Of
+	}
+	info.Jobs = append(info.Jobs, j)
+	return s.ensureKey()
 }
 
 // ensureKey makes the service's key once, for all its jobs, unless the job brings its own.

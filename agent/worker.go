@@ -19,43 +19,13 @@ import (
 // runWorker joins the head's Ray cluster and keeps this node's Ray running until ctx ends; with
 // --launcher mp it runs this node's rank of the engine instead.
 func (a *agent) runWorker(ctx context.Context) error {
-	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
-	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
-	rv, err := jobfiles.WaitRendezvous(ctx, a.deps.Clock, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
-	if err != nil {
-		if ctx.Err() != nil {
-			a.log.Info("stopped while waiting for the rendezvous")
-			return nil
-		}
+	rv, stopped, err := a.awaitRendezvous(ctx)
+	if err != nil || stopped {
 		return err
 	}
-	mp, replica := rv.Launcher == config.LauncherMP, rv.Replicas > 1
-	if replica {
-		a.cfg.Replicas, a.slots = rv.Replicas, rv.PerNode
-		if err := a.findExecutables(); err != nil { // the head may have chosen replicas itself
-			return err
-		}
-	}
-	if !mp && !replica {
-		if _, err := ReadRayToken(a.stateDir); err != nil {
-			return err
-		}
-	}
-	ports, moved, err := node.PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
+	ports, replicaPorts, err := a.workerPorts(rv)
 	if err != nil {
 		return err
-	}
-	var replicaPorts []int
-	if replica && a.alloc.NodeID*a.perNode() < rv.Replicas {
-		// The node's first replica gateway takes the API port the head would use, on this
-		// node; the others, free ones.
-		if replicaPorts, err = node.PickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), false); err != nil {
-			return err
-		}
-	}
-	for _, m := range moved {
-		a.log.Warn("port busy on this node, using another", "move", m)
 	}
 	if a.prepares() {
 		if err := a.prepareWorkerModel(ctx, len(replicaPorts) > 0); err != nil {
@@ -66,7 +36,65 @@ func (a *agent) runWorker(ctx context.Context) error {
 			return err
 		}
 	}
-	run := lifecycle.Life(ctx)
+	failure := lifecycle.Run(ctx, a.workerStages(lifecycle.Life(ctx), rv, ports, replicaPorts), a.workerDrain)
+	if failure == nil {
+		a.log.Info("stopped")
+	}
+	return failure
+}
+
+// awaitRendezvous waits for the head's rendezvous and takes the replicas it chose; stopped
+// tells that ctx ended first.
+func (a *agent) awaitRendezvous(ctx context.Context) (rv jobfiles.Rendezvous, stopped bool, err error) {
+	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
+	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
+	rv, err = jobfiles.WaitRendezvous(ctx, a.deps.Clock, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
+	if err != nil {
+		if ctx.Err() != nil {
+			a.log.Info("stopped while waiting for the rendezvous")
+			return rv, true, nil
+		}
+		return rv, false, err
+	}
+	mp, replica := rv.Launcher == config.LauncherMP, rv.Replicas > 1
+	if replica {
+		a.cfg.Replicas, a.slots = rv.Replicas, rv.PerNode
+		if err := a.findExecutables(); err != nil { // the head may have chosen replicas itself
+			return rv, false, err
+		}
+	}
+	if !mp && !replica {
+		if _, err := ReadRayToken(a.stateDir); err != nil {
+			return rv, false, err
+		}
+	}
+	return rv, false, nil
+}
+
+// workerPorts picks this node's ports, and those of its replica gateways when it runs any.
+func (a *agent) workerPorts(rv jobfiles.Rendezvous) (jobfiles.Ports, []int, error) {
+	ports, moved, err := node.PickWorkerPorts(a.cfg, a.alloc.JobID, rv.Ports, a.deps.Ports)
+	if err != nil {
+		return ports, nil, err
+	}
+	var replicaPorts []int
+	if rv.Replicas > 1 && a.alloc.NodeID*a.perNode() < rv.Replicas {
+		// The node's first replica gateway takes the API port the head would use, on this
+		// node; the others, free ones.
+		if replicaPorts, err = node.PickReplicaPorts(a.cfg, a.alloc.JobID, a.deps.Ports, a.perNode(), false); err != nil {
+			return ports, nil, err
+		}
+	}
+	for _, m := range moved {
+		a.log.Warn("port busy on this node, using another", "move", m)
+	}
+	return ports, replicaPorts, nil
+}
+
+// workerStages are this worker's stages: the metrics, then its replicas, its Ray, its rank of
+// the engine, or nothing but its report.
+func (a *agent) workerStages(run context.Context, rv jobfiles.Rendezvous, ports jobfiles.Ports, replicaPorts []int) []lifecycle.Stage {
 	extra := served{}
 	if len(replicaPorts) > 0 {
 		// The replicas' engines' own metrics, passed through as on the head.
@@ -81,33 +109,30 @@ func (a *agent) runWorker(ctx context.Context) error {
 		for slot, port := range replicaPorts {
 			stages = append(stages, a.replicaStage(run, rv, port, slot))
 		}
-		stages = append(stages, a.workerFilesStage(ports, replicaPorts))
-	case replica:
-		stages = append(stages, a.workerFilesStage(ports, nil), idleStage(a))
-	case !mp:
-		stages = append(stages, a.workerFilesStage(ports, nil))
-		stages = append(stages, a.workerRayStage(run, ports, rv.RayAddress()))
+		return append(stages, a.workerFilesStage(ports, replicaPorts))
+	case rv.Replicas > 1:
+		return append(stages, a.workerFilesStage(ports, nil), idleStage(a))
+	case rv.Launcher != config.LauncherMP:
+		return append(stages, a.workerFilesStage(ports, nil), a.workerRayStage(run, ports, rv.RayAddress()))
 	case a.alloc.NodeID < rv.Pipeline:
-		stages = append(stages, a.workerFilesStage(ports, nil), a.workerRankStage(run, rv))
+		return append(stages, a.workerFilesStage(ports, nil), a.workerRankStage(run, rv))
 	default:
 		// The engine's pipeline ends before this node: with no Ray, it only reports.
-		stages = append(stages, a.workerFilesStage(ports, nil), idleStage(a))
+		return append(stages, a.workerFilesStage(ports, nil), idleStage(a))
 	}
-	failure := lifecycle.Run(ctx, stages, func(failure error) error {
-		if failure == nil {
-			a.log.Info("draining")
-			// Said before the metrics port closes, so that the head does not take this node's
-			// silence for a killed agent.
-			if err := a.node.End(""); err != nil {
-				a.log.Warn("cannot publish the stop", "error", err)
-			}
-		}
-		a.state.SetReady(false, "stopping", time.Now())
-		return failure
-	})
+}
+
+// workerDrain marks a requested stop in the node file before the stages stop.
+func (a *agent) workerDrain(failure error) error {
 	if failure == nil {
-		a.log.Info("stopped")
+		a.log.Info("draining")
+		// Said before the metrics port closes, so that the head does not take this node's
+		// silence for a killed agent.
+		if err := a.node.End(""); err != nil {
+			a.log.Warn("cannot publish the stop", "error", err)
+		}
 	}
+	a.state.SetReady(false, "stopping", time.Now())
 	return failure
 }
 

@@ -117,35 +117,39 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 	if err != nil {
 		return out, err
 	}
-	done := false
-	defer func() {
-		if !done {
-			lock.Close()
-		}
-	}()
-	// keep holds the lock shared while the copy is in use, until Release.
-	keep := func() {
-		_ = syscall.Flock(int(lock.Fd()), syscall.LOCK_SH)
-		out.lock, done = lock, true
+	reused, err := awaitCopy(ctx, lock, &out, files, srcStats, o)
+	if err == nil && !reused {
+		err = writeCopy(ctx, &out, files, srcStats, o)
 	}
+	if err != nil {
+		lock.Close()
+		return out, err
+	}
+	// The lock stays held shared while the copy is in use, until Release.
+	_ = syscall.Flock(int(lock.Fd()), syscall.LOCK_SH)
+	out.lock = lock
+	return out, nil
+}
+
+// awaitCopy reuses the copy at out.Dir when its record still holds (reused), or takes lock
+// exclusive for writing a new one. While another stager holds it, this one waits, then looks
+// again under the shared lock: the other may have written the copy this one wants. Users of an
+// older copy hold it shared: the new one waits for them.
+func awaitCopy(ctx context.Context, lock *os.File, out *Staged, files []File, srcStats []fileStat, o StageOptions) (reused bool, err error) {
 	for exclusive := false; ; {
-		if rep, ok := reuse(dst, src, files, srcStats); ok {
+		if rep, ok := reuse(out.Dir, out.Report.Dir, files, srcStats); ok {
 			out.Report.Files, out.Report.Skipped, out.Reused = rep, len(rep), true
 			if o.Progress != nil {
 				o.Progress.Add(out.Total)
 			}
-			keep()
-			return out, nil
+			return true, nil
 		}
 		if exclusive {
-			break
+			return false, nil
 		}
-		// To write the copy, the lock exclusive. While another stager holds it, this one waits,
-		// then looks again under the shared lock: the other may have written the copy this one
-		// wants. Users of an older copy hold it shared: the new one waits for them.
 		held, err := tryFlock(lock, syscall.LOCK_EX)
 		if err != nil {
-			return out, err
+			return false, err
 		}
 		if held {
 			exclusive = true
@@ -153,26 +157,33 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 		}
 		select {
 		case <-ctx.Done():
-			return out, ctx.Err()
+			return false, ctx.Err()
 		case <-time.After(lockPollInterval):
 		}
 		if err := flockWait(ctx, lock, syscall.LOCK_SH); err != nil {
-			return out, err
+			return false, err
 		}
 	}
+}
+
+// writeCopy copies and hashes files into a fresh directory beside out.Dir, records them, and
+// renames the directory into place; a failure leaves nothing behind.
+func writeCopy(ctx context.Context, out *Staged, files []File, srcStats []fileStat, o StageOptions) error {
+	dst := out.Dir
 	if err := checkSpace(filepath.Dir(dst), out.Total); err != nil {
-		return out, err
+		return err
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dst), filepath.Base(dst)+".partial-")
 	if err != nil {
-		return out, fmt.Errorf("%w: %w", ErrStage, err)
+		return fmt.Errorf("%w: %w", ErrStage, err)
 	}
+	placed := false
 	defer func() {
-		if !done {
+		if !placed {
 			os.RemoveAll(tmp)
 		}
 	}()
-	mark := stagedRecord{Source: src, Files: make([]stagedFile, len(files))}
+	mark := stagedRecord{Source: out.Report.Dir, Files: make([]stagedFile, len(files))}
 	out.Report.Files = make([]Result, len(files))
 	var hashed atomic.Int64
 	err = parallel(ctx, len(files), cmp.Or(o.Workers, runtime.GOMAXPROCS(0)), func(ctx context.Context, i int) error {
@@ -189,26 +200,26 @@ func Stage(ctx context.Context, src, dst string, o StageOptions) (Staged, error)
 	})
 	out.Report.Hashed = hashed.Load()
 	if err != nil {
-		return out, err
+		return err
 	}
 	if err := out.Report.Err(); err != nil {
-		return out, err
+		return err
 	}
 	b, err := json.Marshal(mark)
 	if err != nil {
-		return out, err
+		return err
 	}
 	if err := jobfiles.WriteFileAtomic(filepath.Join(tmp, stagedMark), b, 0o600); err != nil {
-		return out, fmt.Errorf("%w: %w", ErrStage, err)
+		return fmt.Errorf("%w: %w", ErrStage, err)
 	}
 	if err := os.RemoveAll(dst); err != nil {
-		return out, fmt.Errorf("%w: remove the stale copy: %w", ErrStage, err)
+		return fmt.Errorf("%w: remove the stale copy: %w", ErrStage, err)
 	}
 	if err := os.Rename(tmp, dst); err != nil {
-		return out, fmt.Errorf("%w: %w", ErrStage, err)
+		return fmt.Errorf("%w: %w", ErrStage, err)
 	}
-	keep()
-	return out, nil
+	placed = true
+	return nil
 }
 
 // stageList is what a staging copies: with verification, the files the source expects (the

@@ -60,24 +60,34 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 		g.active.Add(-1)
 		g.inflight.Done()
 	}()
+	req, body, ok := g.adapterRequest(w, r, x)
+	if !ok {
+		return
+	}
+	x.model = auditField(req.Name, maxModelField)
+	g.changeAdapter(w, r, x, req, body)
+}
+
+// adapterRequest reads and checks the owner's adapter request; ok is false once it has been
+// answered.
+func (g *Gateway) adapterRequest(w http.ResponseWriter, r *http.Request, x *exchange) (req adapterRequest, body []byte, ok bool) {
 	if r.Method != http.MethodPost {
 		x.status = http.StatusMethodNotAllowed
 		w.Header().Set("Allow", http.MethodPost)
 		writeError(w, x.status, "invalid_request_error", "method_not_allowed", "use POST")
-		return
+		return req, nil, false
 	}
 	if !g.pool.routes.Load().loraOn {
 		x.status = http.StatusConflict
 		writeError(w, x.status, "invalid_request_error", "lora_disabled",
 			"this job's engine runs without LoRA: start the job with --lora NAME=PATH or --vllm-arg=--enable-lora")
-		return
+		return req, nil, false
 	}
-	if ok, _ := g.ready(); !ok {
+	if ready, _ := g.ready(); !ready {
 		g.unavailable(w, r, x, "the model is not ready; retry shortly")
-		return
+		return req, nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdapterBody))
-	var req adapterRequest
 	if err == nil {
 		err = json.Unmarshal(body, &req)
 	}
@@ -90,11 +100,15 @@ func (g *Gateway) adapter(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		x.status = http.StatusBadRequest
 		writeError(w, x.status, "invalid_request_error", "bad_request", "bad adapter request: "+err.Error())
-		return
+		return req, nil, false
 	}
-	x.model = auditField(req.Name, maxModelField)
-	// Every replica of the model that serves adapters loads or unloads the adapter (another node's through its gateway, which
-	// takes this gateway's key as its owner's); the first refusal is the answer.
+	return req, body, true
+}
+
+// changeAdapter has every replica of the model that serves adapters load or unload the
+// adapter (another node's through its gateway, which takes this gateway's key as its owner's);
+// the first refusal is the answer. Once the engines took it, the agent is told.
+func (g *Gateway) changeAdapter(w http.ResponseWriter, r *http.Request, x *exchange, req adapterRequest, body []byte) {
 	var resp *http.Response
 	for _, rep := range g.pool.list() {
 		if !rep.Up() || !rep.LoRA {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,12 +89,22 @@ func benchAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	runs, err := benchRuns(ctx, c, o, reqs, rates)
+	if err != nil {
+		return err
+	}
+	return benchVerdict(c, runs)
+}
+
+// benchRuns runs the workload at each rate, printing each run's table and, for a sweep, the
+// sweep's, and writes --json.
+func benchRuns(ctx context.Context, c *cli.Context, o bench.Options, reqs []bench.Request, rates []float64) ([]bench.Result, error) {
 	var runs []bench.Result
 	for _, rate := range rates {
 		r := bench.Run(ctx, o, reqs, rate)
 		runs = append(runs, r)
 		if err := r.WriteTable(c.App.Writer); err != nil {
-			return err
+			return nil, err
 		}
 		if ctx.Err() != nil {
 			break
@@ -102,7 +113,7 @@ func benchAction(c *cli.Context) error {
 	if len(runs) > 1 {
 		fmt.Fprintln(c.App.Writer, "Sweep over request rates (ms):")
 		if err := bench.WriteSweep(c.App.Writer, runs); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if path := c.String("json"); path != "" {
@@ -110,9 +121,15 @@ func benchAction(c *cli.Context) error {
 			"input_len": o.InputLen, "output_len": o.OutputLen, "num_prompts": o.NumPrompts, "runs": runs, "date": time.Now().UTC()}
 		b, _ := json.MarshalIndent(doc, "", "  ")
 		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write --json: %w", err)
+			return nil, fmt.Errorf("write --json: %w", err)
 		}
 	}
+	return runs, nil
+}
+
+// benchVerdict fails a benchmark in which every request of a run failed, or, with --slo, one
+// that missed the service-level objectives.
+func benchVerdict(c *cli.Context, runs []bench.Result) error {
 	for _, r := range runs {
 		if r.Completed == 0 {
 			return cli.Exit("llm-agent: bench: every request failed at rate "+r.Rate, 1)

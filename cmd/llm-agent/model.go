@@ -31,57 +31,63 @@ func modelCommand() *cli.Command {
 					"by the SHA-256 of a large (LFS) file, or the git blob hash of a small one. A plain directory is checked against " +
 					"its SHA256SUMS (sha256sum's format; llm-agent model manifest writes one). Files unchanged since they last " +
 					"verified (size, modification and change times, inode) are not read again: the record is in ~/.llm-agent/verified.",
-				Flags: []cli.Flag{workers, &cli.BoolFlag{Name: "no-record", Usage: "read every file, and keep no record"}},
-				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return usageErrorf("model verify takes one model, not %d arguments", c.NArg())
-					}
-					dir, err := plan.ResolveModel(c.Args().First(), os.Getenv("HF_HOME"), os.Getenv("HOME"))
-					if err != nil {
-						return usageError{err}
-					}
-					o := model.Options{Workers: c.Int("workers")}
-					if !c.Bool("no-record") {
-						o.Record = model.RecordPath(os.Getenv("HOME"), dir)
-					}
-					ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-					defer stop()
-					start := time.Now()
-					rep, err := model.Verify(ctx, dir, o)
-					if errors.Is(err, model.ErrNoSource) || errors.Is(err, model.ErrManifest) {
-						return usageError{err}
-					}
-					writeVerifyReport(c, rep, time.Since(start))
-					return err
-				},
+				Flags:  []cli.Flag{workers, &cli.BoolFlag{Name: "no-record", Usage: "read every file, and keep no record"}},
+				Action: modelVerifyAction,
 			},
 			{
 				Name: "manifest", OnUsageError: onUsageError, ArgsUsage: "DIR",
-				Usage: "hash every file of DIR and write DIR/SHA256SUMS, which sha256sum -c and llm-agent model verify accept",
-				Flags: []cli.Flag{workers},
-				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return usageErrorf("model manifest takes one directory, not %d arguments", c.NArg())
-					}
-					dir := c.Args().First()
-					if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-						return usageErrorf("%s is not a directory", dir)
-					}
-					ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-					defer stop()
-					entries, err := model.WriteManifest(ctx, dir, c.Int("workers"))
-					if errors.Is(err, model.ErrNoSource) {
-						return usageError{err}
-					}
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(c.App.Writer, "wrote %s/%s: %d files\n", dir, model.ManifestName, len(entries))
-					return nil
-				},
+				Usage:  "hash every file of DIR and write DIR/SHA256SUMS, which sha256sum -c and llm-agent model verify accept",
+				Flags:  []cli.Flag{workers},
+				Action: modelManifestAction,
 			},
 		},
 	}
+}
+
+// modelVerifyAction is `llm-agent model verify MODEL`.
+func modelVerifyAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageErrorf("model verify takes one model, not %d arguments", c.NArg())
+	}
+	dir, err := plan.ResolveModel(c.Args().First(), os.Getenv("HF_HOME"), os.Getenv("HOME"))
+	if err != nil {
+		return usageError{err}
+	}
+	o := model.Options{Workers: c.Int("workers")}
+	if !c.Bool("no-record") {
+		o.Record = model.RecordPath(os.Getenv("HOME"), dir)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	start := time.Now()
+	rep, err := model.Verify(ctx, dir, o)
+	if errors.Is(err, model.ErrNoSource) || errors.Is(err, model.ErrManifest) {
+		return usageError{err}
+	}
+	writeVerifyReport(c, rep, time.Since(start))
+	return err
+}
+
+// modelManifestAction is `llm-agent model manifest DIR`.
+func modelManifestAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageErrorf("model manifest takes one directory, not %d arguments", c.NArg())
+	}
+	dir := c.Args().First()
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return usageErrorf("%s is not a directory", dir)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	entries, err := model.WriteManifest(ctx, dir, c.Int("workers"))
+	if errors.Is(err, model.ErrNoSource) {
+		return usageError{err}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s/%s: %d files\n", dir, model.ManifestName, len(entries))
+	return nil
 }
 
 // writeVerifyReport prints each file and a summary.

@@ -98,6 +98,19 @@ func stopService(ctx context.Context, out interface{ Write([]byte) (int, error) 
 			return err
 		}
 	}
+	if err := awaitLeftQueue(ctx, ids, wait); err != nil {
+		return err
+	}
+	_, err = jobfiles.UpdateService(dir, func(f *jobfiles.ServiceFile) error {
+		f.Service.State = jobfiles.ServiceStopped
+		return nil
+	})
+	fmt.Fprintf(out, "service %s stopped; nothing of it is left in the queue\n", filepath.Base(dir))
+	return err
+}
+
+// awaitLeftQueue waits, up to wait in all, until Slurm no longer has any of the jobs ids.
+func awaitLeftQueue(ctx context.Context, ids []string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for _, id := range ids {
 		for {
@@ -115,10 +128,5 @@ func stopService(ctx context.Context, out interface{ Write([]byte) (int, error) 
 			}
 		}
 	}
-	_, err = jobfiles.UpdateService(dir, func(f *jobfiles.ServiceFile) error {
-		f.Service.State = jobfiles.ServiceStopped
-		return nil
-	})
-	fmt.Fprintf(out, "service %s stopped; nothing of it is left in the queue\n", filepath.Base(dir))
-	return err
+	return nil
 }
