@@ -195,7 +195,7 @@ func (a *agent) priorityScheduling() bool {
 		return vllm.ReadSettings(a.cfg.VLLMArgs).SchedulingPolicy == "priority"
 	}
 	for _, p := range a.models {
-		if vllm.ReadSettings(p.cfg.VLLMArgs).SchedulingPolicy != "priority" {
+		if vllm.ReadSettings(p.Config.VLLMArgs).SchedulingPolicy != "priority" {
 			return false
 		}
 	}

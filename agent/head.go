@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/internal/linelog"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -209,7 +210,7 @@ func (h *head) initialConnection() jobfiles.Connection {
 		Gateway:          a.cfg.Gateway,
 		KeysFile:         a.cfg.KeysFile,
 		Launcher:         a.cfg.Launcher,
-		Models:           modelPlacements(a.models, a.tensors),
+		Models:           layout.Placements(a.models, a.tensors),
 	}
 	if a.loraJob.on() {
 		c.LoRAMaxRank = a.loraJob.maxRank

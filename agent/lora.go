@@ -34,7 +34,7 @@ func (a *agent) prepareLoRA() error {
 		// connection file still speak for it.
 		for _, p := range a.models {
 			if p.LoRA {
-				if a.loraJob, err = loraPlanFor(p.cfg); err != nil {
+				if a.loraJob, err = loraPlanFor(p.Config); err != nil {
 					return fmt.Errorf("model %s: %w", p.Name, err)
 				}
 			}

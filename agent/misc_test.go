@@ -15,36 +15,6 @@ import (
 	"github.com/llm-agent/llm-agent/slurm"
 )
 
-func TestChooseParallelism(t *testing.T) {
-	tests := []struct {
-		name                string
-		tp, pp, nodes, gpus int
-		wantTP, wantPP      int
-		err                 string
-	}{
-		{"defaults: GPUs per node by nodes", 0, 0, 3, 4, 4, 3, ""},
-		{"single node", 0, 0, 1, 8, 8, 1, ""},
-		{"explicit smaller tensor parallel", 2, 0, 2, 4, 2, 2, ""},
-		{"pipeline within one node", 2, 2, 1, 4, 2, 2, ""},
-		{"no GPUs: CPU engine", 0, 0, 2, 0, 1, 2, ""},
-		{"no GPUs but tensor parallel", 2, 0, 1, 0, 0, 0, "needs GPUs"},
-		{"tensor parallel across nodes", 8, 0, 2, 4, 0, 0, "tensor parallel 8 exceeds the 4 GPUs of a node"},
-		{"more GPUs than the allocation", 4, 3, 2, 4, 0, 0, "= 12 GPUs, but the allocation has 2 nodes x 4 GPUs = 8"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p, err := ChooseParallelism(tt.tp, tt.pp, tt.nodes, tt.gpus)
-			if tt.err != "" {
-				assert.ErrorIs(t, err, config.ErrInvalid)
-				assert.ErrorContains(t, err, tt.err)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, Parallelism{Tensor: tt.wantTP, Pipeline: tt.wantPP}, p)
-		})
-	}
-}
-
 func TestLoadAPIKey(t *testing.T) {
 	k1, err := LoadAPIKey("")
 	require.NoError(t, err)

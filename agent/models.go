@@ -6,61 +6,8 @@ import (
 	"strings"
 
 	"github.com/llm-agent/llm-agent/agent/config"
-	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/agent/layout"
 )
-
-// ModelPlace is where one model runs: its replicas' nodes, in node order.
-type ModelPlace struct {
-	// Name is the model's served name; Model what the engine loads.
-	Name, Model string
-	Nodes       []string
-	// LoRA tells that the model serves adapters; at most one model of a job does.
-	LoRA bool
-	// cfg is the configuration of a node that serves the model.
-	cfg config.Config
-}
-
-// PlaceModels gives each model its nodes, one per replica, in the order of the entries: an entry
-// that names its replicas gets that many, and the others share the nodes left evenly (the first
-// ones one more when they do not divide). It refuses, with the numbers, when the nodes do not
-// suffice.
-func PlaceModels(c config.Config, entries []config.ModelEntry, nodes []string) ([]ModelPlace, error) {
-	asked, open := 0, 0
-	var parts []string
-	for _, e := range entries {
-		name := c.ForEntry(e).ServedName()
-		if e.Replicas > 0 {
-			asked += e.Replicas
-			parts = append(parts, fmt.Sprintf("%s: %d", name, e.Replicas))
-		} else {
-			open++
-			parts = append(parts, name+": at least 1")
-		}
-	}
-	if need := asked + open; need > len(nodes) {
-		return nil, fmt.Errorf("%w: the models need %d nodes, one per replica (%s), and this job has %d: replicas whose model spans nodes are not supported, so ask for more nodes or fewer replicas",
-			ErrBadInput, need, strings.Join(parts, ", "), len(nodes))
-	}
-	left := len(nodes) - asked
-	var out []ModelPlace
-	next := 0
-	for _, e := range entries {
-		n := e.Replicas
-		if n == 0 {
-			n = left / open
-			if left%open > 0 {
-				n++
-			}
-			left -= n
-			open--
-		}
-		one := c.ForEntry(e)
-		out = append(out, ModelPlace{Name: one.ServedName(), Model: e.Model, Nodes: nodes[next : next+n],
-			LoRA: one.ServesLoRA(), cfg: one})
-		next += n
-	}
-	return out, nil
-}
 
 // placeModels reads the job's models and, when it serves several, places them on the nodes and
 // turns this node's configuration into that of the model it serves. A node that serves none
@@ -73,7 +20,7 @@ func (a *agent) placeModels() error {
 	if len(entries) == 1 && a.cfg.ModelsFile == "" {
 		return nil // one model, as the options say
 	}
-	places, err := PlaceModels(a.cfg, entries, a.alloc.Nodes)
+	places, err := layout.PlaceModels(a.cfg, entries, a.alloc.Nodes)
 	if err != nil {
 		return err
 	}
@@ -90,7 +37,7 @@ func (a *agent) placeModels() error {
 		a.logPlacement(places, entries, total)
 	}
 	a.models = places
-	a.cfg = mine.cfg
+	a.cfg = mine.Config
 	a.cfg.Replicas = total
 	return nil
 }
@@ -98,7 +45,7 @@ func (a *agent) placeModels() error {
 // logPlacement says, on the head, where each model runs. --model given more than once serves
 // each model: a site wrapper that adds a default --model before the user's makes a job of two
 // models, and this is where that shows.
-func (a *agent) logPlacement(places []ModelPlace, entries []config.ModelEntry, total int) {
+func (a *agent) logPlacement(places []layout.ModelPlace, entries []config.ModelEntry, total int) {
 	if a.cfg.ModelsFile == "" {
 		a.log.Info("several models, from --model given more than once; give one --model, or a --models-file, for one model", "models", len(entries))
 	}
@@ -144,14 +91,4 @@ func (a *agent) modelOf(host string) (string, bool) {
 		}
 	}
 	return a.cfg.ServedName(), a.lora.on()
-}
-
-// modelPlacements is how the rendezvous and the connection file list the models.
-func modelPlacements(places []ModelPlace, tensor map[string]int) []jobfiles.ModelPlacement {
-	var out []jobfiles.ModelPlacement
-	for _, p := range places {
-		out = append(out, jobfiles.ModelPlacement{Name: p.Name, Model: p.Model, Nodes: p.Nodes,
-			Tensor: tensor[p.Name], LoRA: p.LoRA})
-	}
-	return out
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/clients/lora"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
@@ -25,39 +25,6 @@ func writeModelsFile(t *testing.T, body string) string {
 	path := filepath.Join(t.TempDir(), "models.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
 	return path
-}
-
-func TestPlaceModels(t *testing.T) {
-	c := config.Default()
-	c.VLLMArgs = []string{"--max-model-len", "4096", "--seed", "1"}
-	c.ModelsFile = writeModelsFile(t, `models:
-  - model: /m/llama
-    served_model_name: chat
-    replicas: 2
-    vllm_args: [--max-model-len, "8192"]
-  - model: /m/embed
-  - model: org/coder
-    lora: [sql=/l/sql]
-`)
-	entries, err := c.ModelEntries()
-	require.NoError(t, err)
-	nodes := []string{"n1", "n2", "n3", "n4", "n5"}
-	places, err := PlaceModels(c, entries, nodes)
-	require.NoError(t, err)
-	require.Len(t, places, 3)
-	assert.Equal(t, "chat", places[0].Name)
-	assert.Equal(t, []string{"n1", "n2"}, places[0].Nodes)
-	assert.Equal(t, []string{"--seed", "1", "--max-model-len", "8192"}, places[0].cfg.VLLMArgs, "the entry's arguments win")
-	assert.Equal(t, "embed", places[1].Name)
-	assert.Equal(t, []string{"n3", "n4"}, places[1].Nodes, "the nodes left are shared, the first model one more")
-	assert.Equal(t, "org/coder", places[2].Name)
-	assert.Equal(t, []string{"n5"}, places[2].Nodes)
-	assert.True(t, places[2].LoRA)
-	assert.Equal(t, []string{"sql=/l/sql"}, places[2].cfg.LoRA)
-
-	_, err = PlaceModels(c, entries, nodes[:3])
-	assert.ErrorIs(t, err, ErrBadInput)
-	assert.ErrorContains(t, err, "the models need 4 nodes, one per replica (chat: 2, embed: at least 1, org/coder: at least 1), and this job has 3")
 }
 
 // TestPrepareServesThisNodesModel: each node takes the configuration of the model placed on it.
@@ -120,7 +87,7 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 	a, err := prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, a.cfg.Replicas)
-	assert.Equal(t, Parallelism{Tensor: 4, Pipeline: 1}, a.par)
+	assert.Equal(t, layout.Parallelism{Tensor: 4, Pipeline: 1}, a.par)
 
 	// 10 KV heads: tensor 4 would split them, so two replicas of two GPUs share each node.
 	cfg.Model = "plan/testdata/models/phi-3-medium-gqa"
@@ -128,7 +95,7 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 4, a.cfg.Replicas)
 	assert.Equal(t, 2, a.perNode())
-	assert.Equal(t, Parallelism{Tensor: 2, Pipeline: 1}, a.par)
+	assert.Equal(t, layout.Parallelism{Tensor: 2, Pipeline: 1}, a.par)
 	assert.Equal(t, []string{"2", "3"}, a.slotGPUs(1))
 	assert.Equal(t, "g2/1", a.replicaName("g2", 1))
 
@@ -137,7 +104,7 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
 	assert.Equal(t, 1, a.cfg.Replicas)
-	assert.Equal(t, Parallelism{Tensor: 1, Pipeline: 1}, a.par)
+	assert.Equal(t, layout.Parallelism{Tensor: 1, Pipeline: 1}, a.par)
 
 	// A model that does not fit on one node is refused as a replica, with the reason.
 	cfg.Replicas, cfg.GPUMemory = 2, "4GB"

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -79,25 +78,4 @@ func TestRunUnknownPreset(t *testing.T) {
 	cfg.Preset, cfg.PresetsFile = "dev", filepath.Join(t.TempDir(), "missing.yaml")
 	err = Run(context.Background(), cfg, testDeps(t, map[string]string{}, "n1"))
 	assert.ErrorIs(t, err, config.ErrInvalid)
-}
-
-func TestPlanForReadsNVMLWhenNoMemoryGiven(t *testing.T) {
-	deps := testDeps(t, map[string]string{}, "n1")
-	_, err := PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-8b", Nodes: 1, GPUsPerNode: 1}, deps)
-	assert.ErrorIs(t, err, plan.ErrRequest, "no NVML and no --gpu-memory")
-	_, err = PlanFor(PlanOptions{Model: "plan/testdata/models/no-config", Nodes: 1, GPUsPerNode: 1, GPUMemory: "80GB"}, deps)
-	assert.ErrorIs(t, err, plan.ErrModel)
-	_, err = PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-8b", Nodes: 1, GPUsPerNode: 1, GPUMemory: "huge"}, deps)
-	assert.ErrorIs(t, err, plan.ErrRequest)
-}
-
-func TestPlanForWithNVML(t *testing.T) {
-	deps := testDeps(t, map[string]string{}, "n1")
-	deps.NVML = dgxh100.New()
-	p, err := PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-70b", Nodes: 1, GPUsPerNode: 8, Visible: []string{"0"}, InJob: true}, deps)
-	require.NoError(t, err)
-	assert.Greater(t, p.Request.GPUMemory, int64(80e9), "an H100's memory, from the mock NVML")
-	assert.Equal(t, 4, p.Chosen.Tensor)
-	_, err = PlanFor(PlanOptions{Model: "plan/testdata/models/llama-3.1-70b", Nodes: 1, GPUsPerNode: 8, InJob: true}, deps)
-	assert.ErrorContains(t, err, "no GPU", "a job without visible GPUs has no memory to plan with")
 }

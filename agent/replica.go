@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/gateway"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
@@ -85,7 +86,7 @@ func (h *head) publishReplicas() error {
 	}
 	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
 		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC(),
-		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas, PerNode: a.perNode(), Models: modelPlacements(a.models, a.tensors)}
+		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas, PerNode: a.perNode(), Models: layout.Placements(a.models, a.tensors)}
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}

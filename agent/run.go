@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/internal/linelog"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/metrics"
 	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/agent/securefs"
@@ -31,7 +31,7 @@ import (
 
 // ErrBadInput is wrapped by errors the user can fix before running again: a missing model,
 // executable or state directory.
-var ErrBadInput = errors.New("bad input")
+var ErrBadInput = config.ErrBadInput
 
 // agent is one node's agent after its input was checked.
 type agent struct {
@@ -39,7 +39,7 @@ type agent struct {
 	deps     Deps
 	log      hclog.Logger
 	alloc    slurm.Allocation
-	par      Parallelism
+	par      layout.Parallelism
 	stateDir string
 	// localDir is this node's private temporary directory, removed when the agent ends.
 	localDir string
@@ -57,7 +57,7 @@ type agent struct {
 	loraJob *loraPlan
 	// models are where each model runs, in a job that serves several (or one from a models
 	// file); empty for one model given by the options.
-	models []ModelPlace
+	models []layout.ModelPlace
 	// tensors are each model's GPUs per replica, as the head planned them.
 	tensors map[string]int
 	// slots is how many replicas each node runs (0 or 1: one).

@@ -25,7 +25,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/llm-agent/llm-agent/agent"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -309,7 +309,7 @@ print(json.dumps({"vllm_env": [v for v in req["env"] if v in envs.environment_va
 // check them, and checks that vLLM reads the VLLM_ variables the agent sets.
 func TestRealVLLMAcceptsEveryFlagAndVariable(t *testing.T) {
 	vllmBin(t)
-	presets, err := agent.LoadPresets("")
+	presets, err := layout.LoadPresets("")
 	require.NoError(t, err)
 	var lines [][]string
 	for _, multi := range []bool{false, true} {

@@ -17,6 +17,10 @@ import (
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
+// ErrBadInput is wrapped by errors the user can fix before running again: a missing model,
+// executable or state directory.
+var ErrBadInput = errors.New("bad input")
+
 // ErrInvalid is wrapped by every configuration error.
 var ErrInvalid = errors.New("invalid configuration")
 

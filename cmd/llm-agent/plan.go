@@ -15,6 +15,7 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent"
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/plan"
 	"github.com/llm-agent/llm-agent/slurm"
 )
@@ -62,7 +63,7 @@ func planAction(c *cli.Context) error {
 	if err != nil {
 		return usageError{err}
 	}
-	o := agent.PlanOptions{
+	o := layout.PlanOptions{
 		Model: c.String("model"), Nodes: c.Int("nodes"), GPUsPerNode: c.Int("gpus-per-node"), GPUMemory: c.String("gpu-memory"),
 		MaxModelLen: c.Int("max-model-len"), MemoryUtil: c.Float64("gpu-memory-utilization"), Dtype: c.String("dtype"),
 		Quantization: c.String("quantization"), KVCacheDtype: c.String("kv-cache-dtype"),
@@ -82,7 +83,7 @@ func planAction(c *cli.Context) error {
 		return usageErrorf("--gpus-per-node is required outside a Slurm job with GPUs")
 	}
 	deps := agent.DefaultDeps(hclog.NewNullLogger())
-	p, err := agent.PlanFor(o, deps)
+	p, err := layout.PlanFor(o, layout.Env{Getenv: deps.Getenv, NVML: deps.NVML, GPUAccessible: deps.GPUAccessible})
 	if err != nil {
 		return usageError{err}
 	}
@@ -130,12 +131,12 @@ func launcherLine(launcher string, pipeline int) string {
 }
 
 // applyPlanPreset fills the options the user left open from --preset, if one is named.
-func applyPlanPreset(c *cli.Context, o *agent.PlanOptions) error {
+func applyPlanPreset(c *cli.Context, o *layout.PlanOptions) error {
 	name := c.String("preset")
 	if name == "" {
 		return nil
 	}
-	presets, err := agent.LoadPresets(c.String("presets-file"))
+	presets, err := layout.LoadPresets(c.String("presets-file"))
 	if err != nil {
 		return usageError{err}
 	}
@@ -178,7 +179,7 @@ func presetsCommand() *cli.Command {
 			&cli.StringFlag{Name: "presets-file", Usage: "presets file instead of the shipped one"},
 		},
 		Action: func(c *cli.Context) error {
-			presets, err := agent.LoadPresets(c.String("presets-file"))
+			presets, err := layout.LoadPresets(c.String("presets-file"))
 			if err != nil {
 				return usageError{err}
 			}
