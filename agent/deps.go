@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llm-agent/llm-agent/agent/node"
+	"github.com/llm-agent/llm-agent/agent/service"
 	"github.com/llm-agent/llm-agent/clock"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/slurm"
@@ -39,8 +40,11 @@ type Deps struct {
 	Clock clock.Clock
 	// Scheduler queues a service's successor (slurm.Commands); Args are the agent's own
 	// options, which the successor's batch script gets again.
-	Scheduler Scheduler
+	Scheduler service.Scheduler
 	Args      []string
+	// ServiceTimings are a service's polls and handover waits; zero fields are the defaults
+	// (tests shorten them).
+	ServiceTimings service.Timings
 }
 
 // DefaultDeps returns the real environment.

@@ -1,12 +1,11 @@
 package agent
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"strings"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/securefs"
 )
 
@@ -16,20 +15,11 @@ var ErrKeyFile = fmt.Errorf("%w: API key file", config.ErrInvalid)
 // maxKeyFile bounds an API key file: one key on one line.
 const maxKeyFile = 4 << 10
 
-// GenerateKey makes a random API key.
-func GenerateKey() (string, error) {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("generate API key: %w", err)
-	}
-	return "sk-llm-" + hex.EncodeToString(b), nil
-}
-
 // LoadAPIKey reads the key from path, which must not be readable by group or others; with no
 // path it generates a random key for the job.
 func LoadAPIKey(path string) (string, error) {
 	if path == "" {
-		return GenerateKey()
+		return gateway.GenerateKey()
 	}
 	b, err := securefs.ReadSecret(path, maxKeyFile)
 	if err != nil {

@@ -50,11 +50,11 @@ func (h *head) setupKeys() error {
 		return nil
 	}
 	var err error
-	if h.engineKey, err = GenerateKey(); err != nil {
+	if h.engineKey, err = gateway.GenerateKey(); err != nil {
 		return err
 	}
 	if a.loraJob.on() {
-		if h.ownerKey, err = GenerateKey(); err != nil {
+		if h.ownerKey, err = gateway.GenerateKey(); err != nil {
 			return err
 		}
 	}

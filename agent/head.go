@@ -16,6 +16,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/node"
+	"github.com/llm-agent/llm-agent/agent/service"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
@@ -56,7 +57,7 @@ type head struct {
 	engineOut *linelog.Logger
 
 	// service is the job's service, with --service.
-	service *service
+	service *service.Service
 	// stopReason says why the head stops by itself (a handover, the service's end).
 	stopReason atomic.Pointer[string]
 
@@ -170,7 +171,7 @@ func (h *head) why() string {
 // endService writes the job's end into its service's file.
 func (h *head) endService(why string) {
 	if h.service != nil {
-		h.service.end(h.conn.Snapshot(), why)
+		h.service.End(h.conn.Snapshot(), why)
 	}
 }
 

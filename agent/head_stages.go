@@ -77,7 +77,7 @@ func (h *head) filesStage() lifecycle.Stage {
 			return nil, err
 		}
 		if h.service != nil {
-			h.conn.Watch(h.service.mirror)
+			h.conn.Watch(h.service.Mirror)
 		}
 		a.log.Info("head starting", "address", a.addr, "iface", a.ifname, "api_port", h.ports.API,
 			"metrics_port", h.ports.Metrics, "tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline,

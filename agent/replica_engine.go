@@ -140,7 +140,7 @@ func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, er
 	}
 	r := &replica{a: a, slot: slot, name: a.replicaName(a.alloc.Hostname(), slot), why: "starting",
 		eng: vllm.Endpoint{Socket: filepath.Join(a.localDir, socketName(slot))}}
-	if r.engineKey, err = GenerateKey(); err != nil {
+	if r.engineKey, err = gateway.GenerateKey(); err != nil {
 		return nil, err
 	}
 	maxBody, err := bytesize.Parse(a.cfg.MaxRequestBody)

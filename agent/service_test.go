@@ -15,17 +15,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/service"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
 )
 
-func TestServiceOptions(t *testing.T) {
-	assert.Equal(t, 225, dependencyMinutes(4*time.Hour, 15*time.Minute))
-	assert.Equal(t, 1, dependencyMinutes(2*time.Minute, 60*time.Second))
-	assert.Equal(t, 0, dependencyMinutes(10*time.Minute, 15*time.Minute), "a job shorter than its handover: the successor may start at once")
-
-	assert.Equal(t, []string{"PATH=/bin", "SLURM_CONF=/etc/slurm.conf", "SBATCH_ACCOUNT=a"},
-		successorEnv([]string{"PATH=/bin", "SLURM_JOB_ID=1", "SLURM_CONF=/etc/slurm.conf", "SRUN_DEBUG=1", "SBATCH_ACCOUNT=a"}))
+func TestServiceRunArgs(t *testing.T) {
 	assert.Equal(t, []string{"--model", "m"}, runArgs([]string{"/bin/llm-agent", "run", "--model", "m"}))
 }
 
@@ -68,17 +63,12 @@ func (f *fakeScheduler) submitted() [][]string {
 	return slices.Clone(f.submits)
 }
 
-// fastService makes a service's timings short enough for a unit test.
-func fastService(t *testing.T) {
-	for _, v := range []*time.Duration{&servicePollInterval, &handoverFollow, &handoverLinger, &queuePollInterval, &submitRetryAfter} {
-		old := *v
-		*v = 100 * time.Millisecond
-		t.Cleanup(func() { *v = old })
-	}
-}
+// fastService are a service's timings short enough for a unit test.
+var fastService = service.Timings{Poll: 100 * time.Millisecond, Queue: 100 * time.Millisecond, Follow: 100 * time.Millisecond,
+	Linger: 100 * time.Millisecond, RetryAfter: 100 * time.Millisecond}
 
 // serviceJob starts job of service svc in home, with Slurm as sched.
-func serviceJob(t *testing.T, home, job string, sched Scheduler, tweak func(c *config.Config)) (*agentRun, string) {
+func serviceJob(t *testing.T, home, job string, sched service.Scheduler, tweak func(c *config.Config)) (*agentRun, string) {
 	state := filepath.Join(t.TempDir(), "state")
 	cfg := testConfig(t, state)
 	cfg.Service, cfg.For, cfg.Handover = "svc", 2*time.Hour, 15*time.Minute
@@ -89,7 +79,7 @@ func serviceJob(t *testing.T, home, job string, sched Scheduler, tweak func(c *c
 		"SLURM_JOB_END_TIME": fmt.Sprint(time.Now().Add(time.Hour).Unix())}
 	deps := testDeps(t, env, "node1")
 	env["HOME"] = home
-	deps.Scheduler, deps.Args = sched, []string{"--model", cfg.Model, "--service", "svc", "--for", "2h"}
+	deps.Scheduler, deps.Args, deps.ServiceTimings = sched, []string{"--model", cfg.Model, "--service", "svc", "--for", "2h"}, fastService
 	return startAgent(cfg, deps), state
 }
 
@@ -108,7 +98,6 @@ func waitServiceFile(t *testing.T, dir, what string, cond func(f jobfiles.Servic
 // TestServiceRetriesAFailedSuccessor: a successor that ends before it is ready is queued again,
 // up to the retries; past them the file keeps why.
 func TestServiceRetriesAFailedSuccessor(t *testing.T) {
-	fastService(t)
 	home := t.TempDir()
 	sched := &fakeScheduler{failed: map[string]bool{"601": true, "602": true}}
 	run, _ := serviceJob(t, home, "501", sched, func(c *config.Config) { c.SuccessorRetries = 1 })
@@ -133,7 +122,6 @@ func TestServiceRetriesAFailedSuccessor(t *testing.T) {
 // takes the service's file over once ready; the job hands over and ends cleanly; when the
 // successor ends with its own successor queued, the file says the service waits for it.
 func TestServiceHandsOver(t *testing.T) {
-	fastService(t)
 	home := t.TempDir()
 	sched := &fakeScheduler{}
 	start := func(job string) (*agentRun, string) { return serviceJob(t, home, job, sched, nil) }

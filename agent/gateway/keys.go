@@ -6,6 +6,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -250,4 +251,13 @@ func (k Key) Allows(model string) bool {
 		}
 	}
 	return false
+}
+
+// GenerateKey makes a random API key.
+func GenerateKey() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate API key: %w", err)
+	}
+	return "sk-llm-" + hex.EncodeToString(b), nil
 }
