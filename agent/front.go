@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/node"
@@ -92,10 +91,8 @@ func (h *head) startGateway(ctx context.Context) (<-chan error, error) {
 	if !a.cfg.Gateway {
 		return nil, nil
 	}
-	maxBody, err := bytesize.Parse(a.cfg.MaxRequestBody)
-	if err != nil {
-		return nil, fmt.Errorf("%w: --max-request-body: %w", config.ErrInvalid, err)
-	}
+	maxBody := a.cfg.MaxRequestBodyBytes()
+	var err error
 	if h.front.audit, err = gateway.OpenAudit(filepath.Join(a.stateDir, gateway.AuditFile)); err != nil {
 		return nil, err
 	}

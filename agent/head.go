@@ -287,3 +287,11 @@ func (h *head) publishNodes(infos []jobfiles.NodeInfo) {
 		h.log.Warn("cannot write prometheus targets", "error", err)
 	}
 }
+
+// rendezvous is what every rendezvous the head publishes holds: this launch's identity, the
+// head's address and the job's ports, and when.
+func (h *head) rendezvous() jobfiles.Rendezvous {
+	rv := h.rendezvousID()
+	rv.HeadAddress, rv.Ports, rv.CreatedAt = h.addr, h.ports, h.deps.Clock.Now().UTC()
+	return rv
+}

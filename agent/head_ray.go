@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -67,8 +66,7 @@ func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error,
 	if err != nil {
 		return fail(fmt.Errorf("ray head GCS at %s did not come up: %w", gcs, err))
 	}
-	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC()}
+	rv := h.rendezvous()
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return fail(err)
 	}

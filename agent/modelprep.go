@@ -120,7 +120,7 @@ func (a *agent) prepares() bool {
 func (a *agent) prepareModel(ctx context.Context, progress func(metrics.Prep, string)) error {
 	// The agent keeps to a few Go processors while it serves; the hashing, which is over before
 	// the engine starts, uses every core the job gives this node, unless GOMAXPROCS was set.
-	if os.Getenv("GOMAXPROCS") == "" && runtime.NumCPU() > runtime.GOMAXPROCS(0) {
+	if a.deps.Getenv("GOMAXPROCS") == "" && runtime.NumCPU() > runtime.GOMAXPROCS(0) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.NumCPU()))
 	}
 	rep := prepReport{Host: a.alloc.Hostname()}
@@ -199,11 +199,11 @@ func (a *agent) stageModel(ctx context.Context, rep *prepReport, progress func(m
 	}
 	dst := model.StagePath(root, src)
 	var done atomic.Int64
-	start := time.Now()
+	start := a.deps.Clock.Now()
 	stop := a.watchPrep(metrics.PrepStage, &done, progress)
 	st, err := model.Stage(ctx, src, dst, model.StageOptions{Verify: verify, Progress: &done})
 	stop(st.Total)
-	took := time.Since(start)
+	took := a.deps.Clock.Now().Sub(start)
 	if err != nil {
 		if errors.Is(err, model.ErrStage) || errors.Is(err, model.ErrMismatch) || errors.Is(err, model.ErrNoSource) {
 			err = fmt.Errorf("%w: %w", ErrBadInput, err)
@@ -245,10 +245,10 @@ func (a *agent) unstage() {
 // progress, until the returned stop is called, which reports it once more with the phase's
 // size.
 func (a *agent) watchPrep(phase string, done *atomic.Int64, progress func(metrics.Prep, string)) (stop func(total int64)) {
-	start := time.Now()
+	start := a.deps.Clock.Now()
 	var total int64
 	report := func() {
-		p := metrics.Prep{Bytes: done.Load(), Total: total, Seconds: time.Since(start).Seconds()}
+		p := metrics.Prep{Bytes: done.Load(), Total: total, Seconds: a.deps.Clock.Now().Sub(start).Seconds()}
 		a.state.SetPrep(phase, p)
 		if progress != nil {
 			progress(p, phase)
@@ -261,7 +261,7 @@ func (a *agent) watchPrep(phase string, done *atomic.Int64, progress func(metric
 				return
 			case <-a.deps.Clock.After(prepProgressInterval):
 				report()
-				a.log.Info("preparing the model", "phase", phase, "bytes", done.Load(), "rate", rate(done.Load(), time.Since(start)))
+				a.log.Info("preparing the model", "phase", phase, "bytes", done.Load(), "rate", rate(done.Load(), a.deps.Clock.Now().Sub(start)))
 			}
 		}
 	})

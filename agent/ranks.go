@@ -55,9 +55,8 @@ func (h *head) publishLayout() error {
 	if err := os.Remove(filepath.Join(a.stateDir, jobfiles.EngineFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove the last run's %s: %w", jobfiles.EngineFile, err)
 	}
-	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC(),
-		Launcher: config.LauncherMP, Tensor: h.par.Tensor, Pipeline: h.par.Pipeline}
+	rv := h.rendezvous()
+	rv.Launcher, rv.Tensor, rv.Pipeline = config.LauncherMP, h.par.Tensor, h.par.Pipeline
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}

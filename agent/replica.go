@@ -84,9 +84,9 @@ func (h *head) publishReplicas() error {
 	if h.replicaKey, err = writeReplicaKey(a.stateDir); err != nil {
 		return err
 	}
-	rv := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head(), HeadAddress: a.addr, Ports: h.ports, CreatedAt: time.Now().UTC(),
-		Tensor: h.par.Tensor, Pipeline: 1, Replicas: a.cfg.Replicas, PerNode: a.perNode(), Models: layout.Placements(a.models, a.tensors)}
+	rv := h.rendezvous()
+	rv.Tensor, rv.Pipeline, rv.Replicas, rv.PerNode = h.par.Tensor, 1, a.cfg.Replicas, a.perNode()
+	rv.Models = layout.Placements(a.models, a.tensors)
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}

@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/llm-agent/llm-agent/agent/bytesize"
-	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/node"
@@ -68,11 +66,12 @@ func (w *answering) ready(ready func() (bool, string)) func() (bool, string) {
 func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, slot int) lifecycle.Stage {
 	var stop func()
 	return lifecycle.Stage{Name: "replica " + a.replicaName(a.alloc.Hostname(), slot), Start: func(context.Context) (<-chan error, error) {
-		r, err := a.newReplica(rv, port, slot)
+		ctx, cancel := context.WithCancel(run)
+		r, err := a.newReplica(ctx, rv, port, slot)
 		if err != nil {
+			cancel()
 			return nil, err
 		}
-		ctx, cancel := context.WithCancel(run)
 		errc := make(chan error, 2)
 		go func() {
 			if err := r.srv.Serve(r.ln); !errors.Is(err, http.ErrServerClosed) {
@@ -100,7 +99,9 @@ func (a *agent) replicaStage(run context.Context, rv jobfiles.Rendezvous, port, 
 
 // replica is one engine of a node and its gateway.
 type replica struct {
-	a         *agent
+	a *agent
+	// run is what the replica's engine and probes live in: its stop ends them.
+	run       context.Context
 	slot      int
 	name      string
 	svc       *supervisor.Service
@@ -133,20 +134,17 @@ func (r *replica) setReady(ok bool, why string) {
 	}
 }
 
-func (a *agent) newReplica(rv jobfiles.Rendezvous, port, slot int) (*replica, error) {
+func (a *agent) newReplica(run context.Context, rv jobfiles.Rendezvous, port, slot int) (*replica, error) {
 	key, err := readReplicaKey(a.stateDir)
 	if err != nil {
 		return nil, err
 	}
-	r := &replica{a: a, slot: slot, name: a.replicaName(a.alloc.Hostname(), slot), why: "starting",
+	r := &replica{a: a, run: run, slot: slot, name: a.replicaName(a.alloc.Hostname(), slot), why: "starting",
 		eng: vllm.Endpoint{Socket: filepath.Join(a.localDir, socketName(slot))}}
 	if r.engineKey, err = gateway.GenerateKey(); err != nil {
 		return nil, err
 	}
-	maxBody, err := bytesize.Parse(a.cfg.MaxRequestBody)
-	if err != nil {
-		return nil, fmt.Errorf("%w: --max-request-body: %w", config.ErrInvalid, err)
-	}
+	maxBody := a.cfg.MaxRequestBodyBytes()
 	fixed, err := gateway.NewKeySet([]gateway.Key{{Name: "head", Key: key}})
 	if err != nil {
 		return nil, err
@@ -197,7 +195,7 @@ func (r *replica) follow(e supervisor.Event) {
 		r.setReady(false, "engine "+string(e.State))
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(r.run)
 	r.stopProbe = cancel
 	go r.probe(ctx)
 }

@@ -349,3 +349,10 @@ func (a *agent) trackChild(e supervisor.Event) {
 		a.state.AddRestart(e.Service, e.Cause)
 	}
 }
+
+// rendezvousID is this launch's identity in the rendezvous: a worker takes only the one its own
+// head published for this very launch of the job.
+func (a *agent) rendezvousID() jobfiles.Rendezvous {
+	return jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
+		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
+}

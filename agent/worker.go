@@ -46,8 +46,7 @@ func (a *agent) runWorker(ctx context.Context) error {
 // awaitRendezvous waits for the head's rendezvous and takes the replicas it chose; stopped
 // tells that ctx ended first.
 func (a *agent) awaitRendezvous(ctx context.Context) (rv jobfiles.Rendezvous, stopped bool, err error) {
-	want := jobfiles.Rendezvous{JobID: a.alloc.JobID, RestartCount: a.alloc.RestartCount, StepID: a.alloc.StepID,
-		LaunchID: a.alloc.LaunchID, HeadHost: a.alloc.Head()}
+	want := a.rendezvousID()
 	a.log.Info("waiting for the head's rendezvous", "dir", a.stateDir, "timeout", a.cfg.RendezvousTimeout)
 	rv, err = jobfiles.WaitRendezvous(ctx, a.deps.Clock, a.stateDir, want, a.cfg.RendezvousTimeout, rendezvousPollInterval)
 	if err != nil {

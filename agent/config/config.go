@@ -351,3 +351,9 @@ func LooksLikePath(model string) bool {
 	return strings.HasPrefix(model, "/") || strings.HasPrefix(model, ".") || strings.HasPrefix(model, "~") ||
 		strings.Count(model, "/") > 1
 }
+
+// MaxRequestBodyBytes is --max-request-body in bytes; Validate has checked that it parses.
+func (c Config) MaxRequestBodyBytes() int64 {
+	n, _ := bytesize.Parse(c.MaxRequestBody)
+	return n
+}
