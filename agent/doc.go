@@ -1,6 +1,9 @@
-// Package agent is one node's run: it checks the configuration, reads the allocation, elects
-// the head, picks the ports, and runs the head's or the worker's stages in order (metrics,
-// gateway, files, Ray, engine), stopping them in reverse. It also answers `status` and `usage`.
-// It holds the wiring only: Slurm's environment is in slurm, Ray in ray, vLLM in vllm, the
-// processes in supervisor, the shared files in jobfiles, the front door in agent/gateway.
+// Package agent is one node's run, and the facade that cmd and e2e call: it reads the
+// allocation, elects the head, and runs the head's or the worker's stages in order (metrics,
+// gateway, files, Ray, engine), stopping them in reverse (agent/lifecycle). The rooms below it
+// hold the parts: agent/config (the checked configuration), agent/layout (where each model runs
+// and how it is split), agent/node (the node's address and ports), agent/service (a service's
+// chain), agent/status (status and usage), agent/gateway (the front door), agent/metrics.
+// Slurm's environment is in slurm, Ray in ray, vLLM in vllm, the processes in supervisor, the
+// shared files in jobfiles.
 package agent
