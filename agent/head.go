@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os/user"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/node"
+	"github.com/llm-agent/llm-agent/agent/raycluster"
 	"github.com/llm-agent/llm-agent/agent/service"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
@@ -23,8 +23,8 @@ import (
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
-// ErrRayIncomplete is returned when not every node joined Ray in time.
-var ErrRayIncomplete = errors.New("ray cluster incomplete")
+// ErrRayIncomplete is returned when not every node joined Ray, or published its file, in time.
+var ErrRayIncomplete = raycluster.ErrIncomplete
 
 // rayHealthEnv makes the GCS notice a dead raylet within seconds instead of the default tens of
 // seconds; values already in the environment win.
@@ -53,6 +53,7 @@ type head struct {
 	// in a job with replicas.
 	answering answering
 	rayc      ray.Client
+	ray       *raycluster.Cluster // the cluster as the GCS shows it, once Ray is up
 	// engineOut is the engine's output, which keeps its first error line to explain an exit.
 	engineOut *linelog.Logger
 
@@ -67,10 +68,8 @@ type head struct {
 	// running is the generation of the rank 0 that runs now, 0 while none does.
 	generation, running atomic.Int64
 
-	mu          sync.Mutex
-	clusterIDs  map[string]bool // Ray nodes alive when the engine last started
-	clusterLost bool
-	addresses   []string // node addresses by host index, from the node files
+	mu        sync.Mutex
+	addresses []string // node addresses by host index, from the node files
 }
 
 // runHead is the head's run: its stages in order, from the metrics port to the drain.

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/llm-agent/llm-agent/agent/raycluster"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
@@ -29,6 +30,8 @@ func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error,
 		return nil, err
 	}
 	h.rayc = ray.Client{Python: python, GCSAddress: gcs, Timeout: rayQueryTimeout, TokenFile: a.rayTokenPath()}
+	h.ray = raycluster.New(raycluster.Options{GCS: h.rayc, Hosts: h.expected, SetNodes: a.state.SetRayNodes, Clock: a.deps.Clock,
+		Log: a.log, Poll: clusterPollInterval, LogsDir: filepath.Join(a.stateDir, "logs")})
 	opts := a.rayStartOptions(h.ports, "")
 	svc, closeOut, err := a.rayService(opts, withDefaults(rayHealthEnv, a.deps.Getenv), func(e supervisor.Event) {
 		a.trackChild(e)
@@ -93,84 +96,21 @@ func (h *head) engineOnRay() bool {
 	return h.usesRay() && h.par.Pipeline > 1
 }
 
-// waitCluster blocks until exactly one live Ray node runs on every host of the job, then
-// remembers those nodes: losing one of them later restarts the engine.
+// waitCluster blocks until exactly one live Ray node runs on every host of the job, within
+// --ray-timeout; losing one of them later restarts the engine (monitorRay).
 func (h *head) waitCluster(ctx context.Context) error {
-	a := h.agent
-	wctx, cancel := context.WithTimeout(ctx, a.cfg.RayTimeout)
-	defer cancel()
-	want := len(a.alloc.Nodes)
-	var missing []string
-	err := healthcheck.WaitReady(wctx, a.deps.Clock, clusterPollInterval, func(ctx context.Context) error {
-		nodes, err := h.rayc.Nodes(ctx)
-		if err != nil {
-			missing = a.alloc.Nodes[1:]
-			return err
-		}
-		hosts, addrs := h.expected()
-		alive := ray.Alive(nodes)
-		missing = ray.Missing(nodes, hosts, addrs)
-		a.state.SetRayNodes(len(alive), want)
-		if len(missing) > 0 || len(alive) != want {
-			return fmt.Errorf("%d of %d ray nodes alive", len(alive), want)
-		}
-		ids := map[string]bool{}
-		for _, n := range alive {
-			ids[n.ID] = true
-		}
-		h.mu.Lock()
-		h.clusterIDs, h.clusterLost = ids, false
-		h.mu.Unlock()
-		return nil
-	})
-	if err == nil {
-		a.log.Info("ray cluster complete", "nodes", want)
-		return nil
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return fmt.Errorf("%w: not every node joined within %s; nodes that never joined: %s (%v); see their logs in %s",
-		ErrRayIncomplete, a.cfg.RayTimeout, strings.Join(missing, ", "), err, filepath.Join(a.stateDir, "logs"))
+	return h.ray.WaitComplete(ctx, h.cfg.RayTimeout)
 }
 
 // monitorRay polls the GCS and restarts the engine, when it runs on Ray, once a node it was
 // started on is gone.
 func (h *head) monitorRay(ctx context.Context) {
-	a := h.agent
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-h.deps.Clock.After(a.cfg.RayPollInterval):
-		}
-		nodes, err := h.rayc.Nodes(ctx)
-		if ctx.Err() != nil {
+	h.ray.Monitor(ctx, h.cfg.RayPollInterval, func(gone []string) {
+		if h.draining.Load() || !h.engineOnRay() {
 			return
 		}
-		alive := map[string]bool{}
-		if err != nil {
-			a.log.Debug("ray node poll failed", "error", err)
-		}
-		for _, n := range ray.Alive(nodes) {
-			alive[n.ID] = true
-		}
-		a.state.SetRayNodes(len(alive), len(a.alloc.Nodes))
-		h.mu.Lock()
-		var gone []string
-		if h.clusterIDs != nil && !h.clusterLost {
-			for id := range h.clusterIDs {
-				if !alive[id] {
-					gone = append(gone, id[:min(12, len(id))])
-				}
-			}
-			h.clusterLost = len(gone) > 0
-		}
-		h.mu.Unlock()
-		if len(gone) > 0 && !h.draining.Load() && h.engineOnRay() {
-			reason := fmt.Sprintf("ray lost node(s) %s; the engine restarts once every node is back", strings.Join(gone, ", "))
-			a.log.Warn("ray cluster lost a node", "nodes", gone)
-			h.engine.Restart("ray_node_lost", reason)
-		}
-	}
+		reason := fmt.Sprintf("ray lost node(s) %s; the engine restarts once every node is back", strings.Join(gone, ", "))
+		h.log.Warn("ray cluster lost a node", "nodes", gone)
+		h.engine.Restart("ray_node_lost", reason)
+	})
 }
