@@ -106,7 +106,8 @@ func (c *Cluster) WaitComplete(ctx context.Context, timeout time.Duration) error
 }
 
 // Monitor asks the GCS every interval until ctx ends, and calls lost, once, with the (short)
-// ids of the nodes of the complete cluster that are gone; WaitComplete arms it again.
+// ids of the nodes of the complete cluster that are gone; WaitComplete arms it again. A poll
+// that fails reports nothing.
 func (c *Cluster) Monitor(ctx context.Context, interval time.Duration, lost func(gone []string)) {
 	hosts, _ := c.o.Hosts()
 	for {
@@ -120,7 +121,10 @@ func (c *Cluster) Monitor(ctx context.Context, interval time.Duration, lost func
 			return
 		}
 		if err != nil {
+			// No answer is no news: the query may time out under load while every node runs.
+			// A GCS that stays gone ends the Ray head, which the supervisor restarts.
 			c.o.Log.Debug("ray node poll failed", "error", err)
+			continue
 		}
 		alive := map[string]bool{}
 		for _, n := range ray.Alive(nodes) {

@@ -101,7 +101,7 @@ func TestWaitCompleteTimesOut(t *testing.T) {
 }
 
 // TestMonitorReportsALostNodeOnce: once complete, a node the cluster loses is reported once,
-// until the cluster is complete again.
+// until the cluster is complete again; a failed poll is no loss of its own.
 func TestMonitorReportsALostNodeOnce(t *testing.T) {
 	g, r := &gcs{}, &reported{}
 	full := []ray.Node{node("aaaaaaaaaaaaaaaa", "n1", true), node("bbbbbbbbbbbbbbbb", "n2", true), node("cccccccccccccccc", "n3", true)}
@@ -115,7 +115,7 @@ func TestMonitorReportsALostNodeOnce(t *testing.T) {
 	require.Eventually(t, func() bool { a, _ := r.get(); return a == 3 }, 5*time.Second, time.Millisecond)
 	require.NoError(t, c.WaitComplete(context.Background(), time.Second))
 
-	g.script(answer{nodes: full[:2]})
+	g.script(answer{err: errors.New("timeout")}, answer{nodes: full[:2]})
 	select {
 	case gone := <-losses:
 		assert.Equal(t, []string{"cccccccccccc"}, gone, "the short id")
