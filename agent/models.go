@@ -38,7 +38,7 @@ func (a *agent) placeModels() error {
 	}
 	a.models = places
 	a.cfg = mine.Config
-	a.cfg.Replicas = total
+	a.replicas.Count = total
 	return nil
 }
 

@@ -43,7 +43,7 @@ func TestPrepareServesThisNodesModel(t *testing.T) {
 	assert.Equal(t, b, w.cfg.Model)
 	assert.Equal(t, "beta", w.cfg.ServedName())
 	assert.Equal(t, []string{"--seed", "7", "--max-num-seqs", "4"}, w.cfg.VLLMArgs)
-	assert.Equal(t, 3, w.cfg.Replicas)
+	assert.Equal(t, 3, w.replicas.Count)
 	assert.True(t, w.replicated())
 
 	deps := testDeps(t, env("0"), "node1")
@@ -86,14 +86,14 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 		"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
 	a, err := prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
-	assert.Equal(t, 2, a.cfg.Replicas)
+	assert.Equal(t, 2, a.replicas.Count)
 	assert.Equal(t, layout.Parallelism{Tensor: 4, Pipeline: 1}, a.par)
 
 	// 10 KV heads: tensor 4 would split them, so two replicas of two GPUs share each node.
 	cfg.Model = "plan/testdata/models/phi-3-medium-gqa"
 	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
-	assert.Equal(t, 4, a.cfg.Replicas)
+	assert.Equal(t, 4, a.replicas.Count)
 	assert.Equal(t, 2, a.perNode())
 	assert.Equal(t, layout.Parallelism{Tensor: 2, Pipeline: 1}, a.par)
 	assert.Equal(t, []string{"2", "3"}, a.slotGPUs(1))
@@ -103,7 +103,7 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 	cfg.Replicas = 1
 	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
-	assert.Equal(t, 1, a.cfg.Replicas)
+	assert.Equal(t, 1, a.replicas.Count)
 	assert.Equal(t, layout.Parallelism{Tensor: 1, Pipeline: 1}, a.par)
 
 	// A model that does not fit on one node is refused as a replica, with the reason.

@@ -45,13 +45,13 @@ func (a *agent) chooseParallelism() error {
 	nodes := len(a.alloc.Nodes)
 	if a.replicated() {
 		gpus := a.alloc.GPUs
-		if cfg.Replicas > nodes {
-			k := cfg.Replicas / nodes
-			if cfg.Replicas%nodes != 0 || (gpus > 0 && gpus%k != 0) {
+		if n := a.replicas.Count; n > nodes {
+			k := n / nodes
+			if n%nodes != 0 || (gpus > 0 && gpus%k != 0) {
 				return fmt.Errorf("%w: --replicas %d on %d nodes of %d GPUs: give at most %d (one per node), or a multiple of %d whose replicas per node divide the node's GPUs (several per node, each on its own share)",
-					ErrBadInput, cfg.Replicas, nodes, gpus, nodes, nodes)
+					ErrBadInput, n, nodes, gpus, nodes, nodes)
 			}
-			a.slots, gpus = k, gpus/k
+			a.replicas.PerNode, gpus = k, gpus/k
 		}
 		// Each replica is a one-node engine on its share of the node: plan it so.
 		var err error
@@ -76,8 +76,8 @@ func (a *agent) chooseParallelism() error {
 		return err
 	}
 	a.par = par
-	if run, ok := layout.ReplicaPlan(cfg, p, nodes); ok && a.alloc.IsHead() {
-		a.cfg.Replicas, a.slots, a.par = run.Replicas, run.PerNode, layout.Parallelism{Tensor: run.Tensor, Pipeline: 1}
+	if run, ok := layout.ReplicaPlan(cfg, a.replicas.Count, p, nodes); ok && a.alloc.IsHead() {
+		a.replicas, a.par = layout.Replicas{Count: run.Replicas, PerNode: run.PerNode}, layout.Parallelism{Tensor: run.Tensor, Pipeline: 1}
 		a.log.Info("the model fits on one node: replicas behind the gateway", "why", p.Run.Why)
 	}
 	return nil

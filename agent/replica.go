@@ -24,11 +24,11 @@ const (
 )
 
 // replicated tells whether the job runs several replicas of the engine.
-func (a *agent) replicated() bool { return a.cfg.Replicas > 1 }
+func (a *agent) replicated() bool { return a.replicas.Count > 1 }
 
 // perNode is how many replicas each node runs: more than one when --replicas exceeds the
 // nodes, each on its own share of the node's GPUs.
-func (a *agent) perNode() int { return max(1, a.slots) }
+func (a *agent) perNode() int { return max(1, a.replicas.PerNode) }
 
 // replicaName names a replica in the gateway's header, metrics and the connection file: its
 // node, and its slot on the node when nodes run several.
@@ -85,12 +85,12 @@ func (h *head) publishReplicas() error {
 		return err
 	}
 	rv := h.rendezvous()
-	rv.Tensor, rv.Pipeline, rv.Replicas, rv.PerNode = h.par.Tensor, 1, a.cfg.Replicas, a.perNode()
+	rv.Tensor, rv.Pipeline, rv.Replicas, rv.PerNode = h.par.Tensor, 1, a.replicas.Count, a.perNode()
 	rv.Models = layout.Placements(a.models, a.tensors)
 	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
 		return err
 	}
-	a.log.Info("rendezvous published; whole replicas of the engine, no Ray", "replicas", a.cfg.Replicas, "per_node", a.perNode())
+	a.log.Info("rendezvous published; whole replicas of the engine, no Ray", "replicas", a.replicas.Count, "per_node", a.perNode())
 	return nil
 }
 
@@ -99,7 +99,7 @@ func (h *head) publishReplicas() error {
 func (h *head) watchReplicas(ctx context.Context) {
 	a := h.agent
 	// The other nodes that run replicas, and the head itself for its own further slots.
-	hosts := a.alloc.Nodes[1:min(len(a.alloc.Nodes), a.cfg.Replicas)]
+	hosts := a.alloc.Nodes[1:min(len(a.alloc.Nodes), a.replicas.Count)]
 	if a.perNode() > 1 {
 		hosts = a.alloc.Nodes
 	}

@@ -60,8 +60,9 @@ type agent struct {
 	models []layout.ModelPlace
 	// tensors are each model's GPUs per replica, as the head planned them.
 	tensors map[string]int
-	// slots is how many replicas each node runs (0 or 1: one).
-	slots int
+	// replicas is the job's replica layout: the user's --replicas, the models file's total, the
+	// plan's, or the head's rendezvous on a worker. The configuration keeps what was asked.
+	replicas layout.Replicas
 	// staged is this node's copy of its model under --stage-dir, once made, in use until
 	// the agent ends.
 	staged *model.Staged
@@ -124,6 +125,7 @@ func prepare(ctx context.Context, cfg config.Config, deps Deps) (*agent, error) 
 	if cfg.Model == "" && cfg.ModelsFile == "" {
 		return nil, fmt.Errorf("%w: --model is required (a model directory or a Hugging Face id)", config.ErrInvalid)
 	}
+	a.replicas.Count = cfg.Replicas
 	if err := a.placeModels(); err != nil {
 		return nil, err
 	}

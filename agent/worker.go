@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/layout"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -58,7 +59,7 @@ func (a *agent) awaitRendezvous(ctx context.Context) (rv jobfiles.Rendezvous, st
 	}
 	mp, replica := rv.Launcher == config.LauncherMP, rv.Replicas > 1
 	if replica {
-		a.cfg.Replicas, a.slots = rv.Replicas, rv.PerNode
+		a.replicas = layout.Replicas{Count: rv.Replicas, PerNode: rv.PerNode}
 		if err := a.findExecutables(); err != nil { // the head may have chosen replicas itself
 			return rv, false, err
 		}

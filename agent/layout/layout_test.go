@@ -134,7 +134,7 @@ func TestLoadPresets(t *testing.T) {
 func TestReplicaPlan(t *testing.T) {
 	p := &plan.Plan{Run: plan.RunShape{Replicas: 4, PerNode: 2, Tensor: 1, Pipeline: 1}}
 	c := config.Default()
-	run, ok := ReplicaPlan(c, p, 2)
+	run, ok := ReplicaPlan(c, 0, p, 2)
 	assert.True(t, ok)
 	assert.Equal(t, 4, run.Replicas)
 	for name, tt := range map[string]struct {
@@ -145,13 +145,14 @@ func TestReplicaPlan(t *testing.T) {
 		"no plan":        {func(*config.Config) {}, nil, 2},
 		"one node":       {func(*config.Config) {}, p, 1},
 		"one engine":     {func(*config.Config) {}, &plan.Plan{Run: plan.RunShape{Replicas: 1}}, 2},
-		"replicas given": {func(c *config.Config) { c.Replicas = 1 }, p, 2},
 		"pipeline given": {func(c *config.Config) { c.PipelineParallel = 2 }, p, 2},
 		"no gateway":     {func(c *config.Config) { c.Gateway = false }, p, 2},
 	} {
 		c := config.Default()
 		tt.cfg(&c)
-		_, ok := ReplicaPlan(c, tt.p, tt.nodes)
+		_, ok := ReplicaPlan(c, 0, tt.p, tt.nodes)
 		assert.False(t, ok, name)
 	}
+	_, ok = ReplicaPlan(config.Default(), 1, p, 2)
+	assert.False(t, ok, "replicas given")
 }

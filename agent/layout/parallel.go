@@ -6,6 +6,12 @@ import (
 	"github.com/llm-agent/llm-agent/agent/config"
 )
 
+// Replicas is how many whole engines of the model the job runs, and how many of them each node
+// runs (0 or 1: one). Count 0 or 1 is one engine, which may span the nodes.
+type Replicas struct {
+	Count, PerNode int
+}
+
 // Parallelism is how the model is split: tensor parallel within a node, pipeline across nodes.
 type Parallelism struct {
 	Tensor, Pipeline int

@@ -84,9 +84,10 @@ func PlanFor(o PlanOptions, env Env) (plan.Plan, error) {
 }
 
 // ReplicaPlan tells whether a planned model runs as replicas (plan.RunShape), and how, when the
-// user left the count and the pipeline to the plan.
-func ReplicaPlan(cfg config.Config, p *plan.Plan, nodes int) (plan.RunShape, bool) {
-	if p == nil || nodes < 2 || p.Run.Replicas < 2 || cfg.Replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
+// job's replica count (replicas: --replicas, or the models file's) and the pipeline were left
+// to the plan.
+func ReplicaPlan(cfg config.Config, replicas int, p *plan.Plan, nodes int) (plan.RunShape, bool) {
+	if p == nil || nodes < 2 || p.Run.Replicas < 2 || replicas != 0 || cfg.PipelineParallel != 0 || !cfg.Gateway {
 		return plan.RunShape{}, false
 	}
 	return p.Run, true
