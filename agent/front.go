@@ -33,6 +33,15 @@ type front struct {
 	stopped chan struct{}
 }
 
+// apiKeyFile is the file the job's key is read from: --api-key-file, else a service's own key
+// for all its jobs; "" makes a key for the job.
+func (h *head) apiKeyFile() string {
+	if h.cfg.APIKeyFile == "" && h.cfg.KeysFile == "" && h.service != nil {
+		return h.service.KeyFile()
+	}
+	return h.cfg.APIKeyFile
+}
+
 // setupKeys decides the engine's key and the clients' keys. With the gateway, the engine gets a
 // fresh internal key that never leaves this node, and clients use the keys file or one key made
 // for the job. Without it, the job's key goes to the engine itself.
@@ -40,7 +49,7 @@ func (h *head) setupKeys() error {
 	a := h.agent
 	if a.cfg.KeysFile == "" {
 		var err error
-		if h.apiKey, err = LoadAPIKey(a.cfg.APIKeyFile); err != nil {
+		if h.apiKey, err = LoadAPIKey(h.apiKeyFile()); err != nil {
 			return err
 		}
 	}

@@ -196,7 +196,7 @@ func (h *head) initialConnection() jobfiles.Connection {
 		EnginePort:       h.engineEndpoint().Port,
 		EngineSocket:     h.engineEndpoint().Socket,
 		BaseURL:          "http://" + hostPort + "/v1",
-		Model:            a.cfg.Model,
+		Model:            a.engineModel(),
 		ServedModelName:  a.cfg.ServedName(),
 		TensorParallel:   a.par.Tensor,
 		PipelineParallel: a.par.Pipeline,

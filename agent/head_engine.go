@@ -23,7 +23,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 	// the public port on every interface, with the job's key (docs/security.md says what that
 	// leaves open).
 	c := engineChild{name: "vllm", gpus: a.slotGPUs(0), // the head's share when nodes run several replicas
-		spec: vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
+		spec: vllm.ServeSpec{Model: a.engineModel(), ServedName: a.cfg.ServedName(), Host: "0.0.0.0", Port: eng.Port,
 			Socket: eng.Socket, Tensor: a.par.Tensor, Pipeline: a.par.Pipeline, RayExecutor: h.engineOnRay(), Extra: a.cfg.VLLMArgs},
 		env: append(ray.Env(a.addr, a.ifname), "VLLM_API_KEY="+h.engineKey),
 		onEvent: func(e supervisor.Event) {

@@ -218,10 +218,16 @@ func (a *agent) stageModel(ctx context.Context, rep *prepReport, progress func(m
 		a.log.Info("model staged", "from", src, "to", dst, "files", len(st.Files), "verified", verify,
 			"bytes", st.Total, "seconds", fmt.Sprintf("%.2f", took.Seconds()), "rate", rate(st.Hashed, took))
 	}
-	// The engine loads the copy under the model's own name.
-	a.cfg.ServedModelName = a.cfg.ServedName()
-	a.cfg.Model = dst
 	return nil
+}
+
+// engineModel is what the engine loads: the staged copy once made (under the model's own
+// served name, which the configuration keeps), else the model the configuration names.
+func (a *agent) engineModel() string {
+	if a.staged != nil {
+		return a.staged.Dir
+	}
+	return a.cfg.Model
 }
 
 // unstage ends this node's use of its staged copy when the job ends, and removes it unless

@@ -211,7 +211,7 @@ func (a *agent) newRank(rv jobfiles.Rendezvous) (*rank, error) {
 	// A headless rank serves no API: the adapters added at run time reach it through rank 0,
 	// and its command line carries those of --lora, with the same --max-lora-rank.
 	opts, out, closeOut, err := a.engineOptions(engineChild{name: "vllm",
-		spec: vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Tensor: rv.Tensor, Pipeline: rv.Pipeline,
+		spec: vllm.ServeSpec{Model: a.engineModel(), ServedName: a.cfg.ServedName(), Tensor: rv.Tensor, Pipeline: rv.Pipeline,
 			Nodes: rv.Pipeline, NodeRank: a.alloc.NodeID,
 			MasterAddr: rv.HeadAddress, MasterPort: rv.Ports.EngineMaster, Extra: a.cfg.VLLMArgs},
 		env:     append(ray.Env(a.addr, a.ifname), "VLLM_PORT="+strconv.Itoa(rv.Ports.EngineRPC)),

@@ -162,7 +162,7 @@ func (a *agent) newReplica(run context.Context, rv jobfiles.Rendezvous, port, sl
 	}
 	r.srv = &http.Server{Handler: r.gw.Handler(), ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: 2 * time.Minute}
 	opts, _, closeOut, err := a.engineOptions(engineChild{name: childName(slot), gpus: a.slotGPUs(slot),
-		spec: vllm.ServeSpec{Model: a.cfg.Model, ServedName: a.cfg.ServedName(), Socket: r.eng.Socket,
+		spec: vllm.ServeSpec{Model: a.engineModel(), ServedName: a.cfg.ServedName(), Socket: r.eng.Socket,
 			Tensor: replicaTensor(rv, a.alloc.Hostname()), Pipeline: 1, Extra: a.cfg.VLLMArgs},
 		env: []string{"VLLM_API_KEY=" + r.engineKey, "VLLM_HOST_IP=" + a.addr},
 		onEvent: func(e supervisor.Event) {

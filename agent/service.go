@@ -35,9 +35,6 @@ func (h *head) joinService(ctx context.Context) error {
 		}
 		return err
 	}
-	if cfg.APIKeyFile == "" && cfg.KeysFile == "" {
-		h.cfg.APIKeyFile = s.KeyFile()
-	}
 	h.service = s
 	h.log.Info("serving as service", "service", s.Name(), "until", s.Until(), "handover", cfg.Handover, "file", filepath.Join(s.Dir(), jobfiles.ConnectionFile))
 	return nil
