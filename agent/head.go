@@ -62,8 +62,7 @@ type head struct {
 	// stopReason says why the head stops by itself (a handover, the service's end).
 	stopReason atomic.Pointer[string]
 
-	draining  atomic.Bool
-	everReady atomic.Bool
+	draining atomic.Bool
 	// generation counts the starts of the engine's rank 0 with --launcher mp (engine.json);
 	// running is the generation of the rank 0 that runs now, 0 while none does.
 	generation, running atomic.Int64

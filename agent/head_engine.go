@@ -108,7 +108,6 @@ func (h *head) probeEngine(ctx context.Context) {
 		h.answering.follow(ctx, a, h.engineProbe(), activity)
 	}
 	a.followEngine(ctx, h.engineProbe(), h.engine, activity, func() {
-		h.everReady.Store(true)
 		a.state.SetReady(true, "", time.Now())
 		_ = h.conn.SetState(jobfiles.StateReady, "")
 		a.log.Info("engine ready", "url", h.conn.Snapshot().BaseURL, "since_start", time.Since(a.started).Round(time.Millisecond))
@@ -166,7 +165,7 @@ func (h *head) setNotReady(reason string) {
 		return // the service stays ready (followReplicas)
 	}
 	state := jobfiles.StateStarting
-	if h.everReady.Load() {
+	if h.conn.EverReady() {
 		state = jobfiles.StateRestarting
 	}
 	_ = h.conn.SetState(state, reason)

@@ -180,11 +180,10 @@ func (h *head) followReplicas() {
 	}
 	switch cur := h.conn.Snapshot().State; {
 	case up && (cur == jobfiles.StateStarting || cur == jobfiles.StateRestarting):
-		h.everReady.Store(true)
 		_ = h.conn.SetState(jobfiles.StateReady, "")
 	case !up && cur == jobfiles.StateReady:
 		state := jobfiles.StateStarting
-		if h.everReady.Load() {
+		if h.conn.EverReady() {
 			state = jobfiles.StateRestarting
 		}
 		_ = h.conn.SetState(state, "no replica is ready")

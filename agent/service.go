@@ -55,7 +55,7 @@ func (h *head) serviceStage(run context.Context) lifecycle.Stage {
 		}
 		done := make(chan error, 1)
 		stop = lifecycle.Background(run, func(ctx context.Context) {
-			if why := h.service.Watch(ctx, h.everReady.Load, front); why != "" {
+			if why := h.service.Watch(ctx, h.conn.EverReady, front); why != "" {
 				h.stopReason.Store(&why)
 				done <- nil
 			}

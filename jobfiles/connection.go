@@ -269,6 +269,13 @@ func (w *ConnectionWriter) SetState(state ServiceState, reason string) error {
 	})
 }
 
+// EverReady tells whether the service has been ready since the file was made (ready_at).
+func (w *ConnectionWriter) EverReady() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.conn.ReadyAt != nil
+}
+
 // Snapshot returns a copy of the current connection.
 func (w *ConnectionWriter) Snapshot() Connection {
 	w.mu.Lock()

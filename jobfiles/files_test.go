@@ -325,3 +325,17 @@ func TestFindConnection(t *testing.T) {
 	_, err = FindConnection("77", "")
 	assert.ErrorIs(t, err, ErrNoJob, "no home: only paths")
 }
+
+// TestConnectionEverReady: the service has been ready once its file says ready_at, whatever
+// its state since.
+func TestConnectionEverReady(t *testing.T) {
+	w, err := NewConnectionWriter(t.TempDir(), Connection{JobID: "5", State: StateStarting}, "sk-x")
+	require.NoError(t, err)
+	assert.False(t, w.EverReady())
+	require.NoError(t, w.SetState(StateRestarting, "engine backoff"))
+	assert.False(t, w.EverReady(), "a restart before the first ready")
+	require.NoError(t, w.SetState(StateReady, ""))
+	assert.True(t, w.EverReady())
+	require.NoError(t, w.SetState(StateRestarting, "engine backoff"))
+	assert.True(t, w.EverReady(), "ready once stays so")
+}
