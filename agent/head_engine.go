@@ -49,7 +49,7 @@ func (h *head) engineService(events chan<- supervisor.Event) (*supervisor.Servic
 		opts.Before = h.waitRanks
 		// Slurm stops every node of the job at once: rank 0 ending because a worker's rank was
 		// stopped is part of that stop, not a crash to restart and count.
-		opts.Stopping = h.stopShows
+		opts.Stopping, opts.StopSettle = h.stopShows, 0 // it settles itself, for any end
 	case a.usesRay():
 		opts.Before = h.waitCluster
 	}

@@ -91,11 +91,6 @@ func (h *head) rankStopping() bool {
 	return slices.ContainsFunc(jobfiles.ReadNodeInfos(h.stateDir, h.rankHosts()), func(n jobfiles.NodeInfo) bool { return n.Stopping })
 }
 
-// stopSettle is how long the head looks for a stop when rank 0 ends. Slurm signals every
-// process of the step on every node, the ranks as well as the agents: a worker's rank may die
-// of the signal, and rank 0 of losing it, before either agent has taken the signal in.
-const stopSettle = 2 * time.Second
-
 // stopShows tells whether the job is stopping, waiting up to stopSettle for the signal to
 // reach this agent or a worker's node file: rank 0 ending then is part of the stop, not a
 // crash to restart and count. A true crash restarts that much later.

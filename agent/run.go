@@ -303,10 +303,12 @@ func (a *agent) rayService(opts ray.StartOptions, extraEnv []string, onEvent fun
 
 // serviceOptions are what every supervised child of the agent shares: the restart policy from
 // the configuration, the log, the clock, and the run's stop, which a child's end during it is
-// not restarted for.
+// not restarted for. Slurm signals every process of the step at once: a child that ends as a
+// stop would may end before this agent has taken the same signal in, so such an end waits up to
+// stopSettle for the stop to show.
 func (a *agent) serviceOptions(name string) supervisor.ServiceOptions {
 	return supervisor.ServiceOptions{Name: name, Policy: a.policy(), Logger: a.log.Named("supervisor").With("proc", name),
-		Clock: a.deps.Clock, Stopping: a.stopping}
+		Clock: a.deps.Clock, Stopping: a.stopping, StopSettle: stopSettle}
 }
 
 // rayStartOptions returns this node's `ray start` settings for ports.

@@ -30,6 +30,10 @@ const (
 	readHeaderTimeout      = 10 * time.Second       // a client's request headers, on the public port
 	gatewayCloseTimeout    = time.Second            // closing the public port at the end
 	workerProbeTimeout     = time.Second            // a worker's agent answering, on a stop signal
+	// stopSettle is how long a child's end that may be part of a stop waits for the stop to
+	// reach this agent (or, for rank 0, a worker's node file): Slurm signals every process of
+	// the step on every node at once, the children as well as the agents.
+	stopSettle = 2 * time.Second
 )
 
 // served is what a node's metrics port serves beside the agent's own metrics and the GPUs'.

@@ -47,6 +47,19 @@ type Exit struct {
 	Started, Ended time.Time
 }
 
+// LooksStopped tells whether the exit is what a stop signal gives: status 0, or the end by
+// SIGTERM, SIGINT, SIGHUP or SIGKILL.
+func (e Exit) LooksStopped() bool {
+	if e.Err != nil {
+		return false
+	}
+	switch e.Code {
+	case 0, 128 + int(syscall.SIGTERM), 128 + int(syscall.SIGINT), 128 + int(syscall.SIGHUP), 128 + int(syscall.SIGKILL):
+		return true
+	}
+	return false
+}
+
 // String describes the exit for logs.
 func (e Exit) String() string {
 	switch {

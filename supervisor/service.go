@@ -75,6 +75,10 @@ type ServiceOptions struct {
 	// (Slurm signals every process of a job step at once, so the child may end before Run's
 	// context does) is stopped, not crashed: it is neither restarted nor counted.
 	Stopping func() bool
+	// StopSettle is how long a child's end that looks like a stop (exit 0, or ended by SIGTERM,
+	// SIGINT, SIGHUP or SIGKILL) waits for Stopping to tell so before it counts as a crash: the
+	// signal that reached the child at once may reach the owner a moment later. Zero: no wait.
+	StopSettle time.Duration
 }
 
 // Service keeps one child running: it restarts it with backoff when it exits or when Restart is
@@ -137,7 +141,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if stopped {
 			return nil
 		}
-		if s.opts.Stopping != nil && s.opts.Stopping() {
+		if s.endedByStop(ctx, end) {
 			log.Info("ended while stopping", "exit", end.String())
 			s.emit(Event{State: StateStopped, Reason: "ended while stopping: " + end.String()})
 			return nil
@@ -156,6 +160,38 @@ func (s *Service) Run(ctx context.Context) error {
 			s.emit(Event{State: StateStopped, Reason: "shutdown"})
 			return nil
 		case <-s.opts.Clock.After(d.Delay):
+		}
+	}
+}
+
+// stopPoll is how often endedByStop looks for the owner's stop while it settles.
+const stopPoll = 20 * time.Millisecond
+
+// endedByStop tells whether the child ended because its owner is stopping: Stopping says so,
+// or, for an end that looks like a stop, comes to say so within StopSettle (or ctx ends).
+func (s *Service) endedByStop(ctx context.Context, end Ending) bool {
+	if s.opts.Stopping == nil {
+		return false
+	}
+	if s.opts.Stopping() {
+		return true
+	}
+	if s.opts.StopSettle <= 0 || end.Requested != "" || !end.Exit.LooksStopped() {
+		return false
+	}
+	deadline := s.opts.Clock.Now().Add(s.opts.StopSettle)
+	for {
+		left := deadline.Sub(s.opts.Clock.Now())
+		if left <= 0 {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return true
+		case <-s.opts.Clock.After(min(stopPoll, left)):
+		}
+		if s.opts.Stopping() {
+			return true
 		}
 	}
 }

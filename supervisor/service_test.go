@@ -209,3 +209,65 @@ func TestServiceChildEndingWhileStoppingIsNotACrash(t *testing.T) {
 	}
 	assert.Equal(t, []State{StateStarting, StateRunning, StateStopped}, states, "no backoff, no restart")
 }
+
+// TestServiceStopSettles: a child that exits as a stop would (status 0) before the owner has
+// taken the same stop signal in is not a crash when the stop shows within StopSettle. (Without
+// the settle, Slurm's SIGTERM ending the engine a moment before the agent took it in counted a
+// restart, seen in a CI run.)
+func TestServiceStopSettles(t *testing.T) {
+	var stopping atomic.Bool
+	l := newEventLog()
+	svc := NewService(ServiceOptions{
+		Name:       "engine",
+		Command:    func() (Options, error) { return helperOptions(t, "exit:0"), nil },
+		Stopping:   stopping.Load,
+		StopSettle: 10 * time.Second,
+		OnEvent:    l.add,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- svc.Run(ctx) }()
+	l.waitFor(t, StateRunning)
+	time.AfterFunc(200*time.Millisecond, func() { stopping.Store(true) }) // the owner's signal, late
+	require.NoError(t, <-errc)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.events {
+		assert.NotEqual(t, StateBackoff, e.State, "not counted as a restart")
+	}
+	assert.Equal(t, StateStopped, l.events[len(l.events)-1].State)
+}
+
+// TestServiceStopSettleSparesCrashes: a crash (status 1) restarts at once, settle or not; a
+// stop-like end with no stop behind it restarts once the settle is over.
+func TestServiceStopSettleSparesCrashes(t *testing.T) {
+	for _, tt := range []struct {
+		mode    string
+		settle  time.Duration
+		minWait time.Duration
+	}{{"exit:1", 10 * time.Second, 0}, {"exit:0", 300 * time.Millisecond, 300 * time.Millisecond}} {
+		l := newEventLog()
+		start := time.Now()
+		cancel, errc := runService(t, ServiceOptions{
+			Name:       "engine",
+			Command:    func() (Options, error) { return helperOptions(t, tt.mode), nil },
+			Stopping:   func() bool { return false },
+			StopSettle: tt.settle,
+			Policy:     Policy{Initial: time.Millisecond, Max: time.Millisecond, MaxRestarts: 5, Window: time.Minute, StableAfter: time.Hour},
+			OnEvent:    l.add,
+		})
+		l.waitFor(t, StateBackoff)
+		took := time.Since(start)
+		cancel()
+		<-errc
+		assert.GreaterOrEqual(t, took, tt.minWait, tt.mode)
+		if tt.minWait == 0 {
+			assert.Less(t, took, 5*time.Second, "a crash is not held for the 10 s settle")
+		}
+	}
+	assert.True(t, Exit{Code: 143}.LooksStopped())
+	assert.True(t, Exit{Code: 137}.LooksStopped())
+	assert.False(t, Exit{Code: 139}.LooksStopped(), "SIGSEGV is a crash")
+	assert.False(t, Exit{Err: errors.New("wait failed")}.LooksStopped())
+}
