@@ -14,7 +14,6 @@ import (
 
 	"github.com/llm-agent/llm-agent/agent/bytesize"
 	"github.com/llm-agent/llm-agent/supervisor"
-	"github.com/llm-agent/llm-agent/vllm"
 )
 
 // ErrBadInput is wrapped by errors the user can fix before running again: a missing model,
@@ -299,7 +298,7 @@ func (c *Config) applyYAML(data []byte) error {
 	return nil
 }
 
-// ReadConfigFile reads the YAML configuration file at path; an empty path reads nothing.
+// ReadFile reads the YAML configuration file at path; an empty path reads nothing.
 func ReadFile(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
@@ -309,51 +308,4 @@ func ReadFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: read config file: %w", ErrInvalid, err)
 	}
 	return b, nil
-}
-
-// Adapters returns the --lora adapters, named and with absolute paths (not yet read: the head
-// reads them before the engine starts). Names must differ from each other and from the model's.
-func (c Config) Adapters() ([]vllm.Adapter, error) {
-	var out []vllm.Adapter
-	seen := map[string]bool{c.ServedName(): true}
-	for _, spec := range c.LoRA {
-		name, path, err := vllm.ParseAdapterSpec(spec)
-		if err != nil {
-			return nil, fmt.Errorf("%w: --lora: %w", ErrInvalid, err)
-		}
-		if seen[name] {
-			return nil, fmt.Errorf("%w: --lora: the name %q is taken (by the model or another adapter)", ErrInvalid, name)
-		}
-		seen[name] = true
-		out = append(out, vllm.Adapter{Name: name, Path: path})
-	}
-	return out, nil
-}
-
-// ServedName returns the name clients use for the model: the configured one, else a local
-// model directory's last element, else the Hugging Face id as given.
-func (c Config) ServedName() string {
-	if c.ServedModelName != "" {
-		return c.ServedModelName
-	}
-	if LooksLikePath(c.Model) {
-		return filepath.Base(strings.TrimRight(c.Model, "/"))
-	}
-	if _, err := os.Stat(c.Model); err == nil {
-		return filepath.Base(strings.TrimRight(c.Model, "/"))
-	}
-	return c.Model
-}
-
-// looksLikePath tells a model written as a path from one that may be a Hugging Face id
-// ("org/name" or "name").
-func LooksLikePath(model string) bool {
-	return strings.HasPrefix(model, "/") || strings.HasPrefix(model, ".") || strings.HasPrefix(model, "~") ||
-		strings.Count(model, "/") > 1
-}
-
-// MaxRequestBodyBytes is --max-request-body in bytes; Validate has checked that it parses.
-func (c Config) MaxRequestBodyBytes() int64 {
-	n, _ := bytesize.Parse(c.MaxRequestBody)
-	return n
 }
