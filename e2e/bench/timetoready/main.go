@@ -13,14 +13,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	_ "embed"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,15 +24,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
-
-	"github.com/llm-agent/llm-agent/agent"
-	"github.com/llm-agent/llm-agent/clock"
-	"github.com/llm-agent/llm-agent/healthcheck"
-	"github.com/llm-agent/llm-agent/jobfiles"
-	"github.com/llm-agent/llm-agent/ray"
-	"github.com/llm-agent/llm-agent/vllm"
 )
 
 //go:embed observe.py
@@ -224,197 +212,6 @@ func runOnce(cfg config, mode string) result {
 	r.tmpDirs = tmpLeftovers(cfg.nodes)
 	cleanNodes(cfg.nodes)
 	return r
-}
-
-// waitRunning returns when squeue first shows the job running.
-func waitRunning(ctx context.Context, id string) (time.Time, error) {
-	for {
-		out, _ := exec.Command("squeue", "-h", "-j", id, "-o", "%T").Output()
-		if strings.TrimSpace(string(out)) == "RUNNING" {
-			return time.Now(), nil
-		}
-		select {
-		case <-ctx.Done():
-			return time.Time{}, errors.New("job never ran")
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// observeRay runs a Python observer that polls the GCS every 50 ms and reports when all nodes
-// are alive.
-func observeRay(ctx context.Context, cfg config, mode, stateDir string) time.Time {
-	gcs := fmt.Sprintf("10.77.0.1:%d", 6379)
-	if mode == "llm-agent" {
-		for {
-			rv, err := jobfiles.ReadRendezvous(stateDir)
-			if err == nil {
-				gcs = rv.RayAddress()
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return time.Time{}
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}
-	cmd := exec.CommandContext(ctx, filepath.Join(cfg.venv, "bin", "python"), "-c", observer, gcs, strconv.Itoa(cfg.nodes))
-	if mode == "llm-agent" {
-		// The job's Ray cluster wants its token, as every client of it does.
-		cmd.Env = ray.WithAuth(os.Environ(), filepath.Join(stateDir, agent.RayTokenFile))
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil || cmd.Start() != nil {
-		return time.Time{}
-	}
-	defer cmd.Wait()
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "ALL" {
-			sec, _ := strconv.ParseFloat(f[1], 64)
-			return time.Unix(0, int64(sec*1e9))
-		}
-	}
-	return time.Time{}
-}
-
-// observeReady polls every 50 ms until the endpoint serves, the way a client finds out: for
-// the agent, the connection file says ready and a request through the gateway with the job's
-// key lists the model; for the baseline, which has no such file, vLLM's /health answers and
-// /v1/models lists the model.
-func observeReady(ctx context.Context, mode, stateDir string) (time.Time, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var failed error // a job that failed: no use waiting
-	var ready func(ctx context.Context) error
-	if mode == "llm-agent" {
-		path := filepath.Join(stateDir, jobfiles.ConnectionFile)
-		ready = func(ctx context.Context) error {
-			c, err := jobfiles.ReadConnection(path)
-			switch {
-			case err != nil:
-				return err
-			case c.State == jobfiles.StateFailed:
-				failed = fmt.Errorf("the job failed: %s", c.Reason)
-				cancel()
-				return failed
-			case c.State != jobfiles.StateReady:
-				return fmt.Errorf("state %s", c.State)
-			}
-			key, err := os.ReadFile(c.APIKeyFile)
-			if err != nil {
-				return err
-			}
-			return listsModel(ctx, c.BaseURL+"/models", strings.TrimSpace(string(key)))
-		}
-	} else {
-		eng := vllm.Probe{BaseURL: fmt.Sprintf("http://10.77.0.1:%d", baselinePort), APIKey: baselineKey}
-		ready = func(ctx context.Context) error { return eng.Ready(ctx, "tiny") }
-	}
-	err := healthcheck.WaitReady(ctx, clock.Real{}, 50*time.Millisecond, func(ctx context.Context) error {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		return ready(pctx)
-	})
-	if failed != nil {
-		return time.Time{}, failed
-	}
-	return time.Now(), err
-}
-
-// listsModel asks url (/v1/models) with key and wants the served model "tiny" in the answer.
-func listsModel(ctx context.Context, url, key string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"tiny"`) {
-		return fmt.Errorf("%s: %d %.100s", url, resp.StatusCode, b)
-	}
-	return nil
-}
-
-func jobEnded(id string) bool {
-	out, _ := exec.Command("squeue", "-h", "-j", id, "-o", "%T").Output()
-	return strings.TrimSpace(string(out)) == ""
-}
-
-// nodeProcesses lists the processes in the nodes' namespaces other than slurmd.
-func nodeProcesses(nodes int) []string {
-	var left []string
-	for i := 1; i <= nodes; i++ {
-		out, _ := exec.Command("ip", "netns", "pids", fmt.Sprintf("llmnode%d", i)).Output()
-		for _, pid := range strings.Fields(string(out)) {
-			b, err := os.ReadFile("/proc/" + pid + "/cmdline")
-			if err != nil || len(b) == 0 {
-				continue
-			}
-			c := strings.ReplaceAll(string(b), "\x00", " ")
-			if strings.HasPrefix(c, "slurmd ") {
-				continue
-			}
-			left = append(left, fmt.Sprintf("node%d %s %.80s", i, pid, c))
-		}
-	}
-	return left
-}
-
-// slurmdRoot returns /proc/PID/root of a node's slurmd, a window on the node's own /tmp.
-func slurmdRoot(node int) string {
-	out, _ := exec.Command("ip", "netns", "pids", fmt.Sprintf("llmnode%d", node)).Output()
-	for _, pid := range strings.Fields(string(out)) {
-		if b, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(b)) == "slurmd" {
-			return "/proc/" + pid + "/root"
-		}
-	}
-	return ""
-}
-
-// tmpLeftovers lists Ray directories left in the nodes' /tmp.
-func tmpLeftovers(nodes int) []string {
-	var left []string
-	for i := 1; i <= nodes; i++ {
-		root := slurmdRoot(i)
-		if root == "" {
-			continue
-		}
-		for _, pat := range []string{"/tmp/ray", "/tmp/llm-agent-*"} {
-			matches, _ := filepath.Glob(root + pat)
-			for _, m := range matches {
-				left = append(left, fmt.Sprintf("node%d:%s", i, strings.TrimPrefix(m, root)))
-			}
-		}
-	}
-	return left
-}
-
-// cleanNodes removes what a run left, so the next run starts from the same state. Only the
-// mini-cluster's own namespaces are touched.
-func cleanNodes(nodes int) {
-	for i := 1; i <= nodes; i++ {
-		out, _ := exec.Command("ip", "netns", "pids", fmt.Sprintf("llmnode%d", i)).Output()
-		for _, pid := range strings.Fields(string(out)) {
-			if b, _ := os.ReadFile("/proc/" + pid + "/comm"); strings.TrimSpace(string(b)) != "slurmd" {
-				n, _ := strconv.Atoi(pid)
-				syscall.Kill(n, syscall.SIGKILL)
-			}
-		}
-		if root := slurmdRoot(i); root != "" {
-			os.RemoveAll(root + "/tmp/ray")
-			matches, _ := filepath.Glob(root + "/tmp/llm-agent-*")
-			for _, m := range matches {
-				os.RemoveAll(m)
-			}
-		}
-	}
 }
 
 func median(xs []float64) float64 {
