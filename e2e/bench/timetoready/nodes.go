@@ -3,7 +3,6 @@ package main
 // What a run leaves on the mini-cluster's nodes: the processes it started, its files under /tmp.
 
 import (
-	_ "embed"
 	"fmt"
 	"os"
 	"os/exec"
