@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	loraplan "github.com/llm-agent/llm-agent/agent/lora"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/clients/lora"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
@@ -96,20 +98,20 @@ func TestRunServesLoRAAdapters(t *testing.T) {
 }
 
 func TestLoRAWithoutAdaptersAtStart(t *testing.T) {
-	a := &agent{cfg: config.Config{Model: "/m/tiny", VLLMArgs: []string{"--enable-lora"}}}
-	require.NoError(t, a.prepareLoRA())
-	assert.True(t, a.lora.on())
-	assert.Equal(t, vllm.DefaultMaxLoRARank, a.lora.maxRank, "vLLM's own default")
-	a.cfg.VLLMArgs = []string{"--enable-lora", "--max-lora-rank", "64"}
-	require.NoError(t, a.prepareLoRA())
-	assert.Equal(t, 64, a.lora.maxRank, "the user's own")
-	a.cfg.VLLMArgs = nil
-	require.NoError(t, a.prepareLoRA())
-	assert.False(t, a.lora.on())
-	assert.Equal(t, vllm.ServeSpec{Model: "m"}, a.lora.spec(vllm.ServeSpec{Model: "m"}), "no LoRA options")
-	var none *loraPlan
-	assert.False(t, none.on())
-	assert.Nil(t, none.list())
+	a := &node.Env{Cfg: config.Config{Model: "/m/tiny", VLLMArgs: []string{"--enable-lora"}}}
+	require.NoError(t, prepareLoRA(a))
+	assert.True(t, a.LoRA.On())
+	assert.Equal(t, vllm.DefaultMaxLoRARank, a.LoRA.MaxRank(), "vLLM's own default")
+	a.Cfg.VLLMArgs = []string{"--enable-lora", "--max-lora-rank", "64"}
+	require.NoError(t, prepareLoRA(a))
+	assert.Equal(t, 64, a.LoRA.MaxRank(), "the user's own")
+	a.Cfg.VLLMArgs = nil
+	require.NoError(t, prepareLoRA(a))
+	assert.False(t, a.LoRA.On())
+	assert.Equal(t, vllm.ServeSpec{Model: "m"}, a.LoRA.Spec(vllm.ServeSpec{Model: "m"}), "no LoRA options")
+	var none *loraplan.Plan
+	assert.False(t, none.On())
+	assert.Nil(t, none.List())
 }
 
 // TestReplicaKeepsRuntimeAdapters: an adapter the owner adds at run time reaches every replica,

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/modelprep"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/model"
 )
@@ -53,8 +54,8 @@ func TestRunVerifiesModelSharedByNodes(t *testing.T) {
 
 	read := map[string]string{}
 	for _, host := range []string{"node1", "node2", "node3"} {
-		var r prepReport
-		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, prepDirName, host+".json"), &r))
+		var r modelprep.Report
+		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, modelprep.DirName, host+".json"), &r))
 		assert.Empty(t, r.Err)
 		require.Len(t, r.Shares, 1)
 		assert.NotEmpty(t, r.Shares[0].Files, "%s hashed a share", host)
@@ -65,8 +66,8 @@ func TestRunVerifiesModelSharedByNodes(t *testing.T) {
 		}
 	}
 	assert.Len(t, read, 9, "every file of SHA256SUMS, once")
-	var v prepVerdict
-	require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, prepDirName, "verdict.json"), &v))
+	var v modelprep.Verdict
+	require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, modelprep.DirName, "verdict.json"), &v))
 	assert.True(t, v.OK)
 	offline, err := os.ReadFile(argsFile + ".offline")
 	require.NoError(t, err)
@@ -90,8 +91,8 @@ func TestRunVerifiesTheModelsThatCan(t *testing.T) {
 	waitConnState(t, dir, jobfiles.StateReady, 30*time.Second)
 	read := 0
 	for _, host := range []string{"node1", "node2"} {
-		var r prepReport
-		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, prepDirName, host+".json"), &r))
+		var r modelprep.Report
+		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, modelprep.DirName, host+".json"), &r))
 		require.Len(t, r.Shares, 1, "one model to verify")
 		assert.Equal(t, model.SourceManifest, r.Shares[0].Source)
 		read += len(r.Shares[0].Files)
@@ -134,7 +135,7 @@ func TestRunStagesModel(t *testing.T) {
 	argsFile := filepath.Join(t.TempDir(), "args")
 	t.Setenv("FAKE_VLLM_ARGS", argsFile)
 	stageDir := t.TempDir()
-	run := func(keep bool) prepReport {
+	run := func(keep bool) modelprep.Report {
 		dir := t.TempDir()
 		cfg := testConfig(t, dir)
 		if keep {
@@ -153,8 +154,8 @@ func TestRunStagesModel(t *testing.T) {
 		assert.Equal(t, "stage", c.ModelPrep.Phase)
 		assert.EqualValues(t, c.ModelPrep.BytesTotal, c.ModelPrep.BytesDone)
 		assert.Equal(t, "tiny", c.ServedModelName)
-		var r prepReport
-		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, prepDirName, "node1.json"), &r))
+		var r modelprep.Report
+		require.NoError(t, jobfiles.ReadJSON(filepath.Join(dir, modelprep.DirName, "node1.json"), &r))
 		require.NotNil(t, r.Staged)
 		args, err := os.ReadFile(argsFile)
 		require.NoError(t, err)

@@ -40,18 +40,18 @@ func TestPrepareServesThisNodesModel(t *testing.T) {
 	}
 	w, err := prepare(t.Context(), cfg, testDeps(t, env("2"), "node3"))
 	require.NoError(t, err)
-	assert.Equal(t, b, w.cfg.Model)
-	assert.Equal(t, "beta", w.cfg.ServedName())
-	assert.Equal(t, []string{"--seed", "7", "--max-num-seqs", "4"}, w.cfg.VLLMArgs)
-	assert.Equal(t, 3, w.replicas.Count)
-	assert.True(t, w.replicated())
+	assert.Equal(t, b, w.Cfg.Model)
+	assert.Equal(t, "beta", w.Cfg.ServedName())
+	assert.Equal(t, []string{"--seed", "7", "--max-num-seqs", "4"}, w.Cfg.VLLMArgs)
+	assert.Equal(t, 3, w.Replicas.Count)
+	assert.True(t, w.Replicated())
 
 	deps := testDeps(t, env("0"), "node1")
 	log, buf := testLogger(t)
 	deps.Logger = log
 	h, err := prepare(t.Context(), cfg, deps)
 	require.NoError(t, err)
-	assert.Equal(t, "alpha", h.cfg.ServedName())
+	assert.Equal(t, "alpha", h.Cfg.ServedName())
 	assert.Regexp(t, `model placed: .* name=alpha model=`+regexp.QuoteMeta(a)+` nodes="node1,node2"`, buf.String())
 	assert.Regexp(t, `model placed: .* name=beta model=`+regexp.QuoteMeta(b)+` nodes=node3`, buf.String())
 	assert.NotContains(t, buf.String(), "--model given more than once", "a models file says it all")
@@ -65,8 +65,8 @@ func TestPrepareServesThisNodesModel(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, buf.String(), "several models, from --model given more than once")
 	assert.Regexp(t, `model placed: .* name=`+filepath.Base(b)+` model=`+regexp.QuoteMeta(b)+` nodes=node3`, buf.String())
-	assert.Equal(t, map[string]int{"alpha": 1, "beta": 1}, h.tensors)
-	name, lora := h.modelOf("node3")
+	assert.Equal(t, map[string]int{"alpha": 1, "beta": 1}, h.Tensors)
+	name, lora := h.ModelOf("node3")
 	assert.Equal(t, "beta", name)
 	assert.False(t, lora)
 
@@ -86,25 +86,25 @@ func TestPrepareChoosesReplicas(t *testing.T) {
 		"SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
 	a, err := prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
-	assert.Equal(t, 2, a.replicas.Count)
-	assert.Equal(t, layout.Parallelism{Tensor: 4, Pipeline: 1}, a.par)
+	assert.Equal(t, 2, a.Replicas.Count)
+	assert.Equal(t, layout.Parallelism{Tensor: 4, Pipeline: 1}, a.Par)
 
 	// 10 KV heads: tensor 4 would split them, so two replicas of two GPUs share each node.
 	cfg.Model = "plan/testdata/models/phi-3-medium-gqa"
 	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
-	assert.Equal(t, 4, a.replicas.Count)
-	assert.Equal(t, 2, a.perNode())
-	assert.Equal(t, layout.Parallelism{Tensor: 2, Pipeline: 1}, a.par)
-	assert.Equal(t, []string{"2", "3"}, a.slotGPUs(1))
-	assert.Equal(t, "g2/1", a.replicaName("g2", 1))
+	assert.Equal(t, 4, a.Replicas.Count)
+	assert.Equal(t, 2, a.PerNode())
+	assert.Equal(t, layout.Parallelism{Tensor: 2, Pipeline: 1}, a.Par)
+	assert.Equal(t, []string{"2", "3"}, a.SlotGPUs(1))
+	assert.Equal(t, "g2/1", a.ReplicaName("g2", 1))
 
 	cfg.Model = "plan/testdata/models/llama-3.1-8b"
 	cfg.Replicas = 1
 	a, err = prepare(t.Context(), cfg, testDeps(t, env, "g1"))
 	require.NoError(t, err)
-	assert.Equal(t, 1, a.replicas.Count)
-	assert.Equal(t, layout.Parallelism{Tensor: 1, Pipeline: 1}, a.par)
+	assert.Equal(t, 1, a.Replicas.Count)
+	assert.Equal(t, layout.Parallelism{Tensor: 1, Pipeline: 1}, a.Par)
 
 	// A model that does not fit on one node is refused as a replica, with the reason.
 	cfg.Replicas, cfg.GPUMemory = 2, "4GB"

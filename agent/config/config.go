@@ -1,3 +1,7 @@
+// Package config is the agent's configuration: every option of `llm-agent run` as one plain
+// struct with its defaults, its precedence (flags over the environment over the file), its
+// validation, and the models file. cmd turns the command line into a Config once; Validate
+// checks it; nothing edits it after.
 package config
 
 import (

@@ -1,5 +1,8 @@
-// Package node is what an agent finds out about the node it runs on before anything starts:
-// its address for the job's traffic, and the ports it can bind, free of other jobs'.
+// Package node is the per-node environment every room of the agent reads: what the agent
+// found out about its node before anything started (its address for the job's traffic, the
+// ports it can bind, free of other jobs'), the checked configuration and plan (Env), and what
+// every child process of the node shares: its log file, restart policy, metrics and the
+// node's metrics port.
 package node
 
 import (

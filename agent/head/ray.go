@@ -1,4 +1,4 @@
-package agent
+package head
 
 import (
 	"context"
@@ -7,35 +7,48 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/raycluster"
+	"github.com/llm-agent/llm-agent/agent/secrets"
 	"github.com/llm-agent/llm-agent/healthcheck"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/ray"
 	"github.com/llm-agent/llm-agent/supervisor"
 )
 
+// Timings of the head's Ray that are not the user's settings.
+const (
+	gcsPollInterval     = 200 * time.Millisecond // the head's GCS accepting connections
+	clusterPollInterval = time.Second            // every node alive in Ray, before the engine starts
+	rayQueryTimeout     = 10 * time.Second       // one query of the GCS
+)
+
+// rayHealthEnv makes the GCS notice a dead raylet within seconds instead of the default tens of
+// seconds; values already in the environment win.
+var rayHealthEnv = []string{"RAY_health_check_period_ms=1000", "RAY_health_check_failure_threshold=5"}
+
 // startRay starts the supervised Ray head in rctx, waits (within ctx) until its GCS accepts
 // connections, and then publishes the rendezvous so that workers join a head that is there. It
 // returns the channel that reports the service's end. On an error nothing of it is left
 // running: cancel ends rctx.
 func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error, error) {
-	a := h.agent
-	python, err := ray.PythonFor(a.rayBin)
+	e := h.env
+	python, err := ray.PythonFor(e.RayBin)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadInput, err)
+		return nil, fmt.Errorf("%w: %w", config.ErrBadInput, err)
 	}
-	gcs := net.JoinHostPort(a.addr, strconv.Itoa(h.ports.RayGCS))
-	if err := WriteRayToken(a.stateDir); err != nil {
+	gcs := net.JoinHostPort(e.Addr, strconv.Itoa(h.ports.RayGCS))
+	if err := secrets.WriteRayToken(e.StateDir); err != nil {
 		return nil, err
 	}
-	h.rayc = ray.Client{Python: python, GCSAddress: gcs, Timeout: rayQueryTimeout, TokenFile: a.rayTokenPath()}
-	h.ray = raycluster.New(raycluster.Options{GCS: h.rayc, Hosts: h.expected, SetNodes: a.state.SetRayNodes, Clock: a.deps.Clock,
-		Log: a.log, Poll: clusterPollInterval, LogsDir: filepath.Join(a.stateDir, "logs")})
-	opts := a.rayStartOptions(h.ports, "")
-	svc, closeOut, err := a.rayService(opts, withDefaults(rayHealthEnv, a.deps.Getenv), func(e supervisor.Event) {
-		a.trackChild(e)
-		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["ray"] = e.Restarts })
+	h.rayc = ray.Client{Python: python, GCSAddress: gcs, Timeout: rayQueryTimeout, TokenFile: e.RayTokenPath()}
+	h.ray = raycluster.New(raycluster.Options{GCS: h.rayc, Hosts: h.expected, SetNodes: e.State.SetRayNodes, Clock: e.Clock,
+		Log: e.Log, Poll: clusterPollInterval, LogsDir: filepath.Join(e.StateDir, "logs")})
+	svc, closeOut, err := e.RayService(h.ports, "", withDefaults(rayHealthEnv, e.Getenv), func(ev supervisor.Event) {
+		e.TrackChild(ev)
+		_ = h.conn.Update(func(c *jobfiles.Connection) { c.Restarts["ray"] = ev.Restarts })
 	})
 	if err != nil {
 		return nil, err
@@ -50,9 +63,9 @@ func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error,
 		<-errc
 		return nil, err
 	}
-	wctx, stopWait := context.WithTimeout(ctx, a.cfg.RayTimeout)
+	wctx, stopWait := context.WithTimeout(ctx, e.Cfg.RayTimeout)
 	defer stopWait()
-	err = healthcheck.WaitReady(wctx, a.deps.Clock, gcsPollInterval, func(ctx context.Context) error {
+	err = healthcheck.WaitReady(wctx, e.Clock, gcsPollInterval, func(ctx context.Context) error {
 		select {
 		case err := <-errc:
 			errc <- err
@@ -70,10 +83,10 @@ func (h *head) startRay(ctx, rctx context.Context, cancel func()) (<-chan error,
 		return fail(fmt.Errorf("ray head GCS at %s did not come up: %w", gcs, err))
 	}
 	rv := h.rendezvous()
-	if err := jobfiles.WriteRendezvous(a.stateDir, rv); err != nil {
+	if err := jobfiles.WriteRendezvous(e.StateDir, rv); err != nil {
 		return fail(err)
 	}
-	a.log.Info("ray head up; rendezvous published", "gcs", gcs)
+	e.Log.Info("ray head up; rendezvous published", "gcs", gcs)
 	return errc, nil
 }
 
@@ -93,24 +106,24 @@ func withDefaults(env []string, getenv func(string) string) []string {
 // whose pipeline stays on the head uses vLLM's own processes there, even in a job of several
 // nodes.
 func (h *head) engineOnRay() bool {
-	return h.usesRay() && h.par.Pipeline > 1
+	return h.env.UsesRay() && h.env.Par.Pipeline > 1
 }
 
 // waitCluster blocks until exactly one live Ray node runs on every host of the job, within
 // --ray-timeout; losing one of them later restarts the engine (monitorRay).
 func (h *head) waitCluster(ctx context.Context) error {
-	return h.ray.WaitComplete(ctx, h.cfg.RayTimeout)
+	return h.ray.WaitComplete(ctx, h.env.Cfg.RayTimeout)
 }
 
 // monitorRay polls the GCS and restarts the engine, when it runs on Ray, once a node it was
 // started on is gone.
 func (h *head) monitorRay(ctx context.Context) {
-	h.ray.Monitor(ctx, h.cfg.RayPollInterval, func(gone []string) {
+	h.ray.Monitor(ctx, h.env.Cfg.RayPollInterval, func(gone []string) {
 		if h.draining.Load() || !h.engineOnRay() {
 			return
 		}
 		reason := fmt.Sprintf("ray lost node(s) %s; the engine restarts once every node is back", strings.Join(gone, ", "))
-		h.log.Warn("ray cluster lost a node", "nodes", gone)
+		h.env.Log.Warn("ray cluster lost a node", "nodes", gone)
 		h.engine.Restart("ray_node_lost", reason)
 	})
 }

@@ -1,4 +1,7 @@
-package agent
+// Package secrets holds the secrets of a job's run: the clients' API key (read from the user's
+// file or made for the job), the job's Ray token and the replicas' internal key, each new for
+// every run, written 0600 into the state directory and read back through the checked reader.
+package secrets
 
 import (
 	"crypto/rand"
@@ -7,12 +10,41 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
+// ErrKeyFile is wrapped by errors about the API key file.
+var ErrKeyFile = fmt.Errorf("%w: API key file", config.ErrInvalid)
+
+// maxKeyFile bounds a key file: one key on one line.
+const maxKeyFile = 4 << 10
+
 // RayTokenFile is the name of the job's Ray token in the state directory.
 const RayTokenFile = "ray_token"
+
+// ReplicaKeyFile is the job's internal key between the head's gateway and the workers' replica
+// gateways, in the state directory (0600, new each run). No client key opens a replica.
+const ReplicaKeyFile = "replica_key"
+
+// LoadAPIKey reads the key from path, which must not be readable by group or others; with no
+// path it generates a random key for the job.
+func LoadAPIKey(path string) (string, error) {
+	if path == "" {
+		return gateway.GenerateKey()
+	}
+	b, err := securefs.ReadSecret(path, maxKeyFile)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrKeyFile, err)
+	}
+	key := strings.TrimSpace(string(b))
+	if key == "" || strings.ContainsAny(key, " \t\r\n") {
+		return "", fmt.Errorf("%w: %s must hold exactly one key on one line", ErrKeyFile, path)
+	}
+	return key, nil
+}
 
 // WriteRayToken makes a new random token for the job's Ray cluster and writes it, mode 0600,
 // to the state directory, where every node's Ray and the engine read it. Each run of the head
@@ -26,6 +58,16 @@ func WriteRayToken(stateDir string) error {
 // the user's and closed to others.
 func ReadRayToken(stateDir string) (string, error) {
 	return readRunSecret(stateDir, RayTokenFile, "ray token")
+}
+
+// WriteReplicaKey makes the run's replica key.
+func WriteReplicaKey(stateDir string) (string, error) {
+	return writeRunSecret(stateDir, ReplicaKeyFile, "replica key", "sk-llm-replica-")
+}
+
+// ReadReplicaKey reads the run's replica key through the checked secret reader.
+func ReadReplicaKey(stateDir string) (string, error) {
+	return readRunSecret(stateDir, ReplicaKeyFile, "replica key")
 }
 
 // writeRunSecret makes a new random secret of this run (prefix and 64 hex digits), writes it

@@ -1,4 +1,4 @@
-package agent
+package head
 
 import (
 	"context"
@@ -7,98 +7,76 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/llm-agent/llm-agent/agent/engine"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/metrics"
+	"github.com/llm-agent/llm-agent/agent/modelprep"
+	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/supervisor"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
-// The head's stages, in the order runHead starts them: each returns what it keeps running to
+// The head's stages, in the order Run starts them: each returns what it keeps running to
 // the stage runner, which stops them in reverse order.
 
 // metricsServed is what the head's metrics port serves beside the agent's own metrics: the
 // gateway's metrics, and the engine's own /metrics passed through on a path of its own, which
 // Prometheus scrapes as a separate target (targets.json lists it).
-func (h *head) metricsServed() served {
-	s := served{routes: map[string]http.Handler{}}
-	h.engineMetricsRoute(s.routes, 0, h.engineEndpoint())
+func (h *head) metricsServed() node.Served {
+	s := node.Served{Routes: map[string]http.Handler{}, Collectors: h.front.Collectors()}
+	engine.MetricsRoute(h.env, s.Routes, 0, h.engineEndpoint())
 	for slot := 1; slot < len(h.slotPorts); slot++ {
-		h.engineMetricsRoute(s.routes, slot, vllm.Endpoint{Socket: filepath.Join(h.localDir, socketName(slot))})
-	}
-	if h.front.metrics != nil {
-		s.collectors = append(s.collectors, h.front.metrics)
-	}
-	if h.front.replicas != nil {
-		s.collectors = append(s.collectors, h.front.replicas)
+		engine.MetricsRoute(h.env, s.Routes, slot, vllm.Endpoint{Socket: h.env.SocketPath(slot)})
 	}
 	return s
-}
-
-// engineMetricsRoute serves the engine of a slot's own /metrics on its path of the node's
-// metrics port (targets.json lists each).
-func (a *agent) engineMetricsRoute(routes map[string]http.Handler, slot int, eng vllm.Endpoint) {
-	routes["GET "+jobfiles.EngineMetricsPathOf(vllm.EngineMetricsPath, slot)] = vllm.MetricsHandler(
-		eng.BaseURL()+"/metrics", eng.Transport(1), engineScrapeTimeout, a.log.Named("engine-metrics"))
-}
-
-// gatewayStage binds the public port; it closes the port and writes out the audit log last.
-func (h *head) gatewayStage(run context.Context) lifecycle.Stage {
-	return lifecycle.Stage{Name: "gateway", Start: func(context.Context) (<-chan error, error) {
-		errc, err := h.startGateway(run)
-		if err != nil || errc == nil {
-			return nil, err
-		}
-		done, _ := lifecycle.Ended(errc, func(err error) error { return fmt.Errorf("gateway: %w", err) })
-		return done, nil
-	}, Stop: func() { h.stopGateway(run) }}
 }
 
 // filesStage publishes the head's node file and the connection file.
 func (h *head) filesStage() lifecycle.Stage {
 	return lifecycle.Stage{Name: "files", Start: func(context.Context) (<-chan error, error) {
-		a := h.agent
+		e := h.env
 		// The last launch's reports on the model's preparation go before any worker can read
 		// this launch's rendezvous.
-		if err := os.RemoveAll(filepath.Join(a.stateDir, prepDirName)); err != nil {
+		if err := modelprep.Reset(e.StateDir); err != nil {
 			return nil, err
 		}
-		if err := a.node.Publish(jobfiles.NodeInfo{Host: a.alloc.Hostname(), Address: a.addr, Role: "head",
-			MetricsPort: h.ports.Metrics, GPUs: a.alloc.GPUs, PID: os.Getpid(), ReplicaPorts: h.slotPorts}); err != nil {
+		if err := e.File.Publish(jobfiles.NodeInfo{Host: e.Alloc.Hostname(), Address: e.Addr, Role: "head",
+			MetricsPort: h.ports.Metrics, GPUs: e.Alloc.GPUs, PID: os.Getpid(), ReplicaPorts: h.slotPorts}); err != nil {
 			return nil, err
 		}
-		if h.ownerKey != "" {
-			if err := jobfiles.WriteFileAtomic(filepath.Join(a.stateDir, jobfiles.OwnerKeyFile), []byte(h.ownerKey+"\n"), 0o600); err != nil {
+		if h.front.OwnerKey != "" {
+			if err := jobfiles.WriteFileAtomic(filepath.Join(e.StateDir, jobfiles.OwnerKeyFile), []byte(h.front.OwnerKey+"\n"), 0o600); err != nil {
 				return nil, err
 			}
 		}
 		var err error
-		if h.conn, err = jobfiles.NewConnectionWriter(a.stateDir, h.initialConnection(), h.apiKey); err != nil {
+		if h.conn, err = jobfiles.NewConnectionWriter(e.StateDir, h.initialConnection(), h.front.APIKey); err != nil {
 			return nil, err
 		}
 		if h.service != nil {
 			h.conn.Watch(h.service.Mirror)
 		}
-		a.log.Info("head starting", "address", a.addr, "iface", a.ifname, "api_port", h.ports.API,
-			"metrics_port", h.ports.Metrics, "tensor_parallel", a.par.Tensor, "pipeline_parallel", a.par.Pipeline,
-			"state_dir", a.stateDir)
+		e.Log.Info("head starting", "address", e.Addr, "iface", e.Ifname, "api_port", h.ports.API,
+			"metrics_port", h.ports.Metrics, "tensor_parallel", e.Par.Tensor, "pipeline_parallel", e.Par.Pipeline,
+			"state_dir", e.StateDir)
 		return nil, nil
 	}}
 }
 
 // modelStage prepares the model before the engine starts: the head's own part, then every
-// node's word (modelprep.go).
+// node's word (agent/modelprep).
 func (h *head) modelStage() lifecycle.Stage {
 	return lifecycle.Stage{Name: "model", Start: func(ctx context.Context) (<-chan error, error) {
-		if !h.prepares() {
+		if !modelprep.Prepares(h.env) {
 			return nil, nil
 		}
 		_ = h.conn.SetState(jobfiles.StateStarting, "preparing the model: verifying or staging its files")
-		if err := h.prepareModel(ctx, h.prepProgress); err != nil {
-			_ = jobfiles.WriteJSONAtomic(h.prepPath("verdict"), prepVerdict{Reason: err.Error()}, 0o600)
+		if err := modelprep.Node(ctx, h.env, h.prepProgress); err != nil {
+			modelprep.Fail(h.env, err)
 			return nil, err
 		}
-		return nil, h.awaitPreparation(ctx)
+		return nil, modelprep.Decide(ctx, h.env)
 	}}
 }
 
@@ -123,11 +101,11 @@ func (h *head) watchStage(run context.Context, name string, watch func(ctx conte
 // clusterStage brings up what the engine spans the nodes with: a Ray cluster, or, with
 // --launcher mp, only the rendezvous that the workers' ranks read.
 func (h *head) clusterStage(run context.Context) lifecycle.Stage {
-	if h.replicated() {
+	if h.env.Replicated() {
 		return lifecycle.Stage{Name: "rendezvous", Start: func(context.Context) (<-chan error, error) { return nil, h.publishReplicas() }}
 	}
-	if h.ranksOnNodes() {
-		return lifecycle.Stage{Name: "rendezvous", Start: func(context.Context) (<-chan error, error) { return nil, h.publishLayout() }}
+	if h.env.RanksOnNodes() {
+		return lifecycle.Stage{Name: "rendezvous", Start: func(context.Context) (<-chan error, error) { return nil, h.ranks.Publish(h.rendezvous()) }}
 	}
 	return h.rayStage(run)
 }
@@ -136,7 +114,7 @@ func (h *head) clusterStage(run context.Context) lifecycle.Stage {
 func (h *head) rayStage(run context.Context) lifecycle.Stage {
 	var stop func()
 	return lifecycle.Stage{Name: "ray", Start: func(ctx context.Context) (<-chan error, error) {
-		if !h.usesRay() {
+		if !h.env.UsesRay() {
 			stop = func() {}
 			return nil, nil
 		}
@@ -168,8 +146,8 @@ func (h *head) engineStage(run context.Context) lifecycle.Stage {
 			return nil, err
 		}
 		stopMonitor := lifecycle.Background(run, func(ctx context.Context) { h.monitorEngine(ctx, events) })
-		if h.engineRanks() {
-			stopRanks := lifecycle.Background(run, h.watchRanks)
+		if h.ranks.Active() {
+			stopRanks := lifecycle.Background(run, func(ctx context.Context) { h.ranks.Watch(ctx, h.engine) })
 			prev := stopMonitor
 			stopMonitor = func() { stopRanks(); prev() }
 		}
@@ -191,11 +169,4 @@ func (h *head) engineStage(run context.Context) lifecycle.Stage {
 		}
 		return done, nil
 	}, Stop: func() { stop() }}
-}
-
-// drainStage, last to start and first to stop, lets the requests in flight finish before the
-// engine stops.
-func (h *head) drainStage(run context.Context) lifecycle.Stage {
-	return lifecycle.Stage{Name: "drain", Start: func(context.Context) (<-chan error, error) { return nil, nil },
-		Stop: func() { h.drainGateway(run, h.cfg.Grace/4) }}
 }

@@ -1,80 +1,30 @@
-package agent
+package head
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
-	"github.com/llm-agent/llm-agent/agent/securefs"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
 // How the head learns why a worker's agent ended, when Slurm ends the step for it: the worker's
-// node file (its failure, or its stop), else its crash report, else its silence.
-//
-// An agent that dies of a panic in any of its goroutines, or of a fatal error of the Go
-// runtime, cannot publish its reason itself. The runtime writes its crash report to the file
-// that recordCrashes names, in the state directory every node sees, and the head quotes it when
-// the agent goes silent. Only a SIGKILL (the OOM killer, kill -9) then leaves no word at all.
+// node file (its failure, or its stop), else its crash report (jobfiles.CrashReport), else its
+// silence.
 
-// crashFile is where host's agent's crash report goes.
-func crashFile(stateDir, host string) string {
-	return filepath.Join(stateDir, "logs", host+".agent-crash.log")
-}
-
-// recordCrashes sends the runtime's crash report of this agent to its crash file, made fresh
-// for this launch so that an earlier launch's report is never taken for this one's.
-func (a *agent) recordCrashes() error {
-	path := crashFile(a.stateDir, a.alloc.Hostname())
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("crash report file: %w", err)
-	}
-	f, err := securefs.OpenAppend(path)
-	if err != nil {
-		return fmt.Errorf("crash report file: %w", err)
-	}
-	defer f.Close() // the runtime keeps its own descriptor
-	return debug.SetCrashOutput(f, debug.CrashOptions{})
-}
-
-// crashLineLimit bounds the quoted first line of a crash report.
-const crashLineLimit = 300
-
-// crashReport returns the first line of host's agent's crash report ("panic: ..." or "fatal
-// error: ..."), or "" when it wrote none.
-func crashReport(stateDir, host string) string {
-	f, err := os.Open(crashFile(stateDir, host))
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 4096), 64*1024)
-	for s.Scan() {
-		if line := strings.TrimSpace(s.Text()); line != "" {
-			if len(line) > crashLineLimit {
-				line = line[:crashLineLimit] + "…"
-			}
-			return line
-		}
-	}
-	return ""
-}
+// workerProbeTimeout bounds a worker's agent answering, on a stop signal.
+const workerProbeTimeout = time.Second
 
 // workerFailure finds the worker whose end made Slurm end the step: one that published why its
 // agent failed, or one whose agent no longer answers on its metrics port (killed, so it could
 // say nothing). It returns nil when every worker's agent is still there or said it was asked to
 // stop, as after scancel or at the time limit.
 func (h *head) workerFailure() error {
-	return workerFailure(h.stateDir, h.alloc.Nodes[1:], metricsPortAnswers)
+	return workerFailure(h.env.StateDir, h.env.Alloc.Nodes[1:], metricsPortAnswers)
 }
 
 // workerFailure is the head's workerFailure over the node files in dir, with answers telling
@@ -99,9 +49,9 @@ func workerFailure(dir string, workers []string, answers func(jobfiles.NodeInfo)
 		if n.Stopping {
 			continue
 		}
-		if report := crashReport(dir, n.Host); report != "" {
+		if report := jobfiles.CrashReport(dir, n.Host); report != "" {
 			return fmt.Errorf("%s's agent crashed: %s (the whole report: %s); Slurm ended the job step",
-				n.Host, report, crashFile(dir, n.Host))
+				n.Host, report, jobfiles.CrashFile(dir, n.Host))
 		}
 		silent = append(silent, n.Host)
 	}

@@ -1,4 +1,4 @@
-package agent
+package head
 
 import (
 	"context"
@@ -6,37 +6,34 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/llm-agent/llm-agent/agent/config"
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/service"
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
-// ErrService is wrapped by a service that cannot be joined: its name, or another job of the
-// same name serving.
-var ErrService = jobfiles.ErrService
-
 // joinService enters the job in its service's file (service.Join). It runs before the keys: a
 // service keeps one key for all its jobs, in its folder.
 func (h *head) joinService(ctx context.Context) error {
-	cfg := h.cfg
+	cfg := h.env.Cfg
 	if cfg.Service == "" {
 		return nil
 	}
-	home := h.deps.Getenv("HOME")
+	home := h.env.Getenv("HOME")
 	if home == "" {
-		return fmt.Errorf("%w: HOME is unset; a service keeps its files in ~/%s", ErrBadInput, jobfiles.ServicesDir)
+		return fmt.Errorf("%w: HOME is unset; a service keeps its files in ~/%s", config.ErrBadInput, jobfiles.ServicesDir)
 	}
 	s, err := service.Join(ctx, service.Options{Dir: jobfiles.ServiceDir(home, cfg.Service), Config: cfg,
-		Job:       service.Job{ID: h.alloc.JobID, Head: h.alloc.Head(), StateDir: h.stateDir, End: h.alloc.EndTime},
-		Scheduler: h.deps.Scheduler, Args: h.deps.Args, Clock: h.deps.Clock, Log: h.log, Timings: h.deps.ServiceTimings})
+		Job:       service.Job{ID: h.env.Alloc.JobID, Head: h.env.Alloc.Head(), StateDir: h.env.StateDir, End: h.env.Alloc.EndTime},
+		Scheduler: h.opts.Scheduler, Args: h.opts.Args, Clock: h.env.Clock, Log: h.env.Log, Timings: h.opts.Timings})
 	if err != nil {
-		if errors.Is(err, ErrService) {
-			return fmt.Errorf("%w: %w", ErrBadInput, err)
+		if errors.Is(err, jobfiles.ErrService) {
+			return fmt.Errorf("%w: %w", config.ErrBadInput, err)
 		}
 		return err
 	}
 	h.service = s
-	h.log.Info("serving as service", "service", s.Name(), "until", s.Until(), "handover", cfg.Handover, "file", filepath.Join(s.Dir(), jobfiles.ConnectionFile))
+	h.env.Log.Info("serving as service", "service", s.Name(), "until", s.Until(), "handover", cfg.Handover, "file", filepath.Join(s.Dir(), jobfiles.ConnectionFile))
 	return nil
 }
 
@@ -50,8 +47,8 @@ func (h *head) serviceStage(run context.Context) lifecycle.Stage {
 	var stop func()
 	return lifecycle.Stage{Name: "service", Start: func(context.Context) (<-chan error, error) {
 		var front service.Front
-		if h.front.gw != nil { // with --gateway=false there is no port to hand over
-			front = h.front.gw
+		if gw := h.front.Gateway(); gw != nil { // with --gateway=false there is no port to hand over
+			front = gw
 		}
 		done := make(chan error, 1)
 		stop = lifecycle.Background(run, func(ctx context.Context) {
