@@ -34,6 +34,8 @@ type fakeScheduler struct {
 	failed map[string]bool
 }
 
+func (f *fakeScheduler) Cancel(context.Context, ...string) error { return nil }
+
 func (f *fakeScheduler) ShowJob(_ context.Context, id string) (slurm.JobInfo, error) {
 	return slurm.JobInfo{ID: id, Name: "svc", Nodes: 1, TimeLimit: time.Hour, StdOut: "/out/job-" + id + ".out"}, nil
 }
@@ -190,4 +192,48 @@ func readKey(t *testing.T, path string) string {
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	return strings.TrimSpace(string(b))
+}
+
+// TestServiceSleepsWhenIdle: a service's job that served and then saw no request with a valid
+// key for --idle-release drains and ends cleanly; a request without a key keeps nothing awake.
+// The service's file says asleep, and the record a wake queues the job again from is saved.
+func TestServiceSleepsWhenIdle(t *testing.T) {
+	home := t.TempDir()
+	sched := &fakeScheduler{}
+	run, state := serviceJob(t, home, "501", sched, func(c *config.Config) { c.IdleRelease = config.MinIdleRelease })
+	c := waitConnState(t, state, jobfiles.StateReady, 20*time.Second)
+	began := time.Now()
+	key := readKey(t, c.APIKeyFile)
+	status, _ := getWithKey(t, c.BaseURL+"/models", key)
+	require.Equal(t, 200, status)
+	asked := time.Now()
+	done := time.NewTicker(2 * time.Second)
+	defer done.Stop()
+	var err error
+	waiting := true
+	for waiting {
+		select {
+		case err = <-run.done:
+			waiting = false
+		case <-done.C:
+			status, _ := getWithKey(t, c.BaseURL+"/models", "not-a-key") // no demand
+			require.Equal(t, 401, status)
+		case <-time.After(3 * config.MinIdleRelease):
+			t.Fatal("the idle job did not end")
+		}
+	}
+	require.NoError(t, err, "an idle release is a clean end")
+	assert.GreaterOrEqual(t, time.Since(asked), config.MinIdleRelease, "not before --idle-release after the last request")
+	t.Logf("ready to released: %s", time.Since(began).Round(time.Millisecond))
+	dir := jobfiles.ServiceDir(home, "svc")
+	f, err := jobfiles.ReadService(dir)
+	require.NoError(t, err)
+	assert.Equal(t, jobfiles.ServiceAsleep, f.Service.State)
+	assert.Contains(t, f.Service.Reason, "asleep: no request for")
+	assert.False(t, f.Service.Ended)
+	assert.Equal(t, jobfiles.StateStopped, f.State)
+	rec, err := jobfiles.ReadWakeRecord(dir)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"--model", rec.AgentArgs[1], "--service", "svc", "--for", "2h"}, rec.AgentArgs)
+	assert.FileExists(t, filepath.Join(dir, jobfiles.WakeScriptFile))
 }

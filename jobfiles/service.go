@@ -41,6 +41,8 @@ const (
 	ServiceServing  = "serving"  // a job serves
 	ServiceWaiting  = "waiting for successor"
 	ServiceStopping = "stopping" // llm-agent stop --service ends the chain
+	ServiceAsleep   = "asleep"   // --idle-release ended its job; a wake queues it again
+	ServiceWaking   = "waking"   // a wake queued its job, which is not ready yet
 	ServiceStopped  = "stopped"
 	ServiceFailed   = "failed"
 )
@@ -57,6 +59,8 @@ type ServiceJob struct {
 	Of string `json:"successor_of,omitempty"`
 	// Why says why the job ended: handed over, the time limit, stopped, failed (and why).
 	Why string `json:"why_ended,omitempty"`
+	// Submitted is when a wake queued the job: its cold start runs from then to Ready.
+	Submitted *time.Time `json:"submitted_at,omitempty"`
 }
 
 // Successor is the job queued to take over from the current one.
@@ -86,9 +90,13 @@ type ServiceInfo struct {
 	Handover string `json:"handover,omitempty"`
 	// Ended is set once the chain ends: stopped on purpose, its time over, or its successor
 	// failed past the retries. No job queues a successor then.
-	Ended     bool         `json:"ended"`
-	Successor *Successor   `json:"successor,omitempty"`
-	Jobs      []ServiceJob `json:"jobs"`
+	Ended     bool       `json:"ended"`
+	Successor *Successor `json:"successor,omitempty"`
+	// Asleep is when the service fell asleep (--idle-release), while it is.
+	Asleep *time.Time `json:"asleep_at,omitempty"`
+	// Waking is the job a wake queued, until it serves.
+	Waking *Wake        `json:"waking,omitempty"`
+	Jobs   []ServiceJob `json:"jobs"`
 }
 
 // Job returns the history's entry of job id, or nil.

@@ -276,3 +276,6 @@ func (Commands) Submit(ctx context.Context, args, env []string) (string, error) 
 
 // Queue is Queue.
 func (Commands) Queue(ctx context.Context, id string) (QueueState, error) { return Queue(ctx, id) }
+
+// Cancel is Cancel.
+func (Commands) Cancel(ctx context.Context, ids ...string) error { return Cancel(ctx, ids...) }

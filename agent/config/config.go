@@ -105,6 +105,10 @@ type Config struct {
 	Handover         time.Duration
 	SuccessorRetries int
 	SuccessorSbatch  []string
+	// IdleRelease, when set, ends a service's job once no request has arrived for that long:
+	// the service sleeps, its allocation freed, until `llm-agent service wake` or a client
+	// that finds it asleep queues its job again.
+	IdleRelease time.Duration
 }
 
 // DefaultConfig returns the defaults documented in `llm-agent run --help`.

@@ -9,13 +9,23 @@ import (
 	"github.com/llm-agent/llm-agent/slurm"
 )
 
+// MinIdleRelease is the shortest --idle-release: a job is released only after this long with
+// no request arriving, well past the gateway's own waits.
+const MinIdleRelease = 10 * time.Second
+
 // validateService checks the options of a service.
 func (c Config) validateService() error {
 	if c.Service == "" {
 		if c.Until != "" || c.For != 0 {
 			return fmt.Errorf("%w: --until and --for keep a service up; give it a name with --service", ErrInvalid)
 		}
+		if c.IdleRelease != 0 {
+			return fmt.Errorf("%w: --idle-release lets a service sleep and wake again; give it a name with --service", ErrInvalid)
+		}
 		return nil
+	}
+	if c.IdleRelease < 0 || (c.IdleRelease > 0 && c.IdleRelease < MinIdleRelease) {
+		return fmt.Errorf("%w: --idle-release %s: give at least %s, or leave it out for a service that never sleeps", ErrInvalid, c.IdleRelease, MinIdleRelease)
 	}
 	if err := jobfiles.CheckServiceName(c.Service); err != nil {
 		return fmt.Errorf("%w: --service: %w", ErrInvalid, err)

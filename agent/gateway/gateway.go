@@ -76,6 +76,9 @@ type Gateway struct {
 	active   atomic.Int64
 	progress progress
 	quotas   quotas
+	// demand is when the last client request with a valid key arrived (unix nanoseconds): a
+	// service that sleeps when idle goes by it.
+	demand atomic.Int64
 }
 
 // New returns a gateway.
@@ -93,6 +96,7 @@ func New(o Options) *Gateway {
 	local := &Replica{Name: o.Name, Endpoint: o.Engine, Key: o.EngineKey, Model: o.Model, LoRA: o.LoRA, local: true,
 		ready: o.Ready, client: &http.Client{Transport: o.Engine.Transport(256)}, url: o.Engine.BaseURL()}
 	g := &Gateway{opts: o}
+	g.demand.Store(time.Now().UnixNano())
 	g.pool.set([]*Replica{local})
 	return g
 }
@@ -204,6 +208,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // answered
 	}
+	g.demand.Store(x.start.UnixNano())
 	g.inflight.Add(1)
 	g.active.Add(1)
 	defer func() {

@@ -37,6 +37,16 @@ func (g *Gateway) Activity() healthcheck.Activity {
 	return healthcheck.Activity{InFlight: int(g.progress.waiting.Load()), LastProgress: time.Unix(0, g.progress.last.Load())}
 }
 
+// Idle is how long no client request with a valid key has arrived, counted from the gateway's
+// start, with none in flight; 0 while one is. A request without a valid key keeps nothing
+// awake: whoever can reach the port cannot hold the allocation.
+func (g *Gateway) Idle() time.Duration {
+	if g.active.Load() > 0 {
+		return 0
+	}
+	return max(0, time.Since(time.Unix(0, g.demand.Load())))
+}
+
 // progressReader marks progress on every read that brings bytes from the engine.
 type progressReader struct {
 	io.ReadCloser

@@ -151,7 +151,24 @@ func (h *head) finish(failure error) error {
 	_ = h.conn.SetState(jobfiles.StateStopped, h.ownReason())
 	h.endService(h.why())
 	h.env.Log.Info("stopped", "why", h.why())
+	h.endJob()
 	return nil
+}
+
+// endJob ends the whole job when the head stopped by itself (a handover, the service's end, its
+// sleep) in a job of several nodes: the workers' agents, which would serve nothing, drain on
+// Slurm's signal and the allocation is freed. A one-node job ends with its head.
+func (h *head) endJob() {
+	e := h.env
+	if h.ownReason() == "" || !e.MultiNode() || e.Alloc.Local || h.opts.Scheduler == nil {
+		return
+	}
+	e.Log.Info("ending the job's other nodes", "job", e.Alloc.JobID)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.opts.Scheduler.Cancel(ctx, e.Alloc.JobID); err != nil {
+		e.Log.Warn("cannot end the job's other nodes; they end at the time limit", "job", e.Alloc.JobID, "error", err)
+	}
 }
 
 // ownReason says why the head stops by itself; "" when it was asked to.

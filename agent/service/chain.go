@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
+	"github.com/llm-agent/llm-agent/slurm"
 )
 
 // dependencyMinutes is the +MIN of the successor's --dependency=after:JOB+MIN: the minutes
@@ -66,6 +67,9 @@ func (s *Service) Watch(ctx context.Context, ready func() bool, front Front) str
 		}
 		if next := f.Service.Current; next != s.me && next != "" && f.State == jobfiles.StateReady && s.queuedByMe(f, next) {
 			return s.handOver(ctx, f.Connection)
+		}
+		if why := s.idle(ctx); why != "" {
+			return why
 		}
 		if s.ready() && s.needsSuccessor() && !f.Service.Ended {
 			s.followSuccessor(ctx, f)
@@ -149,12 +153,7 @@ func (s *Service) submit(ctx context.Context, f *jobfiles.ServiceFile, attempt i
 // the script's arguments, and the dependency that lets it start a handover before the job's
 // time limit.
 func (s *Service) sbatch(ctx context.Context) (id, dep string, err error) {
-	sched := s.sched
-	info, err := sched.ShowJob(ctx, s.me)
-	if err != nil {
-		return "", "", err
-	}
-	script, err := sched.BatchScript(ctx, s.me)
+	info, script, err := s.resubmission(ctx)
 	if err != nil {
 		return "", "", err
 	}
@@ -171,8 +170,19 @@ func (s *Service) sbatch(ctx context.Context) (id, dep string, err error) {
 	args := append(info.ResubmitArgs(), "--dependency="+dep)
 	args = append(append(args, s.cfg.SuccessorSbatch...), path)
 	args = append(args, s.args...)
-	id, err = sched.Submit(ctx, args, successorEnv(os.Environ()))
+	id, err = s.sched.Submit(ctx, args, successorEnv(os.Environ()))
 	return id, dep, err
+}
+
+// resubmission is what queues this job again: what Slurm has of it (its resources, for sbatch
+// options) and its batch script.
+func (s *Service) resubmission(ctx context.Context) (slurm.JobInfo, []byte, error) {
+	info, err := s.sched.ShowJob(ctx, s.me)
+	if err != nil {
+		return info, nil, err
+	}
+	script, err := s.sched.BatchScript(ctx, s.me)
+	return info, script, err
 }
 
 // successorEnv is the job's environment less what Slurm set for this job and its step, which

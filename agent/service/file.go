@@ -38,7 +38,7 @@ func (s *Service) Mirror(c jobfiles.Connection) {
 		case info.Ended && !c.State.Ended():
 			info.State = jobfiles.ServiceStopping
 		case c.State == jobfiles.StateReady:
-			info.State, info.Reason = jobfiles.ServiceServing, ""
+			info.State, info.Reason, info.Waking = jobfiles.ServiceServing, "", nil
 		case c.State == jobfiles.StateStarting:
 			info.State, info.Reason = jobfiles.ServiceStarting, c.Reason
 		case !c.State.Ended():
@@ -77,6 +77,8 @@ func (s *Service) End(c jobfiles.Connection, why string) {
 		switch {
 		case info.Ended:
 			info.State = jobfiles.ServiceStopped
+		case s.asleep.Load():
+			info.State, info.Reason, info.Asleep, info.Successor = jobfiles.ServiceAsleep, why, &now, nil
 		case next != nil && next.State == "failed":
 			info.Ended = true
 			info.State, info.Reason = jobfiles.ServiceFailed, fmt.Sprintf("the successor could not start after %d attempts: %s", next.Attempts, next.Reason)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,6 +29,7 @@ type Scheduler interface {
 	BatchScript(ctx context.Context, id string) ([]byte, error)
 	Submit(ctx context.Context, args, env []string) (string, error)
 	Queue(ctx context.Context, id string) (slurm.QueueState, error)
+	Cancel(ctx context.Context, ids ...string) error
 }
 
 // Timings of a service's chain. The zero value of a field means its default.
@@ -68,6 +70,8 @@ type Front interface {
 	CloseConnections()
 	// HandOver answers every request with 503 and the successor's address at url.
 	HandOver(url string)
+	// Idle is how long no client request has arrived, with none in flight; 0 while any is.
+	Idle() time.Duration
 }
 
 // Job is what the service knows of the job it runs in.
@@ -113,6 +117,9 @@ type Service struct {
 	ready func() bool
 	front Front
 
+	// asleep is set once the job releases its allocation for being idle.
+	asleep atomic.Bool
+
 	mu         sync.Mutex
 	lastQueue  time.Time
 	lastSubmit time.Time
@@ -152,18 +159,32 @@ func (s *Service) enter(ctx context.Context, f *jobfiles.ServiceFile, now time.T
 	cfg := s.cfg
 	info := &f.Service
 	successor := info.Successor != nil && info.Successor.JobID == s.me && !info.Ended
+	woken := !info.Ended && (info.State == jobfiles.ServiceAsleep || (info.Waking != nil && info.Waking.JobID == s.me))
 	if !successor && info.Current != "" && info.Current != s.me && !f.State.Ended() {
 		if q, err := s.sched.Queue(ctx, info.Current); err != nil || !q.Ended() {
 			return fmt.Errorf("%w: service %s is served by job %s (%s); end it first with llm-agent stop --service %s, or choose another name",
 				jobfiles.ErrService, s.name, info.Current, f.State, s.name)
 		}
 	}
-	if successor {
+	var submitted *time.Time
+	switch {
+	case successor:
 		if info.Until != nil {
 			s.until = *info.Until
 		}
 		info.Successor.State, info.Successor.Reason = "running", ""
-	} else {
+	case woken:
+		// The chain goes on where it fell asleep: its end stays, and this job serves it.
+		if info.Until != nil {
+			s.until = *info.Until
+		}
+		if w := info.Waking; w != nil && w.JobID == s.me {
+			t := w.Submitted
+			submitted = &t
+		}
+		info.State, info.Reason, info.Asleep, info.Successor = jobfiles.ServiceWaking, "job "+s.me+" is starting", nil, nil
+		info.Current = s.me
+	default:
 		// A new chain: the history stays, the rest starts afresh.
 		*info = jobfiles.ServiceInfo{Name: s.name, State: jobfiles.ServiceStarting, Jobs: info.Jobs}
 		switch {
@@ -179,7 +200,7 @@ func (s *Service) enter(ctx context.Context, f *jobfiles.ServiceFile, now time.T
 		info.Current = s.me
 	}
 	info.Name, info.Handover = s.name, cfg.Handover.String()
-	j := jobfiles.ServiceJob{JobID: s.me, Node: s.job.Head, StateDir: s.job.StateDir, Started: now.UTC()}
+	j := jobfiles.ServiceJob{JobID: s.me, Node: s.job.Head, StateDir: s.job.StateDir, Started: now.UTC(), Submitted: submitted}
 	if successor {
 		j.Of = info.Successor.Of
 	}

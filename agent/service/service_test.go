@@ -20,10 +20,18 @@ import (
 // sched is Slurm as a job of a service sees it: its own settings and script, the jobs it
 // queues (numbered from 601), and their states in the queue.
 type sched struct {
-	mu      sync.Mutex
-	submits [][]string
-	states  map[string]slurm.QueueState
-	refuse  error
+	mu        sync.Mutex
+	submits   [][]string
+	states    map[string]slurm.QueueState
+	refuse    error
+	cancelled []string
+}
+
+func (f *sched) Cancel(_ context.Context, ids ...string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cancelled = append(f.cancelled, ids...)
+	return nil
 }
 
 func (f *sched) ShowJob(_ context.Context, id string) (slurm.JobInfo, error) {
@@ -65,12 +73,15 @@ func (f *sched) submitted() [][]string {
 	return append([][]string(nil), f.submits...)
 }
 
-// front records the handover's calls.
+// front records the handover's calls, and says how long it has been idle.
 type front struct {
 	mu     sync.Mutex
 	closed int
 	to     string
+	idle   time.Duration
 }
+
+func (f *front) Idle() time.Duration { f.mu.Lock(); defer f.mu.Unlock(); return f.idle }
 
 func (f *front) CloseConnections() { f.mu.Lock(); f.closed++; f.mu.Unlock() }
 func (f *front) HandOver(url string) {

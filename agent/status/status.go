@@ -223,12 +223,22 @@ func (r Report) writeService(tw io.Writer) {
 		if n := s.Successor; n != nil {
 			fmt.Fprintf(tw, "successor\tjob %s %s %s (attempt %d)\n", n.JobID, n.State, n.Reason, n.Attempts)
 		}
+		if s.Asleep != nil {
+			fmt.Fprintf(tw, "asleep since\t%s (llm-agent service wake %s)\n", s.Asleep.Local().Format(time.RFC3339), s.Name)
+		}
+		if w := s.Waking; w != nil {
+			fmt.Fprintf(tw, "waking\tjob %s queued at %s by %s\n", w.JobID, w.Submitted.Local().Format(time.RFC3339), w.By)
+		}
 		for _, j := range s.Jobs {
 			end := "serving"
 			if j.Ended != nil {
 				end = j.Ended.Local().Format("2006-01-02 15:04:05") + " " + j.Why
 			}
-			fmt.Fprintf(tw, "job %s\t%s, from %s to %s\n", j.JobID, j.Node, j.Started.Local().Format("2006-01-02 15:04:05"), end)
+			cold := ""
+			if j.Submitted != nil && j.Ready != nil {
+				cold = fmt.Sprintf(" (woken: queued %s, ready %s after)", j.Started.Sub(*j.Submitted).Round(time.Second), j.Ready.Sub(*j.Submitted).Round(time.Second))
+			}
+			fmt.Fprintf(tw, "job %s\t%s, from %s to %s%s\n", j.JobID, j.Node, j.Started.Local().Format("2006-01-02 15:04:05"), end, cold)
 		}
 	}
 }

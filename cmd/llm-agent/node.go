@@ -29,7 +29,7 @@ import (
 
 // nodeCommands are the commands that run on the cluster.
 func nodeCommands() []*cli.Command {
-	return []*cli.Command{runCommand(), statusCommand(), usageCommand(), planCommand(), presetsCommand(), modelCommand()}
+	return []*cli.Command{runCommand(), statusCommand(), usageCommand(), serviceCommand(), planCommand(), presetsCommand(), modelCommand()}
 }
 
 // beforeMain lets the agent re-execute itself as the reaper of each child process.

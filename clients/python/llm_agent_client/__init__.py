@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import stat
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import httpx
 import openai
@@ -31,6 +35,7 @@ __all__ = [
     "FollowTransport",
     "JobEnded",
     "NoConnection",
+    "ServiceAsleep",
     "connect",
     "connect_async",
     "find_connection",
@@ -52,6 +57,12 @@ CONNECTION_FILE = "connection.json"
 SUCCESSOR_HEADER = "X-Llm-Agent-Successor"
 #: How long a request waits for the service's file to name the successor.
 FOLLOW_TIMEOUT = 60.0
+#: How long a request to a sleeping service waits for it to wake (``llm-agent service wake``).
+WAKE_TIMEOUT = 15 * 60.0
+#: The service states in which it serves no request until woken.
+SLEEP_STATES = ("asleep", "waking")
+
+log = logging.getLogger("llm_agent_client")
 
 
 class NoConnection(LookupError):
@@ -64,6 +75,18 @@ class JobEnded(RuntimeError):
     def __init__(self, conn: "Connection"):
         super().__init__(f"job {conn.job_id} has ended: {conn.state}" + (f" ({conn.reason})" if conn.reason else ""))
         self.connection = conn
+
+
+class ServiceAsleep(RuntimeError):
+    """The service sleeps (--idle-release) and the request did not wait for it to wake, or it
+    did not serve within the wake's timeout. ``state`` is the service's last state."""
+
+    def __init__(self, service: str, state: str, waited: Optional[float] = None):
+        msg = f"service {service} is {state}"
+        if waited is not None:
+            msg += f" after waiting {waited:g} s for it to wake"
+        super().__init__(msg)
+        self.service, self.state = service, state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,15 +181,79 @@ def _client_args(conn: Connection, kwargs: dict) -> dict:
     return args
 
 
+def _service_state(service: str) -> Tuple[str, str]:
+    """The service's own state and its reason, from its file."""
+    with open(find_connection(service=service), encoding="utf-8") as f:
+        info = json.load(f).get("service") or {}
+    return info.get("state", ""), info.get("reason", "")
+
+
 class _Follower:
     """What both transports share: the job the service's file names now gets every request;
     one that the old job answers 503 because it handed the service over, or that cannot reach
-    it, goes again to the job the file names once it names another."""
+    it, goes again to the job the file names once it names another. A request to a sleeping
+    service wakes it first and waits until it serves."""
 
-    def __init__(self, service: str, timeout: float):
+    def __init__(self, service: str, timeout: float, wake_timeout: Optional[float] = WAKE_TIMEOUT,
+                 on_progress: Optional[Callable[[str], None]] = None):
         self.service = service
         self.timeout = timeout
+        self.wake_timeout = wake_timeout
+        self.on_progress = on_progress
         self.current = ""  # the base URL requests go to, once the service has moved
+        self._waking = threading.Lock()
+
+    def _progress(self, line: str) -> None:
+        log.info("service %s: %s", self.service, line)
+        if self.on_progress is not None:
+            self.on_progress(line)
+
+    def asleep(self) -> Optional[str]:
+        """The service's state and reason while it sleeps or wakes; None while it serves."""
+        try:
+            state, reason = _service_state(self.service)
+        except (OSError, ValueError, NoConnection):
+            return None
+        return f"{state}: {reason}" if state in SLEEP_STATES else None
+
+    def before(self, request: httpx.Request) -> Optional[httpx.Response]:
+        """Wakes a sleeping service and holds the request until it serves, then routes it; a
+        client that does not wait (wake_timeout None or 0) gets 503 with Retry-After."""
+        if self.asleep() is not None:
+            with self._waking:  # one wake at a time; the others find it awake after
+                state = self.asleep()
+                if state is not None:
+                    if not self.wake_timeout:
+                        return httpx.Response(503, headers={"Retry-After": "30"}, request=request,
+                                              json={"error": {"message": f"service {self.service} is {state}", "type": "service_asleep"}})
+                    self._wake(state)
+        self.route(request)
+        return None
+
+    def _wake(self, state: str) -> None:
+        """Runs ``llm-agent service wake NAME --wait``, passing its progress on, and takes the
+        base URL of the job that serves once it does."""
+        binary = os.environ.get("LLM_AGENT_BIN") or shutil.which("llm-agent")
+        if not binary:
+            raise ServiceAsleep(self.service, state + " (llm-agent is not on PATH to wake it: set LLM_AGENT_BIN)")
+        start = time.monotonic()
+        cmd = [binary, "service", "wake", self.service, "--wait", f"{max(1, int(self.wake_timeout))}s", "--by", "the Python client"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        watchdog = threading.Timer(self.wake_timeout + 30, proc.kill)
+        watchdog.start()
+        last = state
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                if line:
+                    last = line
+                    self._progress(line)
+            rc = proc.wait()
+        finally:
+            watchdog.cancel()
+        if rc != 0:
+            raise ServiceAsleep(self.service, last, time.monotonic() - start)
+        self.current = self._base()
 
     @staticmethod
     def handed_over(response: httpx.Response) -> bool:
@@ -207,12 +294,15 @@ class _Follower:
 class FollowTransport(httpx.BaseTransport):
     """An httpx transport that follows a service from job to job (see ``connect``)."""
 
-    def __init__(self, service: str, inner: Optional[httpx.BaseTransport] = None, timeout: float = FOLLOW_TIMEOUT):
-        self._follow = _Follower(service, timeout)
+    def __init__(self, service: str, inner: Optional[httpx.BaseTransport] = None, timeout: float = FOLLOW_TIMEOUT,
+                 wake_timeout: Optional[float] = WAKE_TIMEOUT, on_progress: Optional[Callable[[str], None]] = None):
+        self._follow = _Follower(service, timeout, wake_timeout, on_progress)
         self._inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self._follow.route(request)
+        asleep = self._follow.before(request)
+        if asleep is not None:
+            return asleep
         try:
             response = self._inner.handle_request(request)
         except httpx.ConnectError:
@@ -238,12 +328,15 @@ class FollowTransport(httpx.BaseTransport):
 class AsyncFollowTransport(httpx.AsyncBaseTransport):
     """``FollowTransport`` for asyncio."""
 
-    def __init__(self, service: str, inner: Optional[httpx.AsyncBaseTransport] = None, timeout: float = FOLLOW_TIMEOUT):
-        self._follow = _Follower(service, timeout)
+    def __init__(self, service: str, inner: Optional[httpx.AsyncBaseTransport] = None, timeout: float = FOLLOW_TIMEOUT,
+                 wake_timeout: Optional[float] = WAKE_TIMEOUT, on_progress: Optional[Callable[[str], None]] = None):
+        self._follow = _Follower(service, timeout, wake_timeout, on_progress)
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._follow.route(request)
+        asleep = await asyncio.to_thread(self._follow.before, request)
+        if asleep is not None:
+            return asleep
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.ConnectError:
@@ -265,21 +358,29 @@ class AsyncFollowTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def connect(job: Optional[str] = None, service: Optional[str] = None, state_dir: Optional[str] = None, **kwargs) -> openai.OpenAI:
+def connect(job: Optional[str] = None, service: Optional[str] = None, state_dir: Optional[str] = None, *,
+            wake_timeout: Optional[float] = WAKE_TIMEOUT, on_progress: Optional[Callable[[str], None]] = None,
+            **kwargs) -> openai.OpenAI:
     """An ``openai.OpenAI`` for the job; keyword arguments go to the client (timeout, max_retries...).
 
     For a service, the client follows it from job to job: a request that the old job answers
-    503 with the successor's address goes again to the job the service's file names.
+    503 with the successor's address goes again to the job the service's file names. A request
+    to a service that sleeps (``--idle-release``) wakes it (``llm-agent service wake``) and is
+    held until the service serves, at most ``wake_timeout`` seconds (``ServiceAsleep`` then);
+    ``on_progress`` gets each state on the way (queued, starting, serving). With
+    ``wake_timeout=None`` such a request is answered 503 with Retry-After and the state.
     """
     if service and "http_client" not in kwargs:
-        kwargs["http_client"] = httpx.Client(transport=FollowTransport(service))
+        kwargs["http_client"] = httpx.Client(transport=FollowTransport(service, wake_timeout=wake_timeout, on_progress=on_progress))
     return openai.OpenAI(**_client_args(read_connection(job, service, state_dir), kwargs))
 
 
-def connect_async(job: Optional[str] = None, service: Optional[str] = None, state_dir: Optional[str] = None, **kwargs) -> openai.AsyncOpenAI:
-    """An ``openai.AsyncOpenAI`` for the job; for a service it follows it as ``connect`` does."""
+def connect_async(job: Optional[str] = None, service: Optional[str] = None, state_dir: Optional[str] = None, *,
+                  wake_timeout: Optional[float] = WAKE_TIMEOUT, on_progress: Optional[Callable[[str], None]] = None,
+                  **kwargs) -> openai.AsyncOpenAI:
+    """An ``openai.AsyncOpenAI`` for the job; for a service it follows and wakes it as ``connect`` does."""
     if service and "http_client" not in kwargs:
-        kwargs["http_client"] = httpx.AsyncClient(transport=AsyncFollowTransport(service))
+        kwargs["http_client"] = httpx.AsyncClient(transport=AsyncFollowTransport(service, wake_timeout=wake_timeout, on_progress=on_progress))
     return openai.AsyncOpenAI(**_client_args(read_connection(job, service, state_dir), kwargs))
 
 

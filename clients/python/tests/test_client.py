@@ -273,3 +273,97 @@ def test_service_gone_without_successor_raises(home):
     client = lac.connect(service="svc", max_retries=0)
     with pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+
+
+def write_service(home, base, job_state, service_state, reason=""):
+    """A service's file: the job's connection and the service's own part."""
+    d = write_job(home, "svc", base, state=job_state, where=("services",))
+    conn = json.loads((d / "connection.json").read_text())
+    conn["service"] = {"name": "svc", "state": service_state, "reason": reason, "current_job": "1", "ended": False, "jobs": []}
+    (d / "connection.json").write_text(json.dumps(conn))
+    return d
+
+
+FAKE_WAKE = """#!{python}
+# Stand-in for `llm-agent service wake NAME --wait ...`: records its arguments, prints the
+# states a wake goes through and, told to succeed, makes the service's file say it serves.
+import json, os, sys
+with open(os.environ["WAKE_LOG"], "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+print("service svc: job 7 queued to wake it", flush=True)
+print("12:00:00 queued: job 7 is pending (Resources)", flush=True)
+if os.environ["WAKE_OUTCOME"] != "serve":
+    print("llm-agent: the service does not serve after 1s; it is queued: job 7 is pending (Resources)", flush=True)
+    sys.exit(1)
+print("12:00:05 starting: loading the model", flush=True)
+path = os.path.join(os.environ["HOME"], ".llm-agent", "services", "svc", "connection.json")
+conn = json.load(open(path))
+conn.update(state="ready", base_url=os.environ["WAKE_BASE"] + "/v1", job_id="7")
+conn["service"].update(state="serving", reason="")
+json.dump(conn, open(path + ".tmp", "w")); os.replace(path + ".tmp", path)
+print("12:00:09 serving", flush=True)
+"""
+
+
+@pytest.fixture
+def fake_wake(home, tmp_path, monkeypatch):
+    import sys
+    binary = tmp_path / "llm-agent"
+    binary.write_text(FAKE_WAKE.format(python=sys.executable))
+    binary.chmod(0o755)
+    monkeypatch.setenv("LLM_AGENT_BIN", str(binary))
+    monkeypatch.setenv("WAKE_LOG", str(tmp_path / "wake.log"))
+    return tmp_path / "wake.log"
+
+
+def test_sleeping_service_is_woken_and_the_request_held(home, endpoint, fake_wake, monkeypatch):
+    monkeypatch.setenv("WAKE_OUTCOME", "serve")
+    monkeypatch.setenv("WAKE_BASE", endpoint)
+    write_service(home, "http://127.0.0.1:1", "stopped", "asleep", "no request for 30m0s")
+    seen = []
+    client = lac.connect(service="svc", max_retries=0, on_progress=seen.append, wake_timeout=60)
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "hi", "held during the wake, then answered once"
+    assert seen == ["service svc: job 7 queued to wake it", "12:00:00 queued: job 7 is pending (Resources)",
+                    "12:00:05 starting: loading the model", "12:00:09 serving"]
+    assert fake_wake.read_text().splitlines() == ["service wake svc --wait 60s --by the Python client"]
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert fake_wake.read_text().count("\n") == 1, "awake now: no second wake"
+
+
+def test_sleeping_service_async(home, endpoint, fake_wake, monkeypatch):
+    monkeypatch.setenv("WAKE_OUTCOME", "serve")
+    monkeypatch.setenv("WAKE_BASE", endpoint)
+    write_service(home, "http://127.0.0.1:1", "stopped", "asleep")
+    aclient = lac.connect_async(service="svc", max_retries=0)
+    r = asyncio.run(aclient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}]))
+    assert r.choices[0].message.content == "hi"
+
+
+def test_wake_that_times_out_says_the_state(home, fake_wake, monkeypatch):
+    monkeypatch.setenv("WAKE_OUTCOME", "queue")
+    write_service(home, "http://127.0.0.1:1", "stopped", "asleep")
+    client = lac.connect(service="svc", max_retries=0, wake_timeout=1)
+    with pytest.raises(lac.ServiceAsleep) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert "pending (Resources)" in str(e.value) and e.value.state.startswith("llm-agent: the service does not serve")
+
+
+def test_client_that_does_not_wait_gets_503(home, fake_wake, monkeypatch):
+    write_service(home, "http://127.0.0.1:1", "stopped", "asleep", "no request for 30m0s")
+    client = lac.connect(service="svc", max_retries=0, wake_timeout=None)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503
+    assert e.value.response.headers["Retry-After"] == "30"
+    assert "asleep: no request for 30m0s" in e.value.message
+    assert not fake_wake.exists(), "nothing woken"
+
+
+def test_no_llm_agent_to_wake_with(home, monkeypatch):
+    monkeypatch.delenv("LLM_AGENT_BIN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    write_service(home, "http://127.0.0.1:1", "stopped", "waking", "job 7 queued")
+    client = lac.connect(service="svc", max_retries=0)
+    with pytest.raises(lac.ServiceAsleep, match="LLM_AGENT_BIN"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
