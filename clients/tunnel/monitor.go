@@ -88,7 +88,7 @@ func (w *watch) reconnect(ctx context.Context) error {
 		return nil
 	}
 	w.conn = c
-	if c.State.Ended() {
+	if c.State.Ended() || w.t.asleep() != "" {
 		return w.check(ctx)
 	}
 	return w.t.setTarget(ctx, target(c))
@@ -98,7 +98,9 @@ func (w *watch) reconnect(ctx context.Context) error {
 // the status line, a move to a new target, or the end (errJobEnded, or ErrJobFailed).
 func (w *watch) check(ctx context.Context) error {
 	t := w.t
-	ok := t.probe(ctx, w.readyz)
+	// While the service sleeps the tunnel only reads its file: its own probe through the local
+	// port would wake it, and only a client's request may.
+	ok := t.asleep() == "" && t.probe(ctx, w.readyz)
 	w.probes++
 	// A service's file is read at every probe: its successor may take over at any time, and
 	// the tunnel must follow before the predecessor stops taking requests.
@@ -117,6 +119,10 @@ func (w *watch) check(ctx context.Context) error {
 	}
 	w.conn = c
 	switch {
+	case t.asleep() != "":
+		if !t.wakeUnderWay() {
+			t.show("asleep", c, t.asleep()+"; the next request wakes it")
+		}
 	case c.State.Ended():
 		t.end(fmt.Sprintf("%s has ended (%s); the tunnel is closed", t.name(c), describe(c)))
 		if c.State == jobfiles.StateFailed {

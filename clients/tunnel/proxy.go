@@ -14,7 +14,7 @@ import (
 // serve passes each local connection to the head's API port. When the listener closes, it
 // closes the connections still open (a client's idle keep-alive one would otherwise hold the
 // tunnel open) and waits for them.
-func (t *Tunnel) serve(ln net.Listener) {
+func (t *Tunnel) serve(ctx context.Context, ln net.Listener) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	open := map[net.Conn]struct{}{}
@@ -49,6 +49,10 @@ func (t *Tunnel) serve(ln net.Listener) {
 			defer wg.Done()
 			defer track(c, false)
 			defer c.Close()
+			if err := t.awake(ctx); err != nil {
+				refuse(c, err) // the client learns why, and when to try again
+				return
+			}
 			up, err := t.dial()
 			if err != nil {
 				return // the client sees the connection closed, and retries

@@ -49,6 +49,11 @@ type Options struct {
 	// Out gets the lines to paste and the status; Terminal redraws one status line in place.
 	Out      io.Writer
 	Terminal bool
+	// WakeTimeout bounds how long a client's connection to a sleeping service is held while
+	// the tunnel wakes it; 0 answers such a connection 503 at once. Agent is the llm-agent that
+	// wakes it, on the login host (default "llm-agent") or here (default: this program).
+	WakeTimeout time.Duration
+	Agent       string
 }
 
 // Tunnel is one running tunnel.
@@ -65,6 +70,11 @@ type Tunnel struct {
 	fwd    *forward // nil when down or in local mode
 
 	state string // what the status line last said
+
+	last    jobfiles.Connection // the connection file as last read
+	sleep   string              // the service's state while it sleeps or wakes
+	waking  chan struct{}       // closed when the wake under way ends; nil when none is
+	wakeErr error               // what the last wake ended with
 }
 
 // Run opens the tunnel and keeps it until ctx ends (nil) or the job ends (nil when it stopped,
@@ -76,6 +86,12 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if o.SSH == "" {
 		o.SSH = "ssh"
+	}
+	if o.Agent == "" {
+		o.Agent = "llm-agent" // on the login host
+		if o.Login == "" {
+			o.Agent = defaultAgent()
+		}
 	}
 	if o.LocalPort < 0 || o.LocalPort > 65535 {
 		return fmt.Errorf("%w: --local-port %d is not a port", ErrInput, o.LocalPort)
@@ -108,7 +124,7 @@ func (t *Tunnel) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if conn.State.Ended() {
+	if conn.State.Ended() && t.asleep() == "" {
 		return fmt.Errorf("%w: %s has already ended (%s)", ErrInput, t.name(conn), describe(conn))
 	}
 	port := t.o.LocalPort
@@ -138,7 +154,7 @@ func (t *Tunnel) run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t.serve(ln)
+		t.serve(ctx, ln)
 	}()
 	defer t.stopForward()
 	return t.monitor(ctx, conn, "http://"+local+"/readyz")
@@ -191,6 +207,8 @@ func (t *Tunnel) readConnection(ctx context.Context) (jobfiles.Connection, error
 	if err := json.Unmarshal(b, &c); err != nil {
 		return c, fmt.Errorf("%w: %s on %s is not a connection file: %v", ErrInput, t.path, t.src.where(), err)
 	}
+	state, reason := serviceState(b)
+	t.seen(c, state, reason)
 	if c.Port <= 0 || (c.HeadAddress == "" && c.HeadHost == "") {
 		return c, fmt.Errorf("%w: %s on %s names no head and port", ErrInput, t.path, t.src.where())
 	}

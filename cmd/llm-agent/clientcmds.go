@@ -69,7 +69,10 @@ func tunnelCommand() *cli.Command {
 			"/readyz through the forward and shows the state: starting, ready, restarting, stopping. When ssh drops it " +
 			"reconnects with backoff; when the job's head or port changes it re-forwards; the local port stays the same. " +
 			"It ends on Ctrl-C, or when the job ends (exit 0 when it stopped, 1 when it failed). Without --login it runs " +
-			"on the login host and reads the file there. The key is copied only with --fetch-key, and never printed.",
+			"on the login host and reads the file there. The key is copied only with --fetch-key, and never printed. " +
+			"A service that sleeps (--idle-release) keeps the tunnel up: a request to it is held while the tunnel wakes it " +
+			"(llm-agent service wake on the login host), showing queued, starting and ready, and then sent; past " +
+			"--wake-timeout, or with --wake-timeout 0, the request is answered 503 with Retry-After and the service's state.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "service", Usage: "a service's name instead of a job (~/.llm-agent/services/NAME)"},
 			&cli.StringFlag{Name: "login", Usage: "login host to go through, as ssh takes it ([USER@]HOST or a Host of ~/.ssh/config); empty when running on the login host"},
@@ -79,6 +82,8 @@ func tunnelCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "ssh-option", Usage: "an ssh -o option, such as IdentityFile=~/.ssh/id_cluster (repeatable)"},
 			&cli.StringFlag{Name: "ssh", Value: "ssh", Usage: "the OpenSSH client to run"},
 			&cli.DurationFlag{Name: "interval", Value: 3 * time.Second, Usage: "time between /readyz probes"},
+			&cli.DurationFlag{Name: "wake-timeout", Value: 15 * time.Minute, Usage: "with --service: how long a request to a sleeping service is held while the tunnel wakes it (0: answer 503 at once)"},
+			&cli.StringFlag{Name: "remote-agent", Value: "llm-agent", Usage: "the llm-agent that wakes a service, on the login host"},
 		},
 		Action: func(c *cli.Context) error {
 			if err := oneArgument(c, "job"); err != nil {
@@ -92,6 +97,10 @@ func tunnelCommand() *cli.Command {
 				SSH: c.String("ssh"), SSHOptions: c.StringSlice("ssh-option"), LocalPort: c.Int("local-port"),
 				FetchKey: c.Bool("fetch-key"), KeyFile: c.String("key-file"), Interval: c.Duration("interval"),
 				Home: os.Getenv("HOME"), Out: c.App.Writer, Terminal: isTerminal(c.App.Writer),
+				WakeTimeout: c.Duration("wake-timeout"),
+			}
+			if c.IsSet("remote-agent") || o.Login != "" {
+				o.Agent = c.String("remote-agent")
 			}
 			if o.KeyFile != "" && !o.FetchKey {
 				return usageErrorf("--key-file is where --fetch-key writes the key; give --fetch-key too")
