@@ -27,10 +27,13 @@ type Wake struct {
 // the agent's own options.
 type WakeRecord struct {
 	// Job is the job that fell asleep, whose script and options these are.
-	Job       string    `json:"job_id"`
-	Args      []string  `json:"sbatch_args"`
-	AgentArgs []string  `json:"agent_args"`
-	Saved     time.Time `json:"saved_at"`
+	Job       string   `json:"job_id"`
+	Args      []string `json:"sbatch_args"`
+	AgentArgs []string `json:"agent_args"`
+	// Env are the job's LLM_AGENT_* settings from its submission's environment, which sbatch
+	// passed on and a wake from another shell would not.
+	Env   []string  `json:"agent_env,omitempty"`
+	Saved time.Time `json:"saved_at"`
 }
 
 // WriteWakeRecord saves the record and the batch script in the service's folder dir, each

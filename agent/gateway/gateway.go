@@ -209,6 +209,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 		return // answered
 	}
 	g.demand.Store(x.start.UnixNano())
+	if m := g.opts.Metrics; m != nil {
+		m.lastRequest.Set(float64(x.start.UnixNano()) / 1e9)
+	}
 	g.inflight.Add(1)
 	g.active.Add(1)
 	defer func() {

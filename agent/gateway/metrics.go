@@ -16,6 +16,9 @@ type Metrics struct {
 	ttft     *prometheus.HistogramVec
 	// throttled counts the requests a key's own limit answered 429.
 	throttled *prometheus.CounterVec
+	// lastRequest is when the last request with a valid key arrived: time() minus it is how
+	// long the service has been idle (--idle-release goes by the same clock).
+	lastRequest prometheus.Gauge
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -40,7 +43,10 @@ func NewMetrics(node, job string) *Metrics {
 		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llm_agent_gateway_throttled_total",
 			Help: "Requests answered 429 by the key's own limit: requests_per_minute, tokens_per_minute or max_in_flight.", ConstLabels: consts},
 			[]string{"key", "project", "limit"}),
+		lastRequest: prometheus.NewGauge(prometheus.GaugeOpts{Name: "llm_agent_gateway_last_request_timestamp_seconds",
+			Help: "When the last request with a valid key arrived (Unix time; the gateway's start before any); time() minus it is the idle time.", ConstLabels: consts}),
 	}
+	m.lastRequest.SetToCurrentTime()
 	return m
 }
 
@@ -51,6 +57,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.latency.Describe(ch)
 	m.ttft.Describe(ch)
 	m.throttled.Describe(ch)
+	m.lastRequest.Describe(ch)
 }
 
 // Collect sends the series.
@@ -60,6 +67,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.latency.Collect(ch)
 	m.ttft.Collect(ch)
 	m.throttled.Collect(ch)
+	m.lastRequest.Collect(ch)
 }
 
 func (m *Metrics) observe(x *exchange, latency time.Duration) {

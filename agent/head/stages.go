@@ -25,6 +25,9 @@ import (
 // Prometheus scrapes as a separate target (targets.json lists it).
 func (h *head) metricsServed() node.Served {
 	s := node.Served{Routes: map[string]http.Handler{}, Collectors: h.front.Collectors()}
+	if h.service != nil {
+		s.Collectors = append(s.Collectors, h.service.Collector(h.env.Alloc.Hostname(), h.env.Alloc.JobID))
+	}
 	engine.MetricsRoute(h.env, s.Routes, 0, h.engineEndpoint())
 	for slot := 1; slot < len(h.slotPorts); slot++ {
 		engine.MetricsRoute(h.env, s.Routes, slot, vllm.Endpoint{Socket: h.env.SocketPath(slot)})

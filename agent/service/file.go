@@ -19,6 +19,7 @@ func (s *Service) Mirror(c jobfiles.Connection) {
 		info := &f.Service
 		if j := info.Job(s.me); j != nil && c.ReadyAt != nil && j.Ready == nil {
 			j.Ready = c.ReadyAt
+			s.wokenReady(j.Started, *c.ReadyAt)
 		}
 		if info.Current != s.me {
 			if c.State != jobfiles.StateReady || info.Ended {
@@ -118,4 +119,15 @@ func (s *Service) update(f func(f *jobfiles.ServiceFile)) {
 	if err != nil {
 		s.log.Warn("cannot update the service's file", "service", s.name, "error", err)
 	}
+}
+
+// wokenReady records the cold start of a job a wake queued, once it is ready.
+func (s *Service) wokenReady(started, ready time.Time) {
+	if s.submitted == nil {
+		return
+	}
+	s.cold.mu.Lock()
+	defer s.cold.mu.Unlock()
+	s.cold.running, s.cold.ready, s.cold.known = started.Sub(*s.submitted), ready.Sub(*s.submitted), true
+	s.log.Info("woken", "service", s.name, "queued_for", s.cold.running.Round(time.Second), "ready_after", s.cold.ready.Round(time.Second))
 }

@@ -119,6 +119,9 @@ type Service struct {
 
 	// asleep is set once the job releases its allocation for being idle.
 	asleep atomic.Bool
+	// submitted is when the wake that queued this job submitted it; nil for any other job.
+	submitted *time.Time
+	cold      coldStart
 
 	mu         sync.Mutex
 	lastQueue  time.Time
@@ -180,7 +183,7 @@ func (s *Service) enter(ctx context.Context, f *jobfiles.ServiceFile, now time.T
 		}
 		if w := info.Waking; w != nil && w.JobID == s.me {
 			t := w.Submitted
-			submitted = &t
+			submitted, s.submitted = &t, &t
 		}
 		info.State, info.Reason, info.Asleep, info.Successor = jobfiles.ServiceWaking, "job "+s.me+" is starting", nil, nil
 		info.Current = s.me

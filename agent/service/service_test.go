@@ -25,6 +25,7 @@ type sched struct {
 	states    map[string]slurm.QueueState
 	refuse    error
 	cancelled []string
+	envs      [][]string
 }
 
 func (f *sched) Cancel(_ context.Context, ids ...string) error {
@@ -42,13 +43,14 @@ func (f *sched) BatchScript(context.Context, string) ([]byte, error) {
 	return []byte("#!/bin/sh\n"), nil
 }
 
-func (f *sched) Submit(_ context.Context, args, _ []string) (string, error) {
+func (f *sched) Submit(_ context.Context, args, env []string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.refuse != nil {
 		return "", f.refuse
 	}
 	f.submits = append(f.submits, args)
+	f.envs = append(f.envs, env)
 	return []string{"601", "602", "603"}[len(f.submits)-1], nil
 }
 

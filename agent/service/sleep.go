@@ -9,6 +9,8 @@ package service
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/llm-agent/llm-agent/jobfiles"
@@ -45,8 +47,19 @@ func (s *Service) saveWake(ctx context.Context) error {
 		return err
 	}
 	rec := jobfiles.WakeRecord{Job: s.me, Args: append(info.ResubmitArgs(), s.cfg.SuccessorSbatch...), AgentArgs: s.args,
-		Saved: s.clock.Now().UTC()}
+		Env: agentEnv(os.Environ()), Saved: s.clock.Now().UTC()}
 	return jobfiles.WriteWakeRecord(s.dir, rec, script)
+}
+
+// agentEnv are the LLM_AGENT_* variables of env.
+func agentEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "LLM_AGENT_") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // cancelSuccessor cancels the successor this job queued, if any.

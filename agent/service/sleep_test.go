@@ -4,9 +4,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -115,6 +118,7 @@ func TestWake(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Woken{JobID: "501", State: jobfiles.ServiceStarting}, w, "awake already: nothing queued")
 
+	t.Setenv("LLM_AGENT_GRACE", "10s") // from the job's submission: kept for the wake
 	require.NoError(t, s.saveWake(context.Background()))
 	s.asleep.Store(true)
 	s.End(jobfiles.Connection{JobID: "501", State: jobfiles.StateStopped}, "asleep")
@@ -125,6 +129,10 @@ func TestWake(t *testing.T) {
 	require.Len(t, subs, 1)
 	assert.Equal(t, filepath.Join(dir, jobfiles.WakeScriptFile), subs[0][len(subs[0])-3])
 	assert.Equal(t, []string{"--service", "svc"}, subs[0][len(subs[0])-2:])
+	env := sch.envs[0]
+	assert.Equal(t, "HOME=/h", env[0], "the waker's environment")
+	assert.NotContains(t, env, "SLURM_JOB_ID=9", "less Slurm's")
+	assert.Contains(t, env, "LLM_AGENT_GRACE=10s", "and the job's own settings")
 	f := read(t, dir)
 	require.NotNil(t, f.Service.Waking)
 	assert.Equal(t, "601", f.Service.Waking.JobID)
@@ -144,4 +152,53 @@ func TestWake(t *testing.T) {
 	assert.ErrorIs(t, err, ErrCannotWake)
 	_, err = Wake(context.Background(), filepath.Join(t.TempDir(), "none"), sch, nil, "test", now)
 	assert.ErrorIs(t, err, ErrCannotWake)
+}
+
+// TestColdStartMetrics: the job a wake queued exports its cold start once ready; any job its
+// service's --idle-release.
+func TestColdStartMetrics(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "svc")
+	sch := &sched{states: map[string]slurm.QueueState{"501": {State: "COMPLETED"}}}
+	o := options(t, dir, "501", time.Time{}, sch)
+	o.Config.IdleRelease = 30 * time.Minute
+	s, err := Join(context.Background(), o)
+	require.NoError(t, err)
+	want := `
+# HELP llm_agent_service_idle_release_seconds The service's --idle-release: how long with no request before its job releases the allocation (0: never).
+# TYPE llm_agent_service_idle_release_seconds gauge
+llm_agent_service_idle_release_seconds{job="501",node="n1",service="svc"} 1800
+`
+	require.NoError(t, testutil.CollectAndCompare(s.Collector("n1", "501"), strings.NewReader(want)))
+
+	s.asleep.Store(true)
+	s.End(jobfiles.Connection{JobID: "501", State: jobfiles.StateStopped}, "asleep")
+	submitted := time.Now().Add(-time.Minute)
+	_, err = jobfiles.UpdateService(dir, func(f *jobfiles.ServiceFile) error {
+		f.Service.Waking = &jobfiles.Wake{JobID: "777", Submitted: submitted}
+		return nil
+	})
+	require.NoError(t, err)
+	w, err := Join(context.Background(), options(t, dir, "777", time.Time{}, sch))
+	require.NoError(t, err)
+	ready := time.Now()
+	w.Mirror(jobfiles.Connection{JobID: "777", State: jobfiles.StateReady, ReadyAt: &ready})
+	n, err := testutil.GatherAndCount(registry(t, w.Collector("n1", "777")), "llm_agent_service_wake_seconds")
+	require.NoError(t, err)
+	assert.Equal(t, 2, n, "until running, until ready")
+	mfs, err := registry(t, w.Collector("n1", "777")).Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h != nil && m.GetLabel()[len(m.GetLabel())-1].GetValue() == "ready" {
+				assert.InDelta(t, time.Minute.Seconds(), h.GetSampleSum(), 2)
+				assert.Equal(t, uint64(1), h.GetSampleCount())
+			}
+		}
+	}
+}
+
+func registry(t *testing.T, c prometheus.Collector) *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	require.NoError(t, r.Register(c))
+	return r
 }

@@ -62,7 +62,8 @@ func Wake(ctx context.Context, dir string, sched Waker, env []string, by string,
 			return fmt.Errorf("%w: service %s: its wake record: %w", ErrCannotWake, info.Name, err)
 		}
 		args := append(append(append([]string(nil), rec.Args...), filepath.Join(dir, jobfiles.WakeScriptFile)), rec.AgentArgs...)
-		id, err := sched.Submit(ctx, args, successorEnv(env))
+		// The job's own settings win over the waker's environment.
+		id, err := sched.Submit(ctx, args, append(successorEnv(env), rec.Env...))
 		if err != nil {
 			return fmt.Errorf("queue the service's job: %w", err)
 		}

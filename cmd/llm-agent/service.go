@@ -78,6 +78,10 @@ func stopService(ctx context.Context, out interface{ Write([]byte) (int, error) 
 			ids = append(ids, n.JobID)
 			n.State, n.Reason = "cancelled", "llm-agent stop --service"
 		}
+		if w := info.Waking; w != nil && !slices.Contains(ids, w.JobID) {
+			ids = append(ids, w.JobID) // queued by a wake, not serving yet
+			info.Waking = nil
+		}
 		if len(ids) == 0 {
 			info.State = jobfiles.ServiceStopped
 		}
