@@ -176,8 +176,14 @@ func (l *lines) waitFor(t *testing.T, from int, s string, timeout time.Duration)
 // laptopChat sends a chat completion from the laptop through the tunnel's local port.
 func laptopChat(t *testing.T, port int, keyFile, model string) (int, string) {
 	t.Helper()
+	return laptopChatWithin(t, port, keyFile, model, 20*time.Second)
+}
+
+// laptopChatWithin is laptopChat with curl's --max-time.
+func laptopChatWithin(t *testing.T, port int, keyFile, model string, limit time.Duration) (int, string) {
+	t.Helper()
 	body := `{"model":"` + model + `","max_tokens":4,"messages":[{"role":"user","content":"hello"}]}`
-	out, _ := inLaptop("sh", "-c", `curl -sS --max-time 20 -o /dev/stderr -w '%{http_code}' -H "Authorization: Bearer $(cat "$1")" `+
+	out, _ := inLaptop("sh", "-c", `curl -sS --max-time `+strconv.Itoa(int(limit.Seconds()))+` -o /dev/stderr -w '%{http_code}' -H "Authorization: Bearer $(cat "$1")" `+
 		`-H 'Content-Type: application/json' -d "$2" "http://127.0.0.1:$3/v1/chat/completions" 2>&1`,
 		"sh", keyFile, body, strconv.Itoa(port)).Output()
 	s := string(out)

@@ -104,6 +104,18 @@ func durationOpt(name, cat, usage string, f func(*Config) *time.Duration) Option
 		get: func(c *Config) string { return f(c).String() }}
 }
 
+// offWhenZero shows a duration that is off by default as no default at all.
+func offWhenZero(o Option) Option {
+	get := o.get
+	o.get = func(c *Config) string {
+		if v := get(c); v != "0s" {
+			return v
+		}
+		return ""
+	}
+	return o
+}
+
 func boolOpt(name, cat, usage string, f func(*Config) *bool) Option {
 	return Option{Name: name, Category: cat, Usage: usage, Kind: KindBool,
 		set: func(c *Config, v string) error {
@@ -246,7 +258,7 @@ var Options = []Option{
 			return c.For.String()
 		}},
 	durationOpt("handover", "Service", "how long before a job's time limit its successor may start; the successor is queued with --dependency=after:JOB+(limit - handover)", func(c *Config) *time.Duration { return &c.Handover }),
-	durationOpt("idle-release", "Service", "end the service's job once no request has arrived for this long (off by default); the service sleeps until `llm-agent service wake NAME` or a client that finds it asleep queues its job again", func(c *Config) *time.Duration { return &c.IdleRelease }),
+	offWhenZero(durationOpt("idle-release", "Service", "end the service's job once no request has arrived for this long (off by default); the service sleeps until `llm-agent service wake NAME` or a client that finds it asleep queues its job again", func(c *Config) *time.Duration { return &c.IdleRelease })),
 	intOpt("successor-retries", "Service", "how many times a successor that fails before it is ready is queued again", 0, func(c *Config) *int { return &c.SuccessorRetries }),
 	{Name: "successor-sbatch-arg", Category: "Service", Kind: KindList, Usage: "sbatch option added to the successors' submission, repeatable (--successor-sbatch-arg=--exclude=node7)",
 		set: func(c *Config, v string) error {

@@ -76,8 +76,7 @@ type Gateway struct {
 	active   atomic.Int64
 	progress progress
 	quotas   quotas
-	// demand is when the last client request with a valid key arrived (unix nanoseconds): a
-	// service that sleeps when idle goes by it.
+	// demand is when the last request with a valid key arrived (unix nanoseconds; sawDemand).
 	demand atomic.Int64
 }
 
@@ -208,10 +207,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return // answered
 	}
-	g.demand.Store(x.start.UnixNano())
-	if m := g.opts.Metrics; m != nil {
-		m.lastRequest.Set(float64(x.start.UnixNano()) / 1e9)
-	}
+	g.sawDemand(x.start)
 	g.inflight.Add(1)
 	g.active.Add(1)
 	defer func() {

@@ -37,6 +37,15 @@ func (g *Gateway) Activity() healthcheck.Activity {
 	return healthcheck.Activity{InFlight: int(g.progress.waiting.Load()), LastProgress: time.Unix(0, g.progress.last.Load())}
 }
 
+// sawDemand records a request with a valid key arriving at: a service that sleeps when idle
+// goes by it, and so does the last-request gauge.
+func (g *Gateway) sawDemand(at time.Time) {
+	g.demand.Store(at.UnixNano())
+	if m := g.opts.Metrics; m != nil {
+		m.lastRequest.Set(float64(at.UnixNano()) / 1e9)
+	}
+}
+
 // Idle is how long no client request with a valid key has arrived, counted from the gateway's
 // start, with none in flight; 0 while one is. A request without a valid key keeps nothing
 // awake: whoever can reach the port cannot hold the allocation.

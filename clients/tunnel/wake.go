@@ -121,7 +121,7 @@ func (t *Tunnel) wake(ctx context.Context, done chan struct{}) {
 // runWake runs the wake and passes each line it prints to the status line.
 func (t *Tunnel) runWake(ctx context.Context) error {
 	wait := fmt.Sprintf("%ds", int(t.o.WakeTimeout.Seconds()))
-	args := []string{"service", "wake", t.o.Service, "--wait", wait, "--by", "llm-agent tunnel"}
+	args := []string{"service", "wake", "--wait", wait, "--by", "llm-agent tunnel", t.o.Service} // flags before the name
 	var cmd *exec.Cmd
 	if t.ssh != nil {
 		quoted := make([]string, len(args))

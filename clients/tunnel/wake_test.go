@@ -87,7 +87,7 @@ func TestTunnelWakesASleepingService(t *testing.T) {
 	assert.Contains(t, out, "queued: job 9 is pending (Resources)")
 	recorded, err := os.ReadFile(args)
 	require.NoError(t, err)
-	assert.Equal(t, "service wake svc --wait 60s --by llm-agent tunnel\n", string(recorded), "one wake for both requests")
+	assert.Equal(t, "service wake --wait 60s --by llm-agent tunnel svc\n", string(recorded), "one wake for both requests")
 }
 
 // TestTunnelThatDoesNotWait: with --wake-timeout 0, or when the wake fails, a request to a

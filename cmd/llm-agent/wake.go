@@ -32,6 +32,7 @@ func serviceCommand() *cli.Command {
 			Name:         "wake",
 			OnUsageError: onUsageError,
 			Usage:        "queue a sleeping service's job again (--idle-release), and with --wait follow it until it serves",
+			UsageText:    "llm-agent service wake [--wait 15m] NAME",
 			ArgsUsage:    "NAME",
 			Description: "A service that slept saved its job's batch script and sbatch options in its folder; wake submits " +
 				"them again. A second wake while that job is queued or starting queues nothing more, and a wake of a " +
@@ -43,7 +44,7 @@ func serviceCommand() *cli.Command {
 			},
 			Action: func(c *cli.Context) error {
 				if c.NArg() != 1 {
-					return usageErrorf("service wake takes one argument, the service's name")
+					return usageErrorf("service wake takes one argument, the service's name, after the options (service wake --wait 15m NAME)")
 				}
 				path, err := serviceConnectionPath(c.Args().First())
 				if err != nil {

@@ -231,13 +231,13 @@ class _Follower:
         return None
 
     def _wake(self, state: str) -> None:
-        """Runs ``llm-agent service wake NAME --wait``, passing its progress on, and takes the
+        """Runs ``llm-agent service wake --wait D NAME``, passing its progress on, and takes the
         base URL of the job that serves once it does."""
         binary = os.environ.get("LLM_AGENT_BIN") or shutil.which("llm-agent")
         if not binary:
             raise ServiceAsleep(self.service, state + " (llm-agent is not on PATH to wake it: set LLM_AGENT_BIN)")
         start = time.monotonic()
-        cmd = [binary, "service", "wake", self.service, "--wait", f"{max(1, int(self.wake_timeout))}s", "--by", "the Python client"]
+        cmd = [binary, "service", "wake", "--wait", f"{max(1, int(self.wake_timeout))}s", "--by", "the Python client", self.service]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
         watchdog = threading.Timer(self.wake_timeout + 30, proc.kill)
         watchdog.start()

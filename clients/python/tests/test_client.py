@@ -285,7 +285,7 @@ def write_service(home, base, job_state, service_state, reason=""):
 
 
 FAKE_WAKE = """#!{python}
-# Stand-in for `llm-agent service wake NAME --wait ...`: records its arguments, prints the
+# Stand-in for `llm-agent service wake --wait ... NAME`: records its arguments, prints the
 # states a wake goes through and, told to succeed, makes the service's file say it serves.
 import json, os, sys
 with open(os.environ["WAKE_LOG"], "a") as f:
@@ -326,7 +326,7 @@ def test_sleeping_service_is_woken_and_the_request_held(home, endpoint, fake_wak
     assert r.choices[0].message.content == "hi", "held during the wake, then answered once"
     assert seen == ["service svc: job 7 queued to wake it", "12:00:00 queued: job 7 is pending (Resources)",
                     "12:00:05 starting: loading the model", "12:00:09 serving"]
-    assert fake_wake.read_text().splitlines() == ["service wake svc --wait 60s --by the Python client"]
+    assert fake_wake.read_text().splitlines() == ["service wake --wait 60s --by the Python client svc"]
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
     assert fake_wake.read_text().count("\n") == 1, "awake now: no second wake"
 
