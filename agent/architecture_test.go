@@ -28,7 +28,7 @@ const (
 // layers are the agent's rooms from the bottom up: a room may import rooms of lower layers
 // only, never one of its own layer or above. The facade, agent, is on top.
 var layers = [][]string{
-	{"agent/bytesize", "agent/internal/linelog", "agent/lifecycle", "agent/securefs", "agent/plan"},
+	{"agent/bytesize", "agent/internal/linelog", "agent/lifecycle", "agent/securefs", "agent/plan", "agent/scale"},
 	{"agent/config", "agent/metrics", "agent/gateway", "agent/raycluster"},
 	{"agent/layout", "agent/secrets", "agent/lora", "agent/service", "agent/status"},
 	{"agent/node"},

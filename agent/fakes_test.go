@@ -187,6 +187,10 @@ func fakeVLLM(args []string) int {
 	})
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\",model_name=%q} 0\n", served)
+		if f := os.Getenv("FAKE_VLLM_WAITING"); f != "" { // the requests waiting, as the test sets them
+			b, _ := os.ReadFile(f)
+			fmt.Fprintf(w, "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{engine=\"0\",model_name=%q} %s\n", served, strings.TrimSpace(string(b)))
+		}
 	})
 	mux.HandleFunc("/v1/models", func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer "+key {

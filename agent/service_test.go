@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/llm-agent/llm-agent/agent/config"
+	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/agent/service"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
@@ -32,9 +34,16 @@ type fakeScheduler struct {
 	submits [][]string
 	// failed are the jobs that end before they are ready.
 	failed map[string]bool
+	// cancel, if set, hears the jobs scancel is asked to cancel.
+	cancel func(ids []string)
 }
 
-func (f *fakeScheduler) Cancel(context.Context, ...string) error { return nil }
+func (f *fakeScheduler) Cancel(_ context.Context, ids ...string) error {
+	if f.cancel != nil {
+		f.cancel(ids)
+	}
+	return nil
+}
 
 func (f *fakeScheduler) ShowJob(_ context.Context, id string) (slurm.JobInfo, error) {
 	return slurm.JobInfo{ID: id, Name: "svc", Nodes: 1, TimeLimit: time.Hour, StdOut: "/out/job-" + id + ".out"}, nil
@@ -236,4 +245,60 @@ func TestServiceSleepsWhenIdle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"--model", rec.AgentArgs[1], "--service", "svc", "--for", "2h"}, rec.AgentArgs)
 	assert.FileExists(t, filepath.Join(dir, jobfiles.WakeScriptFile))
+}
+
+// TestServiceAddsJobsUnderLoad: a serving job with --max-jobs 2 whose engine has requests
+// waiting adds a job (queued with --extra-of); the added job serves behind a gateway that opens
+// to the service's replica key alone, and joins the serving job's rotation; when the load is
+// gone, it leaves the rotation and is cancelled, and the service's file drops it.
+func TestServiceAddsJobsUnderLoad(t *testing.T) {
+	home := t.TempDir()
+	waiting := filepath.Join(t.TempDir(), "waiting")
+	require.NoError(t, os.WriteFile(waiting, []byte("6"), 0o644))
+	t.Setenv("FAKE_VLLM_WAITING", waiting)
+	cancelled := make(chan []string, 4)
+	sched := &fakeScheduler{cancel: func(ids []string) { cancelled <- ids }}
+	scaling := func(c *config.Config) {
+		c.MaxJobs, c.ScaleTarget, c.ScaleInterval, c.ScaleWindow = 2, 1, 100*time.Millisecond, 300*time.Millisecond
+		// A down delay past two rounds of the head's watch over the added jobs: the load it samples
+		// must see the added job's engine in the gateway's rotation, not only in the first round.
+		c.ScaleUpDelay, c.ScaleDownDelay, c.Grace = 0, 3*time.Second, 2*time.Second
+	}
+	serving, state := serviceJob(t, home, "501", sched, scaling)
+	c := waitConnState(t, state, jobfiles.StateReady, 20*time.Second)
+	dir := jobfiles.ServiceDir(home, "svc")
+	waitServiceFile(t, dir, "a job added", func(f jobfiles.ServiceFile) bool { return len(f.Service.Extras) == 1 })
+	args := sched.submitted()[0]
+	require.Equal(t, []string{"--extra-of", "501"}, args[len(args)-2:])
+
+	extra, extraState := serviceJob(t, home, "601", sched, func(c *config.Config) { scaling(c); c.ExtraOf = "501" })
+	ec := waitConnState(t, extraState, jobfiles.StateReady, 20*time.Second)
+	status, _ := getWithKey(t, ec.BaseURL+"/models", readKey(t, c.APIKeyFile))
+	assert.Equal(t, 401, status, "the added job opens to the service's replica key alone")
+	waitServiceFile(t, dir, "the added job ready", func(f jobfiles.ServiceFile) bool {
+		return len(f.Service.Extras) == 1 && f.Service.Extras[0].State == jobfiles.ExtraReady
+	})
+	key := readKey(t, c.APIKeyFile)
+	require.Eventually(t, func() bool {
+		req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/models", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.Header.Get(gateway.ReplicaHeader) == "job 601"
+	}, 20*time.Second, 50*time.Millisecond, "a request answered by the added job, through the serving job's gateway")
+
+	require.NoError(t, os.WriteFile(waiting, []byte("0"), 0o644))
+	select {
+	case ids := <-cancelled:
+		assert.Equal(t, []string{"601"}, ids)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the added job was never cancelled")
+	}
+	require.NoError(t, extra.stop(t), "a cancelled added job drains cleanly")
+	f := waitServiceFile(t, dir, "the added job dropped", func(f jobfiles.ServiceFile) bool { return len(f.Service.Extras) == 0 })
+	assert.Equal(t, "501", f.Service.Current)
+	require.NoError(t, serving.stop(t))
 }

@@ -95,7 +95,9 @@ type ServiceInfo struct {
 	// Asleep is when the service fell asleep (--idle-release), while it is.
 	Asleep *time.Time `json:"asleep_at,omitempty"`
 	// Waking is the job a wake queued, until it serves.
-	Waking *Wake        `json:"waking,omitempty"`
+	Waking *Wake `json:"waking,omitempty"`
+	// Extras are the jobs added under load (--max-jobs), until they end.
+	Extras []ExtraJob   `json:"extra_jobs,omitempty"`
 	Jobs   []ServiceJob `json:"jobs"`
 }
 

@@ -50,7 +50,12 @@ type Settings struct {
 	// EnableLoRA is --enable-lora; MaxLoRARank is --max-lora-rank, 0 when not given.
 	EnableLoRA  bool
 	MaxLoRARank int
+	// MaxNumSeqs is --max-num-seqs, the sequences the engine runs at once; 0 when not given.
+	MaxNumSeqs int
 }
+
+// DefaultMaxNumSeqs is vLLM's --max-num-seqs when not given.
+const DefaultMaxNumSeqs = 256
 
 // ReadSettings reads Settings from args; the last of a repeated option wins, as in vLLM.
 func ReadSettings(args []string) Settings {
@@ -75,6 +80,8 @@ func ReadSettings(args []string) Settings {
 			s.EnableLoRA = false
 		case "--max-lora-rank":
 			s.MaxLoRARank, _ = strconv.Atoi(o.Value)
+		case "--max-num-seqs":
+			s.MaxNumSeqs, _ = strconv.Atoi(o.Value)
 		}
 	}
 	if s.Dtype == "auto" {

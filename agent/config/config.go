@@ -109,6 +109,14 @@ type Config struct {
 	// the service sleeps, its allocation freed, until `llm-agent service wake` or a client
 	// that finds it asleep queues its job again.
 	IdleRelease time.Duration
+	// MaxJobs bounds a service's jobs under load, the serving one included: it adds a job when
+	// the requests waiting per engine, averaged over ScaleWindow (sampled every ScaleInterval),
+	// stay above ScaleTarget for ScaleUpDelay, and drains the youngest when the others would
+	// have sufficed for ScaleDownDelay. ExtraOf is set on such a job: the job that added it.
+	MaxJobs, ScaleTarget         int
+	ScaleWindow, ScaleInterval   time.Duration
+	ScaleUpDelay, ScaleDownDelay time.Duration
+	ExtraOf                      string
 }
 
 // DefaultConfig returns the defaults documented in `llm-agent run --help`.
@@ -141,6 +149,12 @@ func Default() Config {
 		GPUSampleInterval: 5 * time.Second,
 		Handover:          15 * time.Minute,
 		SuccessorRetries:  2,
+		MaxJobs:           1,
+		ScaleTarget:       2,
+		ScaleWindow:       time.Minute,
+		ScaleInterval:     5 * time.Second,
+		ScaleUpDelay:      30 * time.Second,
+		ScaleDownDelay:    10 * time.Minute,
 		LogLevel:          "info",
 	}
 }

@@ -259,6 +259,13 @@ var Options = []Option{
 		}},
 	durationOpt("handover", "Service", "how long before a job's time limit its successor may start; the successor is queued with --dependency=after:JOB+(limit - handover)", func(c *Config) *time.Duration { return &c.Handover }),
 	offWhenZero(durationOpt("idle-release", "Service", "end the service's job once no request has arrived for this long (off by default); the service sleeps until `llm-agent service wake NAME` or a client that finds it asleep queues its job again", func(c *Config) *time.Duration { return &c.IdleRelease })),
+	intOpt("max-jobs", "Service", "the most jobs the service runs at once under load, the serving one included; each added job is one more engine behind the service's endpoint (1: no scaling)", 1, func(c *Config) *int { return &c.MaxJobs }),
+	intOpt("scale-target", "Service", "requests waiting per engine above which the service adds a job (--max-jobs)", 1, func(c *Config) *int { return &c.ScaleTarget }),
+	durationOpt("scale-window", "Service", "how far back the waiting requests are averaged (--max-jobs)", func(c *Config) *time.Duration { return &c.ScaleWindow }),
+	durationOpt("scale-interval", "Service", "how often the engines' waiting requests are sampled (--max-jobs)", func(c *Config) *time.Duration { return &c.ScaleInterval }),
+	durationOpt("scale-up-delay", "Service", "how long the load must stay above the target before a job is added (--max-jobs)", func(c *Config) *time.Duration { return &c.ScaleUpDelay }),
+	durationOpt("scale-down-delay", "Service", "how long fewer engines must have sufficed before the youngest added job is drained (--max-jobs)", func(c *Config) *time.Duration { return &c.ScaleDownDelay }),
+	stringOpt("extra-of", "Service", "set by a service's serving job on a job it adds under load (--max-jobs): the job that added it; not for users", func(c *Config) *string { return &c.ExtraOf }),
 	intOpt("successor-retries", "Service", "how many times a successor that fails before it is ready is queued again", 0, func(c *Config) *int { return &c.SuccessorRetries }),
 	{Name: "successor-sbatch-arg", Category: "Service", Kind: KindList, Usage: "sbatch option added to the successors' submission, repeatable (--successor-sbatch-arg=--exclude=node7)",
 		set: func(c *Config, v string) error {

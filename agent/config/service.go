@@ -5,9 +5,22 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llm-agent/llm-agent/agent/scale"
 	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/slurm"
+	"github.com/llm-agent/llm-agent/vllm"
 )
+
+// Scaling is the service's scaling settings (agent/scale); an engine's capacity is its
+// --max-num-seqs, vLLM's default of 256 when not given.
+func (c Config) Scaling() scale.Settings {
+	capacity := vllm.ReadSettings(c.VLLMArgs).MaxNumSeqs
+	if capacity <= 0 {
+		capacity = vllm.DefaultMaxNumSeqs
+	}
+	return scale.Settings{MaxJobs: c.MaxJobs, Target: float64(c.ScaleTarget), Window: c.ScaleWindow, Interval: c.ScaleInterval,
+		UpDelay: c.ScaleUpDelay, DownDelay: c.ScaleDownDelay, Capacity: capacity}
+}
 
 // MinIdleRelease is the shortest --idle-release: a job is released only after this long with
 // no request arriving, well past the gateway's own waits.
@@ -22,7 +35,13 @@ func (c Config) validateService() error {
 		if c.IdleRelease != 0 {
 			return fmt.Errorf("%w: --idle-release lets a service sleep and wake again; give it a name with --service", ErrInvalid)
 		}
+		if c.MaxJobs > 1 || c.ExtraOf != "" {
+			return fmt.Errorf("%w: --max-jobs adds jobs to a service; give it a name with --service", ErrInvalid)
+		}
 		return nil
+	}
+	if err := c.Scaling().Check(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if c.IdleRelease < 0 || (c.IdleRelease > 0 && c.IdleRelease < MinIdleRelease) {
 		return fmt.Errorf("%w: --idle-release %s: give at least %s, or leave it out for a service that never sleeps", ErrInvalid, c.IdleRelease, MinIdleRelease)

@@ -56,14 +56,20 @@ type Front struct {
 	stopped chan struct{}
 }
 
-// New decides the engine's key and the clients' keys, the job's key read from keyFile (made
-// for the job when empty). With the gateway, the engine gets a fresh internal key that never
-// leaves this node, and clients use the keys file or the job's key. Without it, the job's key
-// goes to the engine itself.
-func New(e *node.Env, keyFile string) (*Front, error) {
+// Keys are where the clients' keys come from: one key's file (made for the job when empty), or
+// a keys file.
+type Keys struct {
+	File, KeysFile string
+}
+
+// New decides the engine's key and the clients' keys. With the gateway, the engine gets a fresh
+// internal key that never leaves this node, and clients use the keys file or the job's key.
+// Without it, the job's key goes to the engine itself.
+func New(e *node.Env, k Keys) (*Front, error) {
 	f := &Front{env: e}
 	var err error
-	if e.Cfg.KeysFile == "" {
+	keyFile := k.File
+	if k.KeysFile == "" {
 		if f.APIKey, err = secrets.LoadAPIKey(keyFile); err != nil {
 			return nil, err
 		}
@@ -86,11 +92,11 @@ func New(e *node.Env, keyFile string) (*Front, error) {
 			return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 		}
 	}
-	if f.keys, err = gateway.NewKeys(e.Cfg.KeysFile, fixed, e.Log.Named("gateway")); err != nil {
+	if f.keys, err = gateway.NewKeys(k.KeysFile, fixed, e.Log.Named("gateway")); err != nil {
 		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}
 	f.metrics = gateway.NewMetrics(e.Alloc.Hostname(), e.Alloc.JobID)
-	if e.Replicated() {
+	if e.Replicated() || (e.Cfg.MaxJobs > 1 && e.Cfg.ExtraOf == "") { // replicas, or a service's added jobs
 		f.replicas = gateway.NewReplicaCollector(e.Alloc.Hostname(), e.Alloc.JobID)
 	}
 	return f, nil

@@ -3,16 +3,23 @@ package head
 import (
 	"path/filepath"
 
+	"github.com/llm-agent/llm-agent/agent/front"
+
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
-// apiKeyFile is the file the job's key is read from: --api-key-file, else a service's own key
-// for all its jobs; "" makes a key for the job.
-func (h *head) apiKeyFile() string {
-	if h.env.Cfg.APIKeyFile == "" && h.env.Cfg.KeysFile == "" && h.service != nil {
-		return h.service.KeyFile()
+// keys are where the clients' keys come from: --api-key-file or --keys-file, else a service's
+// own key for all its jobs, else one made for the job. A job a service added under load opens
+// to the service's replica key alone: the serving job's gateway has checked the client.
+func (h *head) keys() front.Keys {
+	cfg := h.env.Cfg
+	switch {
+	case h.service != nil && h.service.Extra():
+		return front.Keys{File: h.service.ReplicaKeyFile()}
+	case cfg.APIKeyFile == "" && cfg.KeysFile == "" && h.service != nil:
+		return front.Keys{File: h.service.KeyFile()}
 	}
-	return h.env.Cfg.APIKeyFile
+	return front.Keys{File: cfg.APIKeyFile, KeysFile: cfg.KeysFile}
 }
 
 // engineEndpoint is where vLLM listens: a Unix socket in the node's private directory behind

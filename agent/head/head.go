@@ -58,6 +58,9 @@ type head struct {
 	service *service.Service
 	// replicaKey opens the workers' replica gateways to this one, with --replicas.
 	replicaKey string
+	// rotation is what the gateway routes to besides its own engine: the job's other replicas
+	// and the service's added jobs.
+	rotation rotation
 	// stopReason says why the head stops by itself (a handover, the service's end).
 	stopReason atomic.Pointer[string]
 	draining   atomic.Bool
@@ -82,8 +85,11 @@ func Run(ctx context.Context, e *node.Env, opts Options) error {
 	if err := h.joinService(ctx); err != nil {
 		return err
 	}
-	if h.front, err = front.New(e, h.apiKeyFile()); err != nil {
+	if h.front, err = front.New(e, h.keys()); err != nil {
 		return err
+	}
+	if h.scales() {
+		h.service.SetPool(h)
 	}
 	if e.PerNode() > 1 {
 		// The head's further replicas, each behind a gateway of its own as on the workers.
@@ -114,6 +120,9 @@ func (h *head) stages(run context.Context) []lifecycle.Stage {
 			stages = append(stages, replica.Stage(run, e, rv, h.slotPorts[slot], slot))
 		}
 		stages = append(stages, h.watchStage(run, "replicas", h.watchReplicas))
+	}
+	if h.scales() {
+		stages = append(stages, h.watchStage(run, "added jobs", h.watchExtras))
 	}
 	return append(stages, h.serviceStage(run), h.front.DrainStage(run))
 }

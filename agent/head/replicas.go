@@ -63,7 +63,7 @@ func (h *head) watchReplicas(ctx context.Context) {
 					reps = append(reps, r)
 				}
 			}
-			h.front.Gateway().SetReplicas(reps)
+			h.rotation.setJob(h.front.Gateway(), reps)
 		}
 		h.front.Gateway().CheckReplicas(ctx, replicaCheckTimeout, func(r *gateway.Replica, up bool) {
 			e.Log.Info("replica "+map[bool]string{true: "joins the rotation", false: "leaves the rotation"}[up], "replica", r.Name)

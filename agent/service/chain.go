@@ -53,6 +53,9 @@ func (s *Service) stopAt() time.Time {
 // Watch runs until the job should end, and returns why; "" when ctx ended first.
 func (s *Service) Watch(ctx context.Context, ready func() bool, front Front) string {
 	s.ready, s.front = ready, front
+	if s.Extra() {
+		return s.watchExtra(ctx)
+	}
 	clk := s.clock
 	for {
 		select {
@@ -69,8 +72,10 @@ func (s *Service) Watch(ctx context.Context, ready func() bool, front Front) str
 			return s.handOver(ctx, f.Connection)
 		}
 		if why := s.idle(ctx); why != "" {
+			s.cancelExtras(ctx)
 			return why
 		}
+		s.scaleStep(ctx, f)
 		if s.ready() && s.needsSuccessor() && !f.Service.Ended {
 			s.followSuccessor(ctx, f)
 		}

@@ -15,6 +15,10 @@ import (
 // current one; a ready successor becomes the current one. It runs on every write of the
 // job's connection file.
 func (s *Service) Mirror(c jobfiles.Connection) {
+	if s.Extra() {
+		s.mirrorExtra(c)
+		return
+	}
 	_, err := jobfiles.UpdateService(s.dir, func(f *jobfiles.ServiceFile) error {
 		info := &f.Service
 		if j := info.Job(s.me); j != nil && c.ReadyAt != nil && j.Ready == nil {
@@ -64,6 +68,10 @@ func (s *Service) connection(c jobfiles.Connection) jobfiles.Connection {
 // End writes the job's end into the service's file: the history, and, when the job was the
 // current one, what the service does now (wait for the successor, or end).
 func (s *Service) End(c jobfiles.Connection, why string) {
+	if s.Extra() {
+		s.endExtra()
+		return
+	}
 	now := s.clock.Now().UTC()
 	_, err := jobfiles.UpdateService(s.dir, func(f *jobfiles.ServiceFile) error {
 		info := &f.Service

@@ -27,23 +27,40 @@ func (s *Service) Collector(node, job string) prometheus.Collector {
 			"The service's --idle-release: how long with no request before its job releases the allocation (0: never).", nil, consts),
 		wake: prometheus.NewDesc("llm_agent_service_wake_seconds",
 			"A woken job's cold start, from the wake's submission until the job ran (until=\"running\": the queue's wait) and until it served (until=\"ready\").",
-			[]string{"until"}, consts)}
+			[]string{"until"}, consts),
+		jobs: prometheus.NewDesc("llm_agent_service_jobs",
+			"The service's jobs under --max-jobs, the serving one included: current (running or queued, at the last sample) and desired (after the last decision).",
+			[]string{"kind"}, consts),
+		signal: prometheus.NewDesc("llm_agent_service_scale_signal",
+			"The requests waiting per engine, averaged over --scale-window, at the last sample.", nil, consts),
+		decisions: prometheus.NewDesc("llm_agent_service_scale_decisions_total",
+			"Jobs added (action=\"up\") and drained (action=\"down\") by this serving job.", []string{"action"}, consts)}
 }
 
 type collector struct {
-	s          *Service
-	idle, wake *prometheus.Desc
+	s                                   *Service
+	idle, wake, jobs, signal, decisions *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.idle
-	ch <- c.wake
+	for _, d := range []*prometheus.Desc{c.idle, c.wake, c.jobs, c.signal, c.decisions} {
+		ch <- d
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, c.s.cfg.IdleRelease.Seconds())
+	if sc := c.s.scaler; sc != nil {
+		sc.mu.Lock()
+		ch <- prometheus.MustNewConstMetric(c.jobs, prometheus.GaugeValue, float64(max(1, sc.jobs)), "current")
+		ch <- prometheus.MustNewConstMetric(c.jobs, prometheus.GaugeValue, float64(max(1, sc.last.Desired)), "desired")
+		ch <- prometheus.MustNewConstMetric(c.signal, prometheus.GaugeValue, sc.last.Signal)
+		ch <- prometheus.MustNewConstMetric(c.decisions, prometheus.CounterValue, float64(sc.ups), "up")
+		ch <- prometheus.MustNewConstMetric(c.decisions, prometheus.CounterValue, float64(sc.down), "down")
+		sc.mu.Unlock()
+	}
 	cs := &c.s.cold
 	cs.mu.Lock()
 	defer cs.mu.Unlock()

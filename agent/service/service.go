@@ -1,8 +1,10 @@
 // Package service runs a job's part of a service: an endpoint with a name that outlives its
 // jobs. Each job of the chain queues its successor with a Slurm dependency; the successor starts
 // before the job's time limit, becomes ready and takes the service's file over; the job then
-// turns its clients over and ends. The service's file (jobfiles.ServiceFile) is its one record,
-// changed only under its lock.
+// turns its clients over and ends. Idle (--idle-release), the job ends and the service sleeps
+// until a wake queues it again; under load (--max-jobs) the serving job adds jobs, one more
+// engine each, and drains them when the load falls. The service's file (jobfiles.ServiceFile)
+// is its one record, changed only under its lock.
 package service
 
 import (
@@ -117,6 +119,8 @@ type Service struct {
 	ready func() bool
 	front Front
 
+	// scaler adds and drains jobs under load (SetPool); nil without --max-jobs.
+	scaler *scaler
 	// asleep is set once the job releases its allocation for being idle.
 	asleep atomic.Bool
 	// submitted is when the wake that queued this job submitted it; nil for any other job.
@@ -142,7 +146,11 @@ func Join(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{dir: o.Dir, name: o.Config.Service, me: o.Job.ID, cfg: o.Config, job: o.Job, sched: o.Scheduler,
 		args: o.Args, clock: o.Clock, log: o.Log, timings: o.Timings.withDefaults(), ready: func() bool { return false }}
 	now := s.clock.Now()
-	if _, err := jobfiles.UpdateService(s.dir, func(f *jobfiles.ServiceFile) error { return s.enter(ctx, f, now) }); err != nil {
+	enter := func(f *jobfiles.ServiceFile) error { return s.enter(ctx, f, now) }
+	if s.Extra() {
+		enter = s.enterExtra
+	}
+	if _, err := jobfiles.UpdateService(s.dir, enter); err != nil {
 		return nil, err
 	}
 	return s, nil

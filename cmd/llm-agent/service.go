@@ -78,6 +78,12 @@ func stopService(ctx context.Context, out interface{ Write([]byte) (int, error) 
 			ids = append(ids, n.JobID)
 			n.State, n.Reason = "cancelled", "llm-agent stop --service"
 		}
+		for _, x := range info.Extras { // added under load
+			if !slices.Contains(ids, x.JobID) {
+				ids = append(ids, x.JobID)
+			}
+		}
+		info.Extras = nil
 		if w := info.Waking; w != nil && !slices.Contains(ids, w.JobID) {
 			ids = append(ids, w.JobID) // queued by a wake, not serving yet
 			info.Waking = nil
