@@ -40,3 +40,35 @@ func TestServiceOptions(t *testing.T) {
 	}
 
 }
+
+// TestValidateSleepAndScale: the settings of a service that sleeps or grows that cannot work
+// are refused before anything starts.
+func TestValidateSleepAndScale(t *testing.T) {
+	svc := func(tweak func(c *Config)) error {
+		c := Default()
+		c.Service = "chat"
+		tweak(&c)
+		return c.Validate()
+	}
+	for _, tt := range []struct {
+		name  string
+		tweak func(c *Config)
+		want  string
+	}{
+		{"idle release without a service", func(c *Config) { c.Service, c.IdleRelease = "", time.Hour }, "--idle-release lets a service sleep"},
+		{"idle release too short", func(c *Config) { c.IdleRelease = time.Second }, "--idle-release 1s: give at least 10s"},
+		{"more jobs without a service", func(c *Config) { c.Service, c.MaxJobs = "", 3 }, "--max-jobs adds jobs to a service"},
+		{"no job", func(c *Config) { c.MaxJobs = 0 }, "--max-jobs 0: give at least 1"},
+		{"window under the sampling", func(c *Config) { c.MaxJobs, c.ScaleWindow = 2, time.Second }, "--scale-window 1s is shorter than the sampling interval 5s"},
+		{"no target", func(c *Config) { c.MaxJobs, c.ScaleTarget = 2, 0 }, "--scale-target 0"},
+	} {
+		err := svc(tt.tweak)
+		assert.ErrorIs(t, err, ErrInvalid, tt.name)
+		assert.ErrorContains(t, err, tt.want, tt.name)
+	}
+	assert.NoError(t, svc(func(c *Config) { c.IdleRelease, c.MaxJobs = 30*time.Minute, 3 }))
+	c := Default()
+	c.VLLMArgs = []string{"--max-num-seqs", "16"}
+	assert.Equal(t, 16, c.Scaling().Capacity, "an engine's capacity is its --max-num-seqs")
+	assert.Equal(t, 256, Default().Scaling().Capacity, "vLLM's default when not given")
+}
