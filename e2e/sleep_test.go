@@ -95,10 +95,16 @@ func TestServiceSleepsAndWakes(t *testing.T) {
 	t.Logf("SLEEP: released %s after the last request (--idle-release %s); a request through the tunnel woke it: answered after %s (cold start: queued %s, ready %s after the wake's submission)",
 		released.Round(100*time.Millisecond), idleRelease, coldStart.Round(100*time.Millisecond), queueWait.Round(100*time.Millisecond), ready.Round(100*time.Millisecond))
 	assert.GreaterOrEqual(t, released, idleRelease, "not released before --idle-release")
+	usage, err := exec.Command(suite.agentBin, "usage", "--service", name).CombinedOutput()
+	require.NoError(t, err, "%s", usage)
+	assert.Contains(t, string(usage), "service, 2 jobs", "the asleep job and the woken one")
 	if d := os.Getenv("LLM_AGENT_SLEEP_DATA"); d != "" {
 		b, _ := os.ReadFile(filepath.Join(dir, jobfiles.ConnectionFile))
 		os.WriteFile(filepath.Join(d, "sleep-wake-service.json"), b, 0o644)
 		os.WriteFile(filepath.Join(d, "sleep-wake-tunnel.txt"), []byte(tunOut.text()), 0o644)
+		os.WriteFile(filepath.Join(d, "sleep-wake-usage.txt"), usage, 0o644)
+		os.WriteFile(filepath.Join(d, "sleep-wake-summary.txt"), []byte(fmt.Sprintf("released %s after the last request (--idle-release %s); the held request answered %s after it woke the service; woken job queued %s, ready %s after the wake's submission\n",
+			released.Round(100*time.Millisecond), idleRelease, coldStart.Round(100*time.Millisecond), queueWait.Round(100*time.Millisecond), ready.Round(100*time.Millisecond))), 0o644)
 	}
 }
 
@@ -152,4 +158,57 @@ print("PROGRESS " + " | ".join(seen))
 	f, _ := readService(dir)
 	require.NotNil(t, f.Service.Waking, "the wake's job waits in the queue")
 	t.Logf("SLEEP held: the client gave up after %.1f s (wake_timeout %d s): %s", took, wait, strings.TrimSpace(text))
+}
+
+// logTime is when the first line of a job's output that holds msg was logged (hclog's time).
+func logTime(t *testing.T, output, msg string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(output)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, msg) {
+			ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", strings.Fields(line)[0])
+			require.NoError(t, err, "%s", line)
+			return ts
+		}
+	}
+	t.Fatalf("no %q in %s", msg, output)
+	return time.Time{}
+}
+
+// TestServiceWakeColdStart: a service of two nodes (Ray, the engine's pipeline over both) falls
+// asleep and its whole job ends; llm-agent service wake --wait brings it back, and the woken
+// job's cold start is told apart: the queue's wait, the agent's start to a complete Ray
+// cluster, and from there to the engine ready.
+func TestServiceWakeColdStart(t *testing.T) {
+	name, dir := newServiceName(t)
+	j := submit(t, jobSpec{script: "service.sbatch", home: serviceHome,
+		sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=10"},
+		agent:  []string{"--service", name, "--idle-release", idleRelease.String()}})
+	j.waitState(jobfiles.StateReady, readyTimeout)
+	state := j.waitEnded(idleRelease + 2*time.Minute)
+	assert.Contains(t, []string{"COMPLETED", "CANCELLED"}, strings.Fields(state)[0], "the sleeping head ends its whole job: %s", state)
+	waitService(t, dir, 30*time.Second, "asleep", func(f jobfiles.ServiceFile) bool { return f.Service.State == jobfiles.ServiceAsleep })
+	requireNoProcesses(t, drainBound)
+
+	out, err := exec.Command(suite.agentBin, "service", "wake", "--wait", "3m", name).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "serving")
+	f, _ := readService(dir)
+	w := f.Service.Job(f.Service.Current)
+	require.NotNil(t, w)
+	require.NotNil(t, w.Submitted)
+	output := filepath.Join(j.dir, "job-"+w.JobID+".out")
+	start, rayUp, ready := logTime(t, output, "head starting"), logTime(t, output, "ray cluster complete"), logTime(t, output, "engine ready")
+	queue := w.Started.Sub(*w.Submitted)
+	t.Logf("COLDSTART (2 nodes, Ray): queue %s, agent start to a complete Ray cluster %s, Ray to the engine ready %s, submission to ready %s",
+		queue.Round(100*time.Millisecond), rayUp.Sub(start).Round(100*time.Millisecond), ready.Sub(rayUp).Round(100*time.Millisecond),
+		w.Ready.Sub(*w.Submitted).Round(100*time.Millisecond))
+	if d := os.Getenv("LLM_AGENT_SLEEP_DATA"); d != "" {
+		b, _ := os.ReadFile(output)
+		os.WriteFile(filepath.Join(d, "wake-2nodes-job.out"), b, 0o644)
+		os.WriteFile(filepath.Join(d, "wake-2nodes-wake.txt"), out, 0o644)
+		s, _ := os.ReadFile(filepath.Join(dir, jobfiles.ConnectionFile))
+		os.WriteFile(filepath.Join(d, "wake-2nodes-service.json"), s, 0o644)
+	}
 }
