@@ -2,7 +2,6 @@ package jobfiles
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -201,6 +200,9 @@ type ConnectionWriter struct {
 	conn Connection
 	// watch hears every write, with what was written.
 	watch func(Connection)
+	// failed is why the last write failed (a full disk): the file on disk is the last whole one,
+	// and Retry writes the connection as it is now.
+	failed error
 }
 
 // Watch calls f with the connection now and after every change, in the order of the writes.
@@ -289,11 +291,31 @@ func (w *ConnectionWriter) snapshot() Connection {
 	return c
 }
 
+// Retry writes the connection again when the last write failed; it returns the write's error,
+// nil when none was needed.
+func (w *ConnectionWriter) Retry() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed == nil {
+		return nil
+	}
+	return w.write()
+}
+
+// Failed is why the last write failed; nil once one succeeded.
+func (w *ConnectionWriter) Failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.failed
+}
+
 func (w *ConnectionWriter) write() error {
 	w.conn.UpdatedAt = time.Now().UTC()
 	if err := WriteJSONAtomic(filepath.Join(w.dir, ConnectionFile), w.conn, 0o600); err != nil {
+		w.failed = err
 		return err
 	}
+	w.failed = nil
 	if w.watch != nil {
 		w.watch(w.snapshot())
 	}
@@ -303,28 +325,4 @@ func (w *ConnectionWriter) write() error {
 // shellQuote quotes s for a POSIX shell.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// ErrNoJob is returned when the connection file of a job cannot be found.
-var ErrNoJob = errors.New("no such job")
-
-// JobsDir is where a user's jobs keep their state, under the home directory.
-const JobsDir = ".llm-agent/jobs"
-
-// FindConnection finds a job's connection file from a job id (under home's JobsDir), a state
-// directory or the file itself.
-func FindConnection(arg, home string) (string, error) {
-	if arg == "" {
-		return "", fmt.Errorf("%w: give a job id or the path of its connection.json", ErrNoJob)
-	}
-	candidates := []string{arg, filepath.Join(arg, ConnectionFile)}
-	if !strings.ContainsRune(arg, '/') && home != "" {
-		candidates = append(candidates, filepath.Join(home, JobsDir, arg, ConnectionFile))
-	}
-	for _, c := range candidates {
-		if fi, err := os.Stat(c); err == nil && !fi.IsDir() {
-			return c, nil
-		}
-	}
-	return "", fmt.Errorf("%w: no connection file for %q (looked in %s)", ErrNoJob, arg, strings.Join(candidates[1:], ", "))
 }

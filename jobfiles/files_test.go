@@ -339,3 +339,26 @@ func TestConnectionEverReady(t *testing.T) {
 	require.NoError(t, w.SetState(StateRestarting, "engine backoff"))
 	assert.True(t, w.EverReady(), "ready once stays so")
 }
+
+// TestConnectionWriterRetries: a write that fails leaves no temporary file and is retried with
+// the connection as it is then; Failed says why until a write succeeds.
+func TestConnectionWriterRetries(t *testing.T) {
+	dir := t.TempDir()
+	w, err := NewConnectionWriter(dir, Connection{JobID: "7", State: StateStarting}, "")
+	require.NoError(t, err)
+	require.NoError(t, w.Retry(), "nothing to retry")
+	path := filepath.Join(dir, ConnectionFile)
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, os.MkdirAll(filepath.Join(path, "in-the-way"), 0o700)) // the rename cannot replace it
+	require.Error(t, w.SetState(StateReady, ""))
+	require.Error(t, w.Failed())
+	require.Error(t, w.Retry())
+	left, _ := filepath.Glob(filepath.Join(dir, ".connection.json.tmp-*"))
+	assert.Empty(t, left, "no temporary file is left behind")
+	require.NoError(t, os.RemoveAll(path))
+	require.NoError(t, w.Retry())
+	assert.NoError(t, w.Failed())
+	c, err := ReadConnection(path)
+	require.NoError(t, err)
+	assert.Equal(t, StateReady, c.State, "the connection as it is now")
+}

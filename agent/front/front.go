@@ -159,6 +159,7 @@ func (f *Front) start(ctx context.Context, o Options) (<-chan error, error) {
 	if f.audit, err = gateway.OpenAudit(filepath.Join(e.StateDir, gateway.AuditFile)); err != nil {
 		return nil, err
 	}
+	f.metrics.BindAudit(f.audit)
 	ln, err := net.Listen("tcp", ":"+strconv.Itoa(o.Port))
 	if err != nil {
 		return nil, fmt.Errorf("%w: API port %d: %w", node.ErrPort, o.Port, err)

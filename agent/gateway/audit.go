@@ -1,10 +1,9 @@
 package gateway
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,13 +65,44 @@ func auditField(s string, max int) string {
 	return b.String()
 }
 
-// Audit appends records to a file as JSON lines and fsyncs at least every second.
+// Audit appends records to a file as JSON lines and fsyncs at least every second. A record
+// waits in memory until it is written; a write that fails (a full disk) cuts the file back to
+// its last whole record and keeps the rest waiting, so that the file never holds a broken line
+// and no record is lost while the disk is full. Past maxAuditPending waiting, the oldest
+// records go, each counted.
 type Audit struct {
-	mu    sync.Mutex
-	f     *os.File
-	w     *bufio.Writer
-	buf   []byte
-	dirty bool
+	mu      sync.Mutex
+	f       auditFile
+	buf     []byte // one record, encoded
+	pending []byte // records not written to the file yet, oldest first
+	size    int64  // the file's size: where the next record begins
+	dirty   bool   // written since the last fsync
+
+	failures, dropped uint64
+	lastErr           error
+}
+
+// auditFile is the audit log's file (an *os.File; tests give one whose disk fills).
+type auditFile interface {
+	Write(b []byte) (int, error)
+	Truncate(size int64) error
+	Sync() error
+	Close() error
+}
+
+// Bounds of what waits in memory: a write to the file once auditFlushAt waits, and records
+// dropped (counted) past maxAuditPending.
+const (
+	auditFlushAt    = 64 << 10
+	maxAuditPending = 64 << 20
+)
+
+// AuditStats are the audit log's troubles: failed writes and fsyncs, records dropped, and the
+// bytes waiting to be written.
+type AuditStats struct {
+	Failures, Dropped uint64
+	Pending           int
+	LastErr           error
 }
 
 // AuditFile is the audit log's name in the state directory.
@@ -84,21 +114,79 @@ func OpenAudit(path string) (*Audit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	return &Audit{f: f, w: bufio.NewWriter(f)}, nil
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return &Audit{f: f, size: fi.Size()}, nil
 }
 
-// Write appends one record; it reaches the disk within a second.
+// Write appends one record; it reaches the disk within a second, or as soon as the disk takes
+// it again. The error is the file's, when a write to it failed now: the record still waits.
 func (a *Audit) Write(r Record) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	r.Key, r.Project = auditField(r.Key, maxNameField), auditField(r.Project, maxNameField)
 	r.Model, r.Error = auditField(r.Model, maxModelField), auditField(r.Error, maxErrorField)
 	a.buf = r.appendJSON(a.buf[:0])
-	if _, err := a.w.Write(a.buf); err != nil {
-		return err
+	for len(a.pending)+len(a.buf) > maxAuditPending && a.dropOldest() {
 	}
-	a.dirty = true
+	a.pending = append(a.pending, a.buf...)
+	if len(a.pending) >= auditFlushAt {
+		return a.flushLocked()
+	}
 	return nil
+}
+
+// dropOldest drops the oldest records, a quarter of the bound at a time (one copy for many
+// records), and counts them.
+func (a *Audit) dropOldest() bool {
+	cut := min(len(a.pending), maxAuditPending/4)
+	if i := bytes.IndexByte(a.pending[cut:], '\n'); i >= 0 {
+		cut += i + 1
+	} else {
+		cut = len(a.pending)
+	}
+	if cut == 0 {
+		return false
+	}
+	a.dropped += uint64(bytes.Count(a.pending[:cut], []byte{'\n'}))
+	a.pending = append(a.pending[:0], a.pending[cut:]...)
+	return true
+}
+
+// flushLocked writes what waits to the file. A write the disk took only part of is cut back to
+// its last whole record; the rest waits.
+func (a *Audit) flushLocked() error {
+	if len(a.pending) == 0 {
+		return nil
+	}
+	n, err := a.f.Write(a.pending)
+	if err != nil && n > 0 {
+		whole := bytes.LastIndexByte(a.pending[:n], '\n') + 1
+		if terr := a.f.Truncate(a.size + int64(whole)); terr == nil {
+			n = whole
+		}
+	}
+	if n > 0 {
+		a.dirty = true
+		a.size += int64(n)
+		a.pending = append(a.pending[:0], a.pending[n:]...)
+	}
+	if err != nil {
+		a.failures++
+		a.lastErr = err
+		return fmt.Errorf("audit log: %w (%d bytes wait for the disk)", err, len(a.pending))
+	}
+	return nil
+}
+
+// Stats reports the audit log's troubles.
+func (a *Audit) Stats() AuditStats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return AuditStats{Failures: a.failures, Dropped: a.dropped, Pending: len(a.pending), LastErr: a.lastErr}
 }
 
 // appendJSON encodes the record as one JSON line, the same as encoding/json would, without
@@ -157,18 +245,20 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// Sync flushes and fsyncs what was written.
+// Sync writes what waits and fsyncs what was written.
 func (a *Audit) Sync() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.dirty {
-		return nil
+	err := a.flushLocked()
+	if a.dirty {
+		if serr := a.f.Sync(); serr != nil {
+			a.failures++
+			a.lastErr = serr
+			return fmt.Errorf("audit log: %w", serr)
+		}
+		a.dirty = false
 	}
-	if err := a.w.Flush(); err != nil {
-		return err
-	}
-	a.dirty = false
-	return a.f.Sync()
+	return err
 }
 
 // Run syncs every interval until ctx ends, then syncs and closes the file.

@@ -19,6 +19,9 @@ type Metrics struct {
 	// lastRequest is when the last request with a valid key arrived: time() minus it is how
 	// long the service has been idle (--idle-release goes by the same clock).
 	lastRequest prometheus.Gauge
+	// audit is the audit log whose troubles are exported (BindAudit).
+	audit                                atomic.Pointer[Audit]
+	auditErrors, auditPending, auditLost *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -47,8 +50,17 @@ func NewMetrics(node, job string) *Metrics {
 			Help: "When the last request with a valid key arrived (Unix time; the gateway's start before any); time() minus it is the idle time.", ConstLabels: consts}),
 	}
 	m.lastRequest.SetToCurrentTime()
+	m.auditErrors = prometheus.NewDesc("llm_agent_gateway_audit_write_errors_total",
+		"Writes and fsyncs of the audit log that failed (a full disk): the records wait in memory and are written once the disk takes them.", nil, consts)
+	m.auditPending = prometheus.NewDesc("llm_agent_gateway_audit_pending_bytes",
+		"Audit records waiting in memory to be written to the audit log.", nil, consts)
+	m.auditLost = prometheus.NewDesc("llm_agent_gateway_audit_dropped_total",
+		"Audit records dropped because too many waited for a full disk (64 MiB): the only records the audit log ever loses.", nil, consts)
 	return m
 }
+
+// BindAudit exports a's troubles with the gateway's series.
+func (m *Metrics) BindAudit(a *Audit) { m.audit.Store(a) }
 
 // Describe sends the series' descriptions.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
@@ -58,6 +70,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.ttft.Describe(ch)
 	m.throttled.Describe(ch)
 	m.lastRequest.Describe(ch)
+	ch <- m.auditErrors
+	ch <- m.auditPending
+	ch <- m.auditLost
 }
 
 // Collect sends the series.
@@ -68,6 +83,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.ttft.Collect(ch)
 	m.throttled.Collect(ch)
 	m.lastRequest.Collect(ch)
+	if a := m.audit.Load(); a != nil {
+		st := a.Stats()
+		ch <- prometheus.MustNewConstMetric(m.auditErrors, prometheus.CounterValue, float64(st.Failures))
+		ch <- prometheus.MustNewConstMetric(m.auditPending, prometheus.GaugeValue, float64(st.Pending))
+		ch <- prometheus.MustNewConstMetric(m.auditLost, prometheus.CounterValue, float64(st.Dropped))
+	}
 }
 
 func (m *Metrics) observe(x *exchange, latency time.Duration) {

@@ -139,3 +139,24 @@ func (h *head) rendezvous() jobfiles.Rendezvous {
 	rv.HeadAddress, rv.Ports, rv.CreatedAt = h.env.Addr, h.ports, h.env.Clock.Now().UTC()
 	return rv
 }
+
+// filesRetryInterval is how often the head writes the connection file again after a write
+// failed (a full disk), and records how its writes go.
+const filesRetryInterval = time.Second
+
+// retryFiles keeps the connection file true once the disk takes writes again: a write that
+// failed left the last whole file, and the state is written as it is now. The metrics and
+// /healthz say while it cannot be written.
+func (h *head) retryFiles(ctx context.Context) {
+	for {
+		if err := h.conn.Retry(); err != nil {
+			h.env.Log.Warn("cannot write the connection file; the last whole one stays", "error", err)
+		}
+		h.env.State.SetWriteError(jobfiles.ConnectionFile, h.conn.Failed())
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.env.Clock.After(filesRetryInterval):
+		}
+	}
+}

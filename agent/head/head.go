@@ -109,6 +109,7 @@ func (h *head) stages(run context.Context) []lifecycle.Stage {
 		h.front.Stage(run, front.Options{Port: h.ports.API, Engine: h.engineEndpoint(), Ready: h.answering.Ready(e.State.Ready),
 			OnAdapter: h.adapterChanged}),
 		h.filesStage(),
+		h.watchStage(run, "state files", h.retryFiles),
 		h.watchStage(run, "node files", h.watchNodes),
 		h.clusterStage(run),
 		h.modelStage(),

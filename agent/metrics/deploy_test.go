@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/llm-agent/llm-agent/agent/gateway"
 	"github.com/llm-agent/llm-agent/gpu"
 	"github.com/llm-agent/llm-agent/vllm"
 )
@@ -36,6 +37,8 @@ func knownNames(t *testing.T) map[string]bool {
 	state := NewState("n", "j", "head", 1, 1, time.Now(), time.Time{})
 	NewAgentCollector(state, nil).Describe(ch)
 	NewProcessCollector(state, nil, nil).Describe(ch)
+	NewFileCollector(state).Describe(ch)
+	gateway.NewMetrics("n", "j").Describe(ch)
 	collectors.NewGoCollector().Describe(ch)
 	collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}).Describe(ch)
 	gpu.New(noDriver, gpu.Options{}).Describe(ch)

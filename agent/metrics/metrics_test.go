@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -153,6 +154,26 @@ func TestHandlerAndServe(t *testing.T) {
 	assert.Contains(t, body, "llm_agent_ready")
 	code, _ = get("/other")
 	assert.Equal(t, 404, code)
+
+	// A file the agent cannot write (a full disk): named on /healthz, without the error's
+	// paths, and counted, until a write succeeds.
+	s.SetWriteError("connection.json", errors.New("write /home/alice/.llm-agent/jobs/7/connection.json: no space left on device"))
+	s.SetWriteError("connection.json", errors.New("again"))
+	code, body = get("/healthz")
+	assert.Equal(t, 200, code, "the agent lives")
+	assert.Equal(t, "ok\nwarning: cannot write connection.json in the state directory\n", body)
+	files := NewFileCollector(s)
+	require.NoError(t, testutil.CollectAndCompare(files, strings.NewReader(`
+# HELP llm_agent_state_write_errors_total Writes of the state directory's file that failed.
+# TYPE llm_agent_state_write_errors_total counter
+llm_agent_state_write_errors_total{file="connection.json",job="1",node="n"} 2
+# HELP llm_agent_state_write_ok 1 while the last write of the state directory's file succeeded; 0 after one failed (a full disk: the file keeps its last whole version).
+# TYPE llm_agent_state_write_ok gauge
+llm_agent_state_write_ok{file="connection.json",job="1",node="n"} 0
+`)))
+	s.SetWriteError("connection.json", nil)
+	_, body = get("/healthz")
+	assert.Equal(t, "ok\n", body, "the disk takes writes again")
 	cancel()
 	assert.NoError(t, <-done)
 

@@ -3,8 +3,10 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +29,11 @@ func Handler(reg *prometheus.Registry, state *State, routes map[string]http.Hand
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
+		// The agent lives; a file it cannot write (a full disk) is said by name, without the
+		// error's paths: the port is open to the cluster network.
+		if files := state.Unwritable(); len(files) > 0 {
+			fmt.Fprintf(w, "warning: cannot write %s in the state directory\n", strings.Join(files, ", "))
+		}
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -42,6 +42,7 @@ type State struct {
 	firstReadyAt time.Time
 	readyReason  string
 	preps        map[string]Prep
+	writes       map[string]FileWrites
 }
 
 // Prep is this node's preparation of the model in one phase: PrepVerify or PrepStage.

@@ -47,7 +47,7 @@ func (e *Env) serveMetrics(ctx context.Context, port int, extra Served) (<-chan 
 		return nil, fmt.Errorf("%w: metrics port %d: %w", ErrPort, port, err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.NewAgentCollector(e.State, nil), metrics.NewProcessCollector(e.State, nil, nil),
+	reg.MustRegister(metrics.NewAgentCollector(e.State, nil), metrics.NewProcessCollector(e.State, nil, nil), metrics.NewFileCollector(e.State),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if e.NVML != nil {
 		g := gpu.New(e.NVML, gpu.Options{Node: e.Alloc.Hostname(), Job: e.Alloc.JobID, Visible: e.Alloc.GPUIDs,

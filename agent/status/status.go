@@ -96,11 +96,14 @@ func Read(ctx context.Context, path string, client *http.Client, now time.Time) 
 		n := NodeStatus{Node: ep.Node, Role: ep.Role}
 		if live {
 			base := strings.TrimSuffix(ep.MetricsURL, "/metrics")
-			var detail string
-			n.Healthy, _ = probe(ctx, client, base+"/healthz")
+			var detail, health string
+			n.Healthy, health = probe(ctx, client, base+"/healthz")
 			n.Ready, detail = probe(ctx, client, base+"/readyz")
 			if !n.Ready {
 				n.Detail = detail
+			}
+			if _, warning, ok := strings.Cut(health, "warning: "); ok { // a file it cannot write
+				n.Detail = strings.TrimPrefix(n.Detail+"; warning: "+warning, "; ")
 			}
 			if ep.Role == "head" {
 				headReady = n.Ready

@@ -25,6 +25,8 @@ type Logger struct {
 	// firstError is the first line of the current run that reports an error, such as
 	// Python's "ValueError: ...": in a burst of tracebacks the root cause comes first.
 	firstError string
+	// fileErrors counts the writes to the file that failed (a full disk).
+	fileErrors int
 }
 
 // errorLine matches an error report at the start of a line or of a log message
@@ -36,12 +38,17 @@ func New(file io.Writer, log hclog.Logger) *Logger {
 	return &Logger{file: file, log: log}
 }
 
-// Write writes p to the file and logs every complete line.
+// Write writes p to the file and logs every complete line. It never fails: a file that cannot
+// be written (a full disk) must not stop the copy of the child's output, or the child would
+// block on its full pipe; the lines still reach the agent's log, and the failure is counted.
 func (l *Logger) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, err := l.file.Write(p); err != nil {
-		return 0, err
+		if l.fileErrors == 0 {
+			l.log.Warn("cannot write the log file; the output still reaches this log", "error", err)
+		}
+		l.fileErrors++
 	}
 	l.buf = append(l.buf, p...)
 	for {
@@ -78,6 +85,13 @@ func (l *Logger) emit(line []byte) {
 	if m := errorLine.FindSubmatch(line); m != nil && l.firstError == "" {
 		l.firstError = string(m[2])
 	}
+}
+
+// FileErrors counts the writes to the log file that failed.
+func (l *Logger) FileErrors() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fileErrors
 }
 
 // FirstError returns the first error line the child printed since the last NewRun, "" if none.

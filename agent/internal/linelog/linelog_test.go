@@ -2,10 +2,13 @@ package linelog
 
 import (
 	"bytes"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestLineLogger(t *testing.T) {
@@ -35,4 +38,28 @@ func TestLineLoggerKeepsTheFirstErrorLine(t *testing.T) {
 	assert.Equal(t, "", l.FirstError())
 	l.Write([]byte("KeyError: 'x'\n"))
 	assert.Equal(t, "KeyError: 'x'", l.FirstError())
+}
+
+// failing is a log file on a full disk.
+type failing struct{}
+
+func (failing) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
+
+// TestFullDiskDoesNotStopTheChild: a log file that cannot be written does not stop the copy of
+// the child's output (the child would block on its full pipe): every byte is taken, the lines
+// still reach the agent's log and keep the engine's first error, and the failures are counted.
+func TestFullDiskDoesNotStopTheChild(t *testing.T) {
+	var logged bytes.Buffer
+	l := New(failing{}, hclog.New(&hclog.LoggerOptions{Output: &logged}))
+	p := []byte("loading\nValueError: no room for the KV cache\n")
+	n, err := l.Write(p)
+	require.NoError(t, err)
+	assert.Equal(t, len(p), n)
+	_, err = l.Write([]byte("more\n"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, l.FileErrors())
+	assert.Equal(t, "ValueError: no room for the KV cache", l.FirstError())
+	assert.Contains(t, logged.String(), "loading")
+	assert.Contains(t, logged.String(), "more")
+	assert.Equal(t, 1, strings.Count(logged.String(), "cannot write the log file"), "said once")
 }
