@@ -174,6 +174,10 @@ func fakeVLLM(args []string) int {
 		fmt.Fprintln(os.Stderr, "RuntimeError: injected start failure")
 		return 1
 	}
+	if state() == "gpu-oom" { // what vLLM prints when the model does not fit the GPU
+		fmt.Fprintln(os.Stderr, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is free.")
+		return 1
+	}
 	if hasFlag(args, "--headless") {
 		return fakeHeadlessRank(args)
 	}

@@ -315,6 +315,30 @@ func TestRunCrashLoopGivesUp(t *testing.T) {
 	assertNoChildren(t)
 }
 
+// TestRunGPUOutOfMemoryAtStart: an engine that runs out of GPU memory at its start fails the
+// job with its own words and what to change.
+func TestRunGPUOutOfMemoryAtStart(t *testing.T) {
+	dir := t.TempDir()
+	control := filepath.Join(t.TempDir(), "control")
+	require.NoError(t, os.WriteFile(control, []byte("gpu-oom"), 0o644))
+	t.Setenv("FAKE_VLLM_CONTROL", control)
+	cfg := testConfig(t, dir)
+	cfg.MaxRestarts = 1
+	run := startAgent(cfg, testDeps(t, map[string]string{}, "laptop"))
+	select {
+	case err := <-run.done:
+		require.ErrorIs(t, err, supervisor.ErrGaveUp)
+		assert.ErrorContains(t, err, "the engine said: torch.OutOfMemoryError: CUDA out of memory")
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not give up")
+	}
+	c := waitConnState(t, dir, jobfiles.StateFailed, time.Second)
+	assert.Contains(t, c.Reason, "the engine said: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
+	assert.Contains(t, c.Reason, "lower --max-model-len or --max-num-seqs")
+	assert.Contains(t, c.Reason, "llm-agent plan --model "+cfg.Model+" --nodes 1 --gpus-per-node ")
+	assertNoChildren(t)
+}
+
 // TestRunMultiNode runs a head and two workers in this process against the fake Ray, kills a
 // worker's Ray, and checks that the worker rejoins and the head restarts the engine.
 func TestRunMultiNode(t *testing.T) {

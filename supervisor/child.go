@@ -45,12 +45,15 @@ type Exit struct {
 	Err error
 	// Started and Ended bound the run.
 	Started, Ended time.Time
+	// OOMKilled tells that the kernel's out-of-memory killer ended it: a SIGKILL while the
+	// oom_kill count of its memory cgroup rose.
+	OOMKilled bool
 }
 
 // LooksStopped tells whether the exit is what a stop signal gives: status 0, or the end by
 // SIGTERM, SIGINT, SIGHUP or SIGKILL.
 func (e Exit) LooksStopped() bool {
-	if e.Err != nil {
+	if e.Err != nil || e.OOMKilled {
 		return false
 	}
 	switch e.Code {
@@ -65,6 +68,8 @@ func (e Exit) String() string {
 	switch {
 	case e.Err != nil:
 		return e.Err.Error()
+	case e.OOMKilled:
+		return fmt.Sprintf("killed by the out-of-memory killer (exit status %d: its memory cgroup's limit was reached)", e.Code)
 	case e.Code > 128 && e.Code < 128+65:
 		return fmt.Sprintf("exit status %d (%s)", e.Code, syscall.Signal(e.Code-128))
 	default:
@@ -75,6 +80,8 @@ func (e Exit) String() string {
 // Child is one running process, started through the reaper in its own process group.
 type Child struct {
 	opts Options
+	// oom is the oom_kill count of the child's memory cgroup when it started.
+	oom *oomCounter
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -144,6 +151,7 @@ func (c *Child) Start() error {
 	}
 	c.cmd = cmd
 	c.exit.Started = time.Now()
+	c.oom = watchOOM(cmd.Process.Pid)
 	go c.wait()
 	return nil
 }
@@ -165,6 +173,7 @@ func (c *Child) wait() {
 		c.exit.Err = fmt.Errorf("wait for %s: %w", c.opts.Name, err)
 		c.exit.Code = -1
 	}
+	c.exit.OOMKilled = c.exit.Code == 128+int(syscall.SIGKILL) && c.oom.killed()
 	close(c.done)
 }
 

@@ -39,3 +39,9 @@ func TestReadLoad(t *testing.T) {
 	_, err = ReadLoad(t.Context(), srv.Client(), "http://127.0.0.1:1/metrics")
 	assert.ErrorContains(t, err, "engine metrics")
 }
+
+func TestOutOfGPUMemory(t *testing.T) {
+	assert.True(t, OutOfGPUMemory("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."))
+	assert.True(t, OutOfGPUMemory("ValueError: To serve at least one request with the models's max seq len (32768), (4.0 GiB KV cache is needed, which is larger than the available KV cache memory (2.1 GiB)."))
+	assert.False(t, OutOfGPUMemory("RuntimeError: engine core initialization failed"))
+}

@@ -2,6 +2,7 @@ package head
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -116,11 +117,25 @@ func (h *head) probeEngine(ctx context.Context) {
 // withEngineError adds the engine's last error line to the reason an engine exited.
 func (h *head) withEngineError(reason string) string {
 	if strings.HasPrefix(reason, "exit status") {
-		if said := h.engineOut.FirstError(); said != "" {
-			return reason + "; the engine said: " + said
-		}
+		return reason + h.engineSaid()
 	}
 	return reason
+}
+
+// engineSaid is the engine's first error line of its last run, as a reason's tail, with what to
+// change when it ran out of GPU memory; "" when it said none.
+func (h *head) engineSaid() string {
+	said := h.engineOut.FirstError()
+	if said == "" {
+		return ""
+	}
+	tail := "; the engine said: " + said
+	if vllm.OutOfGPUMemory(said) {
+		e := h.env
+		tail += fmt.Sprintf("; %s (llm-agent plan --model %s --nodes %d --gpus-per-node %d shows what fits)",
+			vllm.GPUMemoryAdvice, e.Cfg.Model, len(e.Alloc.Nodes), e.Alloc.GPUs)
+	}
+	return tail
 }
 
 func (h *head) setNotReady(reason string) {

@@ -158,11 +158,7 @@ func (h *head) engineStage(run context.Context) lifecycle.Stage {
 		errc := make(chan error, 1)
 		go func() { errc <- h.engine.Run(ctx) }()
 		done, finished := lifecycle.Ended(errc, func(err error) error {
-			err = fmt.Errorf("engine: %w", err)
-			if said := h.engineOut.FirstError(); said != "" {
-				err = fmt.Errorf("%w; the engine said: %s", err, said)
-			}
-			return err
+			return fmt.Errorf("engine: %w%s", err, h.engineSaid())
 		})
 		stop = func() {
 			cancel()

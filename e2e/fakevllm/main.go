@@ -9,6 +9,7 @@
 //	RAY_ADDRESS              the Ray GCS; it must accept connections or the start fails
 //	VLLM_HOST_IP             must be an address of this host
 //	FAKEVLLM_CONTROL         a file the tests write to inject faults: "fail-start" (exit 1 at
+//	                         every start), "gpu-oom-start" (vLLM's CUDA out of memory error at
 //	                         every start), "crash" (exit 1 now) and "hang" (stop answering);
 //	                         crash and hang are taken once: the file is emptied when they act
 //	FAKEVLLM_STARTUP_DELAY   time before the server listens, like model loading (default 0)
@@ -200,8 +201,12 @@ func run(o *options) error {
 	fmt.Fprintf(os.Stderr, "fakevllm (test double, not vLLM): serving %s as %s on %s tp=%d pp=%d\n",
 		o.model, o.servedName, o.listenAddress(), o.tp, o.pp)
 	ctl := os.Getenv("FAKEVLLM_CONTROL")
-	if readControl(ctl) == "fail-start" {
+	switch readControl(ctl) {
+	case "fail-start":
 		return errors.New("RuntimeError: engine core initialization failed (injected fail-start)")
+	case "gpu-oom-start":
+		// What vLLM prints when the weights or the KV cache do not fit the GPU.
+		return errors.New("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB is free. (injected gpu-oom-start)")
 	}
 	if err := checkEnvironment(o); err != nil {
 		return err

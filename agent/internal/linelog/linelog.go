@@ -30,8 +30,9 @@ type Logger struct {
 }
 
 // errorLine matches an error report at the start of a line or of a log message
-// ("... [core.py:1510] ValueError: ..."), not one quoted inside a warning.
-var errorLine = regexp.MustCompile(`(^|\] )([A-Z][A-Za-z]*(Error|Exception): \S.*)`)
+// ("... [core.py:1510] ValueError: ...", "torch.OutOfMemoryError: CUDA out of memory ..."),
+// not one quoted inside a warning.
+var errorLine = regexp.MustCompile(`(^|\] )((?:[a-z_][a-z0-9_]*\.)*[A-Z][A-Za-z]*(Error|Exception): \S.*)`)
 
 // New returns a Logger that copies to file and logs to log.
 func New(file io.Writer, log hclog.Logger) *Logger {

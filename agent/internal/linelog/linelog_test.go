@@ -2,6 +2,7 @@ package linelog
 
 import (
 	"bytes"
+	"io"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,4 +63,15 @@ func TestFullDiskDoesNotStopTheChild(t *testing.T) {
 	assert.Contains(t, logged.String(), "loading")
 	assert.Contains(t, logged.String(), "more")
 	assert.Equal(t, 1, strings.Count(logged.String(), "cannot write the log file"), "said once")
+}
+
+// TestModuleQualifiedErrors: an error named with its module, as PyTorch's out of memory is,
+// is the engine's first error too.
+func TestModuleQualifiedErrors(t *testing.T) {
+	l := New(io.Discard, hclog.NewNullLogger())
+	l.Write([]byte("INFO loading weights\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\nRuntimeError: later\n"))
+	assert.Equal(t, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.", l.FirstError())
+	l.NewRun()
+	l.Write([]byte("WARNING see torch.cuda.OutOfMemoryError: in the docs\n"))
+	assert.Empty(t, l.FirstError(), "one quoted inside a warning")
 }
