@@ -22,7 +22,7 @@ func TestCrashReportReachesTheHead(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "logs"), 0o700))
 	require.NoError(t, os.WriteFile(jobfiles.CrashFile(dir, "n2"), []byte("panic: boom in a stage\n\ngoroutine 7 [running]:\n"), 0o600))
 	require.NoError(t, jobfiles.NewNodeFile(dir, "n2").Publish(jobfiles.NodeInfo{Host: "n2", Address: "127.0.0.1", MetricsPort: 1}))
-	err := workerFailure(dir, []string{"n2"}, func(jobfiles.NodeInfo) bool { return false })
+	err := workerFailure(dir, []string{"n2"}, func(jobfiles.NodeInfo) reach { return refused })
 	require.Error(t, err)
 	assert.Equal(t, "n2's agent crashed: panic: boom in a stage (the whole report: "+jobfiles.CrashFile(dir, "n2")+"); Slurm ended the job step", err.Error())
 }
@@ -78,14 +78,14 @@ func TestWorkerFailureStopBetweenReadAndProbe(t *testing.T) {
 	require.NoError(t, jobfiles.NewNodeFile(dir, "n3").Publish(jobfiles.NodeInfo{Host: "n3", Address: "127.0.0.1", MetricsPort: 1}))
 	probed := map[string]int{}
 	var mu sync.Mutex
-	drainsNow := func(n jobfiles.NodeInfo) bool {
+	drainsNow := func(n jobfiles.NodeInfo) reach {
 		mu.Lock()
 		defer mu.Unlock()
 		probed[n.Host]++
 		if n.Host == "n2" {
 			require.NoError(t, n2.End("")) // its drain, just before its port closed
 		}
-		return false
+		return refused
 	}
 	err := workerFailure(dir, []string{"n2", "n3"}, drainsNow)
 	require.Error(t, err)
@@ -96,9 +96,32 @@ func TestWorkerFailureStopBetweenReadAndProbe(t *testing.T) {
 	// One that published its failure between the read and the probe is named with its reason.
 	require.NoError(t, jobfiles.NewNodeFile(dir, "n3").Publish(jobfiles.NodeInfo{Host: "n3", Address: "127.0.0.1", MetricsPort: 1}))
 	n3 := jobfiles.NewNodeFile(dir, "n3")
-	err = workerFailure(dir, []string{"n3"}, func(jobfiles.NodeInfo) bool {
+	err = workerFailure(dir, []string{"n3"}, func(jobfiles.NodeInfo) reach {
 		require.NoError(t, n3.End("engine rank on n3: gave up"))
-		return false
+		return refused
 	})
 	assert.EqualError(t, err, "n3's agent ended: engine rank on n3: gave up; Slurm ended the job step")
+}
+
+// TestWorkerUnreachable: a worker whose node does not answer at all (a partition, or a lost
+// node) is named unreachable, not taken for a killed agent; one whose node refuses is killed.
+func TestWorkerUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	for _, host := range []string{"n2", "n3"} {
+		require.NoError(t, jobfiles.NewNodeFile(dir, host).Publish(jobfiles.NodeInfo{Host: host, Address: "127.0.0.1", MetricsPort: 1}))
+	}
+	how := map[string]reach{"n2": refused, "n3": unreachable}
+	err := workerFailure(dir, []string{"n2", "n3"}, func(n jobfiles.NodeInfo) reach { return how[n.Host] })
+	assert.EqualError(t, err, "n3 unreachable: no answer from its agent's metrics port within 1s (a network partition or a lost node); Slurm ended the job step")
+	how["n3"] = answered
+	err = workerFailure(dir, []string{"n2", "n3"}, func(n jobfiles.NodeInfo) reach { return how[n.Host] })
+	assert.EqualError(t, err, "n2's agent ended without a word (killed? its metrics port no longer answers); Slurm ended the job step")
+
+	// The probe itself: a port nothing listens on is refused; one that answers, answered.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	assert.Equal(t, answered, probeAgent(jobfiles.NodeInfo{Address: "127.0.0.1", MetricsPort: port}))
+	ln.Close()
+	assert.Equal(t, refused, probeAgent(jobfiles.NodeInfo{Address: "127.0.0.1", MetricsPort: port}))
 }
