@@ -31,6 +31,9 @@ type NodeStatus struct {
 	Healthy bool   `json:"healthy"`
 	Ready   bool   `json:"ready"`
 	Detail  string `json:"detail,omitempty"`
+	// Warning is what the node's /healthz warns of: a file of the state directory it cannot
+	// write (a full disk).
+	Warning string `json:"warning,omitempty"`
 }
 
 // Report is what `llm-agent status` prints.
@@ -103,7 +106,7 @@ func Read(ctx context.Context, path string, client *http.Client, now time.Time) 
 				n.Detail = detail
 			}
 			if _, warning, ok := strings.Cut(health, "warning: "); ok { // a file it cannot write
-				n.Detail = strings.TrimPrefix(n.Detail+"; warning: "+warning, "; ")
+				n.Warning = warning
 			}
 			if ep.Role == "head" {
 				headReady = n.Ready
@@ -197,6 +200,9 @@ func (r Report) writeRuntime(tw io.Writer) {
 			s = "up, not ready: " + n.Detail
 		case n.Detail != "":
 			s = "unreachable: " + n.Detail
+		}
+		if n.Warning != "" {
+			s += "; warning: " + n.Warning
 		}
 		fmt.Fprintf(tw, "node %s\t%s, %s\n", n.Node, n.Role, s)
 	}

@@ -20,11 +20,14 @@ import (
 	"github.com/llm-agent/llm-agent/jobfiles"
 )
 
-func nodeServer(t *testing.T, ready bool) string {
+func nodeServer(t *testing.T, ready bool, warning ...string) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/healthz":
 			w.Write([]byte("ok\n"))
+			for _, line := range warning {
+				w.Write([]byte("warning: " + line + "\n"))
+			}
 		case "/readyz":
 			if !ready {
 				w.WriteHeader(http.StatusServiceUnavailable)
@@ -51,7 +54,7 @@ func TestStatus(t *testing.T) {
 		Replicas: []jobfiles.Replica{{Node: "n1", GPUs: 4, State: "ready"}, {Node: "n2", GPUs: 4, State: "not ready"}},
 		Adapters: []jobfiles.Adapter{{Name: "sql", Path: "/a/sql"}},
 		Metrics: []jobfiles.NodeEndpoint{
-			{Node: "n1", Role: "head", MetricsURL: nodeServer(t, true) + "/metrics"},
+			{Node: "n1", Role: "head", MetricsURL: nodeServer(t, true, "cannot write connection.json in the state directory") + "/metrics"},
 			{Node: "n2", Role: "worker", MetricsURL: nodeServer(t, false) + "/metrics"},
 			{Node: "n3", Role: "worker", MetricsURL: "http://127.0.0.1:1/metrics"},
 		}}
@@ -68,6 +71,8 @@ func TestStatus(t *testing.T) {
 	assert.Equal(t, 5400.0, *r.TimeLeft)
 	require.Len(t, r.Nodes, 3)
 	assert.True(t, r.Nodes[0].Ready)
+	assert.Equal(t, "cannot write connection.json in the state directory", r.Nodes[0].Warning, "a full disk, as the node's /healthz says it")
+	assert.Empty(t, r.Nodes[1].Warning)
 	assert.True(t, r.Nodes[1].Healthy)
 	assert.False(t, r.Nodes[1].Ready)
 	assert.Equal(t, "not ready", r.Nodes[1].Detail)
@@ -77,7 +82,7 @@ func TestStatus(t *testing.T) {
 	require.NoError(t, r.WriteTable(&out))
 	for _, want := range []string{"job 55", "state ready", "ready yes", "url http://10.0.0.1:8000/v1",
 		"model llama (tensor 4 x pipeline 2)", "gpus 8", "uptime 1h0m0s", "time left 1h30m0s",
-		"restarts ray 0, vllm 1", "node n1 head, ready", "node n2 worker, up, not ready",
+		"restarts ray 0, vllm 1", "node n1 head, ready; warning: cannot write connection.json in the state directory", "node n2 worker, up, not ready",
 		"node n3 worker, unreachable:", "tunnel ssh -N -L 8000:n1:8000 u@login",
 		"replica n1 ready, 4 GPUs", "replica n2 not ready, 4 GPUs", "adapter sql /a/sql"} {
 		assert.Contains(t, spaces.ReplaceAllString(out.String(), " "), want)
