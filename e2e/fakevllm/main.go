@@ -10,7 +10,8 @@
 //	VLLM_HOST_IP             must be an address of this host
 //	FAKEVLLM_CONTROL         a file the tests write to inject faults: "fail-start" (exit 1 at
 //	                         every start), "gpu-oom-start" (vLLM's CUDA out of memory error at
-//	                         every start), "crash" (exit 1 now) and "hang" (stop answering);
+//	                         every start), "crash" (exit 1 now), "hang" (stop answering) and
+//	                         "grow" (take host memory, 16 MiB every 20 ms, until killed);
 //	                         crash and hang are taken once: the file is emptied when they act
 //	FAKEVLLM_STARTUP_DELAY   time before the server listens, like model loading (default 0)
 //	FAKEVLLM_TOKEN_DELAY     time between streamed tokens (default 2ms)
@@ -316,31 +317,4 @@ func readControl(path string) string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
-}
-
-// watchControl applies faults written to the control file while the server runs.
-func watchControl(ctx context.Context, path string, srv *server) {
-	if path == "" {
-		return
-	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		switch readControl(path) {
-		case "crash":
-			os.WriteFile(path, nil, 0o644)
-			fmt.Fprintln(os.Stderr, "fakevllm: injected crash")
-			os.Exit(1)
-		case "hang":
-			// Hang first: an emptied file tells the tests the fault is in force.
-			srv.hang()
-			os.WriteFile(path, nil, 0o644)
-			fmt.Fprintln(os.Stderr, "fakevllm: injected hang; no request will be answered")
-		}
-	}
 }
