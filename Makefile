@@ -50,7 +50,7 @@ venv:
 # OpenSSH server for the mini-cluster's login host; the demo does not install it (on a
 # machine with systemd, Debian's package also starts a server on port 22).
 DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates
-TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server nginx
+TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server nginx ruby
 
 deps:
 	apt-get update -qq
@@ -133,12 +133,15 @@ e2e-security: build
 	e2e/cluster/up.sh
 	rc=0; (cd e2e && LLM_AGENT_VENV=$(SECURITY_VENV) $(GO) test -tags e2esecurity -count=1 -v -timeout $(E2E_TIMEOUT) .) || rc=$$?; e2e/cluster/down.sh || rc=1; exit $$rc
 
-# Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package).
+# Prometheus rules: syntax and the rule unit tests (promtool from Debian's prometheus package);
+# the Open OnDemand app's templates rendered with Debian's Ruby.
 check-deploy:
 	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (make deps)"; exit 1; }
 	promtool check rules deploy/prometheus/llm-agent-alerts.yml
 	cd deploy/prometheus && promtool test rules llm-agent-alerts.test.yml
 	python3 -m json.tool deploy/grafana/llm-agent.json >/dev/null
+	@command -v ruby >/dev/null || { echo "ruby not found: apt-get install ruby (make ensure-test-deps)"; exit 1; }
+	ruby e2e/ondemand/render_test.rb
 
 # The same end-to-end tests with a real vLLM: the CPU build from PyPI and a tiny model made
 # offline (e2e/make-tiny-model.py). First, the managed-flag rule against vLLM's own parser.

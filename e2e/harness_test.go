@@ -108,7 +108,7 @@ type job struct {
 
 // jobSpec describes a submission.
 type jobSpec struct {
-	script string   // multinode.sbatch or singlenode.sbatch
+	script string   // multinode.sbatch or singlenode.sbatch, or an absolute path (root only)
 	sbatch []string // sbatch options, before the script
 	agent  []string // llm-agent run options, after the script
 	env    []string // extra environment
@@ -162,7 +162,7 @@ func submit(t *testing.T, spec jobSpec) *job {
 		spec.script = filepath.Join(dir, spec.script)
 		require.NoError(t, os.WriteFile(spec.script, script, 0o755))
 		cmd = exec.Command("runuser", "--preserve-environment", "-u", spec.user, "--", "sbatch")
-	} else {
+	} else if !filepath.IsAbs(spec.script) {
 		spec.script = filepath.Join(suite.root, "slurm-scripts", spec.script)
 	}
 	args = append(args, spec.script)
