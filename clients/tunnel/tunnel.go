@@ -69,7 +69,9 @@ type Tunnel struct {
 	target string   // host:port of the API, as the login host reaches it
 	fwd    *forward // nil when down or in local mode
 
-	state string // what the status line last said
+	// outMu orders the status lines: the monitor and a wake both write them.
+	outMu sync.Mutex
+	state string // what the status line last said (under outMu)
 
 	last    jobfiles.Connection // the connection file as last read
 	sleep   string              // the service's state while it sleeps or wakes
@@ -266,6 +268,8 @@ func (t *Tunnel) show(state string, c jobfiles.Connection, detail string) {
 		line += " - " + detail
 	}
 	key := state + "|" + detail
+	t.outMu.Lock()
+	defer t.outMu.Unlock()
 	if t.o.Terminal {
 		fmt.Fprintf(t.o.Out, "\r\033[K%s", line)
 	} else if key != t.state {
@@ -276,6 +280,8 @@ func (t *Tunnel) show(state string, c jobfiles.Connection, detail string) {
 
 // end writes the last line.
 func (t *Tunnel) end(msg string) {
+	t.outMu.Lock()
+	defer t.outMu.Unlock()
 	if t.o.Terminal {
 		fmt.Fprint(t.o.Out, "\r\033[K")
 	}
