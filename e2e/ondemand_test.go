@@ -89,4 +89,6 @@ func TestOnDemandApp(t *testing.T) {
 	require.NoError(t, exec.Command("scancel", j.id).Run())
 	require.NotEqual(t, "FAILED", j.waitEnded(drainBound))
 	require.False(t, strings.Contains(j.outputText(), "panic"), "%s", j.outputText())
+	requireNoProcesses(t, drainBound)
+	t.Logf("session card: job %s on %s:%d, the endpoint's port", card.JobID, card.Host, card.Port)
 }
