@@ -75,6 +75,7 @@ type Config struct {
 
 	RendezvousTimeout time.Duration
 	RayTimeout        time.Duration
+	NodeLostTimeout   time.Duration
 	EngineTimeout     time.Duration
 	ModelTimeout      time.Duration
 	Grace             time.Duration
@@ -131,6 +132,7 @@ func Default() Config {
 		RayBin:            "ray",
 		RendezvousTimeout: 5 * time.Minute,
 		RayTimeout:        5 * time.Minute,
+		NodeLostTimeout:   time.Minute,
 		EngineTimeout:     30 * time.Minute,
 		ModelTimeout:      time.Hour,
 		VerifyModel:       VerifyAuto,

@@ -217,6 +217,7 @@ var Options = []Option{
 		}},
 	durationOpt("rendezvous-timeout", "Timeouts", "how long workers wait for the head's rendezvous file", func(c *Config) *time.Duration { return &c.RendezvousTimeout }),
 	durationOpt("ray-timeout", "Timeouts", "how long the head waits for all nodes to join Ray", func(c *Config) *time.Duration { return &c.RayTimeout }),
+	durationOpt("node-lost-timeout", "Timeouts", "how long the head waits for a node Ray lost while serving to join again; past it the job fails, naming the node (unreachable: a network partition or a lost node)", func(c *Config) *time.Duration { return &c.NodeLostTimeout }),
 	durationOpt("engine-timeout", "Timeouts", "how long the engine may take to become ready (model loading)", func(c *Config) *time.Duration { return &c.EngineTimeout }),
 	durationOpt("model-timeout", "Timeouts", "how long the head waits for every node's share of the model's verification, or its staging", func(c *Config) *time.Duration { return &c.ModelTimeout }),
 	durationOpt("grace", "Timeouts", "drain budget on SIGTERM: engine, then Ray; keep it under Slurm's KillWait (30s)", func(c *Config) *time.Duration { return &c.Grace }),

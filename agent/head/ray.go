@@ -109,12 +109,6 @@ func (h *head) engineOnRay() bool {
 	return h.env.UsesRay() && h.env.Par.Pipeline > 1
 }
 
-// waitCluster blocks until exactly one live Ray node runs on every host of the job, within
-// --ray-timeout; losing one of them later restarts the engine (monitorRay).
-func (h *head) waitCluster(ctx context.Context) error {
-	return h.ray.WaitComplete(ctx, h.env.Cfg.RayTimeout)
-}
-
 // monitorRay polls the GCS and restarts the engine, when it runs on Ray, once a node it was
 // started on is gone.
 func (h *head) monitorRay(ctx context.Context) {

@@ -21,6 +21,15 @@ import (
 // ErrIncomplete is returned when not every node joined Ray in time.
 var ErrIncomplete = errors.New("ray cluster incomplete")
 
+// IncompleteError is WaitComplete's ErrIncomplete, with the hosts that did not join.
+type IncompleteError struct {
+	Missing []string
+	msg     string
+}
+
+func (e *IncompleteError) Error() string { return e.msg }
+func (e *IncompleteError) Unwrap() error { return ErrIncomplete }
+
 // NodeLister lists the nodes the GCS knows (ray.Client).
 type NodeLister interface {
 	Nodes(ctx context.Context) ([]ray.Node, error)
@@ -101,8 +110,16 @@ func (c *Cluster) WaitComplete(ctx context.Context, timeout time.Duration) error
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("%w: not every node joined within %s; nodes that never joined: %s (%v); see their logs in %s",
-		ErrIncomplete, timeout, strings.Join(missing, ", "), err, c.o.LogsDir)
+	return &IncompleteError{Missing: missing, msg: fmt.Sprintf("%v: not every node joined within %s; nodes that never joined: %s (%v); see their logs in %s",
+		ErrIncomplete, timeout, strings.Join(missing, ", "), err, c.o.LogsDir)}
+}
+
+// Lost tells whether a node of the complete cluster has been lost since WaitComplete last
+// found it whole.
+func (c *Cluster) Lost() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lost
 }
 
 // Monitor asks the GCS every interval until ctx ends, and calls lost, once, with the (short)

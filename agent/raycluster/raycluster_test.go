@@ -89,6 +89,9 @@ func TestWaitCompleteTimesOut(t *testing.T) {
 	require.ErrorIs(t, err, ErrIncomplete)
 	assert.ErrorContains(t, err, "nodes that never joined: n3")
 	assert.ErrorContains(t, err, "see their logs in /state/logs")
+	var inc *IncompleteError
+	require.ErrorAs(t, err, &inc)
+	assert.Equal(t, []string{"n3"}, inc.Missing)
 
 	g.script(answer{err: errors.New("gcs down")})
 	err = newCluster(g, r).WaitComplete(context.Background(), 50*time.Millisecond)
@@ -127,9 +130,11 @@ func TestMonitorReportsALostNodeOnce(t *testing.T) {
 	alive, want := r.get()
 	assert.Equal(t, 2, alive)
 	assert.Equal(t, 3, want)
+	assert.True(t, c.Lost())
 
 	g.script(answer{nodes: full})
 	require.NoError(t, c.WaitComplete(context.Background(), time.Second), "complete again: armed again")
+	assert.False(t, c.Lost())
 	g.script(answer{nodes: full[1:]})
 	select {
 	case gone := <-losses:
