@@ -253,11 +253,7 @@ func countActiveRayNodes(status string) int {
 
 func firstHost(t *testing.T, id string) string {
 	t.Helper()
-	out, err := exec.Command("squeue", "-h", "-j", id, "-o", "%N").Output()
-	require.NoError(t, err)
-	hosts, err := exec.Command("scontrol", "show", "hostnames", strings.TrimSpace(string(out))).Output()
-	require.NoError(t, err)
-	return strings.Fields(string(hosts))[0]
+	return jobHosts(t, id)[0]
 }
 
 // assertNoRayTempDirs checks that no node keeps the job's Ray directory in its /tmp.

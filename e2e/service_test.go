@@ -142,25 +142,7 @@ func TestServiceHandover(t *testing.T) {
 	keyFile := filepath.Join(work, "key")
 	stop := filepath.Join(work, "stop")
 	localPort := 18081
-	args := []string{"tunnel", "--login", "root@" + loginOutside, "--service", name, "--local-port", strconv.Itoa(localPort),
-		"--interval", "1s", "--fetch-key", "--key-file", keyFile}
-	for _, o := range login.sshOs {
-		args = append(args, "--ssh-option", o)
-	}
-	tun := inLaptop(suite.agentBin, args...)
-	pr, pw := io.Pipe()
-	tun.Stdout, tun.Stderr = pw, pw
-	tunOut := watchLines(pr)
-	require.NoError(t, tun.Start())
-	tunDone := make(chan struct{})
-	go func() { tun.Wait(); pw.Close(); close(tunDone) }()
-	t.Cleanup(func() {
-		tun.Process.Kill()
-		<-tunDone
-		if t.Failed() {
-			t.Logf("tunnel output:\n%s", tunOut.text())
-		}
-	})
+	tunOut := serviceTunnel(t, login, name, localPort, keyFile)
 	tunOut.waitFor(t, 0, "ready", 30*time.Second)
 
 	venv := os.Getenv("LLM_AGENT_CLIENT_VENV")
@@ -405,4 +387,30 @@ func TestServiceSuccessorCannotStart(t *testing.T) {
 	f, _ = readService(dir)
 	assert.Equal(t, jobfiles.ServiceStopped, f.Service.State)
 	assert.Equal(t, jobfiles.StateStopped, f.State)
+}
+
+// serviceTunnel starts llm-agent tunnel on the laptop for the service name, with extra options,
+// and returns its output, watched; the test's cleanup kills it.
+func serviceTunnel(t *testing.T, login *loginHost, name string, localPort int, keyFile string, extra ...string) *lines {
+	t.Helper()
+	args := append([]string{"tunnel", "--login", "root@" + loginOutside, "--service", name, "--local-port", strconv.Itoa(localPort),
+		"--interval", "1s", "--fetch-key", "--key-file", keyFile}, extra...)
+	for _, o := range login.sshOs {
+		args = append(args, "--ssh-option", o)
+	}
+	tun := inLaptop(suite.agentBin, args...)
+	pr, pw := io.Pipe()
+	tun.Stdout, tun.Stderr = pw, pw
+	tunOut := watchLines(pr)
+	require.NoError(t, tun.Start())
+	tunDone := make(chan struct{})
+	go func() { tun.Wait(); pw.Close(); close(tunDone) }()
+	t.Cleanup(func() {
+		tun.Process.Kill()
+		<-tunDone
+		if t.Failed() {
+			t.Logf("tunnel output:\n%s", tunOut.text())
+		}
+	})
+	return tunOut
 }

@@ -4,11 +4,9 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -44,25 +42,7 @@ func TestServiceSleepsAndWakes(t *testing.T) {
 	require.NoError(t, os.Mkdir(work, 0o700))
 	keyFile := filepath.Join(work, "key")
 	localPort := 18082
-	args := []string{"tunnel", "--login", "root@" + loginOutside, "--service", name, "--local-port", strconv.Itoa(localPort),
-		"--interval", "1s", "--fetch-key", "--key-file", keyFile, "--wake-timeout", "5m", "--remote-agent", suite.agentBin}
-	for _, o := range login.sshOs {
-		args = append(args, "--ssh-option", o)
-	}
-	tun := inLaptop(suite.agentBin, args...)
-	pr, pw := io.Pipe()
-	tun.Stdout, tun.Stderr = pw, pw
-	tunOut := watchLines(pr)
-	require.NoError(t, tun.Start())
-	tunDone := make(chan struct{})
-	go func() { tun.Wait(); pw.Close(); close(tunDone) }()
-	t.Cleanup(func() {
-		tun.Process.Kill()
-		<-tunDone
-		if t.Failed() {
-			t.Logf("tunnel output:\n%s", tunOut.text())
-		}
-	})
+	tunOut := serviceTunnel(t, login, name, localPort, keyFile, "--wake-timeout", "5m", "--remote-agent", suite.agentBin)
 	at := tunOut.waitFor(t, 0, "ready", 30*time.Second)
 	code, body := laptopChat(t, localPort, keyFile, c1.ServedModelName)
 	require.Equal(t, 200, code, "%s", body)
