@@ -43,7 +43,7 @@ type watch struct {
 // monitor keeps the forward up and the status line true until ctx ends or the job ends.
 func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz string) error {
 	if err := t.setTarget(ctx, target(conn)); err != nil {
-		return err
+		return t.closedOr(ctx, err)
 	}
 	w := &watch{t: t, readyz: readyz, conn: conn}
 	tick := time.NewTicker(t.o.Interval)
@@ -67,7 +67,17 @@ func (t *Tunnel) monitor(ctx context.Context, conn jobfiles.Connection, readyz s
 			}
 		}
 	}
-	return ignoreEnded(err)
+	return t.closedOr(ctx, ignoreEnded(err))
+}
+
+// closedOr is err, unless the user ended the tunnel meanwhile (Ctrl-C while ssh was starting):
+// that is a clean end, whatever the step it cut short said.
+func (t *Tunnel) closedOr(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		t.end("tunnel closed")
+		return nil
+	}
+	return err
 }
 
 // down shows the forward down for reason and sets the next reconnection.
