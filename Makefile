@@ -48,9 +48,10 @@ venv:
 
 # System packages the mini-cluster and the checks need (Debian, as root). The tests add the
 # OpenSSH server for the mini-cluster's login host; the demo does not install it (on a
-# machine with systemd, Debian's package also starts a server on port 22).
+# machine with systemd, Debian's package also starts a server on port 22). Chromium (with a font)
+# runs the web page's browser tests.
 DEBIAN_PACKAGES = slurm-wlm munge iproute2 procps util-linux passwd prometheus gcc libc6-dev python3 python3-venv curl ca-certificates
-TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server nginx ruby
+TEST_PACKAGES = $(DEBIAN_PACKAGES) openssh-client openssh-server nginx ruby chromium fonts-dejavu-core
 
 deps:
 	apt-get update -qq

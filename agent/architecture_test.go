@@ -31,7 +31,7 @@ var layers = [][]string{
 	{"agent/bytesize", "agent/internal/linelog", "agent/lifecycle", "agent/securefs", "agent/plan", "agent/scale"},
 	{"agent/config", "agent/metrics", "agent/gateway", "agent/raycluster"},
 	{"agent/layout", "agent/secrets", "agent/lora", "agent/service", "agent/status"},
-	{"agent/node"},
+	{"agent/node", "agent/webui"},
 	{"agent/engine", "agent/modelprep", "agent/front"},
 	{"agent/replica", "agent/ranks"},
 	{"agent/head", "agent/worker"},

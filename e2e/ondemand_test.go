@@ -5,14 +5,18 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
@@ -86,9 +90,81 @@ func TestOnDemandApp(t *testing.T) {
 	require.Contains(t, string(view), fmt.Sprintf("<code>%s:%d</code>", card.Host, card.Port))
 	require.Contains(t, string(view), "llm-agent status "+j.id)
 
+	// The card's link, through a proxy set up as OnDemand's /rnode/ (it strips its prefix).
+	link := regexp.MustCompile(`action="(/rnode/[^"]+)"`).FindStringSubmatch(string(view))
+	require.Len(t, link, 2, "the card links the page: %s", view)
+	require.Equal(t, fmt.Sprintf("/rnode/%s/%d/ui/", card.Host, card.Port), link[1])
+	proxy := rnodeProxy(t, dir, card.Host, c.HeadAddress, card.Port)
+	ctx := browser(t)
+	signInPage(t, ctx, proxy+link[1], j.apiKey(c))
+	waitJS(t, ctx, textOf("state"), "Live", 15*time.Second)
+	waitJS(t, ctx, textOf("nodes"), "node2", 10*time.Second)
+	waitJS(t, ctx, "document.getElementById('model').options.length", "1", 10*time.Second)
+	ask(t, ctx, "Write a haiku about a queue on a cluster")
+	answer := waitJS(t, ctx, lastAnswer, "completion tokens", 30*time.Second)
+	// The key's row: the answer's 16 completion tokens, once the audit log reached the disk.
+	waitJS(t, ctx, "document.querySelector('#usage tbody td:nth-child(5)')?.textContent", "16", 20*time.Second)
+	t.Logf("through the rnode proxy at %s: %q", proxy+link[1], answer)
+	if path := os.Getenv("LLM_AGENT_SCREENSHOT"); path != "" {
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: a PNG
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(path, png, 0o644))
+	}
+
 	require.NoError(t, exec.Command("scancel", j.id).Run())
 	require.NotEqual(t, "FAILED", j.waitEnded(drainBound))
 	require.False(t, strings.Contains(j.outputText(), "panic"), "%s", j.outputText())
 	requireNoProcesses(t, drainBound)
 	t.Logf("session card: job %s on %s:%d, the endpoint's port", card.JobID, card.Host, card.Port)
+}
+
+// rnodeProxy runs nginx as Open OnDemand's /rnode/HOST/PORT/ proxy to one job's port: it strips
+// the prefix and passes the host the browser asked for in X-Forwarded-Host, as Apache's
+// mod_proxy does. It returns the proxy's base URL and stops it with the test.
+func rnodeProxy(t *testing.T, dir, host, addr string, port int) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	listen := ln.Addr().String()
+	ln.Close()
+	tmp := filepath.Join(dir, "nginx")
+	require.NoError(t, os.MkdirAll(tmp, 0o755))
+	conf := fmt.Sprintf(`daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body; proxy_temp_path %[1]s/proxy; fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi; scgi_temp_path %[1]s/scgi;
+  server {
+    listen %[2]s;
+    location /rnode/%[3]s/%[5]d/ {
+      proxy_pass http://%[4]s:%[5]d/;
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }
+  }
+}
+`, tmp, listen, host, addr, port)
+	path := filepath.Join(tmp, "nginx.conf")
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o644))
+	cmd := exec.Command("nginx", "-c", path, "-p", tmp, "-e", filepath.Join(tmp, "error.log"))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGQUIT) // nginx's graceful stop
+		cmd.Wait()
+	})
+	base := "http://" + listen
+	require.True(t, assertEventually(10*time.Second, func() bool {
+		resp, err := http.Get(base + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	}), "nginx never listened on %s", listen)
+	return base
 }

@@ -65,6 +65,10 @@ type Config struct {
 	Gateway        bool
 	KeysFile       string
 	MaxRequestBody string
+	// UI serves the web page under /ui/ on the gateway's port; UIFrameAncestors are the
+	// origins (an Open OnDemand host) that may frame it, space-separated; none may by default.
+	UI               bool
+	UIFrameAncestors string
 	// MaxInFlightPerKey and MaxInFlight bound the gateway's requests in flight; 0 means none.
 	MaxInFlightPerKey, MaxInFlight int
 
@@ -126,6 +130,7 @@ func Default() Config {
 	return Config{
 		VLLMBin:           "vllm",
 		Gateway:           true,
+		UI:                true,
 		MaxRequestBody:    "32MiB",
 		MaxInFlightPerKey: 256,
 		MaxInFlight:       1024,
@@ -259,6 +264,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: --hang-after (%s) must be longer than --probe-interval (%s)", ErrInvalid, c.HangAfter, c.ProbeInterval)
 	}
 	if _, err := c.Adapters(); err != nil {
+		return err
+	}
+	if err := c.validateUI(); err != nil {
 		return err
 	}
 	if err := c.validateService(); err != nil {

@@ -167,3 +167,32 @@ func TestCheckExtraArgs(t *testing.T) {
 	}
 	assert.NoError(t, CheckExtraArgs([]string{"--max-model-len", "8192", "--enable-prefix-caching"}))
 }
+
+func TestUIFrameAncestors(t *testing.T) {
+	c := Default()
+	c.UIFrameAncestors = "https://ondemand.example.edu http://ood.local:8080"
+	require.NoError(t, c.Validate())
+	assert.Equal(t, []string{"https://ondemand.example.edu", "http://ood.local:8080"}, c.FrameAncestors())
+	for bad, want := range map[string]string{
+		"ondemand.example.edu":                 "scheme",
+		"https://ood.edu; script-src *":        "not an origin",
+		"https://ood.edu/pun/sys":              "scheme and a host only",
+		"ftp://ood.edu":                        "scheme",
+		"https://user@ood.edu":                 "scheme and a host only",
+		"'self'":                               "not an origin",
+		"https://ood.edu,https://evil.example": "not an origin",
+		"https://ood.edu/?x=1":                 "scheme and a host only",
+	} {
+		c := Default()
+		c.UIFrameAncestors = bad
+		err := c.Validate()
+		require.ErrorIs(t, err, ErrInvalid, bad)
+		assert.Contains(t, err.Error(), want, bad)
+	}
+	c = Default()
+	c.UI, c.UIFrameAncestors = false, "https://ood.edu"
+	assert.ErrorContains(t, c.Validate(), "--ui=false")
+	c = Default()
+	c.Gateway, c.UIFrameAncestors = false, "https://ood.edu"
+	assert.ErrorContains(t, c.Validate(), "needs the gateway")
+}

@@ -186,6 +186,8 @@ var Options = []Option{
 	stringOpt("api-key-file", "Files", "file (mode 0600) holding the API key; without it a key is generated for the job", func(c *Config) *string { return &c.APIKeyFile }),
 	boolOpt("gateway", "Gateway", "put the agent's authenticated gateway on the public port, with vLLM behind it on a private Unix socket; false gives vLLM the public port and the key (see docs/security.md)", func(c *Config) *bool { return &c.Gateway }),
 	stringOpt("keys-file", "Gateway", "YAML or JSON file (mode 0600) of client keys: {keys: [{name, project, key or sha256, priority}]}; reloaded on SIGHUP and on change", func(c *Config) *string { return &c.KeysFile }),
+	boolOpt("ui", "Gateway", "serve the web page (status, usage, chat) under /ui/ on the gateway's port; it signs in with an API key", func(c *Config) *bool { return &c.UI }),
+	stringOpt("ui-frame-ancestors", "Gateway", "origins that may frame the web page, space-separated, such as https://ondemand.example.edu (default: none may)", func(c *Config) *string { return &c.UIFrameAncestors }),
 	stringOpt("max-request-body", "Gateway", "largest request body the gateway accepts", func(c *Config) *string { return &c.MaxRequestBody }),
 	intOpt("max-in-flight-per-key", "Gateway", "requests one key may have in flight; past it the client gets 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlightPerKey }),
 	intOpt("max-in-flight", "Gateway", "requests all keys together may have in flight; past it clients get 429 (0: no bound)", 0, func(c *Config) *int { return &c.MaxInFlight }),

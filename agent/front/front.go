@@ -21,6 +21,9 @@ import (
 	"github.com/llm-agent/llm-agent/agent/lifecycle"
 	"github.com/llm-agent/llm-agent/agent/node"
 	"github.com/llm-agent/llm-agent/agent/secrets"
+	"github.com/llm-agent/llm-agent/agent/status"
+	"github.com/llm-agent/llm-agent/agent/webui"
+	"github.com/llm-agent/llm-agent/jobfiles"
 	"github.com/llm-agent/llm-agent/vllm"
 )
 
@@ -31,6 +34,9 @@ const (
 	readHeaderTimeout = 10 * time.Second // a client's request headers
 	closeTimeout      = time.Second      // closing the public port at the end
 )
+
+// jobKeyName names the job's own key, its owner's, in the audit log and metrics.
+const jobKeyName = "job"
 
 // Front is the head's public side.
 type Front struct {
@@ -88,7 +94,7 @@ func New(e *node.Env, k Keys) (*Front, error) {
 	}
 	var fixed *gateway.KeySet
 	if f.APIKey != "" {
-		if fixed, err = gateway.NewKeySet([]gateway.Key{{Name: "job", Key: f.APIKey}}); err != nil {
+		if fixed, err = gateway.NewKeySet([]gateway.Key{{Name: jobKeyName, Key: f.APIKey}}); err != nil {
 			return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 		}
 	}
@@ -173,7 +179,7 @@ func (f *Front) start(ctx context.Context, o Options) (<-chan error, error) {
 		f.replicas.Bind(f.gw)
 	}
 	f.srv = &http.Server{
-		Handler:           f.gw.Handler(),
+		Handler:           f.handler(),
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       2 * time.Minute, // the request; responses of any length stream freely
 		IdleTimeout:       2 * time.Minute,
@@ -229,4 +235,24 @@ func (f *Front) close(run context.Context) {
 	f.srv.Shutdown(ctx)
 	f.stop()
 	<-f.stopped
+}
+
+// uiStatusMaxAge is how long the web page's status is kept for the next page that asks.
+const uiStatusMaxAge = 2 * time.Second
+
+// handler is the gateway's, with the web page under /ui/ unless --ui=false.
+func (f *Front) handler() http.Handler {
+	e := f.env
+	if !e.Cfg.UI {
+		return f.gw.Handler()
+	}
+	conn := filepath.Join(e.StateDir, jobfiles.ConnectionFile)
+	src := &webui.Source{ConnectionFile: conn, Client: &http.Client{Timeout: 3 * time.Second}, Idle: f.gw.Idle,
+		IdleRelease: e.Cfg.IdleRelease, Handover: e.Cfg.Handover, Service: e.Cfg.Service, MaxAge: uiStatusMaxAge}
+	gw := f.gw.Handler()
+	page := webui.New(webui.Options{Gateway: gw, Keys: f.keys, Status: src.Read,
+		Usage:          func() (gateway.UsageReport, error) { return status.Usage(conn, e.Cfg.SUFactor, time.Now()) },
+		Owner:          func(k gateway.Key) bool { return f.APIKey != "" && k.Name == jobKeyName },
+		FrameAncestors: e.Cfg.FrameAncestors(), Logger: e.Log.Named("webui")})
+	return page.Mount(gw)
 }

@@ -63,6 +63,12 @@ func (s *server) complete(chat bool) http.HandlerFunc {
 		id := fmt.Sprintf("%s-fake%d", map[bool]string{true: "chatcmpl", false: "cmpl"}[chat], s.nextID)
 		s.mu.Unlock()
 
+		say := words
+		if s.echo && chat && len(req.Messages) > 0 { // the last message's words, as they came
+			if w := strings.Fields(fmt.Sprint(req.Messages[len(req.Messages)-1].Content)); len(w) > 0 {
+				say = w
+			}
+		}
 		var text strings.Builder
 		var ttft time.Duration
 		flusher, _ := w.(http.Flusher)
@@ -83,7 +89,7 @@ func (s *server) complete(chat bool) http.HandlerFunc {
 					return
 				}
 			}
-			tok := words[i%len(words)] + " "
+			tok := say[i%len(say)] + " "
 			text.WriteString(tok)
 			now := time.Now()
 			if i == 0 {

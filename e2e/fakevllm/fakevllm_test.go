@@ -282,3 +282,12 @@ func TestMaxNumSeqsBoundsTheEngine(t *testing.T) {
 	assert.GreaterOrEqual(t, last, 200*time.Millisecond)
 	assert.Less(t, last, 2*time.Second)
 }
+
+func TestEchoRepeatsTheLastMessage(t *testing.T) {
+	s, url := testServer(t, "k1")
+	s.echo = true
+	resp := post(t, url+"/v1/chat/completions", "k1", `{"model":"tiny","messages":[{"role":"user","content":"first"},{"role":"user","content":"<b>x</b> y"}],"max_tokens":3}`)
+	require.Equal(t, 200, resp.StatusCode)
+	b, _ := io.ReadAll(resp.Body)
+	assert.Contains(t, string(b), `"content":"\u003cb\u003ex\u003c/b\u003e y \u003cb\u003ex\u003c/b\u003e "`)
+}

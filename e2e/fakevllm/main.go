@@ -15,6 +15,8 @@
 //	                         crash and hang are taken once: the file is emptied when they act
 //	FAKEVLLM_STARTUP_DELAY   time before the server listens, like model loading (default 0)
 //	FAKEVLLM_TOKEN_DELAY     time between streamed tokens (default 2ms)
+//	FAKEVLLM_ECHO            1: a chat's answer repeats the words of its last message, so that
+//	                         tests can send what a hostile answer would hold
 package main
 
 import (
@@ -220,6 +222,7 @@ func run(o *options) error {
 		tokenDelay = d
 	}
 	srv := newServer(o, splitKeys(os.Getenv("VLLM_API_KEY")), tokenDelay)
+	srv.echo = os.Getenv("FAKEVLLM_ECHO") == "1"
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	lost, err := o.gatherRanks(ctx)

@@ -22,7 +22,9 @@ type server struct {
 	o          *options
 	keys       []string
 	tokenDelay time.Duration
-	reg        *prometheus.Registry
+	// echo answers a chat with the words of its last message (FAKEVLLM_ECHO=1).
+	echo bool
+	reg  *prometheus.Registry
 	// fetches is the test double's own count of its /metrics fetches (vLLM has none): a test
 	// can tell who fetched the engine's series, and how often.
 	fetches prometheus.Counter

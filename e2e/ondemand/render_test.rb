@@ -59,6 +59,17 @@ class OnDemandAppTest < Minitest::Test
       assert_includes view, "node1&quot;&gt;&lt;script&gt;"
       assert_includes view, ":8000</code>"
       assert_includes view, "llm-agent status &lt;b&gt;42&lt;/b&gt;"
+      # The link to the page through the rnode proxy: the host encoded as one path element.
+      assert_includes view, %(action="/rnode/node1%22%3E%3Cscript%3Ealert%281%29%3C%2Fscript%3E/8000/ui/")
+    end
+  end
+
+  def test_session_card_links_the_page
+    Dir.mktmpdir do |dir|
+      render(dir, model: "m", bc_num_slots: 1, gpus_per_node: 1, bc_num_hours: 1,
+                  host: "node1", port: "59390", job_id: "42")
+      view = File.read(File.join(dir, "view.html"))
+      assert_includes view, %(action="/rnode/node1/59390/ui/")
     end
   end
 end
