@@ -15,11 +15,12 @@ import (
 
 // browser starts Debian's headless Chromium for one test and ends it with the test. As root,
 // chromedp adds --no-sandbox: Chromium's sandbox will not start there.
-func browser(t *testing.T) context.Context {
+func browser(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	require.NoError(t, err, "Debian's chromium, installed by .ci/run")
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.WindowSize(1280, 1000))
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelTab := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
 	ctx, cancelRun := context.WithTimeout(ctx, 5*time.Minute)
