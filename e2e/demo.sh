@@ -92,4 +92,6 @@ if [ -n "$engine_metrics" ]; then
 fi
 echo
 echo "demo: job $jid keeps running. Try:  . $state_dir/connection.env && curl \$OPENAI_BASE_URL/models -H @<(printf 'Authorization: Bearer %s' \"\$OPENAI_API_KEY\")"
+base=$(field base_url)
+echo "demo: its web page: ${base%/v1}/ui/ (sign in with the key in $state_dir/api_key)"
 echo "demo: end it with: scancel $jid   (make cluster-down ends the cluster too)"
