@@ -38,11 +38,13 @@ func setLink(t *testing.T, host, state string) {
 // nothing is left once the link is back for Slurm to end the step.
 func TestNetworkPartition(t *testing.T) {
 	const lostTimeout = 20 * time.Second
-	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1"},
+	// --no-requeue: once Slurm declares the cut-off node down (SlurmdTimeout), it would
+	// otherwise start the job over on the nodes left.
+	j := submit(t, jobSpec{script: "multinode.sbatch", sbatch: []string{"-N", "2", "--gpus-per-node=1", "--cpus-per-task=1", "--no-requeue"},
 		agent: []string{"--node-lost-timeout", lostTimeout.String()}})
 	c := j.waitState(jobfiles.StateReady, readyTimeout)
 	worker := jobHosts(t, j.id)[1]
-	t.Cleanup(func() { exec.Command("ip", "-n", "llm"+worker, "link", "set", "eth0", "up").Run() })
+	t.Cleanup(func() { restoreNode(t, worker) })
 	key := j.apiKey(c)
 	ask := func() bool {
 		resp, _ := chat(t, c.BaseURL, key, c.ServedModelName, false)

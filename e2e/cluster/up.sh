@@ -50,6 +50,9 @@ ReturnToService=2
 KillWait=30
 MinJobAge=600
 MessageTimeout=20
+# A node whose slurmd stops answering is declared DOWN after this long and its jobs end
+# (NODE_FAIL). Slurm's default is 300 s; TestLostNode waits for it, so the test cluster says 30.
+SlurmdTimeout=30
 GresTypes=gpu
 StateSaveLocation=/var/spool/slurmctld-$MC_CLUSTER
 SlurmdSpoolDir=/var/spool/slurmd/%n
