@@ -133,6 +133,9 @@ type Options struct {
 	// OnAdapter hears of each adapter the engine loaded (path set) or unloaded at the owner's
 	// request.
 	OnAdapter func(name, path string)
+	// ServiceDir is the service's folder, for the web page's list of its jobs; empty for a job
+	// alone.
+	ServiceDir string
 }
 
 // Stage binds the public port; it closes the port and writes out the audit log last.
@@ -179,7 +182,7 @@ func (f *Front) start(ctx context.Context, o Options) (<-chan error, error) {
 		f.replicas.Bind(f.gw)
 	}
 	f.srv = &http.Server{
-		Handler:           f.handler(),
+		Handler:           f.handler(o),
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       2 * time.Minute, // the request; responses of any length stream freely
 		IdleTimeout:       2 * time.Minute,
@@ -241,14 +244,15 @@ func (f *Front) close(run context.Context) {
 const uiStatusMaxAge = 2 * time.Second
 
 // handler is the gateway's, with the web page under /ui/ unless --ui=false.
-func (f *Front) handler() http.Handler {
+func (f *Front) handler(o Options) http.Handler {
 	e := f.env
 	if !e.Cfg.UI {
 		return f.gw.Handler()
 	}
 	conn := filepath.Join(e.StateDir, jobfiles.ConnectionFile)
 	src := &webui.Source{ConnectionFile: conn, Client: &http.Client{Timeout: 3 * time.Second}, Idle: f.gw.Idle,
-		IdleRelease: e.Cfg.IdleRelease, Handover: e.Cfg.Handover, Service: e.Cfg.Service, MaxAge: uiStatusMaxAge}
+		IdleRelease: e.Cfg.IdleRelease, Handover: e.Cfg.Handover, Service: e.Cfg.Service, ServiceDir: o.ServiceDir,
+		MaxAge: uiStatusMaxAge}
 	gw := f.gw.Handler()
 	page := webui.New(webui.Options{Gateway: gw, Keys: f.keys, Status: src.Read,
 		Usage:          func() (gateway.UsageReport, error) { return status.Usage(conn, e.Cfg.SUFactor, time.Now()) },

@@ -107,7 +107,7 @@ func (h *head) stages(run context.Context) []lifecycle.Stage {
 	stages := []lifecycle.Stage{
 		e.MetricsStage(run, h.ports.Metrics, h.metricsServed()),
 		h.front.Stage(run, front.Options{Port: h.ports.API, Engine: h.engineEndpoint(), Ready: h.answering.Ready(e.State.Ready),
-			OnAdapter: h.adapterChanged}),
+			OnAdapter: h.adapterChanged, ServiceDir: h.serviceDir()}),
 		h.filesStage(),
 		h.watchStage(run, "state files", h.retryFiles),
 		h.watchStage(run, "node files", h.watchNodes),

@@ -60,3 +60,11 @@ func (h *head) serviceStage(run context.Context) lifecycle.Stage {
 		return done, nil
 	}, Stop: func() { stop() }}
 }
+
+// serviceDir is the service's folder; empty for a job alone.
+func (h *head) serviceDir() string {
+	if h.service == nil {
+		return ""
+	}
+	return h.service.Dir()
+}

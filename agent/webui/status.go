@@ -31,6 +31,17 @@ type Status struct {
 	Service    string   `json:"service,omitempty"`
 	IdleLeft   *float64 `json:"idle_release_in_seconds,omitempty"`
 	HandoverIn *float64 `json:"handover_in_seconds,omitempty"`
+	// Jobs are the service's other jobs: those added under load and its successor, each Queued,
+	// Starting, Live or Draining.
+	Jobs []ServiceJob `json:"service_jobs,omitempty"`
+}
+
+// ServiceJob is one of the service's other jobs as its file tells it.
+type ServiceJob struct {
+	JobID  string `json:"job_id"`
+	Role   string `json:"role"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // Node is one node of the job, with its GPUs as its agent's metrics give them.
@@ -74,6 +85,8 @@ type Source struct {
 	Idle                  func() time.Duration
 	IdleRelease, Handover time.Duration
 	Service               string
+	// ServiceDir is the service's folder, whose file lists its other jobs; empty for a job alone.
+	ServiceDir string
 	// MaxAge is how long an answer is kept for the next page that asks.
 	MaxAge time.Duration
 
@@ -113,6 +126,11 @@ func (s *Source) Read(r *http.Request) (Status, error) {
 
 func (s *Source) countdowns(st *Status) {
 	st.Service = s.Service
+	if s.ServiceDir != "" {
+		if f, err := jobfiles.ReadService(s.ServiceDir); err == nil {
+			st.Jobs = serviceJobs(f.Service)
+		}
+	}
 	if s.IdleRelease > 0 && s.Idle != nil {
 		left := max(0, (s.IdleRelease - s.Idle()).Seconds())
 		st.IdleLeft = &left
@@ -176,4 +194,19 @@ func (s *Source) gpus(ctx context.Context, metricsURL string) ([]GPU, string) {
 		return []GPU{}, "its metrics could not be read"
 	}
 	return parseGPUs(families)
+}
+
+// serviceJobs are the jobs the service's file lists besides the one serving: added jobs by
+// their state, and a successor while it is queued or starting.
+func serviceJobs(f jobfiles.ServiceInfo) []ServiceJob {
+	badge := map[string]string{jobfiles.ExtraPending: "Queued", jobfiles.ExtraStarting: "Starting",
+		"running": "Starting", jobfiles.ExtraReady: "Live", jobfiles.ExtraDraining: "Draining"}
+	var jobs []ServiceJob
+	for _, x := range f.Extras {
+		jobs = append(jobs, ServiceJob{JobID: x.JobID, Role: "added under load", State: badge[x.State], Reason: x.Reason})
+	}
+	if sc := f.Successor; sc != nil && sc.JobID != "" && badge[sc.State] != "" {
+		jobs = append(jobs, ServiceJob{JobID: sc.JobID, Role: "successor", State: badge[sc.State], Reason: sc.Reason})
+	}
+	return jobs
 }

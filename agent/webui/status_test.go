@@ -96,3 +96,23 @@ func TestModelStates(t *testing.T) {
 		assert.Equal(t, []Model{{Name: "a", Kind: "model", State: want, Where: "node1, node2"}}, st.Models, state)
 	}
 }
+
+func TestServiceJobs(t *testing.T) {
+	dir := t.TempDir()
+	f := jobfiles.ServiceFile{Connection: jobfiles.Connection{JobID: "10", State: jobfiles.StateReady},
+		Service: jobfiles.ServiceInfo{Name: "chat", Current: "10",
+			Extras: []jobfiles.ExtraJob{{JobID: "11", State: jobfiles.ExtraPending, Reason: "Resources"},
+				{JobID: "12", State: jobfiles.ExtraReady}, {JobID: "13", State: jobfiles.ExtraDraining, Reason: "load fell"}},
+			Successor: &jobfiles.Successor{JobID: "14", State: "pending", Reason: "Dependency"}}}
+	require.NoError(t, jobfiles.WriteJSONAtomic(filepath.Join(dir, jobfiles.ConnectionFile), f, 0o600))
+	path := filepath.Join(t.TempDir(), jobfiles.ConnectionFile)
+	require.NoError(t, jobfiles.WriteJSONAtomic(path, f.Connection, 0o600))
+	st, err := (&Source{ConnectionFile: path, Client: http.DefaultClient, Service: "chat", ServiceDir: dir}).Read(httptest.NewRequest("GET", "/", nil))
+	require.NoError(t, err)
+	assert.Equal(t, []ServiceJob{{JobID: "11", Role: "added under load", State: "Queued", Reason: "Resources"},
+		{JobID: "12", Role: "added under load", State: "Live"},
+		{JobID: "13", Role: "added under load", State: "Draining", Reason: "load fell"},
+		{JobID: "14", Role: "successor", State: "Queued", Reason: "Dependency"}}, st.Jobs)
+	f.Service.Successor.State = "cancelled"
+	assert.Len(t, serviceJobs(f.Service), 3, "a cancelled successor is not shown")
+}

@@ -119,6 +119,14 @@ function renderStatus(st) {
     li.append(el('span', m.state, 'badge ' + m.state), el('span', m.name), el('span', m.kind + (m.where ? ' on ' + m.where : ''), 'muted'));
     models.append(li);
   }
+  const jobs = $('jobs');
+  jobs.replaceChildren();
+  for (const j of st.service_jobs || []) {
+    const li = el('li');
+    li.append(el('span', j.state, 'badge ' + j.state), el('span', 'job ' + j.job_id), el('span', j.role + (j.reason ? ': ' + j.reason : ''), 'muted'));
+    jobs.append(li);
+  }
+  $('jobs-title').hidden = !(st.service_jobs || []).length;
   const body = $('nodes').tBodies[0];
   body.replaceChildren();
   for (const n of st.nodes || []) {
