@@ -254,8 +254,9 @@ func (f *Front) handler(o Options) http.Handler {
 		IdleRelease: e.Cfg.IdleRelease, Handover: e.Cfg.Handover, Service: e.Cfg.Service, ServiceDir: o.ServiceDir,
 		MaxAge: uiStatusMaxAge}
 	gw := f.gw.Handler()
+	usage := status.NewLiveUsage(conn, e.Cfg.SUFactor)
 	page := webui.New(webui.Options{Gateway: gw, Keys: f.keys, Status: src.Read,
-		Usage:          func() (gateway.UsageReport, error) { return status.Usage(conn, e.Cfg.SUFactor, time.Now()) },
+		Usage:          func() (gateway.UsageReport, error) { return usage.Report(time.Now()) },
 		Owner:          func(k gateway.Key) bool { return f.APIKey != "" && k.Name == jobKeyName },
 		FrameAncestors: e.Cfg.FrameAncestors(), Logger: e.Log.Named("webui")})
 	return page.Mount(gw)

@@ -99,61 +99,96 @@ const maxAuditLine = 64 << 10
 // each key's prompt plus completion tokens. Lines that are not whole records, of any length,
 // are skipped and counted, so a log damaged by a crash or by hand still adds up.
 func Summarize(r io.Reader, gpus int, wall time.Duration, factor float64) (UsageReport, error) {
-	rep := UsageReport{GPUs: gpus, WallHours: wall.Hours(), Factor: factor}
-	rep.GPUHours = rep.WallHours * float64(gpus)
-	rep.ServiceUnits = slurm.ServiceUnits(wall, gpus, factor)
-	keys := map[string]*UsageRow{}
-	projects := map[string]*UsageRow{}
-	br := bufio.NewReaderSize(r, maxAuditLine)
-	for {
-		line, tooLong, err := readLine(br)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return rep, fmt.Errorf("read audit log: %w", err)
-		}
-		if len(bytes.TrimSpace(line)) == 0 && !tooLong {
-			continue
-		}
-		var rec Record
-		if tooLong || json.Unmarshal(line, &rec) != nil || rec.Key == "" {
-			rep.Skipped++
-			continue
-		}
-		for _, row := range []*UsageRow{get(keys, rec.Key, rec.Key, rec.Project), get(projects, rec.Project, "", rec.Project)} {
-			row.Requests++
-			if rec.Status >= 400 {
-				row.Errors++
-			}
-			row.PromptTokens += int64(rec.PromptTokens)
-			row.CompletionTokens += int64(rec.CompletionTokens)
-		}
+	t := newTally()
+	if _, err := t.read(r, true); err != nil {
+		return t.report(gpus, wall, factor), err
 	}
-	var total int64
-	for _, row := range keys {
-		total += row.PromptTokens + row.CompletionTokens
-	}
-	rep.Keys = finish(keys, total, rep)
-	rep.Projects = finish(projects, total, rep)
-	return rep, nil
+	return t.report(gpus, wall, factor), nil
 }
 
-// readLine returns the next line without its newline; a line longer than the reader's buffer
-// is consumed whole and reported as too long. err is io.EOF only when nothing is left.
-func readLine(br *bufio.Reader) (line []byte, tooLong bool, err error) {
+// tally counts an audit log's records by key and by project.
+type tally struct {
+	keys, projects map[string]*UsageRow
+	skipped        int
+}
+
+func newTally() *tally {
+	return &tally{keys: map[string]*UsageRow{}, projects: map[string]*UsageRow{}}
+}
+
+// read adds r's records and returns the bytes it took. A last line without its newline is
+// taken only when last is set: otherwise it may be a record still being written, and is left
+// for the next read.
+func (t *tally) read(r io.Reader, last bool) (int64, error) {
+	br := bufio.NewReaderSize(r, maxAuditLine)
+	var took int64
+	for {
+		line, n, ended, tooLong, err := readLine(br)
+		if err == io.EOF {
+			return took, nil
+		}
+		if err != nil {
+			return took, fmt.Errorf("read audit log: %w", err)
+		}
+		if !ended && !last {
+			return took, nil
+		}
+		took += n
+		t.add(line, tooLong)
+	}
+}
+
+func (t *tally) add(line []byte, tooLong bool) {
+	if len(bytes.TrimSpace(line)) == 0 && !tooLong {
+		return
+	}
+	var rec Record
+	if tooLong || json.Unmarshal(line, &rec) != nil || rec.Key == "" {
+		t.skipped++
+		return
+	}
+	for _, row := range []*UsageRow{get(t.keys, rec.Key, rec.Key, rec.Project), get(t.projects, rec.Project, "", rec.Project)} {
+		row.Requests++
+		if rec.Status >= 400 {
+			row.Errors++
+		}
+		row.PromptTokens += int64(rec.PromptTokens)
+		row.CompletionTokens += int64(rec.CompletionTokens)
+	}
+}
+
+// report shares the cost out as the counts stand; the tally goes on counting.
+func (t *tally) report(gpus int, wall time.Duration, factor float64) UsageReport {
+	rep := UsageReport{GPUs: gpus, WallHours: wall.Hours(), Factor: factor, Skipped: t.skipped}
+	rep.GPUHours = rep.WallHours * float64(gpus)
+	rep.ServiceUnits = slurm.ServiceUnits(wall, gpus, factor)
+	var total int64
+	for _, row := range t.keys {
+		total += row.PromptTokens + row.CompletionTokens
+	}
+	rep.Keys = finish(t.keys, total, rep)
+	rep.Projects = finish(t.projects, total, rep)
+	return rep
+}
+
+// readLine returns the next line without its newline, the bytes it took from br, and whether
+// it ended with its newline; a line longer than the reader's buffer is consumed whole and
+// reported as too long. err is io.EOF only when nothing is left.
+func readLine(br *bufio.Reader) (line []byte, n int64, ended, tooLong bool, err error) {
 	for {
 		chunk, err := br.ReadSlice('\n')
+		n += int64(len(chunk))
 		switch {
 		case err == bufio.ErrBufferFull:
 			tooLong = true
 			continue
 		case err == io.EOF && len(chunk) == 0 && !tooLong:
-			return nil, false, io.EOF
+			return nil, n, false, false, io.EOF
 		case err != nil && err != io.EOF:
-			return nil, false, err
+			return nil, n, false, false, err
 		}
-		return bytes.TrimSuffix(chunk, []byte("\n")), tooLong, nil
+		ended = bytes.HasSuffix(chunk, []byte("\n"))
+		return bytes.TrimSuffix(chunk, []byte("\n")), n, ended, tooLong, nil
 	}
 }
 

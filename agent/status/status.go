@@ -290,3 +290,30 @@ func Usage(connPath string, factor float64, now time.Time) (gateway.UsageReport,
 	audit := filepath.Join(filepath.Dir(connPath), gateway.AuditFile)
 	return gateway.SummarizeFile(audit, c.GPUs, end.Sub(c.StartedAt), factor)
 }
+
+// LiveUsage is Usage for a job that runs, asked again and again (the web page): each report
+// reads only what the audit log gained since the last.
+type LiveUsage struct {
+	connPath string
+	factor   float64
+	audit    *gateway.AuditFollower
+}
+
+// NewLiveUsage follows the usage of the job whose connection file is at connPath.
+func NewLiveUsage(connPath string, factor float64) *LiveUsage {
+	return &LiveUsage{connPath: connPath, factor: factor,
+		audit: gateway.NewAuditFollower(filepath.Join(filepath.Dir(connPath), gateway.AuditFile))}
+}
+
+// Report is the job's usage now.
+func (u *LiveUsage) Report(now time.Time) (gateway.UsageReport, error) {
+	c, err := jobfiles.ReadConnection(u.connPath)
+	if err != nil {
+		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+	}
+	end := now
+	if c.State.Ended() {
+		end = c.UpdatedAt
+	}
+	return u.audit.Report(c.GPUs, end.Sub(c.StartedAt), u.factor)
+}

@@ -196,3 +196,21 @@ func TestServiceStatusAndUsage(t *testing.T) {
 	assert.Contains(t, table, "job 10 n1, from "+now.Add(-3*time.Hour).Local().Format("2006-01-02 15:04:05")+" to "+ended.Local().Format("2006-01-02 15:04:05")+" handed over\n")
 	assert.Contains(t, table, "job 11 n2, from "+now.Add(-time.Hour).Local().Format("2006-01-02 15:04:05")+" to serving\n")
 }
+
+func TestLiveUsage(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	rec := gateway.Record{Time: now, Key: "alice", Project: "p", Endpoint: "/v1/chat/completions", Status: 200, PromptTokens: 3, CompletionTokens: 4}
+	for _, state := range []jobfiles.ServiceState{jobfiles.StateReady, jobfiles.StateStopped} {
+		dir := writeJob(t, "20", now.Add(-time.Hour), state, rec, rec)
+		conn := filepath.Join(dir, jobfiles.ConnectionFile)
+		live := NewLiveUsage(conn, 100)
+		got, err := live.Report(now)
+		require.NoError(t, err)
+		want, err := Usage(conn, 100, now)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "as Usage reads it, %s", state)
+		assert.EqualValues(t, 2, got.Keys[0].Requests)
+	}
+	_, err := NewLiveUsage(filepath.Join(t.TempDir(), jobfiles.ConnectionFile), 100).Report(now)
+	assert.ErrorIs(t, err, ErrNoJob)
+}
