@@ -34,6 +34,8 @@ type NodeStatus struct {
 	// Warning is what the node's /healthz warns of: a file of the state directory it cannot
 	// write (a full disk).
 	Warning string `json:"warning,omitempty"`
+	// MetricsURL is the node's agent's /metrics, for readers that scrape it (the web page).
+	MetricsURL string `json:"-"`
 }
 
 // Report is what `llm-agent status` prints.
@@ -96,7 +98,7 @@ func Read(ctx context.Context, path string, client *http.Client, now time.Time) 
 	}
 	headReady := false
 	for _, ep := range c.Metrics {
-		n := NodeStatus{Node: ep.Node, Role: ep.Role}
+		n := NodeStatus{Node: ep.Node, Role: ep.Role, MetricsURL: ep.MetricsURL}
 		if live {
 			base := strings.TrimSuffix(ep.MetricsURL, "/metrics")
 			var detail, health string
@@ -279,16 +281,24 @@ func ServiceUsage(path string, factor float64, now time.Time) (gateway.UsageRepo
 // Usage shares a job's GPU-hours and service units out to its keys and projects, from the
 // gateway's audit log. The job's wall time runs to now, or to its last update once it ended.
 func Usage(connPath string, factor float64, now time.Time) (gateway.UsageReport, error) {
+	gpus, wall, err := jobCost(connPath, now)
+	if err != nil {
+		return gateway.UsageReport{}, err
+	}
+	return gateway.SummarizeFile(filepath.Join(filepath.Dir(connPath), gateway.AuditFile), gpus, wall, factor)
+}
+
+// jobCost reads a job's GPUs and its wall time, to now or to its last update once it ended.
+func jobCost(connPath string, now time.Time) (int, time.Duration, error) {
 	c, err := jobfiles.ReadConnection(connPath)
 	if err != nil {
-		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+		return 0, 0, fmt.Errorf("%w: %w", ErrNoJob, err)
 	}
 	end := now
 	if c.State.Ended() {
 		end = c.UpdatedAt
 	}
-	audit := filepath.Join(filepath.Dir(connPath), gateway.AuditFile)
-	return gateway.SummarizeFile(audit, c.GPUs, end.Sub(c.StartedAt), factor)
+	return c.GPUs, end.Sub(c.StartedAt), nil
 }
 
 // LiveUsage is Usage for a job that runs, asked again and again (the web page): each report
@@ -307,13 +317,9 @@ func NewLiveUsage(connPath string, factor float64) *LiveUsage {
 
 // Report is the job's usage now.
 func (u *LiveUsage) Report(now time.Time) (gateway.UsageReport, error) {
-	c, err := jobfiles.ReadConnection(u.connPath)
+	gpus, wall, err := jobCost(u.connPath, now)
 	if err != nil {
-		return gateway.UsageReport{}, fmt.Errorf("%w: %w", ErrNoJob, err)
+		return gateway.UsageReport{}, err
 	}
-	end := now
-	if c.State.Ended() {
-		end = c.UpdatedAt
-	}
-	return u.audit.Report(c.GPUs, end.Sub(c.StartedAt), u.factor)
+	return u.audit.Report(gpus, wall, u.factor)
 }

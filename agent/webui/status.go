@@ -109,14 +109,10 @@ func (s *Source) Read(r *http.Request) (Status, error) {
 	if err != nil {
 		return Status{}, fmt.Errorf("read the job's status: %w", err)
 	}
-	c, err := jobfiles.ReadConnection(s.ConnectionFile)
-	if err != nil {
-		return Status{}, fmt.Errorf("read the job's status: %w", err)
-	}
-	st := fromReport(rep)
-	for i, ep := range c.Metrics {
-		if i < len(st.Nodes) && !jobfiles.ServiceState(st.State).Ended() {
-			st.Nodes[i].GPUs, st.Nodes[i].GPUNote = s.gpus(ctx, ep.MetricsURL)
+	st := fromReport(rep) // its nodes in the report's order
+	if !rep.State.Ended() {
+		for i, n := range rep.Nodes {
+			st.Nodes[i].GPUs, st.Nodes[i].GPUNote = s.gpus(ctx, n.MetricsURL)
 		}
 	}
 	s.countdowns(&st)
